@@ -1,0 +1,110 @@
+// Command presenced is a presence server: UDP and HTTP heartbeats into a
+// lock-sharded in-memory table, made durable by a Pebble write-ahead log.
+//
+//	presenced [serve] [flags]   run the server (see -h)
+//	presenced token ...         mint a heartbeat token
+//	presenced loadtest ...      run the load generator
+//	presenced config [flags]    print the effective configuration
+//	presenced version           print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/presenced/presenced/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run dispatches a subcommand and returns the process exit status:
+// 0 clean, 2 bad usage or configuration, 1 any other failure.
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(args, stderr)
+	case "token":
+		return mintToken(args, stdout, stderr)
+	case "loadtest":
+		return loadtestCmd(args, stdout, stderr)
+	case "config":
+		cfg, err := server.LoadConfig(args, os.Getenv, stderr)
+		if err != nil {
+			return usageFailure(stderr, err)
+		}
+		server.PrintConfig(stdout, cfg)
+		return 0
+	case "version":
+		fmt.Fprintln(stdout, "presenced", version)
+		return 0
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "presenced: unknown command %q\n", cmd)
+		usage(stderr)
+		return 2
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: presenced [serve] [flags]
+       presenced token --secret-file F --user U [--room R] [--valid-for D] [--kid K]
+       presenced loadtest [flags]
+       presenced config [flags]
+       presenced version
+
+serve flags (each also PRESENCED_<FLAG> in the environment, or 'flag = value' in --config):
+`)
+	server.FlagUsage(w)
+}
+
+func usageFailure(stderr io.Writer, err error) int {
+	fmt.Fprintln(stderr, "presenced:", err)
+	var ue *server.UsageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+func serve(args []string, stderr io.Writer) int {
+	cfg, err := server.LoadConfig(args, os.Getenv, stderr)
+	if err != nil {
+		return usageFailure(stderr, err)
+	}
+	log := server.NewLogger(stderr, cfg)
+	srv, err := server.New(cfg, log)
+	if err != nil {
+		return usageFailure(stderr, err)
+	}
+	if err := srv.Start(); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	s := <-sig
+	log.Info("signal received, shutting down", "signal", s.String())
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Error("unclean shutdown", "err", err)
+		return 1
+	}
+	return 0
+}

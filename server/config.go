@@ -1,0 +1,324 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/presenced/presenced/persist"
+	"github.com/presenced/presenced/shardmap"
+)
+
+// Config is the whole server configuration. Every field names its flag; the
+// flag's default is the field's default. It embeds the configs of the
+// packages the server drives.
+type Config struct {
+	// HTTPAddr is the TCP address of the HTTP API (--http-addr, default 127.0.0.1:7070).
+	HTTPAddr string
+	// UDPAddr is the UDP heartbeat address (--udp-addr, default 127.0.0.1:7070). Empty disables UDP.
+	UDPAddr string
+	// DataDir holds the write-ahead log (--data-dir, default ./presenced-data). Empty runs in memory only.
+	DataDir string
+	// TTL is how long a session lives after its last heartbeat (--ttl, default 150s).
+	TTL time.Duration
+	// Interval is how often clients are told to heartbeat (--interval, default 60s).
+	Interval time.Duration
+	// Redis lists the shared store's addresses (--redis, empty: standalone node).
+	Redis string
+	// RedisMaster is the Sentinel master name (--redis-master).
+	RedisMaster string
+	// SecretFile holds the token keys (--secret-file, empty: open mode).
+	SecretFile string
+	// ConfigFile is the optional config file (--config).
+	ConfigFile string
+	// LogLevel is debug, info, warn or error (--log-level, default info).
+	LogLevel string
+	// LogFormat is text or json (--log-format, default text).
+	LogFormat string
+
+	// MaxBodyBytes bounds an HTTP request body (--max-body-bytes, default 1 MiB); larger gets 413.
+	MaxBodyBytes int
+	// MaxBatch bounds the items of POST /v1/heartbeats (--max-batch, default 1000); more gets 413.
+	MaxBatch int
+	// MaxStatusUsers bounds the users of POST /v1/status (--max-status-users, default 1000).
+	MaxStatusUsers int
+	// UDPLoops is the number of UDP event loops, each with its own SO_REUSEPORT
+	// socket (--udp-loops, default 0: one per CPU).
+	UDPLoops int
+	// UDPReadBuffer is SO_RCVBUF of each UDP socket in bytes (--udp-read-buffer, default 4 MiB).
+	UDPReadBuffer int
+	// HTTPReadTimeout, HTTPWriteTimeout and HTTPIdleTimeout protect against
+	// slow clients (--http-read-timeout 10s, --http-write-timeout 10s, --http-idle-timeout 60s).
+	HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
+	// HTTPMaxConns bounds concurrent HTTP connections (--http-max-conns, default 10000).
+	HTTPMaxConns int
+	// DrainDelay is how long /readyz fails before intake stops at shutdown (--drain-delay, default 0s).
+	DrainDelay time.Duration
+	// ShutdownTimeout bounds the whole shutdown (--shutdown-timeout, default 15s).
+	ShutdownTimeout time.Duration
+	// SweepInterval is how often expired sessions are collected (--sweep-interval, default 100ms).
+	SweepInterval time.Duration
+
+	// Map configures the presence table (--shards, --max-rooms-per-user).
+	Map shardmap.Config
+	// Persist configures the write-ahead log (--fsync, --fsync-interval, --last-seen-retention).
+	// Persist.Dir is taken from DataDir.
+	Persist persist.Config
+	// FsyncMode is the textual --fsync value (interval, always, off).
+	FsyncMode string
+}
+
+// DefaultConfig returns the embedded defaults: a standalone node on loopback.
+func DefaultConfig() Config {
+	pc := persist.DefaultConfig()
+	return Config{
+		HTTPAddr:         "127.0.0.1:7070",
+		UDPAddr:          "127.0.0.1:7070",
+		DataDir:          "presenced-data",
+		TTL:              150 * time.Second,
+		Interval:         60 * time.Second,
+		LogLevel:         "info",
+		LogFormat:        "text",
+		MaxBodyBytes:     1 << 20,
+		MaxBatch:         1000,
+		MaxStatusUsers:   1000,
+		UDPReadBuffer:    4 << 20,
+		HTTPReadTimeout:  10 * time.Second,
+		HTTPWriteTimeout: 10 * time.Second,
+		HTTPIdleTimeout:  60 * time.Second,
+		HTTPMaxConns:     10000,
+		ShutdownTimeout:  15 * time.Second,
+		SweepInterval:    100 * time.Millisecond,
+		Map:              shardmap.DefaultConfig(),
+		Persist:          pc,
+		FsyncMode:        "interval",
+	}
+}
+
+// Validate reports the first problem with c, naming the flag.
+func (c *Config) Validate() error {
+	switch {
+	case c.HTTPAddr == "":
+		return errors.New("--http-addr must not be empty")
+	case c.TTL <= 0:
+		return errors.New("--ttl must be positive")
+	case c.Interval <= 0:
+		return errors.New("--interval must be positive")
+	case c.Interval >= c.TTL:
+		return fmt.Errorf("--interval (%s) must be shorter than --ttl (%s)", c.Interval, c.TTL)
+	case c.MaxBodyBytes < 1024:
+		return errors.New("--max-body-bytes must be at least 1024")
+	case c.MaxBatch < 1:
+		return errors.New("--max-batch must be at least 1")
+	case c.MaxStatusUsers < 1:
+		return errors.New("--max-status-users must be at least 1")
+	case c.UDPLoops < 0:
+		return errors.New("--udp-loops must not be negative")
+	case c.SweepInterval <= 0:
+		return errors.New("--sweep-interval must be positive")
+	case c.RedisMaster != "" && c.Redis == "":
+		return errors.New("--redis-master needs --redis to list the sentinels")
+	}
+	if _, err := parseLogLevel(c.LogLevel); err != nil {
+		return err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("--log-format must be text or json, not %q", c.LogFormat)
+	}
+	if err := c.Map.Validate(); err != nil {
+		return fmt.Errorf("invalid map config: %w", err)
+	}
+	mode, err := persist.ParseFsyncMode(c.FsyncMode)
+	if err != nil {
+		return fmt.Errorf("--fsync: %w", err)
+	}
+	c.Persist.Fsync = mode
+	c.Persist.Dir = c.DataDir
+	if c.DataDir != "" {
+		if err := c.Persist.Validate(); err != nil {
+			return fmt.Errorf("invalid persistence config: %w", err)
+		}
+	}
+	return nil
+}
+
+func parseLogLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", s)
+	}
+	return l, nil
+}
+
+// bindFlags registers every serve flag on fs, bound to c.
+func bindFlags(fs *flag.FlagSet, c *Config) {
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "TCP address of the HTTP API")
+	fs.StringVar(&c.UDPAddr, "udp-addr", c.UDPAddr, "UDP address for heartbeats (empty disables UDP)")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory of the write-ahead log (empty: memory only, nothing survives a restart)")
+	fs.DurationVar(&c.TTL, "ttl", c.TTL, "a session expires this long after its last heartbeat")
+	fs.DurationVar(&c.Interval, "interval", c.Interval, "heartbeat interval clients are told to use")
+	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis address(es) or URL for the cluster view (empty: standalone node)")
+	fs.StringVar(&c.RedisMaster, "redis-master", c.RedisMaster, "Sentinel master name (--redis lists the sentinels)")
+	fs.StringVar(&c.SecretFile, "secret-file", c.SecretFile, "file of token keys, one '<kid> <secret>' per line (empty: open mode)")
+	fs.StringVar(&c.ConfigFile, "config", c.ConfigFile, "optional config file of 'flag-name = value' lines")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
+	fs.IntVar(&c.MaxBodyBytes, "max-body-bytes", c.MaxBodyBytes, "largest HTTP request body in bytes (413 beyond)")
+	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most heartbeats in one POST /v1/heartbeats (413 beyond)")
+	fs.IntVar(&c.MaxStatusUsers, "max-status-users", c.MaxStatusUsers, "most users in one POST /v1/status (413 beyond)")
+	fs.IntVar(&c.UDPLoops, "udp-loops", c.UDPLoops, "UDP event loops, each with its own SO_REUSEPORT socket (0: one per CPU)")
+	fs.IntVar(&c.UDPReadBuffer, "udp-read-buffer", c.UDPReadBuffer, "SO_RCVBUF of each UDP socket in bytes")
+	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", c.HTTPReadTimeout, "HTTP read timeout")
+	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", c.HTTPWriteTimeout, "HTTP write timeout")
+	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "HTTP keep-alive idle timeout")
+	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", c.HTTPMaxConns, "most concurrent HTTP connections")
+	fs.DurationVar(&c.DrainDelay, "drain-delay", c.DrainDelay, "at shutdown, how long /readyz fails before intake stops")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "upper bound of a graceful shutdown")
+	fs.DurationVar(&c.SweepInterval, "sweep-interval", c.SweepInterval, "how often expired sessions are collected")
+	fs.IntVar(&c.Map.Shards, "shards", c.Map.Shards, "user shards of the presence table (power of two)")
+	fs.IntVar(&c.Map.MaxRoomsPerUser, "max-rooms-per-user", c.Map.MaxRoomsPerUser, "most live rooms per user")
+	fs.StringVar(&c.FsyncMode, "fsync", c.FsyncMode, "write-ahead log sync policy: interval, always or off")
+	fs.DurationVar(&c.Persist.FsyncInterval, "fsync-interval", c.Persist.FsyncInterval, "group-commit period with --fsync=interval")
+	fs.DurationVar(&c.Persist.LastSeenRetention, "last-seen-retention", c.Persist.LastSeenRetention, "how long a user's last-seen is kept after their sessions end")
+}
+
+// UsageError is a bad command line, environment or config file (exit status 2).
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// LoadConfig builds the effective config from defaults, the config file,
+// PRESENCED_* environment variables and args, in rising precedence: flags
+// win over environment, environment over file. getenv is os.Getenv in
+// production. Errors are *UsageError.
+func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	// First pass: learn which flags the command line sets, and their values.
+	probe := DefaultConfig()
+	pfs := flag.NewFlagSet("presenced serve", flag.ContinueOnError)
+	pfs.SetOutput(stderr)
+	bindFlags(pfs, &probe)
+	if err := pfs.Parse(args); err != nil {
+		return Config{}, &UsageError{err}
+	}
+	if pfs.NArg() > 0 {
+		return Config{}, &UsageError{fmt.Errorf("unexpected argument %q", pfs.Arg(0))}
+	}
+	explicit := map[string]string{}
+	pfs.Visit(func(f *flag.Flag) { explicit[f.Name] = f.Value.String() })
+
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("presenced serve", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	bindFlags(fs, &cfg)
+
+	file := getenv(envName("config"))
+	if v, ok := explicit["config"]; ok {
+		file = v
+	}
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return Config{}, &UsageError{fmt.Errorf("cannot read config file: %w", err)}
+		}
+		kv, err := parseConfigFile(data)
+		if err != nil {
+			return Config{}, &UsageError{fmt.Errorf("config file %s: %w", file, err)}
+		}
+		for _, p := range kv {
+			if p.k == "config" {
+				continue
+			}
+			if err := fs.Set(p.k, p.v); err != nil {
+				return Config{}, &UsageError{fmt.Errorf("config file %s line %d: %s: %w", file, p.line, p.k, err)}
+			}
+		}
+		cfg.ConfigFile = file
+	}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if v := getenv(envName(f.Name)); v != "" && envErr == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("%s: %w", envName(f.Name), err)
+			}
+		}
+	})
+	if envErr != nil {
+		return Config{}, &UsageError{envErr}
+	}
+	for name, v := range explicit {
+		if err := fs.Set(name, v); err != nil {
+			return Config{}, &UsageError{fmt.Errorf("--%s: %w", name, err)}
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, &UsageError{err}
+	}
+	return cfg, nil
+}
+
+// envName maps a flag name to its environment variable: http-addr -> PRESENCED_HTTP_ADDR.
+func envName(flagName string) string {
+	return "PRESENCED_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+type configPair struct {
+	k, v string
+	line int
+}
+
+// parseConfigFile reads `flag-name = value` lines; blank lines and lines
+// starting with # are ignored. Values may be double-quoted.
+func parseConfigFile(data []byte) ([]configPair, error) {
+	var out []configPair
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, fmt.Errorf("line %d: want 'name = value'", n)
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+			v = v[1 : len(v)-1]
+		}
+		out = append(out, configPair{k: k, v: v, line: n})
+	}
+	return out, sc.Err()
+}
+
+// PrintConfig writes the effective configuration as a config file, so
+// operators can see what runs (`presenced config`).
+func PrintConfig(w io.Writer, cfg Config) {
+	fs := flag.NewFlagSet("", flag.ContinueOnError)
+	c := cfg
+	bindFlags(fs, &c)
+	var lines []string
+	fs.VisitAll(func(f *flag.Flag) {
+		lines = append(lines, fmt.Sprintf("%s = %q", f.Name, f.Value.String()))
+	})
+	sort.Strings(lines)
+	for _, l := range lines {
+		fmt.Fprintln(w, l)
+	}
+}
+
+// FlagUsage writes the serve flags and their defaults.
+func FlagUsage(w io.Writer) {
+	c := DefaultConfig()
+	fs := flag.NewFlagSet("presenced serve", flag.ContinueOnError)
+	fs.SetOutput(w)
+	bindFlags(fs, &c)
+	fs.PrintDefaults()
+}

@@ -1,0 +1,637 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/presenced/presenced/persist"
+	"github.com/presenced/presenced/server/wire"
+	"github.com/presenced/presenced/shardmap"
+)
+
+// Query limits of the HTTP API (from the contract).
+const (
+	defaultMembersLimit = 100
+	maxMembersLimit     = 1000
+	defaultTopRooms     = 100
+	maxTopRooms         = 1000
+	// eventBuffer is each event-stream subscriber's queue.
+	eventBuffer = 1024
+	// maxEventSubscribers bounds concurrent GET /v1/events streams.
+	maxEventSubscribers = 1000
+)
+
+// httpScratch is the per-request working memory of the heartbeat handlers,
+// pooled so a heartbeat allocates nothing.
+type httpScratch struct {
+	r     jsonReader
+	buf   []byte
+	hb    heartbeatFields
+	items []heartbeatFields
+	out   []byte
+}
+
+var scratchPool = sync.Pool{New: func() any { return &httpScratch{} }}
+
+func (s *Server) startHTTP() error {
+	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on --http-addr %s: %w", s.cfg.HTTPAddr, err)
+	}
+	s.httpLn = ln
+	s.httpSrv = &fasthttp.Server{
+		Handler:                       s.handleHTTP,
+		ErrorHandler:                  s.handleHTTPError,
+		Name:                          "presenced",
+		MaxRequestBodySize:            s.cfg.MaxBodyBytes,
+		ReadTimeout:                   s.cfg.HTTPReadTimeout,
+		WriteTimeout:                  s.cfg.HTTPWriteTimeout,
+		IdleTimeout:                   s.cfg.HTTPIdleTimeout,
+		Concurrency:                   s.cfg.HTTPMaxConns,
+		CloseOnShutdown:               true,
+		NoDefaultDate:                 true,
+		DisablePreParseMultipartForm:  true,
+		DisableHeaderNamesNormalizing: false,
+		Logger:                        fasthttpLogger{s.log},
+	}
+	s.goroutine(func() {
+		if err := s.httpSrv.Serve(ln); err != nil {
+			s.log.Error("http server stopped", "err", err)
+		}
+	})
+	return nil
+}
+
+func (s *Server) stopHTTP(ctx context.Context) error {
+	if s.httpSrv == nil {
+		return nil
+	}
+	return s.httpSrv.ShutdownWithContext(ctx)
+}
+
+type fasthttpLogger struct {
+	log interface{ Debug(string, ...any) }
+}
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug("fasthttp", "msg", fmt.Sprintf(format, args...))
+}
+
+// handleHTTPError answers requests fasthttp could not read.
+func (s *Server) handleHTTPError(ctx *fasthttp.RequestCtx, err error) {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		s.met.httpTooBig.Inc()
+		jsonError(ctx, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds max-body-bytes (%d)", s.cfg.MaxBodyBytes))
+		return
+	}
+	jsonError(ctx, fasthttp.StatusBadRequest, "cannot read request: "+err.Error())
+}
+
+func (s *Server) handleHTTP(ctx *fasthttp.RequestCtx) {
+	t0 := time.Now()
+	rt := s.route(ctx)
+	s.met.httpLatency[rt].ObserveDuration(time.Since(t0))
+}
+
+// route dispatches on the raw (still escaped) path, so an id holding an
+// escaped slash stays one path segment.
+func (s *Server) route(ctx *fasthttp.RequestCtx) route {
+	path := ctx.URI().PathOriginal()
+	switch string(path) {
+	case "/v1/heartbeat":
+		if methods(ctx, "GET", "POST") {
+			s.hHeartbeat(ctx)
+		}
+		return rtHeartbeat
+	case "/v1/heartbeats":
+		if methods(ctx, "POST") {
+			s.hHeartbeats(ctx)
+		}
+		return rtHeartbeats
+	case "/v1/leave":
+		if methods(ctx, "POST") {
+			s.hLeave(ctx)
+		}
+		return rtLeave
+	case "/v1/status":
+		if methods(ctx, "POST") && s.queryReady(ctx) {
+			s.hStatus(ctx)
+		}
+		return rtStatus
+	case "/v1/rooms":
+		if methods(ctx, "GET") && s.queryReady(ctx) {
+			s.hTopRooms(ctx)
+		}
+		return rtRooms
+	case "/v1/stats":
+		if methods(ctx, "GET") && s.queryReady(ctx) {
+			s.hStats(ctx)
+		}
+		return rtStats
+	case "/v1/events":
+		if methods(ctx, "GET") {
+			s.hEvents(ctx)
+		}
+		return rtEvents
+	case "/livez":
+		if methods(ctx, "GET") {
+			jsonBody(ctx, 200, []byte(`{"status":"alive"}`))
+		}
+		return rtHealth
+	case "/readyz":
+		if methods(ctx, "GET") {
+			s.hReady(ctx)
+		}
+		return rtHealth
+	case "/metrics":
+		if methods(ctx, "GET") {
+			ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
+			ctx.SetBody(s.reg.appendText(nil))
+		}
+		return rtMetrics
+	}
+	if rest, ok := bytes.CutPrefix(path, []byte("/v1/users/")); ok && len(rest) > 0 && bytes.IndexByte(rest, '/') < 0 {
+		if methods(ctx, "GET") && s.queryReady(ctx) {
+			s.hUser(ctx, rest)
+		}
+		return rtUser
+	}
+	if rest, ok := bytes.CutPrefix(path, []byte("/v1/rooms/")); ok && len(rest) > 0 {
+		room, members := rest, false
+		if i := bytes.IndexByte(rest, '/'); i >= 0 {
+			if string(rest[i:]) != "/members" {
+				jsonError(ctx, fasthttp.StatusNotFound, "unknown path")
+				return rtOther
+			}
+			room, members = rest[:i], true
+		}
+		if methods(ctx, "GET") && s.queryReady(ctx) {
+			if members {
+				s.hMembers(ctx, room)
+				return rtMembers
+			}
+			s.hRoom(ctx, room)
+		}
+		if members {
+			return rtMembers
+		}
+		return rtRoom
+	}
+	jsonError(ctx, fasthttp.StatusNotFound, "unknown path")
+	return rtOther
+}
+
+// methods answers 405 with an Allow header unless the request uses one of allowed.
+func methods(ctx *fasthttp.RequestCtx, allowed ...string) bool {
+	m := ctx.Method()
+	for _, a := range allowed {
+		if string(m) == a {
+			return true
+		}
+	}
+	allow := allowed[0]
+	for _, a := range allowed[1:] {
+		allow += ", " + a
+	}
+	ctx.Response.Header.Set("Allow", allow)
+	jsonError(ctx, fasthttp.StatusMethodNotAllowed, "method "+string(m)+" not allowed; use "+allow)
+	return false
+}
+
+func jsonBody(ctx *fasthttp.RequestCtx, status int, body []byte) {
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(body)
+}
+
+func jsonError(ctx *fasthttp.RequestCtx, status int, msg string) {
+	b := append([]byte(`{"error":`), appendJSONString(nil, msg)...)
+	jsonBody(ctx, status, append(b, '}'))
+}
+
+func outcomeError(ctx *fasthttp.RequestCtx, o outcome) {
+	jsonError(ctx, outcomeInfo[o].status, outcomeInfo[o].msg)
+}
+
+// intakeOpen reports whether heartbeats are taken: not while replaying the
+// log, still while draining (the load balancer has not noticed yet).
+func (s *Server) intakeOpen(ctx *fasthttp.RequestCtx) bool {
+	switch s.state.Load() {
+	case stateReady, stateDraining:
+		return true
+	case stateStarting:
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, "not ready: replaying the write-ahead log")
+	default:
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, "shutting down")
+	}
+	return false
+}
+
+func (s *Server) queryReady(ctx *fasthttp.RequestCtx) bool {
+	if s.state.Load() == stateStarting {
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, "not ready: replaying the write-ahead log")
+		return false
+	}
+	return true
+}
+
+// durable waits, under --fsync=always, until what this request changed is
+// synced. It reports false (and answers 503) when the log cannot sync.
+func (s *Server) durable(ctx *fasthttp.RequestCtx) bool {
+	if s.store == nil || s.cfg.Persist.Fsync != persist.FsyncModeAlways {
+		return true
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTPWriteTimeout)
+	defer cancel()
+	if err := s.store.WaitDurable(wctx); err != nil {
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, "cannot sync the write-ahead log")
+		return false
+	}
+	return true
+}
+
+func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
+	if !s.intakeOpen(ctx) {
+		return
+	}
+	sc := scratchPool.Get().(*httpScratch)
+	defer scratchPool.Put(sc)
+	var user, room, tok []byte
+	if ctx.IsGet() {
+		args := ctx.QueryArgs()
+		user, room, tok = args.Peek("user"), args.Peek("room"), args.Peek("token")
+	} else {
+		if err := parseHeartbeat(&sc.r, ctx.PostBody(), sc.buf, &sc.hb); err != nil {
+			sc.buf = sc.r.scratch
+			s.met.count(trHTTP, outBadRequest)
+			jsonError(ctx, fasthttp.StatusBadRequest, "body must be a JSON object {\"user\",\"room\",\"token\"}")
+			return
+		}
+		sc.buf = sc.r.scratch
+		if sc.hb.fieldErr != "" {
+			s.met.count(trHTTP, outBadRequest)
+			jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.fieldErr)
+			return
+		}
+		user, room, tok = sc.hb.user, sc.hb.room, sc.hb.token
+	}
+	if o := s.heartbeat(trHTTP, user, room, tok, time.Now().UnixMilli()); o != outOK {
+		outcomeError(ctx, o)
+		return
+	}
+	if s.durable(ctx) {
+		jsonBody(ctx, fasthttp.StatusOK, s.hbReply)
+	}
+}
+
+func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
+	if !s.intakeOpen(ctx) {
+		return
+	}
+	sc := scratchPool.Get().(*httpScratch)
+	defer scratchPool.Put(sc)
+	items, err := parseBatch(&sc.r, ctx.PostBody(), sc.buf, sc.items, s.cfg.MaxBatch)
+	sc.buf, sc.items = sc.r.scratch, items
+	switch {
+	case errors.Is(err, errTooMany):
+		jsonError(ctx, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("batch exceeds max-batch (%d heartbeats)", s.cfg.MaxBatch))
+		return
+	case errors.Is(err, errMissingHeartbeats):
+		jsonError(ctx, fasthttp.StatusBadRequest, `body must be {"heartbeats":[...]}`)
+		return
+	case err != nil:
+		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"heartbeats":[{"user","room","token"},...]}`)
+		return
+	}
+	now := time.Now().UnixMilli()
+	out := append(sc.out[:0], `{"accepted":`...)
+	accepted := 0
+	var rejected []byte
+	for i := range items {
+		it := &items[i]
+		var msg string
+		if it.fieldErr != "" {
+			s.met.count(trHTTP, outBadRequest)
+			msg = it.fieldErr
+		} else if o := s.heartbeat(trHTTP, it.user, it.room, it.token, now); o != outOK {
+			msg = outcomeInfo[o].msg
+		} else {
+			accepted++
+			continue
+		}
+		if len(rejected) > 0 {
+			rejected = append(rejected, ',')
+		}
+		rejected = append(rejected, `{"index":`...)
+		rejected = strconv.AppendInt(rejected, int64(i), 10)
+		rejected = append(rejected, `,"error":`...)
+		rejected = appendJSONString(rejected, msg)
+		rejected = append(rejected, '}')
+	}
+	clear(items)
+	out = strconv.AppendInt(out, int64(accepted), 10)
+	out = append(out, `,"rejected":[`...)
+	out = append(out, rejected...)
+	out = append(out, "]}"...)
+	sc.out = out
+	if accepted == 0 || s.durable(ctx) {
+		jsonBody(ctx, fasthttp.StatusOK, out)
+	}
+}
+
+func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
+	if !s.intakeOpen(ctx) {
+		return
+	}
+	sc := scratchPool.Get().(*httpScratch)
+	defer scratchPool.Put(sc)
+	if err := parseHeartbeat(&sc.r, ctx.PostBody(), sc.buf, &sc.hb); err != nil {
+		sc.buf = sc.r.scratch
+		s.met.countLeave(trHTTP, outBadRequest)
+		jsonError(ctx, fasthttp.StatusBadRequest, "body must be a JSON object {\"user\",\"room\",\"token\"}")
+		return
+	}
+	sc.buf = sc.r.scratch
+	if sc.hb.fieldErr != "" {
+		s.met.countLeave(trHTTP, outBadRequest)
+		jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.fieldErr)
+		return
+	}
+	n, o := s.leave(trHTTP, sc.hb.user, sc.hb.room, sc.hb.token, time.Now().UnixMilli())
+	if o != outOK {
+		outcomeError(ctx, o)
+		return
+	}
+	if n == 0 || s.durable(ctx) {
+		jsonBody(ctx, fasthttp.StatusOK, fmt.Appendf(nil, `{"left":%d}`, n))
+	}
+}
+
+// pathID unescapes and validates an id taken from the path.
+func pathID(ctx *fasthttp.RequestCtx, raw []byte, field string) ([]byte, bool) {
+	s, err := url.PathUnescape(string(raw))
+	if err != nil || !wire.ValidID([]byte(s), false) {
+		jsonError(ctx, fasthttp.StatusBadRequest, field+" must be a URL-encoded id of 1 to 128 bytes of UTF-8 without control characters")
+		return nil, false
+	}
+	return []byte(s), true
+}
+
+// appendUser appends one user status object.
+func (s *Server) appendUser(b []byte, user []byte, rooms []shardmap.RoomSession) ([]byte, []shardmap.RoomSession) {
+	rooms, lastSeen, online := s.m.User(user, rooms[:0])
+	if !online && s.store != nil {
+		if ms, ok, err := s.store.LastSeen(user); err == nil && ok {
+			lastSeen = ms
+		}
+	}
+	b = append(b, `{"user":`...)
+	b = appendJSONString(b, string(user))
+	b = append(b, `,"online":`...)
+	b = strconv.AppendBool(b, online)
+	b = append(b, `,"rooms":[`...)
+	for i, r := range rooms {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, r.Room)
+	}
+	b = append(b, `],"last_seen":`...)
+	b = appendTime(b, lastSeen)
+	return append(b, '}'), rooms
+}
+
+func (s *Server) hUser(ctx *fasthttp.RequestCtx, raw []byte) {
+	user, ok := pathID(ctx, raw, "user")
+	if !ok {
+		return
+	}
+	b, _ := s.appendUser(nil, user, nil)
+	jsonBody(ctx, fasthttp.StatusOK, b)
+}
+
+func (s *Server) hStatus(ctx *fasthttp.RequestCtx) {
+	var req struct {
+		Users []string `json:"users"`
+	}
+	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"users":[...]} of strings`)
+		return
+	}
+	if req.Users == nil {
+		jsonError(ctx, fasthttp.StatusBadRequest, `"users" must be an array of user ids`)
+		return
+	}
+	if len(req.Users) > s.cfg.MaxStatusUsers {
+		jsonError(ctx, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("users exceeds max-status-users (%d)", s.cfg.MaxStatusUsers))
+		return
+	}
+	for i, u := range req.Users {
+		if !wire.ValidID([]byte(u), false) {
+			jsonError(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("users[%d] must be 1 to 128 bytes of UTF-8 without control characters", i))
+			return
+		}
+	}
+	b := []byte(`{"users":[`)
+	var rooms []shardmap.RoomSession
+	for i, u := range req.Users {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b, rooms = s.appendUser(b, []byte(u), rooms)
+	}
+	jsonBody(ctx, fasthttp.StatusOK, append(b, "]}"...))
+}
+
+func (s *Server) hRoom(ctx *fasthttp.RequestCtx, raw []byte) {
+	room, ok := pathID(ctx, raw, "room")
+	if !ok {
+		return
+	}
+	b := append([]byte(`{"room":`), appendJSONString(nil, string(room))...)
+	b = append(b, `,"online":`...)
+	b = strconv.AppendInt(b, int64(s.m.RoomOnline(room)), 10)
+	jsonBody(ctx, fasthttp.StatusOK, append(b, '}'))
+}
+
+// intArg reads an optional integer query argument within [min, max].
+func intArg(ctx *fasthttp.RequestCtx, name string, def, min, max int) (int, bool) {
+	v := ctx.QueryArgs().Peek(name)
+	if len(v) == 0 {
+		return def, true
+	}
+	n, err := strconv.Atoi(string(v))
+	if err != nil || n < min || n > max {
+		jsonError(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("%s must be an integer from %d to %d", name, min, max))
+		return 0, false
+	}
+	return n, true
+}
+
+func (s *Server) hMembers(ctx *fasthttp.RequestCtx, raw []byte) {
+	room, ok := pathID(ctx, raw, "room")
+	if !ok {
+		return
+	}
+	limit, ok := intArg(ctx, "limit", defaultMembersLimit, 1, maxMembersLimit)
+	if !ok {
+		return
+	}
+	var cursor uint64
+	if c := ctx.QueryArgs().Peek("cursor"); len(c) > 0 {
+		v, err := strconv.ParseUint(string(c), 36, 64)
+		if err != nil || v == 0 {
+			jsonError(ctx, fasthttp.StatusBadRequest, "cursor must be a next_cursor value from an earlier page")
+			return
+		}
+		cursor = v
+	}
+	members, next := s.m.Members(room, cursor, limit, nil)
+	b := append([]byte(`{"room":`), appendJSONString(nil, string(room))...)
+	b = append(b, `,"members":[`...)
+	for i, mb := range members {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"user":`...)
+		b = appendJSONString(b, mb.User)
+		b = append(b, `,"last_seen":`...)
+		b = appendTime(b, mb.LastSeen)
+		b = append(b, '}')
+	}
+	b = append(b, `],"next_cursor":`...)
+	if next == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '"')
+		b = strconv.AppendUint(b, next, 36)
+		b = append(b, '"')
+	}
+	jsonBody(ctx, fasthttp.StatusOK, append(b, '}'))
+}
+
+func (s *Server) hTopRooms(ctx *fasthttp.RequestCtx) {
+	n, ok := intArg(ctx, "top", defaultTopRooms, 1, maxTopRooms)
+	if !ok {
+		return
+	}
+	rooms := s.m.TopRooms(n, nil)
+	b := []byte(`{"rooms":[`)
+	for i, r := range rooms {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"room":`...)
+		b = appendJSONString(b, r.Room)
+		b = append(b, `,"online":`...)
+		b = strconv.AppendInt(b, int64(r.Online), 10)
+		b = append(b, '}')
+	}
+	jsonBody(ctx, fasthttp.StatusOK, append(b, "]}"...))
+}
+
+func (s *Server) hStats(ctx *fasthttp.RequestCtx) {
+	st := s.m.Stats()
+	jsonBody(ctx, fasthttp.StatusOK, fmt.Appendf(nil, `{"online_users":%d,"sessions":%d,"rooms":%d}`, st.OnlineUsers, st.Sessions, st.Rooms))
+}
+
+func (s *Server) hReady(ctx *fasthttp.RequestCtx) {
+	switch st := s.state.Load(); {
+	case st == stateStarting:
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, "starting: replaying the write-ahead log")
+	case st != stateReady:
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, "draining: shutting down")
+	case s.store != nil && s.store.Healthy() != nil:
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, "write-ahead log failing: "+s.store.Healthy().Error())
+	default:
+		jsonBody(ctx, fasthttp.StatusOK, []byte(`{"status":"ready"}`))
+	}
+}
+
+// hEvents streams join and leave events as server-sent events.
+func (s *Server) hEvents(ctx *fasthttp.RequestCtx) {
+	args := ctx.QueryArgs()
+	room, all := "", !args.Has("room")
+	if !all {
+		r := args.Peek("room")
+		if !wire.ValidID(r, true) {
+			jsonError(ctx, fasthttp.StatusBadRequest, "room must be at most 128 bytes of UTF-8 without control characters")
+			return
+		}
+		room = string(r)
+	}
+	sub := s.hub.subscribe(room, all, eventBuffer, maxEventSubscribers)
+	if sub == nil {
+		jsonError(ctx, fasthttp.StatusTooManyRequests, fmt.Sprintf("too many event streams (max %d)", maxEventSubscribers))
+		return
+	}
+	ctx.SetContentType("text/event-stream")
+	ctx.Response.Header.Set("Cache-Control", "no-cache")
+	ctx.Response.Header.Set("X-Accel-Buffering", "no")
+	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer s.hub.unsubscribe(sub)
+		ping := time.NewTicker(15 * time.Second)
+		defer ping.Stop()
+		_, _ = w.WriteString(": presenced event stream\n\n")
+		if w.Flush() != nil {
+			return
+		}
+		var b []byte
+		for {
+			select {
+			case ev := <-sub.ch:
+				b = appendSSE(b[:0], &ev)
+				// Coalesce what is already queued into one flush.
+				for more := true; more && len(b) < 64<<10; {
+					select {
+					case ev := <-sub.ch:
+						b = appendSSE(b, &ev)
+					default:
+						more = false
+					}
+				}
+				if _, err := w.Write(b); err != nil || w.Flush() != nil {
+					return
+				}
+			case <-ping.C:
+				if _, err := w.WriteString(": ping\n\n"); err != nil || w.Flush() != nil {
+					return
+				}
+			case <-sub.done:
+				return
+			}
+		}
+	})
+}
+
+// appendSSE renders one event: `event: join|leave` and a JSON data line.
+func appendSSE(b []byte, ev *shardmap.Event) []byte {
+	if ev.Join {
+		b = append(b, "event: join\ndata: {\"user\":"...)
+	} else {
+		b = append(b, "event: leave\ndata: {\"user\":"...)
+	}
+	b = appendJSONString(b, ev.User)
+	b = append(b, `,"room":`...)
+	b = appendJSONString(b, ev.Room)
+	b = append(b, `,"at":`...)
+	b = appendTime(b, ev.At)
+	b = append(b, `,"reason":`...)
+	if ev.Join {
+		b = append(b, "null"...)
+	} else {
+		b = appendJSONString(b, ev.Reason.String())
+	}
+	return append(b, "}\n\n"...)
+}

@@ -1,0 +1,294 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/presenced/presenced/persist"
+	"github.com/presenced/presenced/server/token"
+	"github.com/presenced/presenced/shardmap"
+)
+
+// Readiness states, in the order a server passes through them.
+const (
+	stateStarting int32 = iota
+	stateReady
+	stateDraining
+	stateStopped
+)
+
+// Server is one presenced node: the presence table, its write-ahead log and
+// the HTTP and UDP listeners feeding it.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	m     *shardmap.Map
+	store *persist.Store // nil when DataDir is empty
+	keys  atomic.Pointer[token.Keyring]
+	hub   *hub
+	reg   registry
+	met   *serverMetrics
+	start time.Time
+
+	state    atomic.Int32
+	stopping atomic.Bool
+	quit     chan struct{}
+	wg       sync.WaitGroup
+
+	ttlMs, intervalMs int64
+	// hbReply is the precomputed body of a successful heartbeat.
+	hbReply []byte
+
+	httpSrv *fasthttp.Server
+	httpLn  net.Listener
+	udp     *udpServer
+}
+
+// New builds a server from a validated config. It opens nothing; Start does.
+func New(cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	mc := cfg.Map
+	mc.TrackChanges = cfg.DataDir != ""
+	m, err := shardmap.New(mc)
+	if err != nil {
+		return nil, fmt.Errorf("cannot create presence table: %w", err)
+	}
+	s := &Server{
+		cfg:        cfg,
+		log:        log,
+		m:          m,
+		hub:        newHub(),
+		start:      time.Now(),
+		quit:       make(chan struct{}),
+		ttlMs:      cfg.TTL.Milliseconds(),
+		intervalMs: cfg.Interval.Milliseconds(),
+	}
+	s.hbReply = fmt.Appendf(nil, `{"interval_ms":%d,"ttl_ms":%d}`, s.intervalMs, s.ttlMs)
+	if cfg.SecretFile != "" {
+		kr, err := token.LoadKeyring(cfg.SecretFile)
+		if err != nil {
+			return nil, &UsageError{fmt.Errorf("--secret-file: %w", err)}
+		}
+		s.keys.Store(kr)
+	}
+	s.met = newServerMetrics(&s.reg)
+	s.registerGauges()
+	return s, nil
+}
+
+// goroutine starts f tracked by the server's WaitGroup (nats-server's startGoRoutine).
+func (s *Server) goroutine(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// Start opens the log, replays it, and starts the listeners. /livez answers
+// as soon as the HTTP listener is up; /readyz turns 200 only after replay
+// and once UDP is listening.
+func (s *Server) Start() error {
+	if s.keys.Load() == nil {
+		s.log.Warn("no --secret-file: running in open mode, heartbeats are not authenticated")
+	}
+	if err := s.startHTTP(); err != nil {
+		return err
+	}
+	if s.cfg.DataDir != "" {
+		if err := s.openStore(); err != nil {
+			s.stopHTTP(context.Background())
+			return err
+		}
+	} else {
+		s.log.Warn("no --data-dir: presence lives in memory only and is lost on restart")
+	}
+	if s.cfg.UDPAddr != "" {
+		u, err := s.startUDP()
+		if err != nil {
+			s.stopHTTP(context.Background())
+			if s.store != nil {
+				_ = s.store.Close()
+			}
+			return err
+		}
+		s.udp = u
+	}
+	s.goroutine(s.sweepLoop)
+	s.state.Store(stateReady)
+	s.log.Info("presenced ready", "http", s.HTTPAddr(), "udp", s.UDPAddr(),
+		"ttl", s.cfg.TTL, "interval", s.cfg.Interval, "data_dir", s.cfg.DataDir,
+		"fsync", s.cfg.FsyncMode, "sessions", s.m.Stats().Sessions)
+	return nil
+}
+
+// openStore opens the write-ahead log and replays it into the map.
+func (s *Server) openStore() error {
+	pc := s.cfg.Persist
+	pc.Logger = s.log.With("component", "persist")
+	t0 := time.Now()
+	st, err := persist.Open(pc)
+	if err != nil {
+		return fmt.Errorf("cannot open write-ahead log in %s: %w", s.cfg.DataDir, err)
+	}
+	now := time.Now().UnixMilli()
+	var restoreErr int
+	rs, err := st.Replay(now,
+		func(user, room []byte, lastSeen, expiry int64) error {
+			if _, err := s.m.Restore(user, room, lastSeen, expiry, now); err != nil {
+				restoreErr++
+			}
+			return nil
+		},
+		func(user, room []byte, lastSeen, expiry int64) {
+			s.publish(shardmap.Event{User: string(user), Room: string(room), At: expiry, Reason: shardmap.ReasonTimeout})
+		})
+	if err != nil {
+		_ = st.Close()
+		return fmt.Errorf("cannot replay write-ahead log: %w", err)
+	}
+	if rs.Unclean {
+		s.log.Warn("previous run did not shut down cleanly; recovered from the write-ahead log")
+	}
+	s.log.Info("write-ahead log replayed", "live", rs.Live, "expired_while_down", rs.Expired,
+		"restore_errors", restoreErr, "took", time.Since(t0))
+	s.store = st
+	st.Start(s.m.Drain)
+	return nil
+}
+
+// sweepLoop expires sessions every SweepInterval.
+func (s *Server) sweepLoop() {
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	var evs []shardmap.Event
+	for {
+		select {
+		case <-s.quit:
+			return
+		case now := <-t.C:
+			evs = s.m.Expire(now.UnixMilli(), evs[:0])
+			for i := range evs {
+				s.publish(evs[i])
+			}
+			clear(evs)
+		}
+	}
+}
+
+// publish counts an event and hands it to event subscribers.
+func (s *Server) publish(ev shardmap.Event) {
+	switch {
+	case ev.Join:
+		s.met.joins.Inc()
+	case ev.Reason == shardmap.ReasonTimeout:
+		s.met.leavesTimeout.Inc()
+	default:
+		s.met.leavesLeft.Inc()
+	}
+	if missed := s.hub.publish(ev); missed > 0 {
+		s.met.eventsDropped.Add(uint64(missed))
+	}
+}
+
+// Ready reports whether the server takes traffic.
+func (s *Server) Ready() bool {
+	if s.state.Load() != stateReady {
+		return false
+	}
+	if s.store != nil && s.store.Healthy() != nil {
+		return false
+	}
+	return true
+}
+
+// HTTPAddr is the bound HTTP address (useful with port 0).
+func (s *Server) HTTPAddr() string {
+	if s.httpLn == nil {
+		return ""
+	}
+	return s.httpLn.Addr().String()
+}
+
+// UDPAddr is the bound UDP address.
+func (s *Server) UDPAddr() string {
+	if s.udp == nil {
+		return ""
+	}
+	return s.udp.addr
+}
+
+// Shutdown stops the server once, in reverse order of Start: fail
+// readiness, wait the drain delay, stop intake, stop the sweeper, flush and
+// close the log, wait for goroutines. It logs how long each step took.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if !s.stopping.CompareAndSwap(false, true) {
+		return nil
+	}
+	t0 := time.Now()
+	step := func(name string, f func() error) error {
+		t := time.Now()
+		err := f()
+		s.log.Info("shutdown step", "step", name, "took", time.Since(t), "err", err)
+		return err
+	}
+	var errs []error
+	s.state.Store(stateDraining)
+	if s.cfg.DrainDelay > 0 {
+		_ = step("drain delay", func() error {
+			select {
+			case <-time.After(s.cfg.DrainDelay):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}
+	s.hub.close()
+	if s.udp != nil {
+		errs = append(errs, step("stop udp", func() error { return s.udp.stop(ctx) }))
+	}
+	errs = append(errs, step("stop http", func() error { return s.stopHTTP(ctx) }))
+	close(s.quit)
+	if s.store != nil {
+		errs = append(errs, step("close write-ahead log", s.store.Close))
+	}
+	errs = append(errs, step("wait goroutines", func() error {
+		done := make(chan struct{})
+		go func() { s.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("cannot wait for goroutines: %w", ctx.Err())
+		}
+	}))
+	s.state.Store(stateStopped)
+	err := errors.Join(errs...)
+	s.log.Info("presenced stopped", "took", time.Since(t0), "err", err)
+	return err
+}
+
+// numLoops is the number of UDP event loops to run.
+func (s *Server) numLoops() int {
+	if s.cfg.UDPLoops > 0 {
+		return s.cfg.UDPLoops
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+func timeFromMs(ms int64) time.Time { return time.UnixMilli(ms).UTC() }

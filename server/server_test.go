@@ -1,0 +1,694 @@
+package server_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/token"
+	"github.com/presenced/presenced/server/wire"
+)
+
+const testSecret = "k1 0123456789abcdef0123456789abcdef-test-secret-one\nk2 fedcba9876543210fedcba9876543210-test-secret-two\n"
+
+// node is one running server for a test.
+type node struct {
+	t    *testing.T
+	srv  *server.Server
+	base string
+	udp  string
+	keys *token.Keyring
+}
+
+// startNode runs a server on free loopback ports and stops it when the test ends.
+func startNode(t *testing.T, mod func(*server.Config)) *node {
+	t.Helper()
+	cfg := server.DefaultConfig()
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.UDPAddr = "127.0.0.1:0"
+	cfg.DataDir = ""
+	cfg.UDPLoops = 2
+	cfg.LogLevel = "warn"
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := server.New(cfg, server.NewLogger(io.Discard, cfg))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	})
+	n := &node{t: t, srv: srv, base: "http://" + srv.HTTPAddr(), udp: srv.UDPAddr()}
+	if cfg.SecretFile != "" {
+		kr, err := token.LoadKeyring(cfg.SecretFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.keys = kr
+	}
+	return n
+}
+
+// withSecret writes the test keyring and points the config at it.
+func withSecret(t *testing.T) func(*server.Config) {
+	path := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(path, []byte(testSecret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return func(c *server.Config) { c.SecretFile = path }
+}
+
+// do sends one request and decodes a JSON answer into out (when non-nil).
+func (n *node) do(method, path, body string, out any) int {
+	n.t.Helper()
+	req, err := http.NewRequest(method, n.base+path, strings.NewReader(body))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		n.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			n.t.Fatalf("%s %s: status %d, cannot decode %q: %v", method, path, resp.StatusCode, data, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+func (n *node) heartbeat(user, room, tok string) int {
+	n.t.Helper()
+	b, _ := json.Marshal(map[string]string{"user": user, "room": room, "token": tok})
+	return n.do("POST", "/v1/heartbeat", string(b), nil)
+}
+
+type userStatus struct {
+	User     string   `json:"user"`
+	Online   bool     `json:"online"`
+	Rooms    []string `json:"rooms"`
+	LastSeen *string  `json:"last_seen"`
+}
+
+func (n *node) user(u string) userStatus {
+	n.t.Helper()
+	var us userStatus
+	if code := n.do("GET", "/v1/users/"+url.PathEscape(u), "", &us); code != 200 {
+		n.t.Fatalf("GET user %q: %d", u, code)
+	}
+	return us
+}
+
+func (n *node) roomOnline(r string) int {
+	n.t.Helper()
+	var out struct {
+		Room   string `json:"room"`
+		Online int    `json:"online"`
+	}
+	if code := n.do("GET", "/v1/rooms/"+url.PathEscape(r), "", &out); code != 200 {
+		n.t.Fatalf("GET room %q: %d", r, code)
+	}
+	return out.Online
+}
+
+type stats struct {
+	OnlineUsers int `json:"online_users"`
+	Sessions    int `json:"sessions"`
+	Rooms       int `json:"rooms"`
+}
+
+func (n *node) stats() stats {
+	n.t.Helper()
+	var s stats
+	if code := n.do("GET", "/v1/stats", "", &s); code != 200 {
+		n.t.Fatalf("GET stats: %d", code)
+	}
+	return s
+}
+
+// metric returns the value of one sample line of /metrics, or -1.
+func (n *node) metric(sample string) float64 {
+	n.t.Helper()
+	resp, err := http.Get(n.base + "/metrics")
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, sample+" ") {
+			var v float64
+			fmt.Sscan(line[len(sample)+1:], &v)
+			return v
+		}
+	}
+	return -1
+}
+
+// udpClient sends datagrams from one socket and reads replies.
+type udpClient struct {
+	t *testing.T
+	c *net.UDPConn
+}
+
+func (n *node) udpClient() *udpClient {
+	n.t.Helper()
+	raddr, err := net.ResolveUDPAddr("udp", n.udp)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	c, err := net.DialUDP("udp", nil, raddr)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(func() { c.Close() })
+	return &udpClient{t: n.t, c: c}
+}
+
+// send writes b and returns the reply, or nil when none comes within wait.
+func (u *udpClient) send(b []byte, wait time.Duration) []byte {
+	u.t.Helper()
+	if _, err := u.c.Write(b); err != nil {
+		u.t.Fatal(err)
+	}
+	if wait == 0 {
+		return nil
+	}
+	buf := make([]byte, 2048)
+	u.c.SetReadDeadline(time.Now().Add(wait))
+	n, err := u.c.Read(buf)
+	if err != nil {
+		return nil
+	}
+	return buf[:n]
+}
+
+func (u *udpClient) request(seq uint32, ack bool, items ...wire.Item) []byte {
+	u.t.Helper()
+	b, err := wire.AppendRequest(nil, seq, ack, items)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	return b
+}
+
+func hb(user, room, tok string) wire.Item {
+	return wire.Item{Op: wire.OpHeartbeat, User: []byte(user), Room: []byte(room), Token: []byte(tok)}
+}
+
+// eventually polls f until it returns true or the deadline passes.
+func eventually(t *testing.T, d time.Duration, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestHeartbeatsAndQueries(t *testing.T) {
+	n := startNode(t, nil)
+	// HTTP POST, HTTP GET and UDP heartbeats for several users and rooms.
+	for _, u := range []string{"alice", "bob", "carol"} {
+		if code := n.heartbeat(u, "lobby", ""); code != 200 {
+			t.Fatalf("heartbeat %s: %d", u, code)
+		}
+	}
+	var hbResp struct {
+		IntervalMs int64 `json:"interval_ms"`
+		TTLMs      int64 `json:"ttl_ms"`
+	}
+	if code := n.do("GET", "/v1/heartbeat?user=dave&room=game%2F1", "", &hbResp); code != 200 || hbResp.IntervalMs != 60000 || hbResp.TTLMs != 150000 {
+		t.Fatalf("GET heartbeat: %d %+v", code, hbResp)
+	}
+	uc := n.udpClient()
+	reply := uc.send(uc.request(7, true, hb("erin", "game/1", ""), hb("alice", "game/1", ""), hb("frank", "", "")), time.Second)
+	var r wire.Reply
+	if err := r.Decode(reply); err != nil {
+		t.Fatalf("udp reply %x: %v", reply, err)
+	}
+	if r.Seq != 7 || len(r.Statuses()) != 3 || r.Statuses()[0] != wire.StatusOK || r.Statuses()[2] != wire.StatusOK {
+		t.Fatalf("udp reply: %+v %v", r, r.Statuses())
+	}
+	if !r.HasTiming || r.IntervalMs != 60000 || r.TTLMs != 150000 {
+		t.Fatalf("udp reply timing: %+v", r)
+	}
+	// A datagram without the ack flag is applied and not answered.
+	if got := uc.send(uc.request(8, false, hb("gina", "lobby", "")), 200*time.Millisecond); got != nil {
+		t.Fatalf("reply to a datagram that did not ask: %x", got)
+	}
+	eventually(t, 2*time.Second, "gina online", func() bool { return n.user("gina").Online })
+
+	alice := n.user("alice")
+	sort.Strings(alice.Rooms)
+	if !alice.Online || strings.Join(alice.Rooms, ",") != "game/1,lobby" || alice.LastSeen == nil {
+		t.Fatalf("alice: %+v", alice)
+	}
+	if _, err := time.Parse(time.RFC3339, *alice.LastSeen); err != nil || !strings.HasSuffix(*alice.LastSeen, "Z") {
+		t.Fatalf("last_seen %q: %v", *alice.LastSeen, err)
+	}
+	if nobody := n.user("nobody"); nobody.Online || nobody.LastSeen != nil || len(nobody.Rooms) != 0 {
+		t.Fatalf("nobody: %+v", nobody)
+	}
+	var bulk struct{ Users []userStatus }
+	if code := n.do("POST", "/v1/status", `{"users":["alice","nobody","frank"]}`, &bulk); code != 200 || len(bulk.Users) != 3 {
+		t.Fatalf("bulk status: %d %+v", code, bulk)
+	}
+	if !bulk.Users[0].Online || bulk.Users[1].Online || !bulk.Users[2].Online || bulk.Users[2].User != "frank" {
+		t.Fatalf("bulk status: %+v", bulk)
+	}
+	if got := n.roomOnline("lobby"); got != 4 {
+		t.Fatalf("lobby online = %d, want 4", got)
+	}
+	if got := n.roomOnline("game/1"); got != 3 {
+		t.Fatalf("game/1 online = %d, want 3", got)
+	}
+	var top struct {
+		Rooms []struct {
+			Room   string
+			Online int
+		}
+	}
+	if code := n.do("GET", "/v1/rooms?top=2", "", &top); code != 200 || len(top.Rooms) != 2 || top.Rooms[0].Room != "lobby" || top.Rooms[0].Online != 4 || top.Rooms[1].Room != "game/1" {
+		t.Fatalf("top rooms: %d %+v", code, top)
+	}
+	if s := n.stats(); s.OnlineUsers != 7 || s.Sessions != 8 || s.Rooms != 2 {
+		t.Fatalf("stats: %+v", s)
+	}
+	if v := n.metric(`presenced_heartbeats_total{transport="udp",outcome="ok"}`); v != 4 {
+		t.Fatalf("udp ok heartbeats metric = %v, want 4", v)
+	}
+}
+
+func TestMembersPagingEveryMemberOnce(t *testing.T) {
+	n := startNode(t, nil)
+	const users = 250
+	var batch strings.Builder
+	batch.WriteString(`{"heartbeats":[`)
+	for i := range users {
+		if i > 0 {
+			batch.WriteString(",")
+		}
+		fmt.Fprintf(&batch, `{"user":"u%03d","room":"big"}`, i)
+	}
+	batch.WriteString("]}")
+	var res struct {
+		Accepted int
+		Rejected []any
+	}
+	if code := n.do("POST", "/v1/heartbeats", batch.String(), &res); code != 200 || res.Accepted != users || len(res.Rejected) != 0 {
+		t.Fatalf("batch: %d %+v", code, res)
+	}
+	seen := map[string]int{}
+	cursor := ""
+	for pages := 0; ; pages++ {
+		if pages > 100 {
+			t.Fatal("paging does not end")
+		}
+		var page struct {
+			Members []struct {
+				User     string
+				LastSeen string `json:"last_seen"`
+			}
+			NextCursor *string `json:"next_cursor"`
+		}
+		path := "/v1/rooms/big/members?limit=40"
+		if cursor != "" {
+			path += "&cursor=" + url.QueryEscape(cursor)
+		}
+		if code := n.do("GET", path, "", &page); code != 200 {
+			t.Fatalf("members: %d", code)
+		}
+		if len(page.Members) > 40 {
+			t.Fatalf("page of %d > limit", len(page.Members))
+		}
+		for _, m := range page.Members {
+			seen[m.User]++
+		}
+		// Churn between pages: others join and leave; they may or may not show.
+		n.heartbeat(fmt.Sprintf("churn%d", pages), "big", "")
+		n.do("POST", "/v1/leave", fmt.Sprintf(`{"user":"churn%d","room":"big"}`, pages-1), nil)
+		if page.NextCursor == nil {
+			break
+		}
+		cursor = *page.NextCursor
+	}
+	for i := range users {
+		if u := fmt.Sprintf("u%03d", i); seen[u] != 1 {
+			t.Fatalf("%s seen %d times, want exactly once", u, seen[u])
+		}
+	}
+	if code := n.do("GET", "/v1/rooms/big/members?cursor=!!", "", nil); code != 400 {
+		t.Fatalf("bad cursor: %d, want 400", code)
+	}
+	if code := n.do("GET", "/v1/rooms/big/members?limit=1001", "", nil); code != 400 {
+		t.Fatalf("limit over max: %d, want 400", code)
+	}
+}
+
+func TestExpiryAndLeave(t *testing.T) {
+	n := startNode(t, func(c *server.Config) {
+		c.TTL = 400 * time.Millisecond
+		c.Interval = 100 * time.Millisecond
+		c.SweepInterval = 20 * time.Millisecond
+	})
+	n.heartbeat("a", "r1", "")
+	n.heartbeat("a", "r2", "")
+	n.heartbeat("b", "r1", "")
+	n.heartbeat("c", "r1", "")
+	if got := n.roomOnline("r1"); got != 3 {
+		t.Fatalf("r1 = %d", got)
+	}
+	// Explicit leave of one room, then of all rooms.
+	var left struct{ Left int }
+	if code := n.do("POST", "/v1/leave", `{"user":"a","room":"r2"}`, &left); code != 200 || left.Left != 1 {
+		t.Fatalf("leave one: %d %+v", code, left)
+	}
+	if code := n.do("POST", "/v1/leave", `{"user":"b"}`, &left); code != 200 || left.Left != 1 {
+		t.Fatalf("leave all: %d %+v", code, left)
+	}
+	if got := n.roomOnline("r1"); got != 2 {
+		t.Fatalf("r1 after leave = %d, want 2", got)
+	}
+	// Keep c alive; a stops heartbeating and expires.
+	stop := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(stop) {
+		n.heartbeat("c", "r1", "")
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := n.roomOnline("r1"); got != 1 {
+		t.Fatalf("r1 after a's expiry = %d, want 1", got)
+	}
+	if n.user("a").Online || !n.user("c").Online {
+		t.Fatalf("a should be offline and c online")
+	}
+	if v := n.metric(`presenced_leaves_total{reason="timeout"}`); v != 1 {
+		t.Fatalf("timeout leaves = %v, want 1", v)
+	}
+	if v := n.metric(`presenced_leaves_total{reason="left"}`); v != 2 {
+		t.Fatalf("left leaves = %v, want 2", v)
+	}
+}
+
+func TestEventStream(t *testing.T) {
+	n := startNode(t, func(c *server.Config) {
+		c.TTL = 300 * time.Millisecond
+		c.Interval = 100 * time.Millisecond
+		c.SweepInterval = 20 * time.Millisecond
+	})
+	resp, err := http.Get(n.base + "/v1/events?room=r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("content type %q", ct)
+	}
+	n.heartbeat("a", "r1", "")
+	n.heartbeat("a", "other", "")
+	n.do("POST", "/v1/leave", `{"user":"a","room":"r1"}`, nil)
+	n.heartbeat("b", "r1", "")
+	type event struct {
+		name                   string
+		User, Room, At, Reason string
+	}
+	var got []event
+	rd := bufio.NewReader(resp.Body)
+	var name string
+	deadline := time.AfterFunc(5*time.Second, func() { resp.Body.Close() })
+	defer deadline.Stop()
+	for len(got) < 4 {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("after %d events: %v", len(got), err)
+		}
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "event: "):
+			name = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			var ev event
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev); err != nil {
+				t.Fatal(err)
+			}
+			ev.name = name
+			got = append(got, ev)
+		}
+	}
+	want := []string{"join a ", "leave a left", "join b ", "leave b timeout"}
+	for i, ev := range got {
+		if s := ev.name + " " + ev.User + " " + ev.Reason; s != want[i] || ev.Room != "r1" {
+			t.Fatalf("event %d = %+v, want %q in r1", i, ev, want[i])
+		}
+		if _, err := time.Parse(time.RFC3339, ev.At); err != nil {
+			t.Fatalf("event time %q: %v", ev.At, err)
+		}
+	}
+}
+
+func TestBadHTTPInputChangesNothing(t *testing.T) {
+	n := startNode(t, func(c *server.Config) { c.MaxBatch = 3; c.MaxBodyBytes = 4096 })
+	n.heartbeat("keep", "lobby", "")
+	before := n.stats()
+	long := strings.Repeat("x", 129)
+	cases := []struct {
+		name, method, path, body string
+		code                     int
+		errHas                   string
+	}{
+		{"malformed json", "POST", "/v1/heartbeat", `{"user":"a"`, 400, "JSON"},
+		{"not an object", "POST", "/v1/heartbeat", `["a"]`, 400, "JSON"},
+		{"missing user", "POST", "/v1/heartbeat", `{"room":"r"}`, 400, "user"},
+		{"empty user", "POST", "/v1/heartbeat", `{"user":"","room":"r"}`, 400, "user"},
+		{"user not a string", "POST", "/v1/heartbeat", `{"user":5}`, 400, "user"},
+		{"over-long user", "POST", "/v1/heartbeat", `{"user":"` + long + `"}`, 400, "user"},
+		{"over-long room", "POST", "/v1/heartbeat", `{"user":"a","room":"` + long + `"}`, 400, "room"},
+		{"control char in user", "POST", "/v1/heartbeat", `{"user":"a\u0001b"}`, 400, "user"},
+		{"control char in room", "POST", "/v1/heartbeat", `{"user":"a","room":"r\n"}`, 400, "room"},
+		{"GET without user", "GET", "/v1/heartbeat?room=r", "", 400, "user"},
+		{"body over limit", "POST", "/v1/heartbeat", `{"user":"a","pad":"` + strings.Repeat("p", 5000) + `"}`, 413, "max-body-bytes"},
+		{"batch over limit", "POST", "/v1/heartbeats", `{"heartbeats":[{"user":"a"},{"user":"b"},{"user":"c"},{"user":"d"}]}`, 413, "max-batch"},
+		{"batch not an array", "POST", "/v1/heartbeats", `{"heartbeats":{}}`, 400, "heartbeats"},
+		{"batch malformed", "POST", "/v1/heartbeats", `{"heartbeats":[{"user":"a"},]}`, 400, "JSON"},
+		{"wrong method", "DELETE", "/v1/heartbeat", "", 405, "method"},
+		{"wrong method on query", "POST", "/v1/stats", "", 405, "method"},
+		{"unknown path", "GET", "/v2/nothing", "", 404, "unknown path"},
+		{"unknown subpath", "GET", "/v1/rooms/lobby/other", "", 404, "unknown path"},
+		{"leave malformed", "POST", "/v1/leave", `{"user":`, 400, "JSON"},
+		{"leave bad user", "POST", "/v1/leave", `{"user":""}`, 400, "user"},
+		{"status bad id", "POST", "/v1/status", `{"users":["ok",""]}`, 400, "users[1]"},
+		{"status malformed", "POST", "/v1/status", `{"users":[1]}`, 400, "users"},
+		{"top over max", "GET", "/v1/rooms?top=1001", "", 400, "top"},
+		{"bad path id", "GET", "/v1/users/%C3%28", "", 400, "user"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var out struct{ Error string }
+			var dst any = &out
+			if tc.code == 200 {
+				dst = nil
+			}
+			code := n.do(tc.method, tc.path, tc.body, dst)
+			if code != tc.code {
+				t.Fatalf("status %d, want %d (%+v)", code, tc.code, out)
+			}
+			if tc.code != 200 && !strings.Contains(out.Error, tc.errHas) {
+				t.Fatalf("error %q does not name %q", out.Error, tc.errHas)
+			}
+			if after := n.stats(); after != before {
+				t.Fatalf("state changed: %+v -> %+v", before, after)
+			}
+		})
+	}
+	// A batch mixing good and bad items: the good ones count.
+	var res struct {
+		Accepted int
+		Rejected []struct {
+			Index int
+			Error string
+		}
+	}
+	code := n.do("POST", "/v1/heartbeats", `{"heartbeats":[{"user":"g1","room":"r"},{"user":""},{"user":"g2","room":"`+long+`"},{"user":"g3"}]}`, nil)
+	if code != 413 {
+		t.Fatalf("4 items with max-batch 3: %d", code)
+	}
+	code = n.do("POST", "/v1/heartbeats", `{"heartbeats":[{"user":"g1","room":"r"},{"user":""},{"user":"g2","room":7}]}`, &res)
+	if code != 200 || res.Accepted != 1 || len(res.Rejected) != 2 || res.Rejected[0].Index != 1 || res.Rejected[1].Index != 2 ||
+		!strings.Contains(res.Rejected[0].Error, "user") || !strings.Contains(res.Rejected[1].Error, "room") {
+		t.Fatalf("mixed batch: %d %+v", code, res)
+	}
+	if !n.user("g1").Online {
+		t.Fatal("good item of a mixed batch was not applied")
+	}
+}
+
+func TestStatusLimit(t *testing.T) {
+	n := startNode(t, func(c *server.Config) { c.MaxStatusUsers = 2 })
+	var out struct{ Error string }
+	if code := n.do("POST", "/v1/status", `{"users":["a","b","c"]}`, &out); code != 413 || !strings.Contains(out.Error, "max-status-users") {
+		t.Fatalf("status over limit: %d %q", code, out.Error)
+	}
+}
+
+func TestTokensHTTP(t *testing.T) {
+	n := startNode(t, withSecret(t))
+	good, _ := n.keys.Mint("", "alice", "", false, time.Now().Add(time.Hour))
+	roomTok, _ := n.keys.Mint("k2", "alice", "r1", true, time.Now().Add(time.Hour))
+	expired, _ := n.keys.Mint("", "alice", "", false, time.Now().Add(-time.Minute))
+	other, err := token.ParseKeyring([]byte("k9 zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknownKey, _ := other.Mint("", "alice", "", false, time.Now().Add(time.Hour))
+	tampered := []byte(good)
+	tampered[len(tampered)-3] ^= 1
+	cases := []struct {
+		name, user, room, tok string
+		code                  int
+	}{
+		{"missing", "alice", "r1", "", 401},
+		{"garbage", "alice", "r1", "not-a-token", 401},
+		{"expired", "alice", "r1", expired, 401},
+		{"unknown key", "alice", "r1", unknownKey, 401},
+		{"tampered", "alice", "r1", string(tampered), 401},
+		{"other user", "bob", "r1", good, 401},
+		{"room-bound, other room", "alice", "r2", roomTok, 401},
+		{"good", "alice", "r1", good, 200},
+		{"room-bound", "alice", "r1", roomTok, 200},
+	}
+	for _, tc := range cases {
+		before := n.stats()
+		if code := n.heartbeat(tc.user, tc.room, tc.tok); code != tc.code {
+			t.Fatalf("%s: %d, want %d", tc.name, code, tc.code)
+		}
+		if tc.code != 200 && n.stats() != before {
+			t.Fatalf("%s changed state", tc.name)
+		}
+	}
+	if code := n.do("POST", "/v1/leave", `{"user":"alice"}`, nil); code != 401 {
+		t.Fatalf("leave without token: %d", code)
+	}
+}
+
+func TestUDPBadDatagramsDroppedAndCounted(t *testing.T) {
+	n := startNode(t, nil)
+	uc := n.udpClient()
+	good := uc.request(1, true, hb("u", "r", ""))
+	oversized := append(uc.request(2, true, hb("u", "r", "")), make([]byte, wire.MaxDatagram)...)
+	wrongVersion := append([]byte(nil), good...)
+	wrongVersion[1] = 9
+	random := []byte{0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9}
+	for name, b := range map[string][]byte{
+		"truncated":     good[:len(good)-1],
+		"header only":   good[:wire.HeaderLen],
+		"oversized":     oversized,
+		"wrong version": wrongVersion,
+		"random":        random,
+		"empty-ish":     {0x50},
+		"trailing byte": append(append([]byte(nil), good...), 0),
+	} {
+		if got := uc.send(b, 150*time.Millisecond); got != nil {
+			t.Fatalf("%s: got a reply %x", name, got)
+		}
+	}
+	if s := n.stats(); s.Sessions != 0 {
+		t.Fatalf("bad datagrams changed state: %+v", s)
+	}
+	for _, reason := range []string{"truncated", "too_large", "bad_version", "bad_magic", "too_short", "trailing"} {
+		if v := n.metric(`presenced_udp_dropped_datagrams_total{reason="` + reason + `"}`); v < 1 {
+			t.Fatalf("drop reason %s counted %v", reason, v)
+		}
+	}
+	if got := uc.send(good, time.Second); len(got) == 0 || len(got) > len(good) {
+		t.Fatalf("good datagram: reply %x (request %d bytes)", got, len(good))
+	}
+}
+
+func TestTokensUDP(t *testing.T) {
+	n := startNode(t, withSecret(t))
+	uc := n.udpClient()
+	good, _ := n.keys.Mint("", "alice", "", false, time.Now().Add(time.Hour))
+	expired, _ := n.keys.Mint("", "alice", "", false, time.Now().Add(-time.Minute))
+	// Unauthenticated datagrams get no reply and change nothing.
+	for _, tok := range []string{"", "garbage", expired, good[:len(good)-1] + "A"} {
+		if got := uc.send(uc.request(1, true, hb("alice", "r", tok)), 150*time.Millisecond); got != nil {
+			t.Fatalf("token %q: reply %x", tok, got)
+		}
+	}
+	if n.stats().Sessions != 0 {
+		t.Fatal("unauthenticated datagrams changed state")
+	}
+	if v := n.metric(`presenced_udp_dropped_datagrams_total{reason="unauthenticated"}`); v != 4 {
+		t.Fatalf("unauthenticated drops = %v", v)
+	}
+	req := uc.request(2, true, hb("alice", "r", good), hb("bob", "r", good))
+	got := uc.send(req, time.Second)
+	var r wire.Reply
+	if err := r.Decode(got); err != nil || r.Statuses()[0] != wire.StatusOK || r.Statuses()[1] != wire.StatusBadToken {
+		t.Fatalf("mixed datagram reply %x: %v %v", got, err, r.Statuses())
+	}
+	if len(got) > len(req) {
+		t.Fatalf("reply %d bytes > request %d", len(got), len(req))
+	}
+	if !n.user("alice").Online || n.user("bob").Online {
+		t.Fatal("token for alice must refresh alice only")
+	}
+	// Leave over UDP.
+	leave := wire.Item{Op: wire.OpLeave, User: []byte("alice"), Token: []byte(good)}
+	if got := uc.send(uc.request(3, true, leave), time.Second); got == nil {
+		t.Fatal("no ack for leave")
+	}
+	if n.user("alice").Online {
+		t.Fatal("alice still online after UDP leave")
+	}
+}
+
+func TestReadyAndHealth(t *testing.T) {
+	n := startNode(t, nil)
+	if code := n.do("GET", "/livez", "", nil); code != 200 {
+		t.Fatalf("livez %d", code)
+	}
+	if code := n.do("GET", "/readyz", "", nil); code != 200 {
+		t.Fatalf("readyz %d", code)
+	}
+	resp, err := http.Get(n.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"# TYPE presenced_heartbeats_total counter", "presenced_sessions ", "presenced_http_request_duration_seconds_bucket", "presenced_udp_dropped_datagrams_total"} {
+		if !bytes.Contains(body, []byte(want)) {
+			t.Fatalf("/metrics lacks %q", want)
+		}
+	}
+}

@@ -1,0 +1,260 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/presenced/presenced/persist"
+	"github.com/presenced/presenced/server/wire"
+)
+
+// udpDropReasons labels presenced_udp_dropped_datagrams_total: the codec's
+// reasons, and "unauthenticated" for a datagram none of whose items carried
+// a valid token.
+var udpDropReasons = append(wire.Reasons(), "unauthenticated")
+
+func udpDropIndex(reason string) int {
+	for i, r := range udpDropReasons {
+		if r == reason {
+			return i
+		}
+	}
+	return len(udpDropReasons) - 2 // "other"
+}
+
+// wireStatus maps an outcome to the status byte of a UDP reply.
+var wireStatus = [numOutcomes]wire.Status{
+	outOK:           wire.StatusOK,
+	outBadUser:      wire.StatusBadID,
+	outBadRoom:      wire.StatusBadID,
+	outMissingToken: wire.StatusBadToken,
+	outBadToken:     wire.StatusBadToken,
+	outExpiredToken: wire.StatusTokenExpired,
+	outUnknownKey:   wire.StatusUnknownKey,
+	outWrongRoom:    wire.StatusWrongRoom,
+	outTooManyRooms: wire.StatusTooManyRooms,
+	outRateLimited:  wire.StatusRateLimited,
+	outUnavailable:  wire.StatusUnavailable,
+	outBadRequest:   wire.StatusBadID,
+}
+
+// authFailure reports whether o means the item was not authenticated.
+func authFailure(o outcome) bool {
+	switch o {
+	case outMissingToken, outBadToken, outExpiredToken, outUnknownKey, outWrongRoom:
+		return true
+	}
+	return false
+}
+
+// udpServer is the gnet/v2 UDP listener: one event loop per CPU by default,
+// each with its own SO_REUSEPORT socket, so the kernel spreads datagrams.
+type udpServer struct {
+	gnet.BuiltinEventEngine
+	s      *Server
+	addr   string
+	eng    gnet.Engine
+	booted chan struct{}
+	done   chan error
+	acks   *ackQueue // non-nil under --fsync=always
+}
+
+// udpScratch is one event loop's working memory, pooled so a datagram's
+// decode, verify and touch allocate nothing.
+type udpScratch struct {
+	d      wire.Datagram
+	status [wire.MaxItems]wire.Status
+	reply  []byte
+}
+
+var udpScratchPool = sync.Pool{New: func() any { return &udpScratch{reply: make([]byte, 0, wire.MaxDatagram)} }}
+
+func (s *Server) startUDP() (*udpServer, error) {
+	addr, err := resolveUDPAddr(s.cfg.UDPAddr)
+	if err != nil {
+		return nil, err
+	}
+	u := &udpServer{s: s, addr: addr, booted: make(chan struct{}), done: make(chan error, 1)}
+	if s.store != nil && s.cfg.Persist.Fsync == persist.FsyncModeAlways {
+		u.acks = newAckQueue(s)
+		s.goroutine(u.acks.loop)
+	}
+	loops := s.numLoops()
+	s.goroutine(func() {
+		u.done <- gnet.Run(u, "udp://"+addr,
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(loops),
+			gnet.WithReusePort(true),
+			gnet.WithSocketRecvBuffer(s.cfg.UDPReadBuffer),
+			gnet.WithLogger(gnetLogger{s.log.With("component", "gnet")}),
+		)
+	})
+	select {
+	case <-u.booted:
+		return u, nil
+	case err := <-u.done:
+		return nil, fmt.Errorf("cannot listen on --udp-addr %s: %w", addr, err)
+	case <-time.After(10 * time.Second):
+		return nil, fmt.Errorf("cannot listen on --udp-addr %s: gnet did not boot in 10s", addr)
+	}
+}
+
+// resolveUDPAddr picks a free port for port 0: with SO_REUSEPORT every event
+// loop binds its own socket, and port 0 would give each a different port.
+func resolveUDPAddr(addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("bad --udp-addr %q: %w", addr, err)
+	}
+	if port != "0" {
+		return addr, nil
+	}
+	c, err := net.ListenPacket("udp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", fmt.Errorf("cannot find a free UDP port on %s: %w", host, err)
+	}
+	p := c.LocalAddr().(*net.UDPAddr).Port
+	_ = c.Close()
+	return net.JoinHostPort(host, strconv.Itoa(p)), nil
+}
+
+func (u *udpServer) OnBoot(eng gnet.Engine) gnet.Action {
+	u.eng = eng
+	close(u.booted)
+	return gnet.None
+}
+
+// OnTraffic handles one datagram. gnet's buffer lives only for this call:
+// nothing here keeps a reference to it (the map copies keys it inserts).
+func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
+	s := u.s
+	s.met.udpIn.Inc()
+	buf, _ := c.Next(-1)
+	sc := udpScratchPool.Get().(*udpScratch)
+	defer udpScratchPool.Put(sc)
+	if err := sc.d.Decode(buf); err != nil {
+		s.met.udpDropped[udpDropIndex(wire.Reason(err))].Inc()
+		return gnet.None
+	}
+	items := sc.d.Items()
+	authed := false
+	if s.state.Load() == stateStarting {
+		for i := range items {
+			sc.status[i] = wire.StatusUnavailable
+		}
+		authed = true
+	} else {
+		now := time.Now().UnixMilli()
+		for i := range items {
+			it := &items[i]
+			var o outcome
+			if it.Op == wire.OpLeave {
+				_, o = s.leave(trUDP, it.User, it.Room, it.Token, now)
+			} else {
+				o = s.heartbeat(trUDP, it.User, it.Room, it.Token, now)
+			}
+			sc.status[i] = wireStatus[o]
+			authed = authed || !authFailure(o)
+		}
+	}
+	if !authed {
+		s.met.udpDropped[udpDropIndex("unauthenticated")].Inc()
+		return gnet.None
+	}
+	if !sc.d.Ack {
+		return gnet.None
+	}
+	reply, err := wire.AppendReply(sc.reply[:0], &sc.d, sc.status[:len(items)], uint32(s.intervalMs), uint32(s.ttlMs))
+	sc.reply = reply[:0]
+	if err != nil {
+		return gnet.None
+	}
+	if u.acks != nil {
+		u.acks.add(c, reply)
+		return gnet.None
+	}
+	if _, err := c.Write(reply); err == nil {
+		s.met.udpReplies.Inc()
+	}
+	return gnet.None
+}
+
+func (u *udpServer) stop(ctx context.Context) error {
+	err := u.eng.Stop(ctx)
+	select {
+	case <-u.done:
+	case <-ctx.Done():
+	}
+	return err
+}
+
+// ackQueue holds UDP acks under --fsync=always until the write-ahead log has
+// synced what they acknowledge; all acks queued before a sync share it.
+type ackQueue struct {
+	s  *Server
+	mu struct {
+		sync.Mutex
+		pending []pendingAck
+	}
+	kick chan struct{}
+}
+
+type pendingAck struct {
+	c gnet.Conn
+	b []byte
+}
+
+func newAckQueue(s *Server) *ackQueue { return &ackQueue{s: s, kick: make(chan struct{}, 1)} }
+
+// add queues a copy of reply for c. Under gnet, writing to a UDP conn after
+// its callback is a sendto(2) on the listener socket to the saved peer.
+func (q *ackQueue) add(c gnet.Conn, reply []byte) {
+	q.mu.Lock()
+	q.mu.pending = append(q.mu.pending, pendingAck{c: c, b: append([]byte(nil), reply...)})
+	q.mu.Unlock()
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (q *ackQueue) loop() {
+	var batch []pendingAck
+	for {
+		select {
+		case <-q.s.quit:
+			return
+		case <-q.kick:
+		}
+		q.mu.Lock()
+		batch, q.mu.pending = q.mu.pending, batch[:0]
+		q.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := q.s.store.WaitDurable(ctx)
+		cancel()
+		for i := range batch {
+			if err == nil {
+				if q.s.udp != nil && batch[i].c.AsyncWrite(batch[i].b, nil) == nil {
+					q.s.met.udpReplies.Inc()
+				}
+			}
+			batch[i] = pendingAck{}
+		}
+	}
+}
+
+// gnetLogger routes gnet's logging into slog.
+type gnetLogger struct{ l *slog.Logger }
+
+func (g gnetLogger) Debugf(f string, a ...any) { g.l.Debug(fmt.Sprintf(f, a...)) }
+func (g gnetLogger) Infof(f string, a ...any)  { g.l.Debug(fmt.Sprintf(f, a...)) }
+func (g gnetLogger) Warnf(f string, a ...any)  { g.l.Warn(fmt.Sprintf(f, a...)) }
+func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...)) }
+func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...)) }
