@@ -1,0 +1,439 @@
+package persist
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"hash/maphash"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/presenced/presenced/shardmap"
+)
+
+type opKind uint8
+
+const (
+	opSet opKind = iota
+	opDelete
+	opMerge
+)
+
+// op is one pending write; key and value are offsets into committer.arena.
+type op struct {
+	kind       opKind
+	k0, k1, v1 uint32 // key is arena[k0:k1], value arena[k1:v1]
+}
+
+// opOverhead approximates the memory of one op beyond its bytes, for the
+// MaxPendingBytes accounting.
+const opOverhead = 16
+
+// committer is the state of the committer goroutine: the pending backlog
+// (the changes drained but not yet committed) and the sweep cursor.
+type committer struct {
+	drain func(fn func(*shardmap.Change)) int
+
+	arena        []byte
+	ops          []op
+	idx          map[uint64]int32 // hash of user -> its opMerge in ops
+	pendingBytes int64
+	sessionSets  uint64 // per kind, in ops, for the counters on success
+	sessionDels  uint64
+	lastSeenOps  uint64
+
+	batch    *pebble.Batch // reused after a successful commit
+	broken   bool          // the DB hit a fatal error and must be reopened
+	unsynced bool          // something was committed without fsync since the last sync
+
+	failingSince time.Time
+	lastErrLog   time.Time
+
+	sweeping    bool
+	sweepCursor []byte
+	sweepCutoff int64
+
+	deletesSinceCompact int
+	lastCompact         time.Time
+	compacting          bool
+	compactDone         chan struct{}
+}
+
+func (s *Store) run() {
+	ticker := time.NewTicker(s.cfg.FsyncInterval)
+	defer ticker.Stop()
+	sweep := time.NewTimer(s.firstSweepDelay)
+	defer sweep.Stop()
+	s.c.lastCompact = time.Now()
+	// Every cycle commits with pebble.Sync: in off mode the FS turns the
+	// WAL fsync into a no-op (walnosync.go), so the commit still reaches
+	// the OS, which pebble.NoSync does not promise.
+	const periodicSync = true
+	for {
+		if s.c.sweeping {
+			select {
+			case <-s.quit:
+				return
+			case <-s.kick:
+				s.cycle(true)
+			case <-ticker.C:
+				s.cycle(periodicSync)
+			default:
+				s.sweepStep()
+			}
+			continue
+		}
+		select {
+		case <-s.quit:
+			return
+		case <-s.kick:
+			s.cycle(true)
+		case <-ticker.C:
+			s.cycle(periodicSync)
+		case <-sweep.C:
+			sweep.Reset(s.cfg.SweepInterval)
+			s.c.sweeping = true
+			s.c.sweepCursor = append(s.c.sweepCursor[:0], lastSeenLower...)
+			s.c.sweepCutoff = s.now() - s.cfg.LastSeenRetention.Milliseconds()
+		}
+		s.maybeCompact()
+	}
+}
+
+// cycle serves the waiters queued so far, drains the map into the backlog
+// and commits the backlog (with fsync if sync or if anyone waits).
+func (s *Store) cycle(sync bool) error {
+	s.mu.Lock()
+	waiters := s.mu.waiters
+	s.mu.waiters = nil
+	s.mu.Unlock()
+	if len(waiters) > 0 {
+		sync = true
+	}
+	if s.c.drain != nil {
+		s.c.drain(s.addChange)
+	}
+	err := s.commitPending(sync)
+	for _, w := range waiters {
+		w <- err
+	}
+	return err
+}
+
+// addChange appends one drained change to the backlog: the session record
+// (Set or Delete) and the user's last-seen (one Merge per user per backlog).
+// It runs inside Drain and must not block.
+func (s *Store) addChange(ch *shardmap.Change) {
+	c := &s.c
+	if len(ch.User) == 0 || len(ch.User) > maxUserLen {
+		s.ctr.dropped.Add(1)
+		return
+	}
+	need := int64(2+len(ch.User)+len(ch.Room)+16+1+len(ch.User)+8) + 2*opOverhead
+	if c.pendingBytes+need > s.cfg.MaxPendingBytes {
+		s.ctr.dropped.Add(1)
+		return
+	}
+	before := len(c.arena)
+	k0 := uint32(len(c.arena))
+	c.arena = appendSessionKey(c.arena, ch.User, ch.Room)
+	k1 := uint32(len(c.arena))
+	if ch.Ended {
+		c.ops = append(c.ops, op{kind: opDelete, k0: k0, k1: k1, v1: k1})
+		c.sessionDels++
+	} else {
+		c.arena = appendSessionValue(c.arena, ch.LastSeen, ch.Expiry)
+		c.ops = append(c.ops, op{kind: opSet, k0: k0, k1: k1, v1: uint32(len(c.arena))})
+		c.sessionSets++
+	}
+
+	h := maphash.Bytes(s.seed, ch.User)
+	if i, ok := c.idx[h]; ok {
+		o := c.ops[i]
+		if bytes.Equal(c.arena[o.k0+1:o.k1], ch.User) {
+			v := c.arena[o.k1:o.v1]
+			if ch.LastSeen > int64(binary.BigEndian.Uint64(v)) {
+				binary.BigEndian.PutUint64(v, uint64(ch.LastSeen))
+			}
+			c.pendingBytes += int64(len(c.arena)-before) + opOverhead
+			s.ctr.pendingBytes.Store(c.pendingBytes)
+			return
+		}
+	}
+	k0 = uint32(len(c.arena))
+	c.arena = appendLastSeenKey(c.arena, ch.User)
+	k1 = uint32(len(c.arena))
+	c.arena = appendMillis(c.arena, ch.LastSeen)
+	c.ops = append(c.ops, op{kind: opMerge, k0: k0, k1: k1, v1: uint32(len(c.arena))})
+	c.lastSeenOps++
+	if _, taken := c.idx[h]; !taken {
+		c.idx[h] = int32(len(c.ops) - 1)
+	}
+	c.pendingBytes += int64(len(c.arena)-before) + 2*opOverhead
+	s.ctr.pendingBytes.Store(c.pendingBytes)
+}
+
+// commitPending writes the backlog as one batch. On failure the backlog is
+// kept for the next cycle.
+func (s *Store) commitPending(sync bool) error {
+	c := &s.c
+	if c.broken {
+		if err := s.reopen(); err != nil {
+			s.failed(err, sync)
+			return s.Healthy()
+		}
+	}
+	if len(c.ops) == 0 {
+		if !sync || !c.unsynced {
+			return nil
+		}
+		// Off mode: earlier cycles were not synced; a waiter needs them.
+		start := time.Now()
+		err := s.apply(func(db *pebble.DB) error { return db.LogData(nil, pebble.Sync) })
+		if err != nil {
+			s.failed(err, true)
+			return s.Healthy()
+		}
+		s.ctr.observeSync(time.Since(start))
+		c.unsynced = false
+		s.recovered()
+		return nil
+	}
+	if c.batch == nil {
+		c.batch = s.db.NewBatch()
+	}
+	b := c.batch
+	for _, o := range c.ops {
+		k, v := c.arena[o.k0:o.k1], c.arena[o.k1:o.v1]
+		switch o.kind {
+		case opSet:
+			_ = b.Set(k, v, nil)
+		case opDelete:
+			_ = b.Delete(k, nil)
+		case opMerge:
+			_ = b.Merge(k, v, nil)
+		}
+	}
+	opts := pebble.NoSync
+	if sync {
+		opts = pebble.Sync
+	}
+	start := time.Now()
+	err := s.apply(func(*pebble.DB) error { return b.Commit(opts) })
+	d := time.Since(start)
+	if err != nil {
+		// A batch that failed to commit cannot be reused.
+		c.batch = nil
+		s.failed(err, sync)
+		return s.Healthy()
+	}
+	b.Reset()
+	s.ctr.sessionSets.Add(c.sessionSets)
+	s.ctr.sessionDeletes.Add(c.sessionDels)
+	s.ctr.lastSeenWrites.Add(c.lastSeenOps)
+	s.ctr.batches.Add(1)
+	s.ctr.lastCommitNanos.Store(int64(d))
+	if sync {
+		s.ctr.observeSync(d)
+		c.unsynced = false
+	} else {
+		c.unsynced = true
+	}
+	c.deletesSinceCompact += int(c.sessionDels)
+	c.arena, c.ops = c.arena[:0], c.ops[:0]
+	clear(c.idx)
+	c.pendingBytes, c.sessionSets, c.sessionDels, c.lastSeenOps = 0, 0, 0, 0
+	s.ctr.pendingBytes.Store(0)
+	s.recovered()
+	return nil
+}
+
+// apply runs a write on the current DB, turning a panic (Pebble's Fatalf via
+// pebbleLogger, or its panic on a WAL writer that already failed) into an
+// error and marking the DB for reopening.
+func (s *Store) apply(f func(db *pebble.DB) error) (err error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	defer func() {
+		if r := recover(); r != nil {
+			s.c.broken = true
+			err = fmt.Errorf("cannot commit batch: pebble failed: %v", r)
+		}
+	}()
+	if err := f(s.db); err != nil {
+		return fmt.Errorf("cannot commit batch: %w", err)
+	}
+	return nil
+}
+
+// reopen closes the broken DB and opens it again from its files.
+func (s *Store) reopen() error {
+	s.dbMu.Lock()
+	defer s.dbMu.Unlock()
+	if s.db != nil {
+		if err := closeDB(s.db, closeOldDBTimeout); err != nil {
+			s.log.Warn("closing the database after a fatal error", "err", err)
+		}
+		s.db = nil
+	}
+	s.c.batch = nil
+	db, err := s.openDB()
+	if err != nil {
+		return fmt.Errorf("cannot reopen after fatal error: %w", err)
+	}
+	s.db = db
+	s.c.broken = false
+	s.ctr.reopens.Add(1)
+	s.log.Info("database reopened after a fatal error")
+	return nil
+}
+
+func (s *Store) failed(err error, sync bool) {
+	if sync {
+		s.ctr.syncErrors.Add(1)
+	} else {
+		s.ctr.commitErrors.Add(1)
+	}
+	now := time.Now()
+	c := &s.c
+	if c.failingSince.IsZero() {
+		c.failingSince = now
+	}
+	if now.Sub(c.lastErrLog) >= errorLogMinInterval {
+		c.lastErrLog = now
+		s.log.Error("cannot commit changes; retrying next cycle",
+			"err", err, "failing_for", now.Sub(c.failingSince),
+			"pending_bytes", c.pendingBytes, "dropped_changes", s.ctr.dropped.Load())
+	}
+	s.mu.Lock()
+	s.mu.health = fmt.Errorf("%w: %w", ErrUnhealthy, err)
+	s.mu.Unlock()
+}
+
+func (s *Store) recovered() {
+	c := &s.c
+	if c.failingSince.IsZero() {
+		return
+	}
+	s.log.Info("commits succeed again", "failed_for", time.Since(c.failingSince))
+	c.failingSince, c.lastErrLog = time.Time{}, time.Time{}
+	s.mu.Lock()
+	s.mu.health = nil
+	s.mu.Unlock()
+}
+
+// sweepStep examines up to sweepChunk last-seen records from the cursor and
+// deletes those older than the cutoff.
+func (s *Store) sweepStep() {
+	c := &s.c
+	if c.broken {
+		c.sweeping = false
+		return
+	}
+	n, deleted := 0, 0
+	var next []byte
+	err := s.apply(func(db *pebble.DB) error {
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: c.sweepCursor, UpperBound: lastSeenUpper})
+		if err != nil {
+			return err
+		}
+		b := db.NewBatch()
+		defer b.Close()
+		valid := it.First()
+		for ; valid && n < sweepChunk; valid = it.Next() {
+			n++
+			v, err := it.ValueAndErr()
+			if err != nil {
+				it.Close()
+				return err
+			}
+			if ms, ok := decodeMillis(v); !ok || ms < c.sweepCutoff {
+				_ = b.Delete(it.Key(), nil)
+				deleted++
+			}
+		}
+		if valid {
+			next = append(next, it.Key()...)
+		}
+		if err := it.Close(); err != nil {
+			return err
+		}
+		if b.Empty() {
+			return nil
+		}
+		return b.Commit(pebble.NoSync)
+	})
+	if err != nil {
+		s.log.Warn("last-seen sweep failed; retrying at the next sweep", "err", err)
+		c.sweeping = false
+		return
+	}
+	s.ctr.sweepDeletes.Add(uint64(deleted))
+	c.deletesSinceCompact += deleted
+	if deleted > 0 {
+		c.unsynced = true
+	}
+	if next == nil {
+		c.sweeping = false
+		s.maybeCompact()
+		return
+	}
+	c.sweepCursor = append(c.sweepCursor[:0], next...)
+}
+
+// maybeCompact starts a manual compaction of the session and last-seen
+// ranges, at most one at a time and one per compactMinInterval, once
+// compactMinDeletes deletes have accumulated, so tombstones of ended
+// sessions and swept users are dropped and the store tracks the live set.
+func (s *Store) maybeCompact() {
+	c := &s.c
+	if c.compacting {
+		select {
+		case <-c.compactDone:
+			c.compacting = false
+		default:
+			return
+		}
+	}
+	if c.deletesSinceCompact < s.compactMinDeletes || time.Since(c.lastCompact) < s.compactMinInterval {
+		return
+	}
+	c.deletesSinceCompact = 0
+	c.lastCompact = time.Now()
+	c.compacting = true
+	done := make(chan struct{})
+	c.compactDone = done
+	s.startGoroutine(func() {
+		defer close(done)
+		if err := s.compact(); err != nil {
+			s.log.Warn("manual compaction failed", "err", err)
+		}
+	})
+}
+
+// compact compacts the session and last-seen ranges.
+func (s *Store) compact() (err error) {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	if s.db == nil {
+		return ErrUnavailable
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("pebble panic: %v", r)
+		}
+	}()
+	start := time.Now()
+	// Twice: when nothing overlaps below, the first Compact may just move a
+	// freshly flushed table to the bottom level with its tombstones; the
+	// second rewrites the bottom level in place, which drops them.
+	for range 2 {
+		if err := s.db.Compact(s.compactCtx, sessionLower, lastSeenUpper, false); err != nil {
+			return fmt.Errorf("cannot compact: %w", err)
+		}
+	}
+	s.ctr.compactions.Add(1)
+	s.log.Debug("compacted session and last-seen ranges", "duration", time.Since(start))
+	return nil
+}

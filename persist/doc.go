@@ -1,0 +1,107 @@
+// Package persist makes the in-memory presence map durable: a write-ahead
+// store on Pebble that logs session changes (join, refresh, leave, expiry) and
+// the per-user last-seen time, and replays them at start.
+//
+// # What it owns
+//
+// One Pebble database in Config.Dir. The server opens it, calls Replay once
+// (feeding live sessions to shardmap.Map.Restore and emitting timeout leaves
+// for sessions that expired while the node was down), then Start with the
+// map's Drain. From then on a single committer goroutine owns every write:
+// each cycle it drains the map's dirty sessions (coalesced: one record per
+// dirty session per cycle, however many heartbeats arrived) and commits one
+// Pebble batch. The same goroutine runs the last-seen sweep, in chunks,
+// between cycles, so there is never more than one writer.
+//
+// # On-disk key layout
+//
+// Every key starts with a one-byte tag; the tags keep the three kinds in
+// disjoint, contiguous key ranges, so Replay and the sweep are range scans
+// and the compaction after churn is one range.
+//
+//	unclean-shutdown marker (at most one key)
+//	+-----+-----------+          +--------------------------+
+//	| 'm' | "unclean" |    ->    | opened at, unix ms (8 BE)|
+//	+-----+-----------+          +--------------------------+
+//	Set (synced) by Open, deleted (synced) by a clean Close. Finding it at
+//	Open means the previous process did not close the store.
+//
+//	session record, one per live (user, room)
+//	+-----+------------+---------------+---------------+
+//	| 's' | len(user)  | user          | room          |
+//	|     | 1 byte     | 1..128 bytes  | 0..128 bytes  |
+//	+-----+------------+---------------+---------------+
+//	  ->  +----------------------+----------------------+
+//	      | lastSeen ms (8 BE)   | expiry ms (8 BE)     |
+//	      +----------------------+----------------------+
+//	Set on every upsert, deleted when the session ends (leave or expiry,
+//	including expiries found by Replay).
+//
+//	last-seen record, one per user seen within the retention
+//	+-----+---------------+          +--------------------------+
+//	| 'u' | user          |    ->    | lastSeen ms (8 BE)       |
+//	+-----+---------------+          +--------------------------+
+//	Written with Pebble Merge under a max-int64 merger
+//	("presenced.lastseen.max.v1"), so the stored value never moves backwards
+//	whatever order sessions of one user are drained in. Deleted by the sweep
+//	once older than Config.LastSeenRetention.
+//
+// The sweep walks the whole 'u' range every Config.SweepInterval (in chunks
+// of sweepChunk keys, so commits are never held up for long): its cost is
+// bounded by the number of retained users (about 30 bytes read per user per
+// sweep), not by history. A time-ordered index would make the sweep touch
+// only expired users, but would cost a second record (or a read before write)
+// for every last-seen update on the hot commit path; at one sweep an hour a
+// sequential scan is the cheaper side of that trade.
+//
+// # Durability promise per Config.Fsync
+//
+//   - interval (default): each cycle runs every Config.FsyncInterval (100ms)
+//     and commits with an fsync. A crash (kill -9 or power loss) loses at most
+//     the changes of the last interval plus the cycle in flight.
+//   - always: as interval, and WaitDurable(ctx) returns only after a cycle
+//     that started after the call has been fsynced; concurrent waiters share
+//     that cycle and its fsync, and a waiter starts a cycle at once.
+//   - off: cycles write the WAL to the OS every FsyncInterval but never
+//     fsync it: a process crash (kill -9) loses at most the last interval,
+//     power loss may lose whatever the OS had not written back. (Pebble's
+//     own NoSync can leave data in Pebble's buffer, lost even on kill -9, so
+//     off mode commits with pebble.Sync through an FS wrapper whose WAL
+//     fsync is a no-op; sstables and the MANIFEST are still synced.)
+//     WaitDurable then only guarantees the OS has the changes.
+//
+// The heartbeat path never waits on disk: only WaitDurable does.
+//
+// # Disk faults
+//
+// A failed commit (write or fsync of the WAL) is logged, counted, and makes
+// Healthy return an error until a commit succeeds again; the changes of the
+// failed cycle stay in the pending backlog and are retried next cycle, ahead
+// of newer ones. Pebble treats a WAL write or sync error as fatal for the DB
+// instance (its commit pipeline is left unusable, and by default it calls
+// os.Exit). persist gives Pebble a Logger whose Fatalf panics; on the
+// committer goroutine that panic is recovered, the DB instance is closed and
+// opened again (replaying its WAL up to the last intact record) and the
+// backlog is applied to the new instance. Records are idempotent final
+// states, so applying a cycle twice is harmless.
+//
+// If the backlog grows past Config.MaxPendingBytes (default 64 MiB) while
+// the disk keeps failing, further changes are dropped and counted in
+// Stats.DroppedChanges (a dropped session upsert is written again by the
+// next change of that session; a dropped delete leaves a record that Replay
+// will later treat as expired). What is not handled: Pebble's background
+// work (flushes, compactions) calls Fatalf when it cannot write the MANIFEST;
+// that panic is on Pebble's goroutine and ends the process, as Pebble's
+// default logger would. WAL failover to a second disk (Pebble's
+// Options.WALFailover) is not configured.
+//
+// # Concurrency
+//
+// Open, Replay and Start are called once, in that order, from one goroutine.
+// WaitDurable, LastSeen, Healthy and Stats are safe for concurrent use at any
+// time. Close may be called once; it stops the committer, runs a final drain
+// and synced commit, clears the unclean marker and closes the database.
+//
+// Lock order: Store.dbMu (RWMutex: readers and the committer's writes hold it
+// shared, a reopen holds it exclusively) before Store.mu.
+package persist

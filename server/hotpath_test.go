@@ -1,0 +1,171 @@
+package server
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/valyala/fasthttp"
+
+	"github.com/presenced/presenced/server/token"
+	"github.com/presenced/presenced/server/wire"
+)
+
+// fakeConn is the part of gnet.Conn the UDP handler uses: one datagram in,
+// replies out.
+type fakeConn struct {
+	gnet.Conn
+	in      []byte
+	replies int
+	last    []byte
+}
+
+func (c *fakeConn) Next(int) ([]byte, error) { return c.in, nil }
+func (c *fakeConn) Write(b []byte) (int, error) {
+	c.replies++
+	c.last = append(c.last[:0], b...)
+	return len(b), nil
+}
+
+// newTestServer builds a server that is not listening, with a keyring, for
+// driving the handlers directly.
+func newTestServer(tb testing.TB) (*Server, *token.Keyring) {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "keys")
+	if err := os.WriteFile(path, []byte("k1 0123456789abcdef0123456789abcdef-bench\n"), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.DataDir = ""
+	cfg.SecretFile = path
+	s, err := New(cfg, NewLogger(io.Discard, cfg))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.state.Store(stateReady)
+	kr, _ := token.LoadKeyring(path)
+	return s, kr
+}
+
+func signedDatagram(tb testing.TB, kr *token.Keyring, users int) [][]byte {
+	tb.Helper()
+	out := make([][]byte, users)
+	for i := range out {
+		u := "user-" + strconv.Itoa(i)
+		tok, err := kr.Mint("", u, "", false, time.Now().Add(time.Hour))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out[i], err = wire.AppendRequest(nil, uint32(i), true, []wire.Item{{Op: wire.OpHeartbeat, User: []byte(u), Room: []byte("room-" + strconv.Itoa(i%100)), Token: []byte(tok)}})
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return out
+}
+
+// TestUDPHeartbeatPathAllocs guards the steady-state heartbeat path (decode,
+// verify, touch, reply) at zero allocations.
+func TestUDPHeartbeatPathAllocs(t *testing.T) {
+	s, kr := newTestServer(t)
+	u := &udpServer{s: s}
+	dgs := signedDatagram(t, kr, 100)
+	c := &fakeConn{}
+	for _, d := range dgs { // joins: allowed to allocate
+		c.in = d
+		u.OnTraffic(c)
+	}
+	if c.replies != len(dgs) {
+		t.Fatalf("replies = %d, want %d", c.replies, len(dgs))
+	}
+	var r wire.Reply
+	if err := r.Decode(c.last); err != nil || r.Statuses()[0] != wire.StatusOK {
+		t.Fatalf("reply %x: %v", c.last, err)
+	}
+	i := 0
+	allocs := testing.AllocsPerRun(1000, func() {
+		c.in = dgs[i%len(dgs)]
+		i++
+		u.OnTraffic(c)
+	})
+	if allocs != 0 {
+		t.Fatalf("UDP heartbeat refresh allocates %v times per datagram, want 0", allocs)
+	}
+}
+
+func httpHeartbeatCtx(body []byte) *fasthttp.RequestCtx {
+	var ctx fasthttp.RequestCtx
+	ctx.Request.Header.SetMethod("POST")
+	ctx.Request.SetRequestURI("/v1/heartbeat")
+	ctx.Request.SetBody(body)
+	return &ctx
+}
+
+// TestHTTPHeartbeatHandlerAllocs guards the HTTP heartbeat handler (parse,
+// verify, touch, answer) at zero allocations for a refresh.
+func TestHTTPHeartbeatHandlerAllocs(t *testing.T) {
+	s, kr := newTestServer(t)
+	tok, _ := kr.Mint("", "alice", "", false, time.Now().Add(time.Hour))
+	ctx := httpHeartbeatCtx([]byte(`{"user":"alice","room":"lobby","token":"` + tok + `"}`))
+	s.handleHTTP(ctx)
+	if ctx.Response.StatusCode() != 200 {
+		t.Fatalf("status %d: %s", ctx.Response.StatusCode(), ctx.Response.Body())
+	}
+	allocs := testing.AllocsPerRun(1000, func() {
+		ctx.Response.Reset()
+		s.handleHTTP(ctx)
+	})
+	if allocs != 0 {
+		t.Fatalf("HTTP heartbeat refresh allocates %v times, want 0", allocs)
+	}
+}
+
+func BenchmarkUDPHeartbeat(b *testing.B) {
+	s, kr := newTestServer(b)
+	u := &udpServer{s: s}
+	dgs := signedDatagram(b, kr, 10000)
+	c := &fakeConn{}
+	for _, d := range dgs {
+		c.in = d
+		u.OnTraffic(c)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		c := &fakeConn{}
+		i := 0
+		for pb.Next() {
+			c.in = dgs[i%len(dgs)]
+			i++
+			u.OnTraffic(c)
+		}
+	})
+}
+
+func BenchmarkHTTPHeartbeatHandler(b *testing.B) {
+	s, kr := newTestServer(b)
+	const users = 10000
+	bodies := make([][]byte, users)
+	for i := range bodies {
+		u := "user-" + strconv.Itoa(i)
+		tok, _ := kr.Mint("", u, "", false, time.Now().Add(time.Hour))
+		bodies[i] = []byte(`{"user":"` + u + `","room":"room-` + strconv.Itoa(i%100) + `","token":"` + tok + `"}`)
+		s.handleHTTP(httpHeartbeatCtx(bodies[i]))
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := httpHeartbeatCtx(nil)
+		i := 0
+		for pb.Next() {
+			ctx.Request.SetBodyRaw(bodies[i%users])
+			ctx.Response.Reset()
+			i++
+			s.handleHTTP(ctx)
+		}
+	})
+}

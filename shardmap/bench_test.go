@@ -1,0 +1,118 @@
+package shardmap
+
+import (
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func ids(prefix string, n, width int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = []byte(fmt.Sprintf("%s%0*d", prefix, width-len(prefix), i))
+	}
+	return out
+}
+
+// BenchmarkTouchParallel refreshes 100k existing sessions from all Ps.
+func BenchmarkTouchParallel(b *testing.B) {
+	m := newTestMap(b, Config{})
+	users, rooms := ids("user-", 100_000, 16), ids("room-", 1000, 10)
+	for i, u := range users {
+		m.Touch(u, rooms[i%len(rooms)], t0, 150_000)
+	}
+	var seq atomic.Uint64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(seq.Add(1) * 7919)
+		for pb.Next() {
+			i++
+			k := i % len(users)
+			m.Touch(users[k], rooms[k%len(rooms)], t0+int64(i&1023), 150_000)
+		}
+	})
+}
+
+// BenchmarkTouchJoin starts new sessions (users and rooms are new to the map
+// the first time round, reused after the map is cleared).
+func BenchmarkTouchJoin(b *testing.B) {
+	m := newTestMap(b, Config{})
+	users, rooms := ids("user-", 100_000, 16), ids("room-", 1000, 10)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		k := i % len(users)
+		if k == 0 && i > 0 {
+			b.StopTimer()
+			m.Expire(t0+1_000_000_000, nil)
+			b.StartTimer()
+		}
+		m.Touch(users[k], rooms[k%len(rooms)], t0, 150_000)
+	}
+}
+
+// BenchmarkExpire measures expiring sessions: per op, one session expires
+// (100k sessions spread over 10 s of expiry, expired tick by tick).
+func BenchmarkExpire(b *testing.B) {
+	users, rooms := ids("user-", 100_000, 16), ids("room-", 1000, 10)
+	m := newTestMap(b, Config{})
+	var ev []Event
+	b.ReportAllocs()
+	b.ResetTimer()
+	expired := 0
+	for expired < b.N {
+		b.StopTimer()
+		base := t0 + int64(expired)*1000 // move on so refills land ahead of the wheel
+		for i, u := range users {
+			m.Touch(u, rooms[i%len(rooms)], base, int64(i%100_000)/10+100)
+		}
+		b.StartTimer()
+		for now := base; now <= base+10_200; now += 100 {
+			ev = m.Expire(now, ev[:0])
+			expired += len(ev)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(expired), "ns/session")
+}
+
+// BenchmarkMemory1M fills 1M sessions (16-byte user ids, 1000 rooms) and
+// reports the live heap per session and the cost of a forced GC with the map
+// full: its stop-the-world pause (gc-pause-ns) and its wall time
+// (gc-wall-ns, mostly concurrent marking). The ids are generated into one
+// flat buffer so the benchmark's own data adds nothing for the GC to scan.
+func BenchmarkMemory1M(b *testing.B) {
+	const n, w = 1_000_000, 16
+	flat := make([]byte, 0, n*w)
+	for i := range n {
+		flat = fmt.Appendf(flat, "u%0*d", w-1, i)
+	}
+	rooms := ids("room-", 1000, 10)
+	b.ReportAllocs()
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		m := newTestMap(b, Config{})
+		for i := range n {
+			if _, err := m.Touch(flat[i*w:(i+1)*w], rooms[i%len(rooms)], t0, 150_000); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heapB/session")
+		start := time.Now()
+		runtime.GC()
+		b.ReportMetric(float64(time.Since(start).Nanoseconds()), "gc-wall-ns")
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ReportMetric(float64(ms.PauseNs[(ms.NumGC+255)%256]), "gc-pause-ns")
+		if m.Stats().Sessions != n {
+			b.Fatal("lost sessions")
+		}
+		runtime.KeepAlive(m)
+	}
+}

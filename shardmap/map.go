@@ -1,0 +1,474 @@
+package shardmap
+
+import (
+	"hash/maphash"
+	"sync/atomic"
+)
+
+// Reason says why a session ended.
+type Reason uint8
+
+const (
+	// ReasonLeft is an explicit leave.
+	ReasonLeft Reason = 1
+	// ReasonTimeout is an expiry: no heartbeat for ttl.
+	ReasonTimeout Reason = 2
+)
+
+func (r Reason) String() string {
+	switch r {
+	case ReasonLeft:
+		return "left"
+	case ReasonTimeout:
+		return "timeout"
+	}
+	return "unknown"
+}
+
+// Event is a join or a leave. The Map itself only produces leaves (from
+// LeaveAll and Expire); Touch reports joins by its result.
+type Event struct {
+	User, Room string
+	At         int64 // unix ms
+	Join       bool  // false: leave
+	Reason     Reason
+}
+
+// RoomSession is one of a user's sessions, as User reports it.
+type RoomSession struct {
+	Room             string
+	LastSeen, Expiry int64
+}
+
+// Member is one member of a room, as Members reports it.
+type Member struct {
+	User     string
+	LastSeen int64
+}
+
+// Stats are the maintained global counts.
+type Stats struct {
+	OnlineUsers, Sessions, Rooms int64
+}
+
+// Map is the in-memory presence table. It is safe for concurrent use.
+type Map struct {
+	hash      func([]byte) uint64
+	shards    []userShard
+	shardMask uint64
+	rooms     []roomShard
+	roomMask  uint64
+	roomBits  uint
+	maxRoomIx uint32 // largest room record index a packed ref can hold
+	maxRooms  int
+	track     bool
+
+	onlineUsers atomic.Int64
+	sessions    atomic.Int64
+	nrooms      atomic.Int64
+}
+
+// New returns an empty Map. Zero Config fields take their defaults.
+func New(cfg Config) (*Map, error) {
+	seed := maphash.MakeSeed()
+	return newWithHash(cfg, func(b []byte) uint64 { return maphash.Bytes(seed, b) })
+}
+
+// newWithHash is New with the id hash as a parameter, so tests can force
+// collisions.
+func newWithHash(cfg Config, hash func([]byte) uint64) (*Map, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	m := &Map{
+		hash:      hash,
+		shards:    make([]userShard, cfg.Shards),
+		shardMask: uint64(cfg.Shards - 1),
+		rooms:     make([]roomShard, cfg.RoomShards),
+		roomMask:  uint64(cfg.RoomShards - 1),
+		roomBits:  log2(cfg.RoomShards),
+		maxRooms:  cfg.MaxRoomsPerUser,
+		track:     cfg.TrackChanges,
+	}
+	m.maxRoomIx = uint32(1<<(32-m.roomBits) - 1)
+	for i := range m.shards {
+		st := &m.shards[i].mu.userState
+		st.wheel = make([]uint32, cfg.WheelSlots)
+		st.wheelMask = uint64(cfg.WheelSlots - 1)
+		st.tickMs = cfg.Tick.Milliseconds()
+	}
+	return m, nil
+}
+
+func (m *Map) roomRef(shard uint64, ri uint32) uint32 { return ri<<m.roomBits | uint32(shard) }
+
+func (m *Map) roomOf(ref uint32) (*roomShard, uint32) {
+	return &m.rooms[uint64(ref)&m.roomMask], ref >> m.roomBits
+}
+
+// lookupRoom returns the ref of room, or 0 if it does not exist.
+func (m *Map) lookupRoom(room []byte) uint32 {
+	h := m.hash(room)
+	rs := &m.rooms[h&m.roomMask]
+	rs.mu.Lock()
+	ri := rs.mu.find(h, room)
+	rs.mu.Unlock()
+	if ri == 0 {
+		return 0
+	}
+	return m.roomRef(h&m.roomMask, ri)
+}
+
+// Touch creates or refreshes the session (user, room): its lastSeen becomes
+// now and its expiry now+ttlMs (ttlMs is clamped to 0..2^31-1). joined
+// reports that the session is new. An empty room means "online only": the
+// session counts for the user but belongs to no room. Touch allocates nothing
+// when it refreshes a session, nor when it starts one and the shard's arenas
+// and tables have room (e.g. after a leave).
+func (m *Map) Touch(user, room []byte, now, ttlMs int64) (joined bool, err error) {
+	return m.upsert(user, room, now, now+ttlMs)
+}
+
+// Restore inserts or overwrites the session (user, room) with an explicit
+// lastSeen and expiry, for log replay. If expiry <= now nothing is inserted
+// and Restore reports false; otherwise it reports whether the session is new.
+func (m *Map) Restore(user, room []byte, lastSeen, expiry, now int64) (bool, error) {
+	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
+		return false, ErrBadID
+	}
+	if expiry <= now {
+		return false, nil
+	}
+	return m.upsert(user, room, lastSeen, expiry)
+}
+
+func (m *Map) upsert(user, room []byte, lastSeen, expiry int64) (bool, error) {
+	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
+		return false, ErrBadID
+	}
+	ttl := expiry - lastSeen
+	if ttl < 0 {
+		ttl, lastSeen = 0, expiry
+	} else if ttl > maxTTLMs {
+		ttl = maxTTLMs
+	}
+	h := m.hash(user)
+	si := h & m.shardMask
+	sh := &m.shards[si]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	st := &sh.mu.userState
+
+	ui := st.findUser(h, user)
+	if ui != 0 {
+		var ref uint32
+		if len(room) > 0 {
+			ref = m.lookupRoom(room)
+		}
+		if ref != 0 || len(room) == 0 {
+			for i := st.user(ui).head; i != 0; {
+				s := st.session(i)
+				if s.room == ref {
+					st.unlinkWheel(i)
+					s.setTimes(lastSeen, ttl)
+					st.linkWheel(i)
+					if m.track {
+						st.logUpsert(i)
+					}
+					return false, nil
+				}
+				i = s.next
+			}
+		}
+		if int(st.user(ui).nsess) >= m.maxRooms {
+			return false, ErrTooManyRooms
+		}
+	} else {
+		if ui = st.newUser(h, user); ui == 0 {
+			return false, ErrFull
+		}
+		m.onlineUsers.Add(1)
+	}
+	u := st.user(ui)
+
+	var ref, slot uint32
+	if len(room) > 0 {
+		rh := m.hash(room)
+		rsi := rh & m.roomMask
+		rs := &m.rooms[rsi]
+		rs.mu.Lock()
+		ri := rs.mu.find(rh, room)
+		if ri == 0 {
+			if ri = rs.mu.create(rh, room, m.maxRoomIx); ri != 0 {
+				m.nrooms.Add(1)
+			}
+		}
+		if ri != 0 {
+			slot = rs.mu.addMember(ri, packRef(int(si), ui, u.gen))
+			ref = m.roomRef(rsi, ri)
+		}
+		rs.mu.Unlock()
+		if ri == 0 {
+			m.dropUserIfIdle(st, ui)
+			return false, ErrFull
+		}
+	}
+	i := st.newSession()
+	if i == 0 {
+		if ref != 0 {
+			m.leaveRoom(ref, slot, nil)
+		}
+		m.dropUserIfIdle(st, ui)
+		return false, ErrFull
+	}
+	s := st.session(i)
+	s.user, s.room, s.slot = ui, ref, slot
+	s.setTimes(lastSeen, ttl)
+	s.next = u.head
+	u.head = i
+	u.nsess++
+	st.linkWheel(i)
+	if m.track {
+		st.logUpsert(i)
+	}
+	m.sessions.Add(1)
+	return true, nil
+}
+
+func (m *Map) dropUserIfIdle(st *userState, ui uint32) {
+	if st.user(ui).nsess == 0 {
+		st.freeUserRec(ui)
+		m.onlineUsers.Add(-1)
+	}
+}
+
+// leaveRoom frees the member slot and, if the room is now empty, the room.
+// If name is not nil, the room id is appended to *name first. The caller
+// holds the user shard lock (lock order: user shard, then room shard).
+func (m *Map) leaveRoom(ref, slot uint32, name *[]byte) {
+	rs, ri := m.roomOf(ref)
+	rs.mu.Lock()
+	if name != nil {
+		*name = append(*name, rs.mu.name(ri)...)
+	}
+	if rs.mu.removeMember(ri, slot) {
+		rs.mu.free(ri)
+		m.nrooms.Add(-1)
+	}
+	rs.mu.Unlock()
+}
+
+// endSession removes session i and, if emit, appends a
+// leave event to dst. It frees the user when it was their last session.
+func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit bool, dst []Event) []Event {
+	s := st.session(i)
+	ui := s.user
+	u := st.user(ui)
+	if u.head == i {
+		u.head = s.next
+	} else {
+		p := u.head
+		for st.session(p).next != i {
+			p = st.session(p).next
+		}
+		st.session(p).next = s.next
+	}
+	u.nsess--
+	st.unlinkWheel(i)
+
+	uid := st.arena.bytes(u.off, u.n())
+	endOff := len(st.endBuf)
+	if m.track {
+		st.endBuf = append(st.endBuf, uid...)
+	}
+	var roomName string
+	if s.room != 0 {
+		if m.track || emit {
+			mark := len(st.endBuf)
+			m.leaveRoom(s.room, s.slot, &st.endBuf)
+			if emit {
+				roomName = string(st.endBuf[mark:])
+			}
+			if !m.track {
+				st.endBuf = st.endBuf[:mark]
+			}
+		} else {
+			m.leaveRoom(s.room, s.slot, nil)
+		}
+	}
+	if emit {
+		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason})
+	}
+	dirty := s.ttl&sessDirty != 0
+	if m.track {
+		st.changes = append(st.changes, changeRec{
+			endOff:   uint32(endOff),
+			userLen:  u.n(),
+			roomLen:  uint8(len(st.endBuf) - endOff - int(u.n())),
+			reason:   reason,
+			lastSeen: s.lastSeen(),
+			expiry:   s.expiry(),
+			at:       now,
+		})
+	}
+	st.releaseSession(i, m.track && dirty)
+	m.sessions.Add(-1)
+	if u.nsess == 0 {
+		st.freeUserRec(ui)
+		m.onlineUsers.Add(-1)
+	}
+	return dst
+}
+
+// Leave ends the session (user, room) with reason left and reports whether
+// it existed.
+func (m *Map) Leave(user, room []byte, now int64) bool {
+	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
+		return false
+	}
+	h := m.hash(user)
+	sh := &m.shards[h&m.shardMask]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	st := &sh.mu.userState
+	ui := st.findUser(h, user)
+	if ui == 0 {
+		return false
+	}
+	var ref uint32
+	if len(room) > 0 {
+		if ref = m.lookupRoom(room); ref == 0 {
+			return false
+		}
+	}
+	for i := st.user(ui).head; i != 0; i = st.session(i).next {
+		if st.session(i).room == ref {
+			m.endSession(st, i, ReasonLeft, now, false, nil)
+			return true
+		}
+	}
+	return false
+}
+
+// LeaveAll ends every session of user with reason left and appends a leave
+// event for each to dst.
+func (m *Map) LeaveAll(user []byte, now int64, dst []Event) []Event {
+	if len(user) == 0 || len(user) > MaxIDLen {
+		return dst
+	}
+	h := m.hash(user)
+	sh := &m.shards[h&m.shardMask]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	st := &sh.mu.userState
+	ui := st.findUser(h, user)
+	if ui == 0 {
+		return dst
+	}
+	for n := st.user(ui).nsess; n > 0; n-- {
+		dst = m.endSession(st, st.user(ui).head, ReasonLeft, now, true, dst)
+	}
+	return dst
+}
+
+// Expire ends every session whose expiry is <= now, appending a leave event
+// with reason timeout for each to dst. Per shard it looks only at the wheel
+// slots of the ticks since the previous call (at most WheelSlots of them),
+// so its cost is the number of expired sessions plus elapsed ticks, plus
+// sessions that share those slots but wrap the wheel (ttl > Tick*WheelSlots).
+// Call it about once per Tick.
+func (m *Map) Expire(now int64, dst []Event) []Event {
+	for k := range m.shards {
+		sh := &m.shards[k]
+		sh.mu.Lock()
+		dst = m.expireLocked(&sh.mu.userState, now, dst)
+		sh.mu.Unlock()
+	}
+	return dst
+}
+
+func (m *Map) expireLocked(st *userState, now int64, dst []Event) []Event {
+	nowTick := floorDiv(now, st.tickMs)
+	start := st.nextTick
+	if nowTick < start {
+		return dst
+	}
+	if n := int64(len(st.wheel)); nowTick-start >= n {
+		start = nowTick - n + 1
+	}
+	for t := start; t <= nowTick; t++ {
+		slot := uint64(t) & st.wheelMask
+		for i := st.wheel[slot]; i != 0; {
+			s := st.session(i)
+			next := s.wnext
+			if s.expiry() <= now {
+				dst = m.endSession(st, i, ReasonTimeout, now, true, dst)
+			}
+			i = next
+		}
+	}
+	st.nextTick = nowTick // nowTick is only partly done: look at it again
+	return dst
+}
+
+// User returns the user's sessions with a room (appended to dst), the
+// latest lastSeen over all their sessions (room-less ones included), and
+// whether they are online. Sessions past their expiry count until Expire
+// removes them.
+func (m *Map) User(user []byte, dst []RoomSession) (rooms []RoomSession, lastSeen int64, online bool) {
+	if len(user) == 0 || len(user) > MaxIDLen {
+		return dst, 0, false
+	}
+	h := m.hash(user)
+	sh := &m.shards[h&m.shardMask]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	st := &sh.mu.userState
+	ui := st.findUser(h, user)
+	if ui == 0 {
+		return dst, 0, false
+	}
+	for i := st.user(ui).head; i != 0; {
+		s := st.session(i)
+		ls := s.lastSeen()
+		if !online || ls > lastSeen {
+			lastSeen = ls
+		}
+		online = true
+		if s.room != 0 {
+			rs, ri := m.roomOf(s.room)
+			rs.mu.Lock()
+			name := string(rs.mu.name(ri))
+			rs.mu.Unlock()
+			dst = append(dst, RoomSession{Room: name, LastSeen: ls, Expiry: s.expiry()})
+		}
+		i = s.next
+	}
+	return dst, lastSeen, online
+}
+
+// RoomOnline returns the number of users with a session in room.
+func (m *Map) RoomOnline(room []byte) int {
+	if len(room) == 0 || len(room) > MaxIDLen {
+		return 0
+	}
+	h := m.hash(room)
+	rs := &m.rooms[h&m.roomMask]
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if ri := rs.mu.find(h, room); ri != 0 {
+		return int(rs.mu.rooms[ri].online)
+	}
+	return 0
+}
+
+// Stats returns the maintained counts: online users, sessions, rooms. The
+// three are read separately and may be off by a concurrent change.
+func (m *Map) Stats() Stats {
+	return Stats{
+		OnlineUsers: m.onlineUsers.Load(),
+		Sessions:    m.sessions.Load(),
+		Rooms:       m.nrooms.Load(),
+	}
+}
