@@ -56,9 +56,11 @@
 //
 // # Durability promise per Config.Fsync
 //
-//   - interval (default): each cycle runs every Config.FsyncInterval (100ms)
-//     and commits with an fsync. A crash (kill -9 or power loss) loses at most
-//     the changes of the last interval plus the cycle in flight.
+//   - interval (default): a cycle runs every half Config.FsyncInterval
+//     (50ms of the default 100ms) and commits with an fsync, so a change is
+//     durable at most FsyncInterval/2 + one commit after it was made. A crash
+//     (kill -9 or power loss) loses at most the last FsyncInterval of
+//     changes as long as a commit with its fsync takes under half of it.
 //   - always: as interval, and WaitDurable(ctx) returns only after a cycle
 //     that started after the call has been fsynced; concurrent waiters share
 //     that cycle and its fsync, and a waiter starts a cycle at once.

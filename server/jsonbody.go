@@ -2,7 +2,6 @@ package server
 
 import (
 	"errors"
-	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -498,5 +497,3 @@ func appendTime(b []byte, ms int64) []byte {
 }
 
 const rfc3339Milli = "2006-01-02T15:04:05.000Z07:00"
-
-func appendInt(b []byte, v int64) []byte { return strconv.AppendInt(b, v, 10) }

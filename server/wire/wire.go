@@ -23,7 +23,6 @@ const (
 	// at the end of a reply.
 	TimingLen = 8
 
-	minItemLen = 5 // op, userLen, 1-byte user, roomLen, tokenLen
 )
 
 // Flag bits of the header's flags byte.

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what Go does not bring
+# (redis-server, redis-cli, nginx with the stream module, promtool,
+# systemd-analyze, python3) with apt-get when missing, then runs formatting,
+# vet, staticcheck, go mod tidy, every test with -race, a short smoke run of
+# every fuzz target, the systemd unit checks and the Prometheus checks.
+# It fails loudly when something cannot be installed; nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:$(go env GOPATH)/bin"
+
+say() { printf '\n=== %s\n' "$*"; }
+fail() { printf '\nFAIL: %s\n' "$*" >&2; exit 1; }
+
+say "tools"
+pkgs=()
+command -v redis-server >/dev/null || pkgs+=(redis-server)
+command -v redis-cli >/dev/null || pkgs+=(redis-tools)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || pkgs+=(libnginx-mod-stream)
+command -v promtool >/dev/null || pkgs+=(prometheus)
+command -v systemd-analyze >/dev/null || pkgs+=(systemd)
+command -v python3 >/dev/null || pkgs+=(python3)
+command -v curl >/dev/null || pkgs+=(curl)
+if ((${#pkgs[@]})); then
+  echo "installing: ${pkgs[*]}"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || fail "need root (or sudo) to apt-get install ${pkgs[*]}"
+    sudo=sudo
+  fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq || fail "apt-get update failed"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" \
+    || fail "cannot install ${pkgs[*]}"
+fi
+for t in redis-server redis-cli promtool systemd-analyze python3 curl; do
+  command -v "$t" >/dev/null || fail "$t is still missing after install"
+done
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || fail "nginx stream module is still missing"
+if ! command -v staticcheck >/dev/null; then
+  go install honnef.co/go/tools/cmd/staticcheck@v0.8.2 || fail "cannot install staticcheck"
+fi
+
+say "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+[ -z "$unformatted" ] || fail "gofmt would change: $unformatted"
+
+say "go mod tidy"
+go mod tidy -diff || fail "go mod tidy would change go.mod/go.sum"
+
+say "go vet"
+go vet ./...
+
+say "staticcheck"
+staticcheck ./...
+
+say "go test -race"
+go test -race -count=1 -timeout 20m ./...
+
+say "fuzz smoke (5 s each)"
+for pkg in $(go list ./...); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+    echo "fuzz $pkg $f"
+    go test -run '^$' -fuzz "^$f\$" -fuzztime 5s "$pkg" >/dev/null || fail "fuzz $f in $pkg"
+  done
+done
+
+say "systemd units"
+bash .ci/checks/systemd.sh
+
+say "alert rules and dashboard"
+bash .ci/checks/promtool.sh
+
+say "promtool check metrics against a live server"
+bash .ci/checks/metrics.sh
+
+say "all tests passed"

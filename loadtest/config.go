@@ -1,0 +1,310 @@
+package loadtest
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"time"
+)
+
+// Targets the generator can drive.
+const (
+	TargetPresenced       = "presenced"
+	TargetNullUDP         = "null-udp"
+	TargetNullHTTP        = "null-http"
+	TargetRawUDP          = "raw-udp"
+	TargetRedisSetex      = "redis-setex"
+	TargetRedisPipelined  = "redis-setex-pipelined"
+	transportRedis        = "redis"
+	maxStepSpan           = 72 * time.Hour // the UDP ring keeps 48 bits of ns
+	defaultSweepDuration  = 5 * time.Minute
+	defaultFixedDuration  = 10 * time.Second
+	maxSweepSteps         = 40
+	defaultRedisEntryTTL  = 150 * time.Second
+	maxQueuedJobs         = 1 << 16
+	progressEvery         = time.Second
+	redisStartTimeout     = 5 * time.Second
+	nullReplyIntervalMs   = 60000
+	nullReplyTTLMs        = 150000
+	defaultUDPAddr        = "127.0.0.1:7070"
+	defaultHTTPAddr       = "127.0.0.1:7070"
+	defaultRoomZipfS      = 1.1
+	defaultTokenValidity  = time.Hour
+	maxHistogramLatencyNs = int64(100 * time.Second)
+)
+
+var allTargets = []string{TargetPresenced, TargetNullUDP, TargetNullHTTP, TargetRawUDP, TargetRedisSetex, TargetRedisPipelined}
+
+// Config is one loadtest invocation. DefaultConfig gives the defaults; the
+// flag of each field is named in its comment.
+type Config struct {
+	Target    string // --target: presenced (default) or a baseline
+	Transport string // --transport: udp (default), http, http-batch, mix
+	UDPAddr   string // --udp-addr: presenced's UDP address (default 127.0.0.1:7070)
+	HTTPAddr  string // --http-addr: presenced's HTTP address (default 127.0.0.1:7070)
+	RedisAddr string // --redis-addr: Redis for the redis baselines; empty: start redis-server
+
+	Users    int           // --users: simulated users (default 100000); ~300 bytes each
+	Rooms    int           // --rooms: rooms the users are spread over (default 1000)
+	RoomDist string        // --room-dist: uniform (default) or zipf room sizes
+	Interval time.Duration // --interval: each user's heartbeat period (default 60s)
+	Jitter   float64       // --jitter: 0..1 of a slot each send may move (default 0.1)
+	Rate     float64       // --rate: heartbeats/s in total; 0 (default): users/interval
+
+	Duration   time.Duration // --duration: a fixed run's length, or a sweep's total bound (default 10s; 5m for a sweep)
+	Batch      int           // --batch: heartbeats per http-batch request, max pipeline for redis-setex-pipelined (default 100)
+	Sockets    int           // --sockets: UDP source sockets (default 16)
+	Conns      int           // --conns: HTTP / Redis connections and workers (default 64)
+	AckTimeout time.Duration // --ack-timeout: an answer later than this is lost (default 1s)
+	SecretFile string        // --secret-file: keyring; mint one scope-u token per user
+
+	JSONFile string // --json: write the report as JSON
+	HTMLFile string // --html: write the report as a self-contained HTML page
+
+	Sweep        bool          // --sweep: step the rate up until p99 or loss breaks
+	SweepFactor  float64       // --sweep-factor: rate multiplier per step (default 1.5)
+	StepDuration time.Duration // --step-duration: length of a sweep step (default 5s)
+	TargetP99    time.Duration // --target-p99: p99 a sustainable step keeps (default 1ms)
+	MaxLoss      float64       // --max-loss: percent loss (and errors) a sustainable step keeps (default 0.1)
+	TargetPID    int           // --target-pid: read this process's CPU; 0: whole machine
+
+	Baselines []string // --baselines[=list]: also run these targets (bare flag: all that fit the transport)
+	Quiet     bool     // --quiet: no progress line
+
+	durationSet bool
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Target: TargetPresenced, Transport: "udp",
+		UDPAddr: defaultUDPAddr, HTTPAddr: defaultHTTPAddr,
+		Users: 100000, Rooms: 1000, RoomDist: "uniform",
+		Interval: 60 * time.Second, Jitter: 0.1,
+		Duration: defaultFixedDuration, Batch: 100, Sockets: 16, Conns: 64,
+		AckTimeout: time.Second, SweepFactor: 1.5, StepDuration: 5 * time.Second,
+		TargetP99: time.Millisecond, MaxLoss: 0.1,
+	}
+}
+
+// baselineFlag is --baselines: bare, it means every baseline that fits the
+// transport; with a value, a comma-separated list of targets.
+type baselineFlag struct{ list *[]string }
+
+func (b baselineFlag) String() string {
+	if b.list == nil {
+		return ""
+	}
+	return strings.Join(*b.list, ",")
+}
+func (b baselineFlag) IsBoolFlag() bool { return true }
+func (b baselineFlag) Set(s string) error {
+	switch s {
+	case "true":
+		*b.list = []string{"all"}
+	case "false", "":
+		*b.list = nil
+	default:
+		*b.list = strings.Split(s, ",")
+	}
+	return nil
+}
+
+// parseFlags parses args into a validated Config. The error names the flag.
+func parseFlags(args []string, stderr io.Writer) (Config, error) {
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("presenced loadtest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.Target, "target", cfg.Target, "target: "+strings.Join(allTargets, "|"))
+	fs.StringVar(&cfg.Transport, "transport", cfg.Transport, "udp|http|http-batch|mix (redis targets speak Redis)")
+	fs.StringVar(&cfg.UDPAddr, "udp-addr", cfg.UDPAddr, "presenced UDP address")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "presenced HTTP address")
+	fs.StringVar(&cfg.RedisAddr, "redis-addr", "", "Redis for the redis baselines (empty: start redis-server on a free port)")
+	fs.IntVar(&cfg.Users, "users", cfg.Users, "simulated users")
+	fs.IntVar(&cfg.Rooms, "rooms", cfg.Rooms, "rooms")
+	fs.StringVar(&cfg.RoomDist, "room-dist", cfg.RoomDist, "room sizes: uniform|zipf")
+	fs.DurationVar(&cfg.Interval, "interval", cfg.Interval, "heartbeat period per user (rate = users/interval unless --rate)")
+	fs.Float64Var(&cfg.Jitter, "jitter", cfg.Jitter, "0..1: how far in its slot each send may move")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "total heartbeats/s (0: users/interval); the first step of a sweep")
+	fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "length of a run; bounds a whole sweep (default 5m with --sweep)")
+	fs.IntVar(&cfg.Batch, "batch", cfg.Batch, "heartbeats per http-batch request; max pipeline for redis-setex-pipelined")
+	fs.IntVar(&cfg.Sockets, "sockets", cfg.Sockets, "UDP source sockets")
+	fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "HTTP/Redis connections (and workers)")
+	fs.DurationVar(&cfg.AckTimeout, "ack-timeout", cfg.AckTimeout, "a request unanswered after this is lost")
+	fs.StringVar(&cfg.SecretFile, "secret-file", "", "keyring file: mint one scope-u token per user")
+	fs.StringVar(&cfg.JSONFile, "json", "", "write the report as JSON to this file")
+	fs.StringVar(&cfg.HTMLFile, "html", "", "write the report as a self-contained HTML page")
+	fs.BoolVar(&cfg.Sweep, "sweep", false, "step the rate up until --target-p99 or --max-loss breaks")
+	fs.Float64Var(&cfg.SweepFactor, "sweep-factor", cfg.SweepFactor, "rate multiplier per sweep step")
+	fs.DurationVar(&cfg.StepDuration, "step-duration", cfg.StepDuration, "length of a sweep step")
+	fs.DurationVar(&cfg.TargetP99, "target-p99", cfg.TargetP99, "p99 latency a sustainable step keeps")
+	fs.Float64Var(&cfg.MaxLoss, "max-loss", cfg.MaxLoss, "percent of requests lost or failed a sustainable step keeps")
+	fs.IntVar(&cfg.TargetPID, "target-pid", 0, "read the CPU of this process (0: the whole machine)")
+	fs.Var(baselineFlag{&cfg.Baselines}, "baselines", "also run baselines: bare for all that fit the transport, or a list: "+strings.Join(allTargets[1:], ","))
+	fs.BoolVar(&cfg.Quiet, "quiet", false, "no progress line on stderr")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "duration" {
+			cfg.durationSet = true
+		}
+	})
+	if cfg.Sweep && !cfg.durationSet {
+		cfg.Duration = defaultSweepDuration
+	}
+	return cfg, cfg.Validate()
+}
+
+func oneOf(s string, set ...string) bool {
+	for _, x := range set {
+		if s == x {
+			return true
+		}
+	}
+	return false
+}
+
+// Validate checks every field; the error names the flag.
+func (c *Config) Validate() error {
+	bad := func(flag, format string, a ...any) error {
+		return fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...))
+	}
+	finite := func(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
+	switch {
+	case !oneOf(c.Target, allTargets...):
+		return bad("target", "%q is not one of %s", c.Target, strings.Join(allTargets, ", "))
+	case !oneOf(c.Transport, "udp", "http", "http-batch", "mix"):
+		return bad("transport", "%q is not one of udp, http, http-batch, mix", c.Transport)
+	case c.UDPAddr == "":
+		return bad("udp-addr", "empty")
+	case c.HTTPAddr == "":
+		return bad("http-addr", "empty")
+	case c.Users < 1 || c.Users > 10_000_000:
+		return bad("users", "%d is not in 1..10000000", c.Users)
+	case c.Rooms < 1 || c.Rooms > 1_000_000:
+		return bad("rooms", "%d is not in 1..1000000", c.Rooms)
+	case !oneOf(c.RoomDist, "uniform", "zipf"):
+		return bad("room-dist", "%q is not uniform or zipf", c.RoomDist)
+	case c.Interval < time.Millisecond || c.Interval > 24*time.Hour:
+		return bad("interval", "%v is not in 1ms..24h", c.Interval)
+	case !finite(c.Jitter) || c.Jitter < 0 || c.Jitter > 1:
+		return bad("jitter", "%v is not in 0..1", c.Jitter)
+	case !finite(c.Rate) || c.Rate < 0 || c.Rate > 10_000_000:
+		return bad("rate", "%v is not in 0..10000000 (0: users/interval)", c.Rate)
+	case c.Duration < 100*time.Millisecond || c.Duration > maxStepSpan:
+		return bad("duration", "%v is not in 100ms..%v", c.Duration, maxStepSpan)
+	case c.Batch < 1 || c.Batch > 1000:
+		return bad("batch", "%d is not in 1..1000", c.Batch)
+	case c.Sockets < 1 || c.Sockets > 1024:
+		return bad("sockets", "%d is not in 1..1024", c.Sockets)
+	case c.Conns < 1 || c.Conns > 4096:
+		return bad("conns", "%d is not in 1..4096", c.Conns)
+	case c.AckTimeout < time.Millisecond || c.AckTimeout > time.Minute:
+		return bad("ack-timeout", "%v is not in 1ms..1m", c.AckTimeout)
+	case !finite(c.SweepFactor) || c.SweepFactor <= 1 || c.SweepFactor > 100:
+		return bad("sweep-factor", "%v is not in (1, 100]", c.SweepFactor)
+	case c.StepDuration < 100*time.Millisecond || c.StepDuration > maxStepSpan:
+		return bad("step-duration", "%v is not in 100ms..%v", c.StepDuration, maxStepSpan)
+	case c.TargetP99 <= 0:
+		return bad("target-p99", "%v must be positive", c.TargetP99)
+	case !finite(c.MaxLoss) || c.MaxLoss < 0 || c.MaxLoss > 100:
+		return bad("max-loss", "%v is not a percentage in 0..100", c.MaxLoss)
+	case c.TargetPID < 0:
+		return bad("target-pid", "%d is negative", c.TargetPID)
+	}
+	if c.Rate == 0 && float64(c.Users)/c.Interval.Seconds() > 10_000_000 {
+		return bad("interval", "users/interval is over 10000000 heartbeats/s")
+	}
+	if err := c.checkTransport(c.Target, c.Transport); err != nil {
+		return err
+	}
+	if c.Sweep && c.Duration < c.StepDuration {
+		return bad("duration", "%v is shorter than one --step-duration (%v)", c.Duration, c.StepDuration)
+	}
+	for _, b := range c.Baselines {
+		if b == "all" {
+			continue
+		}
+		if !oneOf(b, allTargets[1:]...) {
+			return bad("baselines", "%q is not one of %s", b, strings.Join(allTargets[1:], ", "))
+		}
+	}
+	return nil
+}
+
+// checkTransport reports whether target can be driven over transport.
+func (c *Config) checkTransport(target, transport string) error {
+	switch target {
+	case TargetNullUDP, TargetRawUDP:
+		if transport != "udp" {
+			return fmt.Errorf("--transport: %s does not apply to --target=%s (use udp)", transport, target)
+		}
+	case TargetNullHTTP:
+		if transport != "http" && transport != "http-batch" {
+			return fmt.Errorf("--transport: %s does not apply to --target=%s (use http or http-batch)", transport, target)
+		}
+	}
+	return nil
+}
+
+// baseRate is the heartbeat rate of a fixed run, or a sweep's first step.
+func (c *Config) baseRate() float64 {
+	if c.Rate > 0 {
+		return c.Rate
+	}
+	return float64(c.Users) / c.Interval.Seconds()
+}
+
+// plan is one target run: which target, over which transport.
+type plan struct {
+	target    string
+	transport string
+}
+
+// plans returns the target runs in order: the target, then its baselines.
+func (c *Config) plans() []plan {
+	out := []plan{{c.Target, c.transportFor(c.Target)}}
+	want := c.Baselines
+	if len(want) == 1 && want[0] == "all" {
+		want = nil
+		switch c.Transport {
+		case "udp":
+			want = []string{TargetNullUDP, TargetRawUDP}
+		case "http", "http-batch":
+			want = []string{TargetNullHTTP}
+		case "mix":
+			want = []string{TargetNullUDP, TargetRawUDP, TargetNullHTTP}
+		}
+		want = append(want, TargetRedisSetex, TargetRedisPipelined)
+	}
+	for _, b := range want {
+		if b == c.Target || b == "all" {
+			continue
+		}
+		out = append(out, plan{b, c.transportFor(b)})
+	}
+	return out
+}
+
+// transportFor picks the transport a target is driven over: the configured
+// one where it applies, else the target's own.
+func (c *Config) transportFor(target string) string {
+	switch target {
+	case TargetNullUDP, TargetRawUDP:
+		return "udp"
+	case TargetNullHTTP:
+		if c.Transport == "http-batch" {
+			return "http-batch"
+		}
+		return "http"
+	case TargetRedisSetex, TargetRedisPipelined:
+		return transportRedis
+	}
+	return c.Transport
+}

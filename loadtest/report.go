@@ -1,0 +1,268 @@
+package loadtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is the whole run: settings, one Run per target, and ratios of
+// the first target to each baseline. It is what --json writes.
+type Report struct {
+	Started     time.Time `json:"started"`
+	Args        []string  `json:"args"`
+	Users       int       `json:"users"`
+	Rooms       int       `json:"rooms"`
+	RoomDist    string    `json:"room_dist"`
+	Batch       int       `json:"batch"`
+	Sockets     int       `json:"sockets"`
+	Conns       int       `json:"conns"`
+	Tokens      bool      `json:"tokens"`
+	AckTimeoutS float64   `json:"ack_timeout_s"`
+	TargetP99Ms float64   `json:"target_p99_ms"`
+	MaxLossPct  float64   `json:"max_loss_pct"`
+	Runs        []Run     `json:"runs"`
+	Ratios      []Ratio   `json:"ratios,omitempty"`
+}
+
+// Run is one target: one step, or a sweep's steps.
+type Run struct {
+	Target    string       `json:"target"`
+	Transport string       `json:"transport"`
+	Sweep     bool         `json:"sweep"`
+	Steps     []StepResult `json:"steps"`
+	Best      int          `json:"best_step"`          // index of the highest sustainable step, -1 if none
+	BestRate  float64      `json:"best_rate,omitzero"` // heartbeats/s of that step
+	Capacity  string       `json:"capacity,omitempty"`
+	Note      string       `json:"note,omitempty"`
+	Error     string       `json:"error,omitempty"`
+}
+
+// StepResult is one rate held for one duration. Counts are heartbeats (an
+// http-batch request counts its batch); latency is per request, from its
+// intended send time.
+type StepResult struct {
+	OfferedRate  float64          `json:"offered_rate"` // heartbeats/s
+	DurationS    float64          `json:"duration_s"`
+	SendSpanS    float64          `json:"send_span_s"` // how long the schedule took to send
+	Sent         int64            `json:"sent"`
+	Answered     int64            `json:"answered"`
+	Lost         int64            `json:"lost"`
+	Late         int64            `json:"late_answers"`
+	SentPerS     float64          `json:"sent_per_s"`
+	AnsweredPerS float64          `json:"answered_per_s"`
+	LossPct      float64          `json:"loss_pct"`
+	ErrorCount   int64            `json:"error_count"`
+	ErrorPct     float64          `json:"error_pct"`
+	Errors       map[string]int64 `json:"errors"`
+	Latency      Latency          `json:"latency_ms"`
+	CPUPct       float64          `json:"cpu_pct"` // -1: unknown
+	CPUScope     string           `json:"cpu_scope"`
+	Sustainable  bool             `json:"sustainable"`
+	Timeline     []Point          `json:"timeline"`
+}
+
+// Latency is in milliseconds.
+type Latency struct {
+	Count int64        `json:"count"`
+	P50   float64      `json:"p50"`
+	P90   float64      `json:"p90"`
+	P99   float64      `json:"p99"`
+	P999  float64      `json:"p99_9"`
+	Max   float64      `json:"max"`
+	Mean  float64      `json:"mean"`
+	Curve []CurvePoint `json:"by_percentile"`
+}
+
+// CurvePoint is the latency at one percentile.
+type CurvePoint struct {
+	Pct float64 `json:"pct"`
+	Ms  float64 `json:"ms"`
+}
+
+// Point is one second of a step.
+type Point struct {
+	T          float64 `json:"t_s"`
+	SentPerS   float64 `json:"sent_per_s"`
+	AnswerPerS float64 `json:"answered_per_s"`
+	P50Ms      float64 `json:"p50_ms"`
+	P99Ms      float64 `json:"p99_ms"`
+	Errors     int64   `json:"errors"`
+	LossPct    float64 `json:"loss_pct"`
+}
+
+// Ratio compares the first target with one baseline.
+type Ratio struct {
+	Target    string  `json:"target"`
+	Baseline  string  `json:"baseline"`
+	Basis     string  `json:"basis"`      // what RateRatio divides
+	RateRatio float64 `json:"rate_ratio"` // target / baseline
+	P99Ratio  float64 `json:"p99_ratio"`  // target / baseline, at each run's reported step
+}
+
+// headline returns the step a run is judged by: the best of a sweep (or
+// its first step if none passed), or the only step.
+func (r *Run) headline() (StepResult, bool) {
+	if len(r.Steps) == 0 {
+		return StepResult{}, false
+	}
+	if r.Sweep && r.Best >= 0 {
+		return r.Steps[r.Best], true
+	}
+	return r.Steps[0], true
+}
+
+func computeRatios(rep *Report) {
+	if len(rep.Runs) < 2 {
+		return
+	}
+	t := &rep.Runs[0]
+	ts, ok := t.headline()
+	if !ok {
+		return
+	}
+	for i := 1; i < len(rep.Runs); i++ {
+		b := &rep.Runs[i]
+		bs, ok := b.headline()
+		if !ok {
+			continue
+		}
+		r := Ratio{Target: t.Target, Baseline: b.Target}
+		if t.Sweep {
+			r.Basis = "highest sustainable rate"
+			if b.BestRate > 0 {
+				r.RateRatio = t.BestRate / b.BestRate
+			}
+		} else {
+			r.Basis = "answered/s at the same offered rate"
+			if bs.AnsweredPerS > 0 {
+				r.RateRatio = ts.AnsweredPerS / bs.AnsweredPerS
+			}
+		}
+		if bs.Latency.P99 > 0 {
+			r.P99Ratio = ts.Latency.P99 / bs.Latency.P99
+		}
+		rep.Ratios = append(rep.Ratios, r)
+	}
+}
+
+// writeText prints the report for a terminal.
+func writeText(w io.Writer, rep *Report) {
+	fmt.Fprintf(w, "presenced loadtest: %d users, %d rooms (%s), tokens %v, ack-timeout %gs, target p99 %gms, max loss %g%%\n",
+		rep.Users, rep.Rooms, rep.RoomDist, rep.Tokens, rep.AckTimeoutS, rep.TargetP99Ms, rep.MaxLossPct)
+	for i := range rep.Runs {
+		r := &rep.Runs[i]
+		fmt.Fprintf(w, "\n== %s over %s ==\n", r.Target, r.Transport)
+		if r.Error != "" {
+			fmt.Fprintf(w, "error: %s\n", r.Error)
+		}
+		if s, ok := r.headline(); ok && !r.Sweep {
+			writeStepText(w, &s)
+		}
+		if r.Sweep {
+			tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintln(tw, "step\toffered/s\tsent/s\tanswered/s\tloss %\terrors %\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\tCPU %\tok\t")
+			for j, s := range r.Steps {
+				fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%s\t%s\t\n",
+					j+1, s.OfferedRate, s.SentPerS, s.AnsweredPerS, s.LossPct, s.ErrorPct,
+					s.Latency.P50, s.Latency.P90, s.Latency.P99, s.Latency.P999, s.Latency.Max, cpuText(s.CPUPct), okText(s.Sustainable))
+			}
+			tw.Flush()
+			for j, s := range r.Steps {
+				if len(s.Errors) > 0 {
+					fmt.Fprintf(w, "step %d errors: %s\n", j+1, errorsText(s.Errors))
+				}
+			}
+			if r.Best >= 0 {
+				fmt.Fprintf(w, "highest sustainable rate: %.0f heartbeats/s (step %d)\n", r.BestRate, r.Best+1)
+				fmt.Fprintln(w, r.Capacity)
+			} else {
+				fmt.Fprintln(w, "highest sustainable rate: none (the first step already broke the limits)")
+			}
+			if len(r.Steps) > 0 {
+				fmt.Fprintf(w, "CPU measured: %s\n", r.Steps[0].CPUScope)
+			}
+		}
+		if r.Note != "" {
+			fmt.Fprintln(w, "note:", r.Note)
+		}
+	}
+	if len(rep.Ratios) > 0 {
+		fmt.Fprintln(w, "\n== ratios ==")
+		for _, q := range rep.Ratios {
+			fmt.Fprintf(w, "%s / %s: rate %.3fx (%s), p99 %.2fx\n", q.Target, q.Baseline, q.RateRatio, q.Basis, q.P99Ratio)
+		}
+	}
+}
+
+func writeStepText(w io.Writer, s *StepResult) {
+	fmt.Fprintf(w, "offered %.0f/s  sent %.0f/s  answered %.0f/s  (sent %d, answered %d, lost %d, late %d over %.1fs)\n",
+		s.OfferedRate, s.SentPerS, s.AnsweredPerS, s.Sent, s.Answered, s.Lost, s.Late, s.SendSpanS)
+	fmt.Fprintf(w, "loss %.3f%%  errors %d (%.3f%%) %s\n", s.LossPct, s.ErrorCount, s.ErrorPct, errorsText(s.Errors))
+	l := s.Latency
+	fmt.Fprintf(w, "latency ms (from intended send, %d requests): p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
+		l.Count, l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean)
+	fmt.Fprintf(w, "CPU %s (%s)\n", cpuText(s.CPUPct), s.CPUScope)
+}
+
+func cpuText(p float64) string {
+	if p < 0 {
+		return "?"
+	}
+	return fmt.Sprintf("%.0f", p)
+}
+
+func okText(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "NO"
+}
+
+func errorsText(m map[string]int64) string {
+	if len(m) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteByte('(')
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d", k, m[k])
+	}
+	b.WriteByte(')')
+	return b.String()
+}
+
+// writeFile writes a report file through fn, then closes it.
+func writeFile(path string, fn func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("cannot write report: %w", err)
+	}
+	if err := fn(f); err != nil {
+		f.Close()
+		return fmt.Errorf("cannot write report %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("cannot write report %s: %w", path, err)
+	}
+	return nil
+}
+
+func writeJSON(w io.Writer, rep *Report) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
