@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -87,19 +88,33 @@ func serve(args []string, stderr io.Writer) int {
 	if err != nil {
 		return usageFailure(stderr, err)
 	}
-	log := server.NewLogger(stderr, cfg)
+	level := new(slog.LevelVar)
+	log := server.NewLogger(stderr, cfg, level)
 	srv, err := server.New(cfg, log)
 	if err != nil {
 		return usageFailure(stderr, err)
 	}
+	// Signals are caught before Start so a SIGTERM during replay is not fatal.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sig)
 	if err := srv.Start(); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	s := <-sig
-	log.Info("signal received, shutting down", "signal", s.String())
+	sd := newNotifier(log)
+	sd.ready()
+	stopWatchdog := sd.watchdog(srv.Alive)
+	defer stopWatchdog()
+	for s := range sig {
+		if s == syscall.SIGHUP {
+			reload(srv, args, level, sd, log, stderr)
+			continue
+		}
+		log.Info("signal received, shutting down", "signal", s.String())
+		break
+	}
+	sd.stopping()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil {
@@ -107,4 +122,31 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// reload re-reads flags, environment and config file and applies what can
+// change without a restart (SIGHUP, systemd ExecReload), logging each change.
+func reload(srv *server.Server, args []string, level *slog.LevelVar, sd *notifier, log *slog.Logger, stderr io.Writer) {
+	sd.reloading()
+	defer sd.ready()
+	cfg, err := server.LoadConfig(args, os.Getenv, stderr)
+	if err != nil {
+		log.Error("reload refused: bad configuration, keeping the running one", "err", err)
+		return
+	}
+	changes, err := srv.Reload(cfg)
+	if err != nil {
+		log.Error("reload refused, keeping the running configuration", "err", err)
+		return
+	}
+	if l, _ := server.ParseLogLevel(cfg.LogLevel); l != level.Level() {
+		changes = append(changes, "log-level: "+level.Level().String()+" -> "+l.String())
+		level.Set(l)
+	}
+	if len(changes) == 0 {
+		changes = []string{"nothing changed"}
+	}
+	for _, c := range changes {
+		log.Info("reloaded", "change", c)
+	}
 }

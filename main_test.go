@@ -117,6 +117,7 @@ func TestTokenCommand(t *testing.T) {
 
 // proc is one running presenced process.
 type proc struct {
+	env  []string // extra environment
 	t    *testing.T
 	cmd  *exec.Cmd
 	base string
@@ -156,11 +157,17 @@ func freePort(t *testing.T) int {
 // startProc runs the binary and waits until /readyz answers 200.
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startProcEnv(t, nil, args...)
+}
+
+func startProcEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p := &proc{t: t, base: "http://" + addr, udp: addr, errb: &syncBuffer{}, done: make(chan error, 1)}
+	p := &proc{t: t, env: env, base: "http://" + addr, udp: addr, errb: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(binPath, append([]string{"serve", "--http-addr", addr, "--udp-addr", addr, "--udp-loops", "2"}, args...)...)
 	p.cmd.Stderr = p.errb
+	p.cmd.Env = append(os.Environ(), p.env...)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +375,7 @@ func TestCrashRecovery(t *testing.T) {
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			dir := t.TempDir()
-			args := append([]string{"--data-dir", dir, "--ttl", "10m", "--interval", "1m", "--log-level", "warn"}, mode.args...)
+			args := append([]string{"--data-dir", dir, "--ttl", "10m", "--interval", "1m", "--log-level", "warn", "--source-rate", "0"}, mode.args...)
 			exp := map[string]*expectation{}
 			rng := rand.New(rand.NewPCG(uint64(len(mode.name)), 7))
 			total := 0

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/persist"
+	"github.com/presenced/presenced/server/cluster"
 	"github.com/presenced/presenced/shardmap"
 )
 
@@ -35,6 +36,9 @@ type Config struct {
 	Redis string
 	// RedisMaster is the Sentinel master name (--redis-master).
 	RedisMaster string
+	// NodeID names this node in the cluster (--node-id, default hostname:http-port,
+	// or hostname-random when the port is 0).
+	NodeID string
 	// SecretFile holds the token keys (--secret-file, empty: open mode).
 	SecretFile string
 	// ConfigFile is the optional config file (--config).
@@ -66,6 +70,24 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// SweepInterval is how often expired sessions are collected (--sweep-interval, default 100ms).
 	SweepInterval time.Duration
+	// HeartbeatMinGap is the least time between two heartbeats that extend
+	// the same session (--heartbeat-min-gap, default 1s; 0 disables). More
+	// frequent ones are answered 429 / rate_limited and change nothing.
+	HeartbeatMinGap time.Duration
+	// SourceRate limits heartbeats per second from one source IP, over both
+	// transports (--source-rate, default 2000; 0 disables). Behind a proxy
+	// every client shares the proxy's address: raise it or set 0 there.
+	SourceRate int
+	// SourceBurst is the per-source bucket size (--source-burst, default 4000).
+	SourceBurst int
+	// SourceTableSlots is the fixed size of the per-source table
+	// (--source-table-slots, default 65536 buckets of 8 bytes).
+	SourceTableSlots int
+	// MaxEventStreams bounds concurrent GET /v1/events streams (--max-event-streams, default 1000).
+	MaxEventStreams int
+	// APITokenFile holds bearer tokens for the read endpoints and the event
+	// stream, one per line (--api-token-file, empty: reads are open).
+	APITokenFile string
 
 	// Map configures the presence table (--shards, --max-rooms-per-user).
 	Map shardmap.Config
@@ -74,6 +96,9 @@ type Config struct {
 	Persist persist.Config
 	// FsyncMode is the textual --fsync value (interval, always, off).
 	FsyncMode string
+	// Cluster configures the Redis replication of cluster mode. Addrs,
+	// MasterName, NodeID and TTL are taken from Redis, RedisMaster, NodeID and TTL.
+	Cluster cluster.Config
 }
 
 // DefaultConfig returns the embedded defaults: a standalone node on loopback.
@@ -97,9 +122,15 @@ func DefaultConfig() Config {
 		HTTPMaxConns:     10000,
 		ShutdownTimeout:  15 * time.Second,
 		SweepInterval:    100 * time.Millisecond,
+		HeartbeatMinGap:  time.Second,
+		SourceRate:       2000,
+		SourceBurst:      4000,
+		SourceTableSlots: 65536,
+		MaxEventStreams:  1000,
 		Map:              shardmap.DefaultConfig(),
 		Persist:          pc,
 		FsyncMode:        "interval",
+		Cluster:          cluster.DefaultConfig(),
 	}
 }
 
@@ -124,6 +155,14 @@ func (c *Config) Validate() error {
 		return errors.New("--udp-loops must not be negative")
 	case c.SweepInterval <= 0:
 		return errors.New("--sweep-interval must be positive")
+	case c.HeartbeatMinGap < 0 || c.HeartbeatMinGap >= c.Interval:
+		return fmt.Errorf("--heartbeat-min-gap must be from 0 to less than --interval (%s)", c.Interval)
+	case c.SourceRate < 0 || c.SourceBurst < 1:
+		return errors.New("--source-rate must not be negative and --source-burst must be at least 1")
+	case c.SourceTableSlots < 1 || c.SourceTableSlots > 1<<24:
+		return errors.New("--source-table-slots must be from 1 to 16777216")
+	case c.MaxEventStreams < 0:
+		return errors.New("--max-event-streams must not be negative")
 	case c.RedisMaster != "" && c.Redis == "":
 		return errors.New("--redis-master needs --redis to list the sentinels")
 	}
@@ -167,6 +206,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.Interval, "interval", c.Interval, "heartbeat interval clients are told to use")
 	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis address(es) or URL for the cluster view (empty: standalone node)")
 	fs.StringVar(&c.RedisMaster, "redis-master", c.RedisMaster, "Sentinel master name (--redis lists the sentinels)")
+	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "this node's name in the cluster (default: hostname:http-port)")
 	fs.StringVar(&c.SecretFile, "secret-file", c.SecretFile, "file of token keys, one '<kid> <secret>' per line (empty: open mode)")
 	fs.StringVar(&c.ConfigFile, "config", c.ConfigFile, "optional config file of 'flag-name = value' lines")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
@@ -183,6 +223,12 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.DrainDelay, "drain-delay", c.DrainDelay, "at shutdown, how long /readyz fails before intake stops")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "upper bound of a graceful shutdown")
 	fs.DurationVar(&c.SweepInterval, "sweep-interval", c.SweepInterval, "how often expired sessions are collected")
+	fs.DurationVar(&c.HeartbeatMinGap, "heartbeat-min-gap", c.HeartbeatMinGap, "least time between two heartbeats that extend one session (0: no limit)")
+	fs.IntVar(&c.SourceRate, "source-rate", c.SourceRate, "heartbeats per second allowed from one source IP (0: no limit)")
+	fs.IntVar(&c.SourceBurst, "source-burst", c.SourceBurst, "burst of heartbeats allowed from one source IP")
+	fs.IntVar(&c.SourceTableSlots, "source-table-slots", c.SourceTableSlots, "fixed size of the per-source rate table (8 bytes each)")
+	fs.IntVar(&c.MaxEventStreams, "max-event-streams", c.MaxEventStreams, "most concurrent GET /v1/events streams")
+	fs.StringVar(&c.APITokenFile, "api-token-file", c.APITokenFile, "file of bearer tokens for the read endpoints and the event stream, one per line (empty: open)")
 	fs.IntVar(&c.Map.Shards, "shards", c.Map.Shards, "user shards of the presence table (power of two)")
 	fs.IntVar(&c.Map.MaxRoomsPerUser, "max-rooms-per-user", c.Map.MaxRoomsPerUser, "most live rooms per user")
 	fs.StringVar(&c.FsyncMode, "fsync", c.FsyncMode, "write-ahead log sync policy: interval, always or off")

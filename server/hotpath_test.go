@@ -2,6 +2,7 @@ package server
 
 import (
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,6 +25,10 @@ type fakeConn struct {
 	last    []byte
 }
 
+var fakeAddr = &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 4000}
+
+func (c *fakeConn) RemoteAddr() net.Addr { return fakeAddr }
+
 func (c *fakeConn) Next(int) ([]byte, error) { return c.in, nil }
 func (c *fakeConn) Write(b []byte) (int, error) {
 	c.replies++
@@ -42,7 +47,9 @@ func newTestServer(tb testing.TB) (*Server, *token.Keyring) {
 	cfg := DefaultConfig()
 	cfg.DataDir = ""
 	cfg.SecretFile = path
-	s, err := New(cfg, NewLogger(io.Discard, cfg))
+	cfg.SourceRate = 0 // benchmarks drive one source far past any per-source limit
+	cfg.HeartbeatMinGap = 0
+	s, err := New(cfg, NewLogger(io.Discard, cfg, nil))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -28,8 +28,6 @@ const (
 	maxTopRooms         = 1000
 	// eventBuffer is each event-stream subscriber's queue.
 	eventBuffer = 1024
-	// maxEventSubscribers bounds concurrent GET /v1/events streams.
-	maxEventSubscribers = 1000
 )
 
 // httpScratch is the per-request working memory of the heartbeat handlers,
@@ -140,7 +138,7 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) route {
 		}
 		return rtStats
 	case "/v1/events":
-		if methods(ctx, "GET") {
+		if methods(ctx, "GET") && s.apiAuthorized(ctx) {
 			s.hEvents(ctx)
 		}
 		return rtEvents
@@ -239,6 +237,9 @@ func (s *Server) intakeOpen(ctx *fasthttp.RequestCtx) bool {
 }
 
 func (s *Server) queryReady(ctx *fasthttp.RequestCtx) bool {
+	if !s.apiAuthorized(ctx) {
+		return false
+	}
 	if s.state.Load() == stateStarting {
 		jsonError(ctx, fasthttp.StatusServiceUnavailable, "not ready: replaying the write-ahead log")
 		return false
@@ -286,7 +287,13 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 		}
 		user, room, tok = sc.hb.user, sc.hb.room, sc.hb.token
 	}
-	if o := s.heartbeat(trHTTP, user, room, tok, time.Now().UnixMilli()); o != outOK {
+	now := time.Now().UnixMilli()
+	if !s.src.allow(ctx.RemoteIP(), 1, now) {
+		s.met.count(trHTTP, outRateLimited)
+		outcomeError(ctx, outRateLimited)
+		return
+	}
+	if o := s.heartbeat(trHTTP, user, room, tok, now); o != outOK {
 		outcomeError(ctx, o)
 		return
 	}
@@ -301,11 +308,12 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 	}
 	sc := scratchPool.Get().(*httpScratch)
 	defer scratchPool.Put(sc)
-	items, err := parseBatch(&sc.r, ctx.PostBody(), sc.buf, sc.items, s.cfg.MaxBatch)
+	maxBatch := int(s.rl.maxBatch.Load())
+	items, err := parseBatch(&sc.r, ctx.PostBody(), sc.buf, sc.items, maxBatch)
 	sc.buf, sc.items = sc.r.scratch, items
 	switch {
 	case errors.Is(err, errTooMany):
-		jsonError(ctx, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("batch exceeds max-batch (%d heartbeats)", s.cfg.MaxBatch))
+		jsonError(ctx, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("batch exceeds max-batch (%d heartbeats)", maxBatch))
 		return
 	case errors.Is(err, errMissingHeartbeats):
 		jsonError(ctx, fasthttp.StatusBadRequest, `body must be {"heartbeats":[...]}`)
@@ -315,6 +323,11 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	now := time.Now().UnixMilli()
+	if !s.src.allow(ctx.RemoteIP(), int64(max(len(items), 1)), now) {
+		s.met.heartbeats[trHTTP][outRateLimited].Add(uint64(len(items)))
+		outcomeError(ctx, outRateLimited)
+		return
+	}
 	out := append(sc.out[:0], `{"accepted":`...)
 	accepted := 0
 	var rejected []byte
@@ -368,7 +381,13 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 		jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.fieldErr)
 		return
 	}
-	n, o := s.leave(trHTTP, sc.hb.user, sc.hb.room, sc.hb.token, time.Now().UnixMilli())
+	now := time.Now().UnixMilli()
+	if !s.src.allow(ctx.RemoteIP(), 1, now) {
+		s.met.countLeave(trHTTP, outRateLimited)
+		outcomeError(ctx, outRateLimited)
+		return
+	}
+	n, o := s.leave(trHTTP, sc.hb.user, sc.hb.room, sc.hb.token, now)
 	if o != outOK {
 		outcomeError(ctx, o)
 		return
@@ -417,11 +436,21 @@ func (s *Server) hUser(ctx *fasthttp.RequestCtx, raw []byte) {
 	if !ok {
 		return
 	}
+	if s.cl != nil {
+		s.cUsers(ctx, []string{string(user)}, true)
+		return
+	}
 	b, _ := s.appendUser(nil, user, nil)
 	jsonBody(ctx, fasthttp.StatusOK, b)
 }
 
 func (s *Server) hStatus(ctx *fasthttp.RequestCtx) {
+	if s.cl != nil {
+		if users, ok := s.cStatusUsers(ctx); ok {
+			s.cUsers(ctx, users, false)
+		}
+		return
+	}
 	var req struct {
 		Users []string `json:"users"`
 	}
@@ -459,6 +488,10 @@ func (s *Server) hRoom(ctx *fasthttp.RequestCtx, raw []byte) {
 	if !ok {
 		return
 	}
+	if s.cl != nil {
+		s.cRoom(ctx, room)
+		return
+	}
 	b := append([]byte(`{"room":`), appendJSONString(nil, string(room))...)
 	b = append(b, `,"online":`...)
 	b = strconv.AppendInt(b, int64(s.m.RoomOnline(room)), 10)
@@ -486,6 +519,10 @@ func (s *Server) hMembers(ctx *fasthttp.RequestCtx, raw []byte) {
 	}
 	limit, ok := intArg(ctx, "limit", defaultMembersLimit, 1, maxMembersLimit)
 	if !ok {
+		return
+	}
+	if s.cl != nil {
+		s.cMembers(ctx, room, limit)
 		return
 	}
 	var cursor uint64
@@ -526,6 +563,10 @@ func (s *Server) hTopRooms(ctx *fasthttp.RequestCtx) {
 	if !ok {
 		return
 	}
+	if s.cl != nil {
+		s.cTopRooms(ctx, n)
+		return
+	}
 	rooms := s.m.TopRooms(n, nil)
 	b := []byte(`{"rooms":[`)
 	for i, r := range rooms {
@@ -542,6 +583,10 @@ func (s *Server) hTopRooms(ctx *fasthttp.RequestCtx) {
 }
 
 func (s *Server) hStats(ctx *fasthttp.RequestCtx) {
+	if s.cl != nil {
+		s.cStats(ctx)
+		return
+	}
 	st := s.m.Stats()
 	jsonBody(ctx, fasthttp.StatusOK, fmt.Appendf(nil, `{"online_users":%d,"sessions":%d,"rooms":%d}`, st.OnlineUsers, st.Sessions, st.Rooms))
 }
@@ -571,9 +616,9 @@ func (s *Server) hEvents(ctx *fasthttp.RequestCtx) {
 		}
 		room = string(r)
 	}
-	sub := s.hub.subscribe(room, all, eventBuffer, maxEventSubscribers)
+	sub := s.hub.subscribe(room, all, eventBuffer, s.cfg.MaxEventStreams)
 	if sub == nil {
-		jsonError(ctx, fasthttp.StatusTooManyRequests, fmt.Sprintf("too many event streams (max %d)", maxEventSubscribers))
+		jsonError(ctx, fasthttp.StatusTooManyRequests, fmt.Sprintf("too many event streams (max-event-streams %d)", s.cfg.MaxEventStreams))
 		return
 	}
 	ctx.SetContentType("text/event-stream")

@@ -42,7 +42,7 @@ var outcomeInfo = [numOutcomes]struct {
 	outUnknownKey:   {"unknown_key", 401, "token key id is unknown"},
 	outWrongRoom:    {"wrong_room", 401, "token is bound to another room"},
 	outTooManyRooms: {"too_many_rooms", 429, "user is in too many rooms (max-rooms-per-user)"},
-	outRateLimited:  {"rate_limited", 429, "too many heartbeats for this user"},
+	outRateLimited:  {"rate_limited", 429, "too many heartbeats for this session (heartbeat-min-gap) or from this address (source-rate)"},
 	outUnavailable:  {"unavailable", 503, "server is shutting down"},
 	outBadRequest:   {"bad_request", 400, "malformed request"},
 }
@@ -72,6 +72,8 @@ func mapOutcome(err error) outcome {
 		return outOK
 	case errors.Is(err, shardmap.ErrTooManyRooms):
 		return outTooManyRooms
+	case errors.Is(err, shardmap.ErrRateLimited):
+		return outRateLimited
 	default:
 		return outBadUser
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/presenced/presenced/persist"
+	"github.com/presenced/presenced/server/cluster"
 	"github.com/presenced/presenced/server/token"
 	"github.com/presenced/presenced/shardmap"
 )
@@ -33,11 +34,23 @@ type Server struct {
 	log   *slog.Logger
 	m     *shardmap.Map
 	store *persist.Store // nil when DataDir is empty
+	cl    *cluster.Node  // nil when Redis is empty (standalone node)
+	// pumpDone is closed when the change-log pump (cluster without a
+	// write-ahead log) has drained for the last time.
+	pumpDone chan struct{}
+	partial  atomic.Uint64 // cluster queries answered from this node alone
 	keys  atomic.Pointer[token.Keyring]
-	hub   *hub
-	reg   registry
-	met   *serverMetrics
-	start time.Time
+	// apiTokens are the bearer tokens of the read endpoints (nil: open).
+	apiTokens atomic.Pointer[[][]byte]
+	src       *sourceLimiter
+	rl        reloadState
+	// lastSweep is when the sweeper last finished a pass (unix ns); Alive
+	// reads it for the systemd watchdog.
+	lastSweep atomic.Int64
+	hub       *hub
+	reg       registry
+	met       *serverMetrics
+	start     time.Time
 
 	state    atomic.Int32
 	stopping atomic.Bool
@@ -62,7 +75,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		log = slog.Default()
 	}
 	mc := cfg.Map
-	mc.TrackChanges = cfg.DataDir != ""
+	mc.TrackChanges = cfg.DataDir != "" || cfg.Redis != ""
 	m, err := shardmap.New(mc)
 	if err != nil {
 		return nil, fmt.Errorf("cannot create presence table: %w", err)
@@ -77,6 +90,17 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		ttlMs:      cfg.TTL.Milliseconds(),
 		intervalMs: cfg.Interval.Milliseconds(),
 	}
+	m.SetMinRefreshGap(cfg.HeartbeatMinGap)
+	s.rl.maxBatch.Store(int64(cfg.MaxBatch))
+	s.rl.cfg.Store(&cfg)
+	s.src = newSourceLimiter(cfg.SourceTableSlots, int64(cfg.SourceRate), int64(cfg.SourceBurst))
+	if cfg.APITokenFile != "" {
+		toks, err := loadAPITokens(cfg.APITokenFile)
+		if err != nil {
+			return nil, &UsageError{fmt.Errorf("--api-token-file: %w", err)}
+		}
+		s.apiTokens.Store(&toks)
+	}
 	s.hbReply = fmt.Appendf(nil, `{"interval_ms":%d,"ttl_ms":%d}`, s.intervalMs, s.ttlMs)
 	if cfg.SecretFile != "" {
 		kr, err := token.LoadKeyring(cfg.SecretFile)
@@ -87,6 +111,11 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.met = newServerMetrics(&s.reg)
 	s.registerGauges()
+	if cfg.Redis != "" {
+		if err := s.newClusterNode(); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -109,9 +138,14 @@ func (s *Server) Start() error {
 	if err := s.startHTTP(); err != nil {
 		return err
 	}
+	if err := s.startCluster(); err != nil {
+		s.stopHTTP(context.Background())
+		return err
+	}
 	if s.cfg.DataDir != "" {
 		if err := s.openStore(); err != nil {
 			s.stopHTTP(context.Background())
+			s.abortCluster()
 			return err
 		}
 	} else {
@@ -124,6 +158,7 @@ func (s *Server) Start() error {
 			if s.store != nil {
 				_ = s.store.Close()
 			}
+			s.abortCluster()
 			return err
 		}
 		s.udp = u
@@ -167,7 +202,7 @@ func (s *Server) openStore() error {
 	s.log.Info("write-ahead log replayed", "live", rs.Live, "expired_while_down", rs.Expired,
 		"restore_errors", restoreErr, "took", time.Since(t0))
 	s.store = st
-	st.Start(s.m.Drain)
+	st.Start(s.drainFunc())
 	return nil
 }
 
@@ -182,6 +217,7 @@ func (s *Server) sweepLoop() {
 			return
 		case now := <-t.C:
 			evs = s.m.Expire(now.UnixMilli(), evs[:0])
+			s.lastSweep.Store(time.Now().UnixNano())
 			for i := range evs {
 				s.publish(evs[i])
 			}
@@ -200,9 +236,21 @@ func (s *Server) publish(ev shardmap.Event) {
 	default:
 		s.met.leavesLeft.Inc()
 	}
+	if s.cl != nil {
+		return // the event stream carries the cluster-wide events (clusterEvent)
+	}
 	if missed := s.hub.publish(ev); missed > 0 {
 		s.met.eventsDropped.Add(uint64(missed))
 	}
+}
+
+// Alive reports whether the sweeper, which takes every shard lock in
+// turn, finished a pass in the last 10 s (or the server has not started):
+// a deadlocked table stops it, and the watchdog then lets systemd restart
+// the node.
+func (s *Server) Alive() bool {
+	last := s.lastSweep.Load()
+	return last == 0 || time.Since(time.Unix(0, last)) < 10*time.Second+10*s.cfg.SweepInterval
 }
 
 // Ready reports whether the server takes traffic.
@@ -266,6 +314,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	close(s.quit)
 	if s.store != nil {
 		errs = append(errs, step("close write-ahead log", s.store.Close))
+	}
+	if s.cl != nil {
+		errs = append(errs, step("flush and close redis writer", func() error { return s.closeCluster(ctx) }))
 	}
 	errs = append(errs, step("wait goroutines", func() error {
 		done := make(chan struct{})

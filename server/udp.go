@@ -16,9 +16,9 @@ import (
 )
 
 // udpDropReasons labels presenced_udp_dropped_datagrams_total: the codec's
-// reasons, and "unauthenticated" for a datagram none of whose items carried
-// a valid token.
-var udpDropReasons = append(wire.Reasons(), "unauthenticated")
+// reasons, "unauthenticated" for a datagram none of whose items carried a
+// valid token, and "rate_limited" for one over its source's --source-rate.
+var udpDropReasons = append(wire.Reasons(), "unauthenticated", "rate_limited")
 
 func udpDropIndex(reason string) int {
 	for i, r := range udpDropReasons {
@@ -26,7 +26,15 @@ func udpDropIndex(reason string) int {
 			return i
 		}
 	}
-	return len(udpDropReasons) - 2 // "other"
+	return len(udpDropReasons) - 3 // "other"
+}
+
+// udpSourceIP is the datagram's source address for the per-source limit.
+func udpSourceIP(c gnet.Conn) []byte {
+	if a, ok := c.RemoteAddr().(*net.UDPAddr); ok {
+		return a.IP
+	}
+	return nil
 }
 
 // wireStatus maps an outcome to the status byte of a UDP reply.
@@ -144,6 +152,10 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.None
 	}
 	items := sc.d.Items()
+	if !s.src.allow(udpSourceIP(c), int64(len(items)), time.Now().UnixMilli()) {
+		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
+		return gnet.None
+	}
 	authed := false
 	if s.state.Load() == stateStarting {
 		for i := range items {

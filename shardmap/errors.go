@@ -20,3 +20,7 @@ var ErrFull = errors.New("presence table full")
 
 // ErrBadConfig is wrapped by Config.Validate errors.
 var ErrBadConfig = errors.New("bad shardmap config")
+
+// ErrRateLimited is returned by Touch when the session was refreshed less
+// than the minimum refresh gap ago (Map.SetMinRefreshGap). Nothing changed.
+var ErrRateLimited = errors.New("session refreshed too often")

@@ -3,6 +3,7 @@ package shardmap
 import (
 	"hash/maphash"
 	"sync/atomic"
+	"time"
 )
 
 // Reason says why a session ended.
@@ -62,6 +63,8 @@ type Map struct {
 	maxRoomIx uint32 // largest room record index a packed ref can hold
 	maxRooms  int
 	track     bool
+	// minGapMs is the per-session refresh limit (SetMinRefreshGap).
+	minGapMs atomic.Int64
 
 	onlineUsers atomic.Int64
 	sessions    atomic.Int64
@@ -127,8 +130,15 @@ func (m *Map) lookupRoom(room []byte) uint32 {
 // when it refreshes a session, nor when it starts one and the shard's arenas
 // and tables have room (e.g. after a leave).
 func (m *Map) Touch(user, room []byte, now, ttlMs int64) (joined bool, err error) {
-	return m.upsert(user, room, now, now+ttlMs)
+	return m.upsert(user, room, now, now+ttlMs, m.minGapMs.Load())
 }
+
+// SetMinRefreshGap limits how often one session can be extended: a Touch
+// that comes less than gap after the session's last accepted heartbeat
+// changes nothing and fails with ErrRateLimited, so a flood of heartbeats
+// for one user neither keeps a session alive longer nor multiplies change
+// records. Zero (the default) turns the limit off. Safe to call at any time.
+func (m *Map) SetMinRefreshGap(gap time.Duration) { m.minGapMs.Store(gap.Milliseconds()) }
 
 // Restore inserts or overwrites the session (user, room) with an explicit
 // lastSeen and expiry, for log replay. If expiry <= now nothing is inserted
@@ -140,10 +150,10 @@ func (m *Map) Restore(user, room []byte, lastSeen, expiry, now int64) (bool, err
 	if expiry <= now {
 		return false, nil
 	}
-	return m.upsert(user, room, lastSeen, expiry)
+	return m.upsert(user, room, lastSeen, expiry, 0)
 }
 
-func (m *Map) upsert(user, room []byte, lastSeen, expiry int64) (bool, error) {
+func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (bool, error) {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
 		return false, ErrBadID
 	}
@@ -170,6 +180,9 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry int64) (bool, error) {
 			for i := st.user(ui).head; i != 0; {
 				s := st.session(i)
 				if s.room == ref {
+					if minGap > 0 && lastSeen-s.lastSeen() < minGap && lastSeen >= s.lastSeen() {
+						return false, ErrRateLimited
+					}
 					st.unlinkWheel(i)
 					s.setTimes(lastSeen, ttl)
 					st.linkWheel(i)

@@ -540,3 +540,41 @@ func TestAllocs(t *testing.T) {
 		}
 	}
 }
+
+func TestMinRefreshGap(t *testing.T) {
+	m, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.SetMinRefreshGap(time.Second)
+	u, r := []byte("flooder"), []byte("room")
+	if joined, err := m.Touch(u, r, 10_000, 5000); !joined || err != nil {
+		t.Fatalf("join: %v %v", joined, err)
+	}
+	// A flood inside the gap changes nothing: the expiry stays where the
+	// first heartbeat put it.
+	for now := int64(10_001); now < 11_000; now += 7 {
+		if _, err := m.Touch(u, r, now, 5000); err != ErrRateLimited {
+			t.Fatalf("touch at %d: %v, want ErrRateLimited", now, err)
+		}
+	}
+	rooms, last, _ := m.User(u, nil)
+	if last != 10_000 || rooms[0].Expiry != 15_000 {
+		t.Fatalf("flood moved the session: lastSeen %d expiry %d", last, rooms[0].Expiry)
+	}
+	if evs := m.Expire(15_000, nil); len(evs) != 1 {
+		t.Fatalf("flooded session did not expire on time: %v", evs)
+	}
+	// After the gap a heartbeat refreshes again; another room is its own session.
+	m.Touch(u, r, 20_000, 5000)
+	if _, err := m.Touch(u, r, 21_000, 5000); err != nil {
+		t.Fatalf("refresh after the gap: %v", err)
+	}
+	if _, err := m.Touch(u, []byte("other"), 21_001, 5000); err != nil {
+		t.Fatalf("other room: %v", err)
+	}
+	m.SetMinRefreshGap(0)
+	if _, err := m.Touch(u, r, 21_002, 5000); err != nil {
+		t.Fatalf("limit off: %v", err)
+	}
+}

@@ -22,7 +22,6 @@ const (
 	// TimingLen is the size of the optional interval_ms and ttl_ms fields
 	// at the end of a reply.
 	TimingLen = 8
-
 )
 
 // Flag bits of the header's flags byte.

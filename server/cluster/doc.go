@@ -1,0 +1,3 @@
+package cluster
+
+import _ "github.com/redis/go-redis/v9"

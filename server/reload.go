@@ -1,0 +1,91 @@
+package server
+
+import (
+	"fmt"
+	"reflect"
+	"sync/atomic"
+
+	"github.com/presenced/presenced/server/token"
+)
+
+// reloadState holds what SIGHUP can change while the server runs. The
+// limits are atomics so handlers read them without a lock.
+type reloadState struct {
+	maxBatch atomic.Int64
+	// cfg is the configuration of the last successful reload (or New).
+	cfg atomic.Pointer[Config]
+}
+
+// Reload applies what can change without a restart: token keys
+// (--secret-file is re-read; removing a key revokes its tokens), API
+// tokens, --heartbeat-min-gap, --source-rate, --source-burst and
+// --max-batch. It returns a line per change, and one per changed setting
+// that only takes effect after a restart. On error nothing is applied.
+// (The log level is the caller's: it owns the logger.)
+func (s *Server) Reload(next Config) ([]string, error) {
+	if err := next.Validate(); err != nil {
+		return nil, err
+	}
+	prev := *s.rl.cfg.Load()
+	var keys *token.Keyring
+	if next.SecretFile != "" {
+		kr, err := token.LoadKeyring(next.SecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("--secret-file: %w", err)
+		}
+		keys = kr
+	}
+	var api *[][]byte
+	if next.APITokenFile != "" {
+		toks, err := loadAPITokens(next.APITokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--api-token-file: %w", err)
+		}
+		api = &toks
+	}
+	var changes []string
+	if old, cur := s.keys.Load(), keys; !sameKeys(old, cur) {
+		changes = append(changes, fmt.Sprintf("token keys: %s -> %s", keyIDs(old), keyIDs(cur)))
+	}
+	s.keys.Store(keys)
+	if api != nil || s.apiTokens.Load() != nil {
+		changes = append(changes, "api tokens reloaded")
+	}
+	s.apiTokens.Store(api)
+	if next.HeartbeatMinGap != prev.HeartbeatMinGap {
+		s.m.SetMinRefreshGap(next.HeartbeatMinGap)
+		changes = append(changes, fmt.Sprintf("heartbeat-min-gap: %s -> %s", prev.HeartbeatMinGap, next.HeartbeatMinGap))
+	}
+	if next.SourceRate != prev.SourceRate || next.SourceBurst != prev.SourceBurst {
+		s.src.set(int64(next.SourceRate), int64(next.SourceBurst))
+		changes = append(changes, fmt.Sprintf("source-rate/burst: %d/%d -> %d/%d", prev.SourceRate, prev.SourceBurst, next.SourceRate, next.SourceBurst))
+	}
+	if next.MaxBatch != prev.MaxBatch {
+		s.rl.maxBatch.Store(int64(next.MaxBatch))
+		changes = append(changes, fmt.Sprintf("max-batch: %d -> %d", prev.MaxBatch, next.MaxBatch))
+	}
+	// Everything else needs a restart; say so rather than ignore it.
+	applied := prev
+	applied.SecretFile, applied.APITokenFile = next.SecretFile, next.APITokenFile
+	applied.HeartbeatMinGap, applied.SourceRate, applied.SourceBurst, applied.MaxBatch = next.HeartbeatMinGap, next.SourceRate, next.SourceBurst, next.MaxBatch
+	applied.LogLevel, applied.LogFormat, applied.ConfigFile = next.LogLevel, next.LogFormat, next.ConfigFile
+	pv, nv := reflect.ValueOf(applied), reflect.ValueOf(next)
+	for i := range pv.NumField() {
+		if !reflect.DeepEqual(pv.Field(i).Interface(), nv.Field(i).Interface()) {
+			changes = append(changes, fmt.Sprintf("%s changed: needs a restart to take effect", pv.Type().Field(i).Name))
+		}
+	}
+	s.rl.cfg.Store(&applied)
+	return changes, nil
+}
+
+func keyIDs(kr *token.Keyring) string {
+	if kr == nil {
+		return "[open mode]"
+	}
+	return fmt.Sprint(kr.KeyIDs())
+}
+
+func sameKeys(a, b *token.Keyring) bool {
+	return keyIDs(a) == keyIDs(b) && (a == nil) == (b == nil)
+}
