@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"strings"
 	"time"
 )
@@ -33,6 +34,13 @@ const (
 	defaultRoomZipfS      = 1.1
 	defaultTokenValidity  = time.Hour
 	maxHistogramLatencyNs = int64(100 * time.Second)
+	defaultFloodSource    = "127.0.0.2"
+	defaultFloodSockets   = 2
+	maxSourceIPs          = 4096
+	statusChunk           = 1000 // users per POST /v1/status (--max-status-users default)
+	floodUser             = "flood-0"
+	floodRoom             = "flood-room"
+	floodGarbagePool      = 256
 )
 
 var allTargets = []string{TargetPresenced, TargetNullUDP, TargetNullHTTP, TargetRawUDP, TargetRedisSetex, TargetRedisPipelined}
@@ -73,7 +81,18 @@ type Config struct {
 	Baselines []string // --baselines[=list]: also run these targets (bare flag: all that fit the transport)
 	Quiet     bool     // --quiet: no progress line
 
+	// The abuse scenario: one source floods while the users heartbeat.
+	FloodRate    float64 // --flood-rate: flood datagrams/s; 0 (default): no flood; -1: as fast as it can
+	FloodSockets int     // --flood-sockets: flood sockets, one sender goroutine each (default 2)
+	FloodSource  string  // --flood-source: IP the flood sockets bind to (default 127.0.0.2)
+	FloodKind    string  // --flood-kind: valid (heartbeats for one user, ack requested; default) or garbage
+	SourceIP     string  // --source-ip: IPs (list, or CIDR) the normal traffic binds to; empty: the kernel's choice
+	CheckOnline  bool    // --check-online: after each run, ask POST /v1/status how many users are online
+	CompareFlood bool    // --compare-flood: run the target without the flood, then with it, and compare p99s
+	APIToken     string  // --api-token: bearer token for POST /v1/status
+
 	durationSet bool
+	sourceIPs   []net.IP // parsed --source-ip: socket/connection i binds sourceIPs[i%len]
 }
 
 // DefaultConfig returns the defaults.
@@ -86,6 +105,7 @@ func DefaultConfig() Config {
 		Duration: defaultFixedDuration, Batch: 100, Sockets: 16, Conns: 64,
 		AckTimeout: time.Second, SweepFactor: 1.5, StepDuration: 5 * time.Second,
 		TargetP99: time.Millisecond, MaxLoss: 0.1,
+		FloodSockets: defaultFloodSockets, FloodSource: defaultFloodSource, FloodKind: "valid",
 	}
 }
 
@@ -144,6 +164,14 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&cfg.TargetPID, "target-pid", 0, "read the CPU of this process (0: the whole machine)")
 	fs.Var(baselineFlag{&cfg.Baselines}, "baselines", "also run baselines: bare for all that fit the transport, or a list: "+strings.Join(allTargets[1:], ","))
 	fs.BoolVar(&cfg.Quiet, "quiet", false, "no progress line on stderr")
+	fs.Float64Var(&cfg.FloodRate, "flood-rate", 0, "flood datagrams/s from --flood-source to --udp-addr during each run (0: no flood, -1: as fast as it can)")
+	fs.IntVar(&cfg.FloodSockets, "flood-sockets", cfg.FloodSockets, "flood sockets, one sending goroutine each")
+	fs.StringVar(&cfg.FloodSource, "flood-source", cfg.FloodSource, "IP the flood sockets bind to (any of 127.0.0.0/8 works on Linux loopback)")
+	fs.StringVar(&cfg.FloodKind, "flood-kind", cfg.FloodKind, "valid (heartbeats for one user, ack requested) | garbage (random bytes)")
+	fs.StringVar(&cfg.SourceIP, "source-ip", "", "IPs the normal traffic binds to: one, a comma-separated list or a CIDR, spread over sockets/connections (empty: kernel's choice)")
+	fs.BoolVar(&cfg.CheckOnline, "check-online", false, "after each run, count the simulated users presenced reports offline (POST /v1/status on --http-addr)")
+	fs.BoolVar(&cfg.CompareFlood, "compare-flood", false, "run the target twice, without then with --flood-rate, and report the p99 ratio")
+	fs.StringVar(&cfg.APIToken, "api-token", "", "bearer token for POST /v1/status (presenced --api-token-file)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -217,7 +245,28 @@ func (c *Config) Validate() error {
 		return bad("max-loss", "%v is not a percentage in 0..100", c.MaxLoss)
 	case c.TargetPID < 0:
 		return bad("target-pid", "%d is negative", c.TargetPID)
+	case !finite(c.FloodRate) || (c.FloodRate < 0 && c.FloodRate != -1) || c.FloodRate > 10_000_000:
+		return bad("flood-rate", "%v is not -1 (as fast as it can) or in 0..10000000", c.FloodRate)
+	case c.FloodSockets < 1 || c.FloodSockets > 64:
+		return bad("flood-sockets", "%d is not in 1..64", c.FloodSockets)
+	case net.ParseIP(c.FloodSource) == nil:
+		return bad("flood-source", "%q is not an IP address", c.FloodSource)
+	case !oneOf(c.FloodKind, "valid", "garbage"):
+		return bad("flood-kind", "%q is not valid or garbage", c.FloodKind)
+	case c.CompareFlood && c.FloodRate == 0:
+		return bad("compare-flood", "needs --flood-rate (-1 or a rate)")
+	case c.CompareFlood && c.Sweep:
+		return bad("compare-flood", "does not combine with --sweep (it compares two fixed runs)")
+	case c.CheckOnline && c.Target != TargetPresenced:
+		return bad("check-online", "applies to --target=presenced only")
+	case c.FloodRate != 0 && c.Target == TargetRedisSetex, c.FloodRate != 0 && c.Target == TargetRedisPipelined:
+		return bad("flood-rate", "floods a UDP target; --target=%s is Redis", c.Target)
 	}
+	ips, err := parseSourceIPs(c.SourceIP)
+	if err != nil {
+		return bad("source-ip", "%v", err)
+	}
+	c.sourceIPs = ips
 	if c.Rate == 0 && float64(c.Users)/c.Interval.Seconds() > 10_000_000 {
 		return bad("interval", "users/interval is over 10000000 heartbeats/s")
 	}
@@ -236,6 +285,57 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// parseSourceIPs parses --source-ip: empty, or comma-separated IPs and
+// CIDR prefixes (a prefix gives its addresses in order, at most 4096).
+func parseSourceIPs(s string) ([]net.IP, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []net.IP
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if ip := net.ParseIP(f); ip != nil {
+			out = append(out, ip)
+			continue
+		}
+		ip, nw, err := net.ParseCIDR(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP address or CIDR prefix", f)
+		}
+		if v4 := ip.To4(); v4 != nil {
+			ip = v4
+		}
+		for a := ip.Mask(nw.Mask); nw.Contains(a) && len(out) < maxSourceIPs; a = nextIP(a) {
+			out = append(out, a)
+		}
+	}
+	if len(out) > maxSourceIPs {
+		return nil, fmt.Errorf("more than %d addresses", maxSourceIPs)
+	}
+	return out, nil
+}
+
+// nextIP returns ip + 1 (wrapping to all zeros after all ones).
+func nextIP(ip net.IP) net.IP {
+	out := append(net.IP(nil), ip...)
+	for i := len(out) - 1; i >= 0; i-- {
+		out[i]++
+		if out[i] != 0 {
+			break
+		}
+	}
+	return out
+}
+
+// sourceIP returns the address socket or connection i of the normal
+// traffic binds to; nil: the kernel's choice.
+func (c *Config) sourceIP(i int) net.IP {
+	if len(c.sourceIPs) == 0 {
+		return nil
+	}
+	return c.sourceIPs[i%len(c.sourceIPs)]
 }
 
 // checkTransport reports whether target can be driven over transport.
@@ -261,15 +361,22 @@ func (c *Config) baseRate() float64 {
 	return float64(c.Users) / c.Interval.Seconds()
 }
 
-// plan is one target run: which target, over which transport.
+// plan is one target run: which target, over which transport, and
+// whether a flood runs beside it.
 type plan struct {
 	target    string
 	transport string
+	flood     bool
 }
 
-// plans returns the target runs in order: the target, then its baselines.
+// plans returns the target runs in order: the target (with --compare-flood
+// twice: without the flood, then with it), then its baselines, which are
+// never flooded.
 func (c *Config) plans() []plan {
-	out := []plan{{c.Target, c.transportFor(c.Target)}}
+	out := []plan{{c.Target, c.transportFor(c.Target), c.FloodRate != 0 && !c.CompareFlood}}
+	if c.CompareFlood {
+		out = append(out, plan{c.Target, c.transportFor(c.Target), true})
+	}
 	want := c.Baselines
 	if len(want) == 1 && want[0] == "all" {
 		want = nil
@@ -287,7 +394,7 @@ func (c *Config) plans() []plan {
 		if b == c.Target || b == "all" {
 			continue
 		}
-		out = append(out, plan{b, c.transportFor(b)})
+		out = append(out, plan{b, c.transportFor(b), false})
 	}
 	return out
 }

@@ -30,11 +30,38 @@
 // figures can be read as a ratio of what the machine and the generator
 // can do at all.
 //
+// # Abuse scenario
+//
+// --flood-rate adds one abusive source beside the users: --flood-sockets
+// UDP sockets bound to --flood-source (default 127.0.0.2; Linux routes all
+// of 127.0.0.0/8 to lo, so no setup is needed) send to --udp-addr, paced at
+// the rate or, with -1, as fast as one goroutine per socket can. The flood
+// is --flood-kind valid (a heartbeat of one user, ack requested, so only
+// the server's limits keep it from being answered) or garbage (random bytes
+// that never decode). It runs for each step of the target's run (never for
+// baselines), has its own counters (sent/s, replies/s and their statuses)
+// and is reported beside the step: the users' latency and loss never
+// include it. --source-ip binds the users' sockets and HTTP connections to
+// an address, a list or a CIDR prefix, round robin: presenced limits each
+// source IP (--source-rate, default 2000 heartbeats/s), so a load of more
+// than that must come from several addresses, as real users do.
+//
+// --check-online asks presenced after each run (POST /v1/status on
+// --http-addr, 1000 users a request, --api-token as a bearer token) how
+// many of the simulated users are offline; with a short server --ttl it
+// shows whether any session expired. --compare-flood runs the target
+// twice, without the flood and then with it, and reports both p99s, their
+// ratio and both offline counts (text, and flood_comparison in JSON):
+//
+//	presenced serve --ttl 5s --interval 2s --data-dir ''
+//	presenced loadtest --users 10000 --interval 2s --duration 15s --source-ip 127.0.1.0/28 \
+//	    --flood-rate -1 --compare-flood --check-online
+//
 // # Concurrency
 //
 // Main runs one target at a time and one step at a time. Within a step,
 // counters are atomics and each latency histogram shard has its own mutex;
 // a progress goroutine merges shards once a second. Every goroutine a step
-// starts is waited for before the step returns; every loop is bounded by
-// the step's job count and by its deadline.
+// starts (the flooder's included) is waited for before the step returns;
+// every loop is bounded by the step's job count and by its deadline.
 package loadtest

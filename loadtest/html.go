@@ -193,6 +193,19 @@ func writeRunHTML(b *strings.Builder, r *Run) {
 			s.Latency.P50, s.Latency.P90, s.Latency.P99, s.Latency.P999, s.Latency.Max, cpuText(s.CPUPct), okText(s.Sustainable))
 	}
 	b.WriteString("</table>\n")
+	for j, s := range r.Steps {
+		if f := s.Flood; f != nil {
+			fmt.Fprintf(b, "<p>step %d flood (%s, %s, from %s, not in the figures above): sent %.0f/s, replies %.0f/s (%.2f%%) %s</p>\n",
+				j+1, html.EscapeString(f.Kind), floodRateText(f.OfferedRate), html.EscapeString(f.Source), f.SentPerS, f.RepliesPerS, f.ReplyPct, html.EscapeString(errorsText(f.ReplyStatuses)))
+		}
+	}
+	if r.Online != nil {
+		if r.Online.Error != "" {
+			fmt.Fprintf(b, "<p class=\"bad\">online check failed: %s</p>\n", html.EscapeString(r.Online.Error))
+		} else {
+			fmt.Fprintf(b, "<p>users offline at end: %d of %d</p>\n", r.Online.Offline, r.Online.Users)
+		}
+	}
 	if len(r.Steps) > 0 {
 		fmt.Fprintf(b, "<p>CPU: %s. Latency is per request, from its intended send time.</p>\n", html.EscapeString(r.Steps[0].CPUScope))
 	}

@@ -3,6 +3,8 @@ package loadtest
 import (
 	"bytes"
 	"errors"
+	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -19,6 +21,15 @@ func newHTTPGen(cfg *Config, pop *population, addr string, rate float64, n int64
 		ReadTimeout:         cfg.AckTimeout + time.Second,
 		WriteTimeout:        cfg.AckTimeout + time.Second,
 		MaxConnWaitTimeout:  cfg.AckTimeout,
+	}
+	if len(cfg.sourceIPs) > 0 {
+		// --source-ip: connection i binds the i-th address, round robin.
+		var next atomic.Uint64
+		hc.DialTimeout = func(addr string, timeout time.Duration) (net.Conn, error) {
+			i := int(next.Add(1) - 1)
+			d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: cfg.sourceIP(i)}}
+			return d.Dial("tcp", addr)
+		}
 	}
 	path := "/v1/heartbeat"
 	if batch > 1 {

@@ -73,7 +73,7 @@ func TestOpenLoopStall(t *testing.T) {
 
 	cfg := testConfig(t)
 	const rate, dur = 200.0, 2 * time.Second
-	res, err := runStep(context.Background(), cfg, testPopulation(t, cfg), plan{TargetNullHTTP, "http"},
+	res, err := runStep(context.Background(), cfg, testPopulation(t, cfg), plan{TargetNullHTTP, "http", false},
 		addrs{http: ln.Addr().String()}, rate, dur, "test", io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +135,7 @@ func TestUDPLoss(t *testing.T) {
 	addr, received := halfAckUDP(t)
 	cfg := testConfig(t)
 	cfg.AckTimeout = 200 * time.Millisecond
-	res, err := runStep(context.Background(), cfg, testPopulation(t, cfg), plan{TargetPresenced, "udp"},
+	res, err := runStep(context.Background(), cfg, testPopulation(t, cfg), plan{TargetPresenced, "udp", false},
 		addrs{udp: addr}, 2000, time.Second, "test", io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -188,7 +188,7 @@ func TestUDPStall(t *testing.T) {
 	}()
 	defer func() { c.Close(); <-done }()
 	cfg := testConfig(t)
-	res, err := runStep(context.Background(), cfg, testPopulation(t, cfg), plan{TargetPresenced, "udp"},
+	res, err := runStep(context.Background(), cfg, testPopulation(t, cfg), plan{TargetPresenced, "udp", false},
 		addrs{udp: c.LocalAddr().String()}, 500, 2*time.Second, "test", io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -226,7 +226,7 @@ func TestBaselines(t *testing.T) {
 			defer stop()
 			cfg := *cfg
 			cfg.Batch = 10
-			res, err := runStep(context.Background(), &cfg, pop, plan{tc.target, tc.transport},
+			res, err := runStep(context.Background(), &cfg, pop, plan{tc.target, tc.transport, false},
 				addrs{udp: addr, http: addr}, 1000, 500*time.Millisecond, "test", io.Discard)
 			if err != nil {
 				t.Fatal(err)
@@ -254,7 +254,7 @@ func TestRedisBaselines(t *testing.T) {
 	cfg := testConfig(t)
 	pop := testPopulation(t, cfg)
 	for _, target := range []string{TargetRedisSetex, TargetRedisPipelined} {
-		res, err := runStep(context.Background(), cfg, pop, plan{target, transportRedis},
+		res, err := runStep(context.Background(), cfg, pop, plan{target, transportRedis, false},
 			addrs{redis: rs.addr}, 1000, 500*time.Millisecond, "test", io.Discard)
 		if err != nil {
 			t.Fatal(err)
@@ -363,6 +363,17 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--baselines=null-udp,memcached"}, "--baselines"},
 		{[]string{"--sweep", "--duration", "1s", "--step-duration", "5s"}, "--duration"},
 		{[]string{"--secret-file", "/nonexistent/keys"}, "--secret-file"},
+		{[]string{"--flood-rate", "-2"}, "--flood-rate"},
+		{[]string{"--flood-rate", "fast"}, "-flood-rate"},
+		{[]string{"--flood-rate", "-1", "--target", "redis-setex"}, "--flood-rate"},
+		{[]string{"--flood-sockets", "0"}, "--flood-sockets"},
+		{[]string{"--flood-source", "localhost"}, "--flood-source"},
+		{[]string{"--flood-kind", "evil"}, "--flood-kind"},
+		{[]string{"--source-ip", "127.0.0"}, "--source-ip"},
+		{[]string{"--source-ip", "127.0.0.1,10.0.0.0/33"}, "--source-ip"},
+		{[]string{"--compare-flood"}, "--compare-flood"},
+		{[]string{"--compare-flood", "--flood-rate", "-1", "--sweep"}, "--compare-flood"},
+		{[]string{"--check-online", "--target", "null-udp"}, "--check-online"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"stray"}, "stray"},
 	} {

@@ -45,6 +45,9 @@ func run(ctx context.Context, cfg *Config, kr *token.Keyring, args []string, std
 		Batch: cfg.Batch, Sockets: cfg.Sockets, Conns: cfg.Conns, Tokens: kr != nil,
 		AckTimeoutS: cfg.AckTimeout.Seconds(), TargetP99Ms: float64(cfg.TargetP99) / 1e6, MaxLossPct: cfg.MaxLoss,
 	}
+	if cfg.FloodRate != 0 {
+		rep.FloodRate, rep.FloodKind = cfg.FloodRate, cfg.FloodKind
+	}
 	pop, err := newPopulation(cfg, kr, time.Now())
 	if err != nil {
 		fmt.Fprintf(stderr, "presenced loadtest: %v\n", err)
@@ -87,6 +90,16 @@ func run(ctx context.Context, cfg *Config, kr *token.Keyring, args []string, std
 			continue
 		}
 		r := runTarget(ctx, cfg, pop, p, a, stderr)
+		if cfg.CheckOnline && p.target == TargetPresenced && ctx.Err() == nil {
+			// At once: a user's last heartbeat is at most an interval old.
+			r.Online = checkOnline(ctx, cfg, pop)
+			if r.Online.Error != "" {
+				fmt.Fprintf(stderr, "presenced loadtest: --check-online: %s\n", r.Online.Error)
+				status = 1
+			} else if !cfg.Quiet {
+				fmt.Fprintf(stderr, "%s users offline at end: %d of %d\n", p.target, r.Online.Offline, r.Online.Users)
+			}
+		}
 		if stopTarget != nil {
 			stopTarget()
 		}
@@ -97,6 +110,9 @@ func run(ctx context.Context, cfg *Config, kr *token.Keyring, args []string, std
 		rep.Runs = append(rep.Runs, r)
 	}
 	computeRatios(rep)
+	if cfg.CompareFlood {
+		computeFloodComparison(rep)
+	}
 	writeText(stdout, rep)
 	if cfg.JSONFile != "" {
 		if err := writeFile(cfg.JSONFile, func(w io.Writer) error { return writeJSON(w, rep) }); err != nil {

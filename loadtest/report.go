@@ -28,6 +28,37 @@ type Report struct {
 	MaxLossPct  float64   `json:"max_loss_pct"`
 	Runs        []Run     `json:"runs"`
 	Ratios      []Ratio   `json:"ratios,omitempty"`
+
+	// The abuse scenario (--flood-rate, --compare-flood).
+	FloodRate       float64          `json:"flood_rate,omitzero"` // datagrams/s; -1: as fast as it can
+	FloodKind       string           `json:"flood_kind,omitempty"`
+	FloodComparison *FloodComparison `json:"flood_comparison,omitempty"`
+}
+
+// FloodComparison is --compare-flood: the target's run without the flood
+// against its run with it.
+type FloodComparison struct {
+	P99WithoutMs   float64 `json:"p99_without_flood_ms"`
+	P99WithMs      float64 `json:"p99_with_flood_ms"`
+	P99Ratio       float64 `json:"p99_ratio"` // with / without; 0 if without is 0
+	LossWithoutPct float64 `json:"loss_without_flood_pct"`
+	LossWithPct    float64 `json:"loss_with_flood_pct"`
+	// Users offline at the end of each run (--check-online); -1: not checked.
+	OfflineWithout int          `json:"offline_without_flood"`
+	OfflineWith    int          `json:"offline_with_flood"`
+	Users          int          `json:"users"`
+	Flood          *FloodResult `json:"flood"`
+}
+
+// OnlineCheck is --check-online: after a run, how many of the simulated
+// users presenced reports online (POST /v1/status).
+type OnlineCheck struct {
+	Users    int     `json:"users"`
+	Online   int     `json:"online"`
+	Offline  int     `json:"offline"` // not online, or missing from the answers
+	Requests int     `json:"requests"`
+	TookS    float64 `json:"took_s"`
+	Error    string  `json:"error,omitempty"`
 }
 
 // Run is one target: one step, or a sweep's steps.
@@ -41,30 +72,34 @@ type Run struct {
 	Capacity  string       `json:"capacity,omitempty"`
 	Note      string       `json:"note,omitempty"`
 	Error     string       `json:"error,omitempty"`
+	Flood     bool         `json:"flood"`                  // a flood ran beside it (each step's flood field)
+	Online    *OnlineCheck `json:"online_check,omitempty"` // --check-online
 }
 
 // StepResult is one rate held for one duration. Counts are heartbeats (an
 // http-batch request counts its batch); latency is per request, from its
 // intended send time.
 type StepResult struct {
-	OfferedRate  float64          `json:"offered_rate"` // heartbeats/s
-	DurationS    float64          `json:"duration_s"`
-	SendSpanS    float64          `json:"send_span_s"` // how long the schedule took to send
-	Sent         int64            `json:"sent"`
-	Answered     int64            `json:"answered"`
-	Lost         int64            `json:"lost"`
-	Late         int64            `json:"late_answers"`
-	SentPerS     float64          `json:"sent_per_s"`
-	AnsweredPerS float64          `json:"answered_per_s"`
-	LossPct      float64          `json:"loss_pct"`
-	ErrorCount   int64            `json:"error_count"`
-	ErrorPct     float64          `json:"error_pct"`
-	Errors       map[string]int64 `json:"errors"`
-	Latency      Latency          `json:"latency_ms"`
-	CPUPct       float64          `json:"cpu_pct"` // -1: unknown
-	CPUScope     string           `json:"cpu_scope"`
-	Sustainable  bool             `json:"sustainable"`
-	Timeline     []Point          `json:"timeline"`
+	OfferedRate   float64          `json:"offered_rate"` // heartbeats/s
+	DurationS     float64          `json:"duration_s"`
+	SendSpanS     float64          `json:"send_span_s"` // how long the schedule took to send
+	Sent          int64            `json:"sent"`
+	Answered      int64            `json:"answered"`
+	Lost          int64            `json:"lost"`
+	Late          int64            `json:"late_answers"`
+	SentPerS      float64          `json:"sent_per_s"`
+	AnsweredPerS  float64          `json:"answered_per_s"`
+	LossPct       float64          `json:"loss_pct"`
+	ErrorCount    int64            `json:"error_count"`
+	ErrorPct      float64          `json:"error_pct"`
+	Errors        map[string]int64 `json:"errors"`
+	Latency       Latency          `json:"latency_ms"`
+	CPUPct        float64          `json:"cpu_pct"` // -1: unknown
+	CPUScope      string           `json:"cpu_scope"`
+	LoadgenCPUPct float64          `json:"loadgen_cpu_pct"` // this process (senders, receivers, flood), % of one core; -1: unknown
+	Flood         *FloodResult     `json:"flood,omitempty"` // the flood beside this step, not in the figures above
+	Sustainable   bool             `json:"sustainable"`
+	Timeline      []Point          `json:"timeline"`
 }
 
 // Latency is in milliseconds.
@@ -128,6 +163,9 @@ func computeRatios(rep *Report) {
 	}
 	for i := 1; i < len(rep.Runs); i++ {
 		b := &rep.Runs[i]
+		if b.Target == t.Target {
+			continue // the target again (--compare-flood): see FloodComparison
+		}
 		bs, ok := b.headline()
 		if !ok {
 			continue
@@ -157,7 +195,11 @@ func writeText(w io.Writer, rep *Report) {
 		rep.Users, rep.Rooms, rep.RoomDist, rep.Tokens, rep.AckTimeoutS, rep.TargetP99Ms, rep.MaxLossPct)
 	for i := range rep.Runs {
 		r := &rep.Runs[i]
-		fmt.Fprintf(w, "\n== %s over %s ==\n", r.Target, r.Transport)
+		flood := ""
+		if r.Flood {
+			flood = fmt.Sprintf(", with a %s flood (%s) from %s", rep.FloodKind, floodRateText(rep.FloodRate), r.floodSource())
+		}
+		fmt.Fprintf(w, "\n== %s over %s%s ==\n", r.Target, r.Transport, flood)
 		if r.Error != "" {
 			fmt.Fprintf(w, "error: %s\n", r.Error)
 		}
@@ -188,8 +230,31 @@ func writeText(w io.Writer, rep *Report) {
 				fmt.Fprintf(w, "CPU measured: %s\n", r.Steps[0].CPUScope)
 			}
 		}
+		if r.Sweep {
+			for j, s := range r.Steps {
+				if s.Flood != nil {
+					fmt.Fprintf(w, "step %d ", j+1)
+					writeFloodText(w, s.Flood)
+				}
+			}
+		}
+		if r.Online != nil {
+			writeOnlineText(w, r.Online)
+		}
 		if r.Note != "" {
 			fmt.Fprintln(w, "note:", r.Note)
+		}
+	}
+	if c := rep.FloodComparison; c != nil {
+		fmt.Fprintln(w, "\n== flood comparison ==")
+		fmt.Fprintf(w, "p99 without flood %.3f ms, with flood %.3f ms: p99 with flood / p99 without = %.2f\n", c.P99WithoutMs, c.P99WithMs, c.P99Ratio)
+		fmt.Fprintf(w, "loss without flood %.3f%%, with flood %.3f%%\n", c.LossWithoutPct, c.LossWithPct)
+		if c.OfflineWithout >= 0 || c.OfflineWith >= 0 {
+			fmt.Fprintf(w, "users offline at end: without flood %s of %d, with flood %s of %d\n", offlineText(c.OfflineWithout), c.Users, offlineText(c.OfflineWith), c.Users)
+		}
+		if f := c.Flood; f != nil {
+			fmt.Fprintf(w, "flood: %s %s from %s, %.0f datagrams/s sent, %.0f replies/s (%.2f%% of sent)\n",
+				f.Kind, floodRateText(f.OfferedRate), f.Source, f.SentPerS, f.RepliesPerS, f.ReplyPct)
 		}
 	}
 	if len(rep.Ratios) > 0 {
@@ -207,7 +272,68 @@ func writeStepText(w io.Writer, s *StepResult) {
 	l := s.Latency
 	fmt.Fprintf(w, "latency ms (from intended send, %d requests): p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
 		l.Count, l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean)
-	fmt.Fprintf(w, "CPU %s (%s)\n", cpuText(s.CPUPct), s.CPUScope)
+	fmt.Fprintf(w, "CPU %s (%s); load generator %s%% of one core\n", cpuText(s.CPUPct), s.CPUScope, cpuText(s.LoadgenCPUPct))
+	if s.Flood != nil {
+		writeFloodText(w, s.Flood)
+	}
+}
+
+func writeFloodText(w io.Writer, f *FloodResult) {
+	fmt.Fprintf(w, "flood (%s, %s, from %s over %d sockets; not in the figures above): sent %d (%.0f/s over %.1fs), send errors %d, replies %d (%.0f/s, %.2f%% of sent) %s\n",
+		f.Kind, floodRateText(f.OfferedRate), f.Source, f.Sockets, f.Sent, f.SentPerS, f.SpanS, f.SendErrors,
+		f.Replies, f.RepliesPerS, f.ReplyPct, errorsText(f.ReplyStatuses))
+}
+
+func writeOnlineText(w io.Writer, c *OnlineCheck) {
+	if c.Error != "" {
+		fmt.Fprintf(w, "online check failed: %s\n", c.Error)
+		return
+	}
+	fmt.Fprintf(w, "users offline at end: %d of %d (POST /v1/status, %d requests, %.2fs)\n", c.Offline, c.Users, c.Requests, c.TookS)
+}
+
+func offlineText(n int) string {
+	if n < 0 {
+		return "?"
+	}
+	return fmt.Sprint(n)
+}
+
+// floodSource is the flood's source address, from the run's first step.
+func (r *Run) floodSource() string {
+	for _, s := range r.Steps {
+		if s.Flood != nil {
+			return s.Flood.Source
+		}
+	}
+	return "?"
+}
+
+// computeFloodComparison fills rep.FloodComparison from the target's run
+// without the flood (Runs[0]) and with it (Runs[1]).
+func computeFloodComparison(rep *Report) {
+	if len(rep.Runs) < 2 || rep.Runs[0].Flood || !rep.Runs[1].Flood {
+		return
+	}
+	a, ok1 := rep.Runs[0].headline()
+	b, ok2 := rep.Runs[1].headline()
+	if !ok1 || !ok2 {
+		return
+	}
+	c := &FloodComparison{
+		P99WithoutMs: a.Latency.P99, P99WithMs: b.Latency.P99, LossWithoutPct: a.LossPct, LossWithPct: b.LossPct,
+		OfflineWithout: -1, OfflineWith: -1, Users: rep.Users, Flood: b.Flood,
+	}
+	if a.Latency.P99 > 0 {
+		c.P99Ratio = b.Latency.P99 / a.Latency.P99
+	}
+	if o := rep.Runs[0].Online; o != nil && o.Error == "" {
+		c.OfflineWithout = o.Offline
+	}
+	if o := rep.Runs[1].Online; o != nil && o.Error == "" {
+		c.OfflineWith = o.Offline
+	}
+	rep.FloodComparison = c
 }
 
 func cpuText(p float64) string {

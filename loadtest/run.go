@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +56,14 @@ func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs,
 	default:
 		return res, fmt.Errorf("cannot run transport %q", p.transport)
 	}
+	var fl *flooder
+	if p.flood {
+		var err error
+		if fl, err = newFlooder(cfg, pop, a.udp, dur); err != nil {
+			return res, err
+		}
+		closers = append(closers, fl.close)
+	}
 
 	var stop atomic.Bool
 	st := newStats(time.Now(), histShards)
@@ -70,12 +79,16 @@ func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs,
 		cpu.pid = cfg.TargetPID
 	}
 	cpu.begin()
+	self := cpuSampler{pid: os.Getpid()}
+	self.begin()
 	progressDone := make(chan struct{})
 	progressStop := make(chan struct{})
 	go func() {
 		defer close(progressDone)
 		t := time.NewTicker(progressEvery)
 		defer t.Stop()
+		var lastFlood, lastReplies int64
+		lastT := time.Now()
 		for {
 			select {
 			case <-progressStop:
@@ -83,13 +96,28 @@ func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs,
 			case <-t.C:
 				pt := st.collect()
 				if !cfg.Quiet {
-					fmt.Fprintf(stderr, "%s t=%4.0fs  sent %8.0f/s  answered %8.0f/s  p50 %7.3fms  p99 %7.3fms  errors %d  loss %.3f%%\n",
-						label, pt.T, pt.SentPerS, pt.AnswerPerS, pt.P50Ms, pt.P99Ms, pt.Errors, pt.LossPct)
+					floodText := ""
+					if fl != nil {
+						now := time.Now()
+						dt := max(now.Sub(lastT).Seconds(), 1e-9)
+						fs, fr := fl.sent.Load(), fl.replies.Load()
+						floodText = fmt.Sprintf("  | flood sent %8.0f/s replies %6.0f/s", float64(fs-lastFlood)/dt, float64(fr-lastReplies)/dt)
+						lastFlood, lastReplies, lastT = fs, fr, now
+					}
+					fmt.Fprintf(stderr, "%s t=%4.0fs  sent %8.0f/s  answered %8.0f/s  p50 %7.3fms  p99 %7.3fms  errors %d  loss %.3f%%%s\n",
+						label, pt.T, pt.SentPerS, pt.AnswerPerS, pt.P50Ms, pt.P99Ms, pt.Errors, pt.LossPct, floodText)
 				}
 			}
 		}
 	}()
 	var wg sync.WaitGroup
+	if fl != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fl.run(st.epoch, &stop)
+		}()
+	}
 	for _, g := range gens {
 		wg.Add(1)
 		go func() {
@@ -99,10 +127,14 @@ func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs,
 	}
 	wg.Wait()
 	res.CPUPct, res.CPUScope = cpu.end()
+	res.LoadgenCPUPct, _ = self.end()
 	close(progressStop)
 	<-progressDone
 	st.collect()
 	res.fill(st, dur)
+	if fl != nil {
+		res.Flood = fl.result(len(fl.socks))
+	}
 	if ctx.Err() != nil {
 		return res, ctx.Err()
 	}
@@ -151,8 +183,11 @@ var curveQuantiles = []float64{0, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 92
 
 // runTarget runs one plan: a fixed step, or a sweep.
 func runTarget(ctx context.Context, cfg *Config, pop *population, p plan, a addrs, stderr io.Writer) Run {
-	run := Run{Target: p.target, Transport: p.transport, Sweep: cfg.Sweep, Best: -1}
+	run := Run{Target: p.target, Transport: p.transport, Sweep: cfg.Sweep, Best: -1, Flood: p.flood}
 	label := fmt.Sprintf("[%s/%s]", p.target, p.transport)
+	if p.flood {
+		label = fmt.Sprintf("[%s/%s +flood]", p.target, p.transport)
+	}
 	if !cfg.Sweep {
 		res, err := runStep(ctx, cfg, pop, p, a, cfg.baseRate(), cfg.Duration, label, stderr)
 		res.Sustainable = res.passes(cfg)

@@ -59,10 +59,17 @@ func newUDPGen(cfg *Config, pop *population, addr string, rate float64, n int64,
 	perSock := rate / float64(cfg.Sockets) * cfg.AckTimeout.Seconds()
 	ringBits := uint(bits.Len64(uint64(2*perSock + 64)))
 	ringBits = max(minRingBits, min(maxRingBits, ringBits))
-	for range cfg.Sockets {
-		c, err := net.DialUDP("udp", nil, raddr)
+	for i := range cfg.Sockets {
+		var laddr *net.UDPAddr
+		if ip := cfg.sourceIP(i); ip != nil {
+			laddr = &net.UDPAddr{IP: ip}
+		}
+		c, err := net.DialUDP("udp", laddr, raddr)
 		if err != nil {
 			g.close()
+			if laddr != nil {
+				return nil, fmt.Errorf("cannot open UDP socket from --source-ip %s to %s: %w", laddr.IP, addr, err)
+			}
 			return nil, fmt.Errorf("cannot open UDP socket to %s: %w", addr, err)
 		}
 		_ = c.SetReadBuffer(4 << 20)

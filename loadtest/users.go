@@ -23,6 +23,8 @@ type population struct {
 	udp  [][]byte // request datagram per user, seq 0, ack requested
 	json [][]byte // {"user":..,"room":..,"token":..} per user
 	keys []string // "user:<id>" per user, for Redis
+
+	flood [][]byte // the flooder's datagrams: one valid request (seq 0), or a pool of garbage
 }
 
 // newPopulation builds the users. The seed is fixed so runs are comparable.
@@ -55,7 +57,46 @@ func newPopulation(cfg *Config, kr *token.Keyring, now time.Time) (*population, 
 		p.order[i] = uint32(i)
 	}
 	rng.Shuffle(p.n, func(i, j int) { p.order[i], p.order[j] = p.order[j], p.order[i] })
+	if cfg.FloodRate != 0 {
+		if err := p.buildFlood(cfg.FloodKind, kr, exp, rng); err != nil {
+			return nil, err
+		}
+	}
 	return p, nil
+}
+
+// buildFlood makes the flooder's datagrams. valid: a heartbeat of one user
+// (floodUser, with a token when there is a keyring) asking for an ack, so
+// every one would be answered but for the limits. garbage: random bytes of
+// random length that never decode as a request.
+func (p *population) buildFlood(kind string, kr *token.Keyring, exp time.Time, rng *rand.Rand) error {
+	if kind == "valid" {
+		tok := ""
+		if kr != nil {
+			var err error
+			if tok, err = kr.Mint("", floodUser, "", false, exp); err != nil {
+				return fmt.Errorf("cannot mint token for %s: %w", floodUser, err)
+			}
+		}
+		b, err := wire.AppendRequest(nil, 0, true, []wire.Item{{Op: wire.OpHeartbeat, User: []byte(floodUser), Room: []byte(floodRoom), Token: []byte(tok)}})
+		if err != nil {
+			return fmt.Errorf("cannot encode the flood datagram: %w", err)
+		}
+		p.flood = [][]byte{b}
+		return nil
+	}
+	var d wire.Datagram
+	for len(p.flood) < floodGarbagePool {
+		b := make([]byte, 1+rng.IntN(128))
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		if d.Decode(b) == nil {
+			continue // a valid request by chance: not garbage
+		}
+		p.flood = append(p.flood, b)
+	}
+	return nil
 }
 
 // user returns the user index of global job index k.

@@ -80,10 +80,14 @@ func (s *Server) drainFunc() func(fn func(*shardmap.Change)) int {
 		return s.m.Drain
 	}
 	return func(fn func(*shardmap.Change)) int {
-		return s.m.Drain(func(c *shardmap.Change) {
+		n := s.m.Drain(func(c *shardmap.Change) {
 			s.cl.Offer(c)
 			fn(c)
 		})
+		if n > 0 {
+			s.cl.Kick()
+		}
+		return n
 	}
 }
 
@@ -97,7 +101,9 @@ func (s *Server) pumpLoop() {
 			s.m.Drain(s.cl.Offer)
 			return
 		case <-t.C:
-			s.m.Drain(s.cl.Offer)
+			if s.m.Drain(s.cl.Offer) > 0 {
+				s.cl.Kick()
+			}
 		}
 	}
 }
@@ -111,6 +117,17 @@ func (s *Server) closeCluster(ctx context.Context) error {
 		}
 	}
 	return s.cl.Close(ctx)
+}
+
+// clusterLeave applies an accepted explicit leave to the whole cluster (an
+// empty room: all the user's rooms), whether or not this node holds the
+// session: the leave may come through another node than the heartbeats.
+// It does not block; the leave reaches Redis with the writer's next batch.
+// The leave paths of both transports call it after s.leave succeeds.
+func (s *Server) clusterLeave(user, room []byte, now int64) {
+	if s.cl != nil {
+		s.cl.OfferLeave(user, room, len(room) == 0, now)
+	}
 }
 
 // abortCluster stops the cluster node when Start fails after starting it.

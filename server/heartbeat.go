@@ -1,6 +1,8 @@
 package server
 
 import (
+	"time"
+
 	"github.com/presenced/presenced/server/wire"
 	"github.com/presenced/presenced/shardmap"
 )
@@ -41,8 +43,11 @@ func (s *Server) checkItem(user, room, tok []byte, nowMs int64) outcome {
 func (s *Server) heartbeat(tr transport, user, room, tok []byte, nowMs int64) outcome {
 	o := s.checkItem(user, room, tok, nowMs)
 	if o == outOK {
-		joined, err := s.m.Touch(user, room, nowMs, s.ttlMs)
+		joined, prev, err := s.m.TouchSeen(user, room, nowMs, s.ttlMs)
 		o = mapOutcome(err)
+		if err == nil && !joined {
+			s.met.lateness.ObserveDuration(time.Duration(max(nowMs-prev-s.intervalMs, 0)) * time.Millisecond)
+		}
 		if joined {
 			s.publish(shardmap.Event{User: string(user), Room: string(room), At: nowMs, Join: true})
 		}

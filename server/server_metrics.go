@@ -22,7 +22,12 @@ type serverMetrics struct {
 	leavesTimeout *counter
 	eventsDropped *counter
 	httpLatency   []*histogram // by route
+	// lateness observes, per refresh, how far past --interval it came.
+	lateness *histogram
 }
+
+// latenessBuckets are upper bounds in seconds; 0 counts on-time heartbeats.
+var latenessBuckets = []float64{0, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120}
 
 // route labels an HTTP request for the latency histogram.
 type route uint8
@@ -80,6 +85,7 @@ func newServerMetrics(r *registry) *serverMetrics {
 	for _, l := range routeLabel {
 		rl = append(rl, `{route="`+l+`"}`)
 	}
+	m.lateness = r.histogramVec("presenced_heartbeat_lateness_seconds", "How late a session's heartbeat came: time since its previous heartbeat beyond --interval, in seconds (0 when on time).", latenessBuckets)[0]
 	m.httpLatency = r.histogramVec("presenced_http_request_duration_seconds", "HTTP request handling time in seconds, by route.", latencyBuckets, rl...)
 	return m
 }

@@ -145,6 +145,13 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 	s := u.s
 	s.met.udpIn.Inc()
 	buf, _ := c.Next(-1)
+	// The source pays for the datagram before it is even decoded, so a
+	// flood from one address costs a hash and a CAS per datagram.
+	src, now := udpSourceIP(c), time.Now().UnixMilli()
+	if !s.src.allow(src, 1, now) {
+		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
+		return gnet.None
+	}
 	sc := udpScratchPool.Get().(*udpScratch)
 	defer udpScratchPool.Put(sc)
 	if err := sc.d.Decode(buf); err != nil {
@@ -152,7 +159,7 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.None
 	}
 	items := sc.d.Items()
-	if !s.src.allow(udpSourceIP(c), int64(len(items)), time.Now().UnixMilli()) {
+	if len(items) > 1 && !s.src.allow(src, int64(len(items)-1), now) {
 		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
 		return gnet.None
 	}
@@ -163,7 +170,6 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 		}
 		authed = true
 	} else {
-		now := time.Now().UnixMilli()
 		for i := range items {
 			it := &items[i]
 			var o outcome

@@ -130,6 +130,13 @@ func (m *Map) lookupRoom(room []byte) uint32 {
 // when it refreshes a session, nor when it starts one and the shard's arenas
 // and tables have room (e.g. after a leave).
 func (m *Map) Touch(user, room []byte, now, ttlMs int64) (joined bool, err error) {
+	joined, _, err = m.upsert(user, room, now, now+ttlMs, m.minGapMs.Load())
+	return joined, err
+}
+
+// TouchSeen is Touch that also returns when the session was last seen
+// before this heartbeat (0 on a join), for heartbeat-lateness metrics.
+func (m *Map) TouchSeen(user, room []byte, now, ttlMs int64) (joined bool, prevSeen int64, err error) {
 	return m.upsert(user, room, now, now+ttlMs, m.minGapMs.Load())
 }
 
@@ -150,12 +157,13 @@ func (m *Map) Restore(user, room []byte, lastSeen, expiry, now int64) (bool, err
 	if expiry <= now {
 		return false, nil
 	}
-	return m.upsert(user, room, lastSeen, expiry, 0)
+	joined, _, err := m.upsert(user, room, lastSeen, expiry, 0)
+	return joined, err
 }
 
-func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (bool, error) {
+func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (joined bool, prevSeen int64, err error) {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
-		return false, ErrBadID
+		return false, 0, ErrBadID
 	}
 	ttl := expiry - lastSeen
 	if ttl < 0 {
@@ -181,25 +189,26 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (bool, e
 				s := st.session(i)
 				if s.room == ref {
 					if minGap > 0 && lastSeen-s.lastSeen() < minGap && lastSeen >= s.lastSeen() {
-						return false, ErrRateLimited
+						return false, s.lastSeen(), ErrRateLimited
 					}
+					prevSeen = s.lastSeen()
 					st.unlinkWheel(i)
 					s.setTimes(lastSeen, ttl)
 					st.linkWheel(i)
 					if m.track {
 						st.logUpsert(i)
 					}
-					return false, nil
+					return false, prevSeen, nil
 				}
 				i = s.next
 			}
 		}
 		if int(st.user(ui).nsess) >= m.maxRooms {
-			return false, ErrTooManyRooms
+			return false, 0, ErrTooManyRooms
 		}
 	} else {
 		if ui = st.newUser(h, user); ui == 0 {
-			return false, ErrFull
+			return false, 0, ErrFull
 		}
 		m.onlineUsers.Add(1)
 	}
@@ -224,7 +233,7 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (bool, e
 		rs.mu.Unlock()
 		if ri == 0 {
 			m.dropUserIfIdle(st, ui)
-			return false, ErrFull
+			return false, 0, ErrFull
 		}
 	}
 	i := st.newSession()
@@ -233,7 +242,7 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (bool, e
 			m.leaveRoom(ref, slot, nil)
 		}
 		m.dropUserIfIdle(st, ui)
-		return false, ErrFull
+		return false, 0, ErrFull
 	}
 	s := st.session(i)
 	s.user, s.room, s.slot = ui, ref, slot
@@ -246,7 +255,7 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (bool, e
 		st.logUpsert(i)
 	}
 	m.sessions.Add(1)
-	return true, nil
+	return true, 0, nil
 }
 
 func (m *Map) dropUserIfIdle(st *userState, ui uint32) {

@@ -70,6 +70,16 @@ type Node struct {
 	w writerState
 }
 
+// redisLog routes go-redis's own messages (dial failures, retries) to
+// slog at debug: the node reports outages itself, once, at warn.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug("go-redis", "msg", fmt.Sprintf(format, v...))
+}
+
+var setRedisLogger sync.Once
+
 // New validates cfg and builds a node; Start connects it.
 func New(cfg Config, rangeFn RangeFunc, onEvent EventFunc) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
@@ -95,6 +105,7 @@ func New(cfg Config, rangeFn RangeFunc, onEvent EventFunc) (*Node, error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hist.init()
 	n.needAssert.Store(true)
+	setRedisLogger.Do(func() { redis.SetLogger(redisLog{log}) })
 	return n, nil
 }
 
@@ -133,6 +144,13 @@ func (n *Node) Offer(c *shardmap.Change) {
 			kind = 'l'
 		}
 	}
+	n.offer(kind, c)
+}
+
+// offer appends one intake record: kind ('u' upsert, 'l' local leave, 't'
+// local expiry, 'L' cluster leave of one room, 'A' of all rooms), times,
+// user and room.
+func (n *Node) offer(kind byte, c *shardmap.Change) {
 	n.in.Lock()
 	if n.in.closed {
 		n.in.Unlock()
@@ -166,6 +184,28 @@ func (n *Node) Offer(c *shardmap.Change) {
 		default:
 		}
 	}
+}
+
+// Kick asks the writer to send what is queued now rather than at its next
+// tick; the server calls it after each drain. It never blocks.
+func (n *Node) Kick() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// OfferLeave queues an explicit leave of user's session in room (all
+// their rooms with all) for the whole cluster, whichever nodes hold it: a
+// leave request may reach a node that never saw the user's heartbeats. It
+// never blocks; at is the leave time (unix ms).
+func (n *Node) OfferLeave(user, room []byte, all bool, at int64) {
+	c := shardmap.Change{User: user, Room: room, At: at, Ended: true, Reason: shardmap.ReasonLeft}
+	kind := byte('L')
+	if all {
+		kind, c.Room = 'A', nil
+	}
+	n.offer(kind, &c)
 }
 
 // swapIntake takes the queued changes, giving back spare (emptied) as the
@@ -255,10 +295,11 @@ type op struct {
 type writerState struct {
 	n     *Node
 	state map[uint64]sessState
-	// ring holds deferred refreshes by due second: records of
+	// ring holds deferred refreshes by due slot (slotMs wide): records of
 	// hash(8) due(8) ulen(1) rlen(1) user room.
 	ring     [][]byte
-	ringNext int64 // next second to process
+	slotMs   int64
+	ringNext int64 // next slot to process
 	spare    []byte
 	ops      []op
 	evs      []evOp
@@ -274,7 +315,10 @@ type evOp struct {
 func (w *writerState) init(n *Node) {
 	w.n = n
 	w.state = map[uint64]sessState{}
-	w.ring = make([][]byte, int(n.cfg.TTL/time.Second)+3)
+	// A slot is a quarter of the refresh margin, 10ms to 1s: a deferred
+	// refresh is written up to one slot before it is due.
+	w.slotMs = min(max(n.margin/4, 10), 1000)
+	w.ring = make([][]byte, int(n.ttlMs/w.slotMs)+3)
 }
 
 func sessHash(user, room []byte) uint64 {
@@ -330,6 +374,7 @@ func (w *writerState) cycle(final bool) {
 	}
 	buf, count, oldest := n.swapIntake(w.spare)
 	w.ops = w.ops[:0]
+	var leaveAll []op
 	for p := 0; p < len(buf); {
 		kind := buf[p]
 		ls := int64(binary.LittleEndian.Uint64(buf[p+1:]))
@@ -343,9 +388,11 @@ func (w *writerState) cycle(final bool) {
 		switch kind {
 		case 'u':
 			w.upsert(h, user, room, ls, exp, now)
-		case 'l':
+		case 'l', 'L':
 			delete(w.state, h)
 			w.ops = append(w.ops, op{kind: 'l', user: string(user), room: string(room), lastSeen: ls, expiry: exp, at: at})
+		case 'A':
+			leaveAll = append(leaveAll, op{kind: 'l', user: string(user), at: at})
 		case 't':
 			// A local expiry writes nothing: Redis expires the session
 			// itself unless another node keeps it alive.
@@ -353,6 +400,12 @@ func (w *writerState) cycle(final bool) {
 		}
 	}
 	w.spare = buf[:0]
+	if len(leaveAll) > 0 {
+		if err := w.expandLeaveAll(ctx, leaveAll); err != nil {
+			n.markDown(err)
+			return
+		}
+	}
 	w.due(now, final)
 	if len(w.ops) == 0 {
 		if count > 0 {
@@ -393,11 +446,33 @@ func (w *writerState) upsert(h uint64, user, room []byte, ls, exp, now int64) {
 	w.state[h] = st
 }
 
-// schedule files a deferred refresh in the ring slot one second before due.
+// expandLeaveAll turns leaves of all a user's rooms into one leave per
+// room Redis holds for them.
+func (w *writerState) expandLeaveAll(ctx context.Context, all []op) error {
+	n := w.n
+	p := n.c.Pipeline()
+	cmds := make([]*redis.StringSliceCmd, len(all))
+	for i := range all {
+		cmds[i] = p.HKeys(ctx, n.k.user(all[i].user))
+	}
+	if err := n.exec(ctx, p); err != nil {
+		return err
+	}
+	for i, c := range cmds {
+		for _, room := range c.Val() {
+			o := all[i]
+			o.room = room
+			w.ops = append(w.ops, o)
+		}
+	}
+	return nil
+}
+
+// schedule files a deferred refresh in the ring slot before the one due is in.
 func (w *writerState) schedule(h uint64, due int64, user, room []byte) {
-	sec := due/1000 - 1
+	sec := due/w.slotMs - 1
 	if w.ringNext == 0 {
-		w.ringNext = time.Now().Unix()
+		w.ringNext = time.Now().UnixMilli() / w.slotMs
 	}
 	if sec < w.ringNext {
 		sec = w.ringNext
@@ -414,7 +489,7 @@ func (w *writerState) schedule(h uint64, due int64, user, room []byte) {
 
 // due writes the deferred refreshes whose slot has come (all with final).
 func (w *writerState) due(now int64, final bool) {
-	nowSec := now / 1000
+	nowSec := now / w.slotMs
 	if w.ringNext == 0 {
 		w.ringNext = nowSec
 	}

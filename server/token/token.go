@@ -7,7 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
-	"unicode/utf8"
+
+	"github.com/presenced/presenced/server/wire"
 )
 
 // Limits of the token format.
@@ -217,20 +218,6 @@ func validKeyID(s []byte) bool {
 	return true
 }
 
-// validID reports whether b is a user or room id: 1..MaxIDLen bytes (or
-// empty, with allowEmpty) of UTF-8 without control characters. It is the
-// same rule as wire.ValidID, repeated here so this package stays a leaf.
-func validID(b []byte, allowEmpty bool) bool {
-	if len(b) == 0 {
-		return allowEmpty
-	}
-	if len(b) > MaxIDLen {
-		return false
-	}
-	for _, c := range b {
-		if c < 0x20 || c == 0x7f {
-			return false
-		}
-	}
-	return utf8.Valid(b)
-}
+// validID is the id rule of the whole server (wire.ValidID), so the token
+// message cannot be made ambiguous with control characters.
+var validID = wire.ValidID

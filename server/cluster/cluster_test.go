@@ -1,0 +1,304 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/shardmap"
+)
+
+func TestEventCodec(t *testing.T) {
+	for _, ev := range []shardmap.Event{
+		{User: "u", Room: "r", At: 1, Join: true},
+		{User: "ü ser", Room: "", At: 1700000000123, Reason: shardmap.ReasonLeft},
+		{User: "a:b", Room: "x\ty", At: 5, Reason: shardmap.ReasonTimeout},
+	} {
+		got, ok := decodeEvent(encodeEvent(&ev))
+		if !ok || got != ev {
+			t.Errorf("round trip of %+v: %+v %v", ev, got, ok)
+		}
+	}
+	for _, bad := range []string{"", "x1\x00u\x00r", "j\x00u", "jx\x00u\x00r"} {
+		if _, ok := decodeEvent(bad); ok {
+			t.Errorf("decodeEvent(%q) accepted", bad)
+		}
+	}
+}
+
+func TestCursor(t *testing.T) {
+	for _, u := range []string{"a", "user/with slash", "ü"} {
+		got, err := DecodeCursor(EncodeCursor(u))
+		if err != nil || got != u {
+			t.Errorf("cursor of %q: %q %v", u, got, err)
+		}
+	}
+	for _, bad := range []string{"x", "c", "c!!", "12"} {
+		if _, err := DecodeCursor(bad); err == nil {
+			t.Errorf("DecodeCursor(%q) accepted", bad)
+		}
+	}
+}
+
+func TestConfigAddresses(t *testing.T) {
+	f := func(addrs, master string, wantN int, wantErr bool) {
+		t.Helper()
+		c := DefaultConfig()
+		c.Addrs, c.MasterName, c.NodeID = addrs, master, "n"
+		o, err := c.options()
+		if (err != nil) != wantErr {
+			t.Fatalf("%q: err %v", addrs, err)
+		}
+		if err == nil && len(o.Addrs) != wantN {
+			t.Fatalf("%q: %d addrs", addrs, len(o.Addrs))
+		}
+	}
+	f("127.0.0.1:6379", "", 1, false)
+	f("a:1, b:2,c:3", "", 3, false)
+	f("redis://:pw@host:6380/2", "", 1, false)
+	f("rediss://host:6380", "", 1, false)
+	f("s1:26379,s2:26379", "mymaster", 2, false)
+	f("nohostport", "", 0, true)
+	f(",", "", 0, true)
+}
+
+// testNode runs a Node over a real presence table.
+type testNode struct {
+	n   *Node
+	m   *shardmap.Map
+	mu  sync.Mutex
+	evs []shardmap.Event
+}
+
+func startNode(t *testing.T, addrs string, mod func(*Config)) *testNode {
+	t.Helper()
+	mc := shardmap.DefaultConfig()
+	mc.TrackChanges = true
+	m, err := shardmap.New(mc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := &testNode{m: m}
+	cfg := DefaultConfig()
+	cfg.Addrs = addrs
+	cfg.NodeID = fmt.Sprintf("test-%p", tn)
+	cfg.TTL = 3 * time.Second
+	cfg.FlushInterval = 20 * time.Millisecond
+	cfg.ReapInterval = 100 * time.Millisecond
+	cfg.HealthInterval = 200 * time.Millisecond
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if mod != nil {
+		mod(&cfg)
+	}
+	n, err := New(cfg, m.Range, func(ev shardmap.Event) {
+		tn.mu.Lock()
+		tn.evs = append(tn.evs, ev)
+		tn.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tn.n = n
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // the server's pump
+		defer close(done)
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+				m.Drain(n.Offer)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		<-done
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = n.Close(ctx)
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for !(n.Up() && n.Stats().Reasserts > 0) {
+		if time.Now().After(deadline) {
+			t.Fatal("node did not connect")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return tn
+}
+
+func (tn *testNode) count(join bool, reason shardmap.Reason) int {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	c := 0
+	for _, e := range tn.evs {
+		if e.Join == join && (join || e.Reason == reason) {
+			c++
+		}
+	}
+	return c
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRedisClusterLayout runs joins, queries, paging and reaping on a
+// three-master Redis Cluster: no command may cross slots, and every
+// bucket's keys land wherever the cluster puts them.
+func TestRedisClusterLayout(t *testing.T) {
+	rc := redistest.StartCluster(t)
+	a := startNode(t, rc.Addrs(), nil)
+	b := startNode(t, rc.Addrs(), nil)
+	now := time.Now().UnixMilli()
+	const users = 300
+	for i := range users {
+		if _, err := a.m.Touch([]byte(fmt.Sprintf("u%03d", i)), []byte(fmt.Sprintf("r%d", i%7)), now, 3000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	waitUntil(t, 5*time.Second, "300 joins on B", func() bool { return b.count(true, 0) == users })
+	st, err := b.n.ClusterStats(ctx)
+	if err != nil || st.Sessions != users || st.OnlineUsers != users || st.Rooms != 7 {
+		t.Fatalf("stats %+v %v", st, err)
+	}
+	top, err := b.n.TopRooms(ctx, 3)
+	if err != nil || len(top) != 3 || top[0].Online != 43 || top[0].Room != "r0" {
+		t.Fatalf("top %+v %v", top, err)
+	}
+	// Page r0 (43 members) by 10: every member exactly once.
+	seen := map[string]int{}
+	after := ""
+	for range 10 {
+		ms, next, err := b.n.Members(ctx, "r0", after, 10, time.Now().UnixMilli())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			seen[m.User]++
+		}
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	if len(seen) != 43 {
+		t.Fatalf("paged %d members of r0, want 43", len(seen))
+	}
+	for u, c := range seen {
+		if c != 1 {
+			t.Fatalf("%s paged %d times", u, c)
+		}
+	}
+	us, err := b.n.Users(ctx, []string{"u007", "nobody"}, time.Now().UnixMilli())
+	if err != nil || !us[0].Online || len(us[0].Rooms) != 1 || us[0].Rooms[0].Room != "r0" || us[1].Online {
+		t.Fatalf("users %+v %v", us, err)
+	}
+	// Nobody heartbeats again: both nodes reap, each session times out once.
+	waitUntil(t, 6*time.Second, "300 timeouts", func() bool { return a.count(false, shardmap.ReasonTimeout) == users })
+	time.Sleep(300 * time.Millisecond)
+	for i, n := range []*testNode{a, b} {
+		if got := n.count(false, shardmap.ReasonTimeout); got != users {
+			t.Errorf("node %d: %d timeouts, want %d", i, got, users)
+		}
+	}
+	st, err = b.n.ClusterStats(ctx)
+	if err != nil || st != (shardmap.Stats{}) {
+		t.Fatalf("stats after expiry %+v %v", st, err)
+	}
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(rc.Addrs(), ",")})
+	defer c.Close()
+	n, err := c.XLen(ctx, "pd:events").Result()
+	if err != nil || n != 2*users {
+		t.Fatalf("stream has %d entries, want %d: %v", n, 2*users, err)
+	}
+}
+
+// TestSteadyStateCommandsPerHeartbeat measures, from INFO commandstats,
+// the Redis commands per heartbeat once every session is joined, at the
+// production ratio of interval to TTL (60s / 150s, scaled down), and the
+// mean pipeline size.
+func TestSteadyStateCommandsPerHeartbeat(t *testing.T) {
+	r := redistest.Start(t)
+	const (
+		sessions = 20000
+		ttl      = 6 * time.Second
+		interval = ttl * 2 / 5 // 60s / 150s
+	)
+	tn := startNode(t, r.Addr(), func(c *Config) {
+		c.TTL = ttl
+		c.RefreshMargin = ttl / 15 // 10s of 150s, as in production
+		c.FlushInterval = 50 * time.Millisecond
+		c.ReapInterval = time.Hour // reaper cost is per bucket, not per heartbeat: left out here
+		c.HealthInterval = time.Hour
+	})
+	beat := func() {
+		now := time.Now().UnixMilli()
+		for i := range sessions {
+			if _, err := tn.m.Touch([]byte(fmt.Sprintf("user-%d", i)), []byte(fmt.Sprintf("room-%d", i%50)), now, ttl.Milliseconds()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Warm up: joins, then one TTL of refreshes.
+	start := time.Now()
+	for time.Since(start) < ttl {
+		beat()
+		time.Sleep(interval)
+	}
+	before := redistest.CommandStats(t, r)
+	st0 := tn.n.Stats()
+	beats := 0
+	for range 4 {
+		beat()
+		beats += sessions
+		time.Sleep(interval)
+	}
+	after := redistest.CommandStats(t, r)
+	st1 := tn.n.Stats()
+	d := redistest.Diff(before, after)
+	d["info"]-- // our own INFO
+	var inner int64
+	for k, v := range d {
+		if k != "evalsha" && k != "info" {
+			inner += v
+		}
+	}
+	sent := st1.Commands - st0.Commands
+	var pipes uint64
+	for i := range st1.Pipelines {
+		pipes += st1.Pipelines[i] - st0.Pipelines[i]
+	}
+	perHB := float64(d["evalsha"]) / float64(beats)
+	t.Logf("%d heartbeats: %d top-level commands (%.3f per heartbeat), %d calls inside scripts (%.3f per heartbeat); %d pipelines of %.0f commands on average; commandstats delta: %s",
+		beats, d["evalsha"], perHB, inner, float64(inner)/float64(beats), pipes, float64(sent)/float64(max(pipes, 1)), redistest.String(d))
+	if perHB > 1 {
+		t.Errorf("%.3f Redis commands per heartbeat, want at most 1", perHB)
+	}
+	if pipes > 0 && float64(sent)/float64(pipes) < 64 {
+		t.Errorf("pipelines average %.1f commands, want at least 64 under load", float64(sent)/float64(pipes))
+	}
+}
