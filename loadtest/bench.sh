@@ -31,16 +31,41 @@ stop() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; pi
 trap 'stop; rm -rf "$data" "$(dirname "$bin")"' EXIT
 lt() { "$bin" loadtest --udp-addr "$addr" --http-addr "$addr" --users "$USERS" --quiet --target-pid "$pid" "$@"; }
 sweep=(--sweep --sweep-factor 1.5 --step-duration "$STEP" --target-p99 "$P99")
+# half: the p99 at half presenced's highest sustainable rate of a sweep report.
+half() {
+  local rate
+  rate=$(python3 -c 'import json,sys; r=[r for r in json.load(open(sys.argv[1]))["runs"] if r["target"]=="presenced"][0]; print(int(r.get("best_rate",0)/2))' "$1")
+  echo "### half of the highest sustainable rate: $rate/s"
+  shift
+  lt --rate "$rate" --duration 10s "$@"
+}
 
 {
 echo "# $(date -u +%FT%TZ) $(go version) commit $(git rev-parse --short HEAD) $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 start
 echo "## UDP, presenced vs do-nothing gnet receiver vs raw recvmmsg receiver vs Redis SETEX"
 lt --transport udp --rate 10000 "${sweep[@]}" --baselines null-udp,raw-udp,redis-setex,redis-setex-pipelined --json "$out/udp.json" --html "$out/udp.html"
+half "$out/udp.json" --transport udp
 echo "## HTTP single heartbeats, presenced vs do-nothing fasthttp handler"
 lt --transport http --rate 5000 "${sweep[@]}" --baselines null-http --json "$out/http.json" --html "$out/http.html"
+half "$out/http.json" --transport http
 echo "## HTTP batches of 100"
 lt --transport http-batch --batch 100 --rate 20000 "${sweep[@]}" --json "$out/http-batch.json" --html "$out/http-batch.html"
+echo "## persistence: the same UDP sweep without a log, with --fsync=interval, with --fsync=always"
+for mode in none interval always; do
+  stop
+  if [ $mode = none ]; then start --data-dir ''; else rm -rf "$data"; start --fsync $mode; fi
+  echo "### $mode"
+  lt --transport udp --rate 10000 "${sweep[@]}" --json "$out/persist-$mode.json"
+done
+echo "## abuse: one source floods as fast as it can beside 10,000 users (server --ttl 5s --interval 2s)"
+stop
+start --ttl 5s --interval 2s --source-rate 2000 --heartbeat-min-gap 1s
+for kind in valid garbage; do
+  USERS=10000 lt --transport udp --interval 2s --duration 15s --flood-rate -1 --flood-kind $kind --compare-flood --check-online --source-ip 127.0.1.0/28 --json "$out/flood-$kind.json"
+done
+echo "## abuse: one source floods at 20,000/s (10x its limit)"
+USERS=10000 lt --transport udp --interval 2s --duration 15s --flood-rate 20000 --compare-flood --check-online --source-ip 127.0.1.0/28 --json "$out/flood-20k.json"
 stop
 echo "## 1,000,000 users at a 60 s interval (16,667 heartbeats/s), 70 s"
 start

@@ -74,10 +74,13 @@ func startCluster(t *testing.T, cfg Config) *cnode {
 		if err := s.Shutdown(ctx); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
+		// Leave no client goroutine behind: later tests count allocations.
+		testHTTP.CloseIdleConnections()
+		sseHTTP.CloseIdleConnections()
 	})
 	n := &cnode{t: t, s: s, base: "http://" + s.HTTPAddr()}
 	n.ev = n.events()
-	waitFor(t, 5*time.Second, "redis up", func() bool { return s.cl.Up() && s.cl.Stats().Reasserts > 0 })
+	waitFor(t, 5*time.Second, "cluster node ready", s.cl.Ready)
 	return n
 }
 
@@ -101,7 +104,10 @@ func waitFor(t *testing.T, d time.Duration, what string, f func() bool) {
 	}
 }
 
-var testHTTP = &http.Client{Timeout: 5 * time.Second}
+var (
+	testHTTP = &http.Client{Timeout: 5 * time.Second}
+	sseHTTP  = &http.Client{}
+)
 
 func (n *cnode) do(method, path, body string, out any) int {
 	n.t.Helper()
@@ -183,7 +189,7 @@ func (n *cnode) events() *sseLog {
 	l := &sseLog{}
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", n.base+"/v1/events", nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := sseHTTP.Do(req)
 	if err != nil {
 		cancel()
 		n.t.Fatalf("GET /v1/events: %v", err)
@@ -417,12 +423,13 @@ func TestClusterNoGhosts(t *testing.T) {
 	ttl := a.s.cfg.TTL
 
 	// Several heartbeats each, so A holds deferred refreshes when it dies.
+	var lastStops time.Time
 	for range 3 {
-		a.heartbeat("stays", "room")
-		a.heartbeat("stops", "room")
 		time.Sleep(300 * time.Millisecond)
+		a.heartbeat("stays", "room")
+		lastStops = time.Now()
+		a.heartbeat("stops", "room")
 	}
-	lastStops := time.Now()
 	waitFor(t, 2*time.Second, "both visible on C", func() bool {
 		on, _ := c.roomOnline("room")
 		return on == 2
@@ -456,6 +463,7 @@ func TestClusterNoGhosts(t *testing.T) {
 	if time.Now().After(deadline) {
 		t.Fatalf("expired %s after the last heartbeat, want within %s", time.Since(lastStops), ttl+time.Second)
 	}
+	t.Logf("the dead node's user timed out on both survivors %s after the last heartbeat (TTL %s)", time.Since(lastStops), ttl)
 	// Stay past another TTL: "stays" is never left, "stops" never twice.
 	time.Sleep(ttl)
 	for i, n := range []*cnode{b, c} {
@@ -536,6 +544,36 @@ func TestClusterRedisOutage(t *testing.T) {
 	}
 	if on, partial := a.roomOnline("room-x"); on != 20 || !partial {
 		t.Errorf("A room during outage: %d %v", on, partial)
+	}
+	seen := map[string]int{}
+	cursor := ""
+	for range 10 {
+		var page struct {
+			Members []struct {
+				User string `json:"user"`
+			} `json:"members"`
+			Next    *string `json:"next_cursor"`
+			Partial bool    `json:"partial"`
+		}
+		a.do("GET", "/v1/rooms/room-x/members?limit=7&cursor="+url.QueryEscape(cursor), "", &page)
+		if !page.Partial {
+			t.Errorf("members during outage not partial")
+		}
+		for _, m := range page.Members {
+			seen[m.User]++
+		}
+		if page.Next == nil {
+			break
+		}
+		cursor = *page.Next
+	}
+	if len(seen) != 20 {
+		t.Errorf("paged %d members of room-x during the outage, want 20", len(seen))
+	}
+	for u, c := range seen {
+		if c != 1 {
+			t.Errorf("%s paged %d times", u, c)
+		}
 	}
 	if a.metricValue("presenced_redis_errors_total") == 0 {
 		t.Error("presenced_redis_errors_total is 0 during an outage")
@@ -780,7 +818,7 @@ func benchServer(b *testing.B, addrs string) *Server {
 	})
 	if s.cl != nil {
 		deadline := time.Now().Add(5 * time.Second)
-		for !(s.cl.Up() && s.cl.Stats().Reasserts > 0) && time.Now().Before(deadline) {
+		for !s.cl.Ready() && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
@@ -888,4 +926,34 @@ func BenchmarkReplicationLag(b *testing.B) {
 	slices.Sort(lags)
 	b.ReportMetric(float64(lags[len(lags)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lags[len(lags)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+// TestClusterSentinel: --redis lists a sentinel and --redis-master names
+// the master; nodes find the master through it.
+func TestClusterSentinel(t *testing.T) {
+	r := redistest.Start(t)
+	sen := redistest.StartSentinel(t, r)
+	cfg := clusterTestConfig(sen.Addr())
+	cfg.RedisMaster = "mymaster"
+	a := startCluster(t, cfg)
+	b := startCluster(t, cfg)
+	a.heartbeat("sam", "s-room")
+	waitFor(t, 2*time.Second, "sam visible on B through Sentinel", func() bool {
+		u := b.user("sam")
+		return u.Online && !u.Partial
+	})
+	for i, n := range []*cnode{a, b} {
+		deadline := time.Now().Add(5 * time.Second)
+		for n.ev.count("join", "sam", "s-room") != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d: no join of sam; node stats %+v, A %+v", i, n.s.cl.Stats(), a.s.cl.Stats())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	c := r.Client()
+	defer c.Close()
+	if n, err := c.Exists(context.Background(), "pd:events").Result(); err != nil || n != 1 {
+		t.Fatalf("the master holds no event stream: %d %v", n, err)
+	}
 }

@@ -176,3 +176,36 @@ func BenchmarkHTTPHeartbeatHandler(b *testing.B) {
 		}
 	})
 }
+
+// FuzzUDPHandler feeds arbitrary datagrams to the UDP handler: it never
+// panics, never answers a datagram that did not ask for an ack or that does
+// not decode, and never answers with more bytes than it received.
+func FuzzUDPHandler(f *testing.F) {
+	s, kr := newTestServer(f)
+	tok, _ := kr.Mint("", "alice", "", false, time.Now().Add(time.Hour))
+	for _, items := range [][]wire.Item{
+		{{Op: wire.OpHeartbeat, User: []byte("alice"), Room: []byte("r"), Token: []byte(tok)}},
+		{{Op: wire.OpHeartbeat, User: []byte("alice"), Token: []byte(tok)}, {Op: wire.OpLeave, User: []byte("alice"), Token: []byte(tok)}},
+		{{Op: wire.OpHeartbeat, User: []byte("mallory"), Room: []byte("r"), Token: []byte("k1.1.u.x")}},
+	} {
+		b, _ := wire.AppendRequest(nil, 9, true, items)
+		f.Add(b)
+		f.Add(b[:len(b)-1])
+	}
+	f.Add([]byte{wire.Magic, wire.Version, wire.FlagAck, 1, 0, 0, 0, 1, 1, 1, 'a', 0, 0})
+	u := &udpServer{s: s}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c := &fakeConn{in: in}
+		u.OnTraffic(c)
+		if c.replies == 0 {
+			return
+		}
+		var d wire.Datagram
+		if err := d.Decode(in); err != nil || !d.Ack {
+			t.Fatalf("answered a datagram that is invalid (%v) or did not ask (ack=%v)", err, d.Ack)
+		}
+		if len(c.last) > len(in) {
+			t.Fatalf("reply of %d bytes to a %d-byte datagram", len(c.last), len(in))
+		}
+	})
+}

@@ -39,7 +39,7 @@ type Server struct {
 	// write-ahead log) has drained for the last time.
 	pumpDone chan struct{}
 	partial  atomic.Uint64 // cluster queries answered from this node alone
-	keys  atomic.Pointer[token.Keyring]
+	keys     atomic.Pointer[token.Keyring]
 	// apiTokens are the bearer tokens of the read endpoints (nil: open).
 	apiTokens atomic.Pointer[[][]byte]
 	src       *sourceLimiter

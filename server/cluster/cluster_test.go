@@ -133,7 +133,7 @@ func startNode(t *testing.T, addrs string, mod func(*Config)) *testNode {
 		_ = n.Close(ctx)
 	})
 	deadline := time.Now().Add(5 * time.Second)
-	for !(n.Up() && n.Stats().Reasserts > 0) {
+	for !n.Ready() {
 		if time.Now().After(deadline) {
 			t.Fatal("node did not connect")
 		}
@@ -293,6 +293,9 @@ func TestSteadyStateCommandsPerHeartbeat(t *testing.T) {
 		pipes += st1.Pipelines[i] - st0.Pipelines[i]
 	}
 	perHB := float64(d["evalsha"]) / float64(beats)
+	if st1.Errors != st0.Errors || st1.Reasserts != st0.Reasserts {
+		t.Logf("during the run: %d failed round trips, %d re-asserts", st1.Errors-st0.Errors, st1.Reasserts-st0.Reasserts)
+	}
 	t.Logf("%d heartbeats: %d top-level commands (%.3f per heartbeat), %d calls inside scripts (%.3f per heartbeat); %d pipelines of %.0f commands on average; commandstats delta: %s",
 		beats, d["evalsha"], perHB, inner, float64(inner)/float64(beats), pipes, float64(sent)/float64(max(pipes, 1)), redistest.String(d))
 	if perHB > 1 {

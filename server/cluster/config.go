@@ -43,7 +43,8 @@ type Config struct {
 	// HealthInterval plus the re-assert itself.
 	HealthInterval time.Duration
 	// StreamMaxLen caps the event stream, approximately (XADD MAXLEN ~,
-	// default 1,000,000 entries, about 100 bytes each).
+	// default 100,000 entries, about 100 bytes each). A backend that falls
+	// further behind than that loses the oldest events.
 	StreamMaxLen int64
 	// LastSeenRetention keeps an offline user's last-seen time in Redis
 	// (default 24h, one small string per user).
@@ -69,7 +70,7 @@ func DefaultConfig() Config {
 		RefreshMargin:     10 * time.Second,
 		ReapInterval:      500 * time.Millisecond,
 		HealthInterval:    time.Second,
-		StreamMaxLen:      1_000_000,
+		StreamMaxLen:      100_000,
 		LastSeenRetention: 24 * time.Hour,
 		MaxQueue:          1 << 20,
 		PipelineSize:      4096,
@@ -107,9 +108,15 @@ func (c *Config) options() (*redis.UniversalOptions, error) {
 	o := &redis.UniversalOptions{
 		MasterName:   c.MasterName,
 		DialTimeout:  2 * time.Second,
-		ReadTimeout:  2 * time.Second,
-		WriteTimeout: 2 * time.Second,
-		MaxRetries:   1,
+		ReadTimeout:  5 * time.Second,
+		WriteTimeout: 5 * time.Second,
+		// No transparent retries: a retried pipeline would run its scripts
+		// twice; the node recovers from a failed round trip itself (it
+		// re-asserts its sessions).
+		MaxRetries: -1,
+		// Queries carry a short deadline (QueryTimeout): let it bound the
+		// socket reads too, so a black-holed Redis answers partial in time.
+		ContextTimeoutEnabled: true,
 	}
 	a := strings.TrimSpace(c.Addrs)
 	if strings.HasPrefix(a, "redis://") || strings.HasPrefix(a, "rediss://") {

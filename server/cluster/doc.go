@@ -78,9 +78,12 @@
 //	top rooms          ZREVRANGE WITHSCORES over the 64 top sets, merged
 //	stats              HMGET s u + ZCARD top, over the 64 buckets
 //
-// Memory per session, measured on Redis 7.0 (listpack encodings at small
-// sizes): about 150 bytes for a session in a room, about 110 for a user's
-// further session in another room (see the README for the figures).
+// Memory per session, measured on Redis 7.0 with 100,000 users (21-byte
+// ids) in 1,000 rooms: about 310 bytes for a user's first session (user
+// hash, expiry-set member, room member) and 220 for each further session of
+// the same user in another room; 1M sessions of distinct users is about
+// 300 MB. The event stream adds about 100 bytes per entry up to
+// StreamMaxLen (100,000 by default: about 10 MB).
 //
 // # Writes off the hot path
 //

@@ -57,6 +57,7 @@ type Node struct {
 	wg        sync.WaitGroup
 
 	up         atomic.Bool
+	subscribed atomic.Bool
 	needAssert atomic.Bool
 	errs       atomic.Uint64
 	dropped    atomic.Uint64
@@ -219,6 +220,12 @@ func (n *Node) swapIntake(spare []byte) (buf []byte, count int, oldest int64) {
 	return buf, count, oldest
 }
 
+// Ready reports whether the node is connected, has asserted its sessions
+// and receives the cluster's events.
+func (n *Node) Ready() bool {
+	return n.up.Load() && n.subscribed.Load() && n.asserts.Load() > 0
+}
+
 // Up reports whether the last Redis round trip succeeded.
 func (n *Node) Up() bool { return n.up.Load() }
 
@@ -358,7 +365,7 @@ func (n *Node) writeLoop() {
 // writes, and sends them. With final, every deferred refresh is written.
 func (w *writerState) cycle(final bool) {
 	n := w.n
-	ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
 	defer cancel()
 	now := time.Now().UnixMilli()
 	if n.needAssert.Load() {
@@ -367,7 +374,7 @@ func (w *writerState) cycle(final bool) {
 			w.spare = buf
 			return
 		}
-		if err := w.reassert(ctx); err != nil {
+		if err := w.reassert(); err != nil {
 			n.markDown(err)
 			return
 		}
@@ -527,7 +534,7 @@ func (w *writerState) due(now int64, final bool) {
 
 // reassert writes every live session of this node (after Redis lost them or
 // was unreachable), without events for those it finds missing.
-func (w *writerState) reassert(ctx context.Context) error {
+func (w *writerState) reassert() error {
 	n := w.n
 	t0 := time.Now()
 	clear(w.state)
@@ -542,7 +549,7 @@ func (w *writerState) reassert(ctx context.Context) error {
 		ops = append(ops, op{kind: 'a', user: string(user), room: string(room), lastSeen: lastSeen, expiry: expiry})
 		if len(ops) >= 16*n.cfg.PipelineSize {
 			total += len(ops)
-			if err = w.sendAssert(ctx, ops); err != nil {
+			if err = w.sendAssertTimed(ops); err != nil {
 				return false
 			}
 			ops = ops[:0]
@@ -551,11 +558,13 @@ func (w *writerState) reassert(ctx context.Context) error {
 	})
 	if err == nil && len(ops) > 0 {
 		total += len(ops)
-		err = w.sendAssert(ctx, ops)
+		err = w.sendAssertTimed(ops)
 	}
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	defer cancel()
 	if err := n.setMarkers(ctx); err != nil {
 		return err
 	}
@@ -563,6 +572,16 @@ func (w *writerState) reassert(ctx context.Context) error {
 	n.asserts.Add(1)
 	n.log.Info("sessions re-asserted in redis", "sessions", total, "took", time.Since(t0))
 	return nil
+}
+
+// writeTimeout bounds one writer round of pipelines (and each re-assert
+// chunk of 16 pipelines' worth of sessions).
+const writeTimeout = 10 * time.Second
+
+func (w *writerState) sendAssertTimed(ops []op) error {
+	ctx, cancel := context.WithTimeout(w.n.ctx, writeTimeout)
+	defer cancel()
+	return w.sendAssert(ctx, ops)
 }
 
 // assertBatch is the most sessions one TOUCHN or ROOMADDN call carries.
@@ -972,6 +991,16 @@ func (n *Node) subscribeLoop() {
 	ctx := n.ctx
 	for {
 		sub := n.c.Subscribe(ctx, n.k.channel())
+		if _, err := sub.Receive(ctx); err != nil {
+			_ = sub.Close()
+			select {
+			case <-n.quit:
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		n.subscribed.Store(true)
 		ch := sub.Channel(redis.WithChannelSize(4096))
 	recv:
 		for {
@@ -981,6 +1010,7 @@ func (n *Node) subscribeLoop() {
 				return
 			case msg, ok := <-ch:
 				if !ok {
+					n.subscribed.Store(false)
 					break recv
 				}
 				if ev, ok := decodeEvent(msg.Payload); ok && n.onEvent != nil {

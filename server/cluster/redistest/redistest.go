@@ -265,3 +265,21 @@ func sortStrings(a []string) {
 		}
 	}
 }
+
+// StartSentinel runs one redis-server --sentinel monitoring master under
+// the name "mymaster" (quorum 1).
+func StartSentinel(t testing.TB, master *Server) *Server {
+	t.Helper()
+	lookPath(t, "redis-server")
+	s := &Server{t: t, Port: FreePort(t), dir: t.TempDir()}
+	conf := filepath.Join(s.dir, "sentinel.conf")
+	body := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %s\nsentinel monitor mymaster 127.0.0.1 %d 1\nsentinel down-after-milliseconds mymaster 2000\n",
+		s.Port, s.dir, master.Port)
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.args = []string{conf, "--sentinel", "--loglevel", "warning"}
+	s.run()
+	t.Cleanup(s.Stop)
+	return s
+}
