@@ -57,6 +57,9 @@ staticcheck ./...
 say "go test -race"
 go test -race -count=1 -timeout 20m ./...
 
+say "allocation guards without -race (the race detector perturbs sync.Pool)"
+go test -count=1 -run 'Allocs' ./...
+
 say "fuzz smoke (5 s each)"
 for pkg in $(go list ./...); do
   dir=$(go list -f '{{.Dir}}' "$pkg")

@@ -123,7 +123,7 @@ func (s *Server) closeCluster(ctx context.Context) error {
 // empty room: all the user's rooms), whether or not this node holds the
 // session: the leave may come through another node than the heartbeats.
 // It does not block; the leave reaches Redis with the writer's next batch.
-// The leave paths of both transports call it after s.leave succeeds.
+// Server.leave calls it for both transports once the leave is authorized.
 func (s *Server) clusterLeave(user, room []byte, now int64) {
 	if s.cl != nil {
 		s.cl.OfferLeave(user, room, len(room) == 0, now)

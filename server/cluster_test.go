@@ -61,7 +61,11 @@ func startCluster(t *testing.T, cfg Config) *cnode {
 	if os.Getenv("PRESENCED_TEST_LOG") != "" {
 		w = os.Stderr
 	}
-	s, err := New(cfg, slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	lvl := slog.LevelWarn
+	if w != io.Discard {
+		lvl = slog.LevelInfo
+	}
+	s, err := New(cfg, slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -583,11 +587,25 @@ func TestClusterRedisOutage(t *testing.T) {
 	restarted := time.Now()
 	waitFor(t, 5*time.Second, "cluster view to converge after Redis came back empty", func() bool {
 		st := b.stats()
-		return !st.Partial && st.Sessions == sessions+20
+		if st.Partial || st.Sessions != sessions+20 || st.Rooms != 101 {
+			return false
+		}
+		r7, _ := b.roomOnline("room-7")
+		rx, _ := b.roomOnline("room-x")
+		return r7 == sessions/100 && rx == 20
 	})
 	t.Logf("converged %d sessions in %s after the restart", sessions+20, time.Since(restarted))
 	if u := b.user("outage-3"); !u.Online || u.Partial {
 		t.Errorf("B after recovery: %+v", u)
+	}
+	if st := b.stats(); st.OnlineUsers != sessions+20 || st.Rooms != 101 {
+		t.Errorf("B stats after recovery: %+v, want %d users in 101 rooms", st, sessions+20)
+	}
+	if on, partial := b.roomOnline("room-7"); on != sessions/100 || partial {
+		t.Errorf("B room-7 after recovery: %d %v, want %d", on, partial, sessions/100)
+	}
+	if on, _ := b.roomOnline("room-x"); on != 20 {
+		t.Errorf("B room-x after recovery: %d, want 20", on)
 	}
 	if a.metricValue("presenced_redis_up") != 1 {
 		t.Error("presenced_redis_up is not 1 after recovery")

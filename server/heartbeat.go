@@ -64,6 +64,7 @@ func (s *Server) leave(tr transport, user, room, tok []byte, nowMs int64) (int, 
 	if o != outOK {
 		return 0, o
 	}
+	s.clusterLeave(user, room, nowMs)
 	if len(room) > 0 {
 		if !s.m.Leave(user, room, nowMs) {
 			return 0, o

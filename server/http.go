@@ -392,7 +392,6 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 		outcomeError(ctx, o)
 		return
 	}
-	s.clusterLeave(sc.hb.user, sc.hb.room, now)
 	if n == 0 || s.durable(ctx) {
 		jsonBody(ctx, fasthttp.StatusOK, fmt.Appendf(nil, `{"left":%d}`, n))
 	}

@@ -255,28 +255,40 @@ func TestSteadyStateCommandsPerHeartbeat(t *testing.T) {
 		c.ReapInterval = time.Hour // reaper cost is per bucket, not per heartbeat: left out here
 		c.HealthInterval = time.Hour
 	})
+	users := make([][]byte, sessions)
+	rooms := make([][]byte, sessions)
+	for i := range users {
+		users[i] = []byte(fmt.Sprintf("user-%d", i))
+		rooms[i] = []byte(fmt.Sprintf("room-%d", i%50))
+	}
 	beat := func() {
 		now := time.Now().UnixMilli()
-		for i := range sessions {
-			if _, err := tn.m.Touch([]byte(fmt.Sprintf("user-%d", i)), []byte(fmt.Sprintf("room-%d", i%50)), now, ttl.Milliseconds()); err != nil {
+		for i := range users {
+			if _, err := tn.m.Touch(users[i], rooms[i], now, ttl.Milliseconds()); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	// Warm up: joins, then one TTL of refreshes.
+	// Rounds at fixed times, whatever a round costs: rounds 0-3 warm up
+	// (joins, then a TTL of refreshes), rounds 4-7 are measured, from just
+	// before round 4 to just before round 8 (the same phase).
 	start := time.Now()
-	for time.Since(start) < ttl {
-		beat()
-		time.Sleep(interval)
-	}
-	before := redistest.CommandStats(t, r)
-	st0 := tn.n.Stats()
+	tick := func(k int) { time.Sleep(time.Until(start.Add(time.Duration(k) * interval))) }
+	var before map[string]int64
+	var st0 Stats
 	beats := 0
-	for range 4 {
+	for k := range 8 {
+		tick(k)
+		if k == 4 {
+			before = redistest.CommandStats(t, r)
+			st0 = tn.n.Stats()
+		}
 		beat()
-		beats += sessions
-		time.Sleep(interval)
+		if k >= 4 {
+			beats += sessions
+		}
 	}
+	tick(8)
 	after := redistest.CommandStats(t, r)
 	st1 := tn.n.Stats()
 	d := redistest.Diff(before, after)

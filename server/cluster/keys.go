@@ -169,11 +169,13 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 return 0
 `)
-	// TOUCHN is TOUCH for many sessions of one user bucket (re-assert).
+	// TOUCHN is TOUCH for many sessions of one user bucket (re-assert),
+	// with the expiry-set and counter updates batched at the end.
 	// KEYS: bucket expiry set, bucket counts, then one user hash per session.
 	// ARGV: per session room, expiry, lastSeen, member. Returns 0/1 per session.
 	scriptTouchN = redis.NewScript(`
-local out = {}
+local out, z = {}, {}
+local ds, du = 0, 0
 for i = 3, #KEYS do
   local a = (i - 3) * 4
   local room, e, ls, m = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
@@ -184,29 +186,35 @@ for i = 3, #KEYS do
     local old = tonumber(string.match(v, '^(%d+)'))
     if not old or old < exp then
       redis.call('HSET', KEYS[i], room, e .. ':' .. ls)
-      redis.call('ZADD', KEYS[1], exp, m)
+      z[#z + 1] = exp
+      z[#z + 1] = m
     end
   else
-    local first = redis.call('EXISTS', KEYS[i]) == 0
     redis.call('HSET', KEYS[i], room, e .. ':' .. ls)
-    redis.call('ZADD', KEYS[1], exp, m)
-    redis.call('HINCRBY', KEYS[2], 's', 1)
-    if first then redis.call('HINCRBY', KEYS[2], 'u', 1) end
+    if redis.call('HLEN', KEYS[i]) == 1 then du = du + 1 end
+    ds = ds + 1
+    z[#z + 1] = exp
+    z[#z + 1] = m
     r = 1
   end
   out[#out + 1] = r
 end
+if #z > 0 then redis.call('ZADD', KEYS[1], unpack(z)) end
+if ds > 0 then redis.call('HINCRBY', KEYS[2], 's', ds) end
+if du > 0 then redis.call('HINCRBY', KEYS[2], 'u', du) end
 return out
 `)
-	// ROOMADDN is ROOMADD for many members of one room bucket (re-assert).
-	// KEYS: bucket top set, then one member set per member. ARGV: per
-	// member user, room.
+	// ROOMADDN is ROOMADD for many members of rooms of one room bucket
+	// (re-assert). KEYS: bucket top set, then one member set per room.
+	// ARGV: per room its name, the member count n, then n "0", user pairs.
 	scriptRoomAddN = redis.NewScript(`
+local p = 1
 for i = 2, #KEYS do
-  local a = (i - 2) * 2
-  if redis.call('ZADD', KEYS[i], 0, ARGV[a + 1]) == 1 then
-    redis.call('ZINCRBY', KEYS[1], 1, ARGV[a + 2])
-  end
+  local room, n = ARGV[p], tonumber(ARGV[p + 1])
+  p = p + 2
+  local added = redis.call('ZADD', KEYS[i], unpack(ARGV, p, p + 2 * n - 1))
+  p = p + 2 * n
+  if added > 0 then redis.call('ZINCRBY', KEYS[1], added, room) end
 end
 return 0
 `)

@@ -641,20 +641,35 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 	return n.withScripts(ctx, func() error {
 		p := n.c.Pipeline()
 		for b, idx := range byRoom {
-			for len(idx) > 0 {
-				k := min(len(idx), assertBatch)
-				chunk := idx[:k]
-				idx = idx[k:]
-				keys := make([]string, 0, 1+k)
-				keys = append(keys, n.k.top(b))
-				args := make([]any, 0, 2*k)
-				for _, i := range chunk {
-					o := &ops[i]
-					keys = append(keys, n.k.members(o.room))
-					args = append(args, o.user, o.room)
-				}
-				scriptRoomAddN.EvalSha(ctx, p, keys, args...)
+			if len(idx) == 0 {
+				continue
 			}
+			sort.Slice(idx, func(x, y int) bool { return ops[idx[x]].room < ops[idx[y]].room })
+			keys := []string{n.k.top(b)}
+			var args []any
+			flush := func() {
+				if len(keys) > 1 {
+					scriptRoomAddN.EvalSha(ctx, p, keys, args...)
+				}
+				keys, args = []string{n.k.top(b)}, nil
+			}
+			for x := 0; x < len(idx); {
+				room := ops[idx[x]].room
+				y := x
+				for y < len(idx) && ops[idx[y]].room == room && y-x < 2*assertBatch {
+					y++
+				}
+				keys = append(keys, n.k.members(room))
+				args = append(args, room, y-x)
+				for _, i := range idx[x:y] {
+					args = append(args, 0, ops[i].user)
+				}
+				if len(args) >= 4*assertBatch {
+					flush()
+				}
+				x = y
+			}
+			flush()
 		}
 		return n.exec(ctx, p)
 	})
