@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,7 +34,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binPath = filepath.Join(dir, "presenced")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goTool := "go"
 	if out, err := exec.Command(goTool, "build", "-race", "-o", binPath, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "cannot build presenced: %v\n%s", err, out)
 		os.Exit(1)

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -54,18 +53,18 @@ func TestOpenLoopStall(t *testing.T) {
 		t.Fatal(err)
 	}
 	var (
-		mu      sync.Mutex // every handler takes it: the stall stops the whole target
-		n       atomic.Int64
-		stalled atomic.Bool
+		n atomic.Int64
+		// stallUntil (unix ns): every request waits until then, so the
+		// stall stops the whole target.
+		stallUntil atomic.Int64
 	)
 	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		if n.Add(1) == 100 && stalled.CompareAndSwap(false, true) {
-			mu.Lock()
-			time.Sleep(300 * time.Millisecond)
-			mu.Unlock()
+		if n.Add(1) == 100 {
+			stallUntil.Store(time.Now().Add(300 * time.Millisecond).UnixNano())
 		}
-		mu.Lock()
-		mu.Unlock() //nolint:staticcheck // an empty critical section waits out the stall
+		if d := time.Until(time.Unix(0, stallUntil.Load())); d > 0 {
+			time.Sleep(d)
+		}
 		ctx.SetBody(nullHeartbeatBody)
 	}}
 	go srv.Serve(ln)
@@ -78,7 +77,7 @@ func TestOpenLoopStall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !stalled.Load() {
+	if stallUntil.Load() == 0 {
 		t.Fatal("the target never stalled")
 	}
 	want := int64(rate * dur.Seconds())

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -407,97 +406,6 @@ func pathID(ctx *fasthttp.RequestCtx, raw []byte, field string) ([]byte, bool) {
 	return []byte(s), true
 }
 
-// appendUser appends one user status object.
-func (s *Server) appendUser(b []byte, user []byte, rooms []shardmap.RoomSession) ([]byte, []shardmap.RoomSession) {
-	rooms, lastSeen, online := s.m.User(user, rooms[:0])
-	if !online && s.store != nil {
-		if ms, ok, err := s.store.LastSeen(user); err == nil && ok {
-			lastSeen = ms
-		}
-	}
-	b = append(b, `{"user":`...)
-	b = appendJSONString(b, string(user))
-	b = append(b, `,"online":`...)
-	b = strconv.AppendBool(b, online)
-	b = append(b, `,"rooms":[`...)
-	for i, r := range rooms {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendJSONString(b, r.Room)
-	}
-	b = append(b, `],"last_seen":`...)
-	b = appendTime(b, lastSeen)
-	return append(b, '}'), rooms
-}
-
-func (s *Server) hUser(ctx *fasthttp.RequestCtx, raw []byte) {
-	user, ok := pathID(ctx, raw, "user")
-	if !ok {
-		return
-	}
-	if s.cl != nil {
-		s.cUsers(ctx, []string{string(user)}, true)
-		return
-	}
-	b, _ := s.appendUser(nil, user, nil)
-	jsonBody(ctx, fasthttp.StatusOK, b)
-}
-
-func (s *Server) hStatus(ctx *fasthttp.RequestCtx) {
-	if s.cl != nil {
-		if users, ok := s.cStatusUsers(ctx); ok {
-			s.cUsers(ctx, users, false)
-		}
-		return
-	}
-	var req struct {
-		Users []string `json:"users"`
-	}
-	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
-		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"users":[...]} of strings`)
-		return
-	}
-	if req.Users == nil {
-		jsonError(ctx, fasthttp.StatusBadRequest, `"users" must be an array of user ids`)
-		return
-	}
-	if len(req.Users) > s.cfg.MaxStatusUsers {
-		jsonError(ctx, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("users exceeds max-status-users (%d)", s.cfg.MaxStatusUsers))
-		return
-	}
-	for i, u := range req.Users {
-		if !wire.ValidID([]byte(u), false) {
-			jsonError(ctx, fasthttp.StatusBadRequest, fmt.Sprintf("users[%d] must be 1 to 128 bytes of UTF-8 without control characters", i))
-			return
-		}
-	}
-	b := []byte(`{"users":[`)
-	var rooms []shardmap.RoomSession
-	for i, u := range req.Users {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b, rooms = s.appendUser(b, []byte(u), rooms)
-	}
-	jsonBody(ctx, fasthttp.StatusOK, append(b, "]}"...))
-}
-
-func (s *Server) hRoom(ctx *fasthttp.RequestCtx, raw []byte) {
-	room, ok := pathID(ctx, raw, "room")
-	if !ok {
-		return
-	}
-	if s.cl != nil {
-		s.cRoom(ctx, room)
-		return
-	}
-	b := append([]byte(`{"room":`), appendJSONString(nil, string(room))...)
-	b = append(b, `,"online":`...)
-	b = strconv.AppendInt(b, int64(s.m.RoomOnline(room)), 10)
-	jsonBody(ctx, fasthttp.StatusOK, append(b, '}'))
-}
-
 // intArg reads an optional integer query argument within [min, max].
 func intArg(ctx *fasthttp.RequestCtx, name string, def, min, max int) (int, bool) {
 	v := ctx.QueryArgs().Peek(name)
@@ -510,85 +418,6 @@ func intArg(ctx *fasthttp.RequestCtx, name string, def, min, max int) (int, bool
 		return 0, false
 	}
 	return n, true
-}
-
-func (s *Server) hMembers(ctx *fasthttp.RequestCtx, raw []byte) {
-	room, ok := pathID(ctx, raw, "room")
-	if !ok {
-		return
-	}
-	limit, ok := intArg(ctx, "limit", defaultMembersLimit, 1, maxMembersLimit)
-	if !ok {
-		return
-	}
-	if s.cl != nil {
-		s.cMembers(ctx, room, limit)
-		return
-	}
-	var cursor uint64
-	if c := ctx.QueryArgs().Peek("cursor"); len(c) > 0 {
-		v, err := strconv.ParseUint(string(c), 36, 64)
-		if err != nil || v == 0 {
-			jsonError(ctx, fasthttp.StatusBadRequest, "cursor must be a next_cursor value from an earlier page")
-			return
-		}
-		cursor = v
-	}
-	members, next := s.m.Members(room, cursor, limit, nil)
-	b := append([]byte(`{"room":`), appendJSONString(nil, string(room))...)
-	b = append(b, `,"members":[`...)
-	for i, mb := range members {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, `{"user":`...)
-		b = appendJSONString(b, mb.User)
-		b = append(b, `,"last_seen":`...)
-		b = appendTime(b, mb.LastSeen)
-		b = append(b, '}')
-	}
-	b = append(b, `],"next_cursor":`...)
-	if next == 0 {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, '"')
-		b = strconv.AppendUint(b, next, 36)
-		b = append(b, '"')
-	}
-	jsonBody(ctx, fasthttp.StatusOK, append(b, '}'))
-}
-
-func (s *Server) hTopRooms(ctx *fasthttp.RequestCtx) {
-	n, ok := intArg(ctx, "top", defaultTopRooms, 1, maxTopRooms)
-	if !ok {
-		return
-	}
-	if s.cl != nil {
-		s.cTopRooms(ctx, n)
-		return
-	}
-	rooms := s.m.TopRooms(n, nil)
-	b := []byte(`{"rooms":[`)
-	for i, r := range rooms {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, `{"room":`...)
-		b = appendJSONString(b, r.Room)
-		b = append(b, `,"online":`...)
-		b = strconv.AppendInt(b, int64(r.Online), 10)
-		b = append(b, '}')
-	}
-	jsonBody(ctx, fasthttp.StatusOK, append(b, "]}"...))
-}
-
-func (s *Server) hStats(ctx *fasthttp.RequestCtx) {
-	if s.cl != nil {
-		s.cStats(ctx)
-		return
-	}
-	st := s.m.Stats()
-	jsonBody(ctx, fasthttp.StatusOK, fmt.Appendf(nil, `{"online_users":%d,"sessions":%d,"rooms":%d}`, st.OnlineUsers, st.Sessions, st.Rooms))
 }
 
 func (s *Server) hReady(ctx *fasthttp.RequestCtx) {
