@@ -40,14 +40,24 @@ half() {
   lt --rate "$rate" --duration 10s "$@"
 }
 
-{
+exec > >(tee "$out/summary.txt") 2>&1
 echo "# $(date -u +%FT%TZ) $(go version) commit $(git rev-parse --short HEAD) $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+if [ -z "${SKIP_MICRO:-}" ]; then
+  echo "## micro-benchmarks"
+  go test -run '^$' -bench 'TouchParallel|TouchJoin|Expire' -benchmem -benchtime 2s ./shardmap/
+  go test -run '^$' -bench 'Memory1M' -benchtime 1x ./shardmap/
+  go test -run '^$' -bench . -benchmem ./server/wire/ ./server/token/
+  go test -run '^$' -bench 'UDPHeartbeat|HTTPHeartbeatHandler' -benchmem -benchtime 2s ./server/
+  go test -run '^$' -bench 'RecordsPerHeartbeat|Committer' -benchmem ./persist/
+  go test -run '^$' -bench 'Replay1M' -benchtime 1x ./persist/
+  go test -run '^$' -bench 'HeartbeatThroughput|ReplicationLag' -benchtime 2s ./server/
+fi
 start
 echo "## UDP, presenced vs do-nothing gnet receiver vs raw recvmmsg receiver vs Redis SETEX"
-lt --transport udp --rate 10000 "${sweep[@]}" --baselines null-udp,raw-udp,redis-setex,redis-setex-pipelined --json "$out/udp.json" --html "$out/udp.html"
+lt --transport udp --rate 10000 "${sweep[@]}" --baselines=null-udp,raw-udp,redis-setex,redis-setex-pipelined --json "$out/udp.json" --html "$out/udp.html"
 half "$out/udp.json" --transport udp
 echo "## HTTP single heartbeats, presenced vs do-nothing fasthttp handler"
-lt --transport http --rate 5000 "${sweep[@]}" --baselines null-http --json "$out/http.json" --html "$out/http.html"
+lt --transport http --rate 5000 "${sweep[@]}" --baselines=null-http --json "$out/http.json" --html "$out/http.html"
 half "$out/http.json" --transport http
 echo "## HTTP batches of 100"
 lt --transport http-batch --batch 100 --rate 20000 "${sweep[@]}" --json "$out/http-batch.json" --html "$out/http-batch.html"
@@ -73,4 +83,3 @@ USERS=1000000 lt --transport udp --interval 60s --duration 70s --json "$out/1m.j
 echo "server RSS: $(ps -o rss= -p "$pid") KiB"
 curl -s "http://$addr/v1/stats"; echo
 stop
-} 2>&1 | tee "$out/summary.txt"

@@ -149,6 +149,12 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		c.arena = appendSessionValue(c.arena, ch.LastSeen, ch.Expiry)
 		c.ops = append(c.ops, op{kind: opSet, k0: k0, k1: k1, v1: uint32(len(c.arena))})
 		c.sessionSets++
+		// A live session's record holds its last-seen; the user's own
+		// last-seen record is only needed once a session ends, so a refresh
+		// costs one record, not two.
+		c.pendingBytes += int64(len(c.arena)-before) + opOverhead
+		s.ctr.pendingBytes.Store(c.pendingBytes)
+		return
 	}
 
 	h := maphash.Bytes(s.seed, ch.User)

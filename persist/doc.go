@@ -41,7 +41,9 @@
 //	+-----+---------------+          +--------------------------+
 //	| 'u' | user          |    ->    | lastSeen ms (8 BE)       |
 //	+-----+---------------+          +--------------------------+
-//	Written with Pebble Merge under a max-int64 merger
+//	Written when a session ends (leave, expiry, or an expiry found by
+//	Replay): a live session's last-seen is in its session record, so a
+//	refresh costs one record. Written with Pebble Merge under a max-int64 merger
 //	("presenced.lastseen.max.v1"), so the stored value never moves backwards
 //	whatever order sessions of one user are drained in. Deleted by the sweep
 //	once older than Config.LastSeenRetention.

@@ -122,8 +122,12 @@ func (s *Store) pebbleOptions() *pebble.Options {
 		FormatMajorVersion: pebble.FormatNewest,
 		Merger:             lastSeenMerger,
 		Logger:             pebbleLogger{s.log},
-		// 16 MiB memtables: a 100ms cycle at 100k changes/s is ~5 MiB.
-		MemTableSize: 16 << 20,
+		// 64 MiB memtables: every session is rewritten once per heartbeat
+		// interval, so a memtable that holds several intervals of refreshes
+		// flushes each session once instead of once per refresh (measured:
+		// 16 MiB sustained 15k heartbeats/s on 2 cores, 64 MiB 22.5k+).
+		// Costs up to two memtables (128 MiB) of RAM under sustained load.
+		MemTableSize: 64 << 20,
 		EventListener: &pebble.EventListener{
 			BackgroundError: func(err error) {
 				s.log.Error("pebble background error", "err", err)
@@ -307,10 +311,10 @@ func (s *Store) WaitDurable(ctx context.Context) error {
 	}
 }
 
-// LastSeen returns the user's last-seen time (unix ms) as of the last
-// commit; ok is false if the user was not seen within the retention.
-// Sessions live right now are in the map, not here: the server asks it
-// first.
+// LastSeen returns when the user's most recent ended session was last
+// seen (unix ms) as of the last commit; ok is false if none ended within
+// the retention. Live sessions keep their last-seen in their own records
+// and in the map, which the server asks first.
 func (s *Store) LastSeen(user []byte) (ms int64, ok bool, err error) {
 	var buf [1 + maxUserLen]byte
 	if len(user) > maxUserLen {

@@ -66,7 +66,14 @@ func (l *sourceLimiter) allow(src []byte, cost int64, nowMs int64) bool {
 		if old == 0 {
 			tokens, last = burst, now
 		}
-		elapsed := int64((now - last) & limTimeMask)
+		// Two event loops read the clock independently: one may come here
+		// with a now a little older than the last refill. That is no time
+		// passing, not 2^40 ms of it (which would refill the bucket).
+		elapsed := int64(now) - int64(last)
+		if elapsed < -(1 << (limTimeBits - 1)) {
+			elapsed += 1 << limTimeBits // the 34-year wrap of the field
+		}
+		elapsed = max(elapsed, 0)
 		if refill := elapsed * rate / 1000; refill > 0 {
 			tokens = min(burst, tokens+refill)
 			last = (last + uint64(refill*1000/rate)) & limTimeMask

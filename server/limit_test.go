@@ -53,6 +53,24 @@ func TestSourceLimiterRate(t *testing.T) {
 	}
 }
 
+// TestSourceLimiterClockSkew: event loops read the clock on their own, so
+// a datagram may carry a now slightly older than the bucket's last refill;
+// that must not refill the bucket.
+func TestSourceLimiterClockSkew(t *testing.T) {
+	l := newSourceLimiter(64, 100, 10)
+	src := []byte{10, 0, 0, 9}
+	now := int64(1_700_000_000_000)
+	got := 0
+	for i := range 1000 {
+		if l.allow(src, 1, now-int64(i%2)) { // alternately 1 ms in the past
+			got++
+		}
+	}
+	if got != 10 {
+		t.Fatalf("%d allowed with a skewed clock, want the burst of 10", got)
+	}
+}
+
 // TestSourceLimiterBoundedMemory: a million distinct sources do not grow
 // the table, and a well-behaved source keeps most of its rate.
 func TestSourceLimiterBoundedMemory(t *testing.T) {
