@@ -66,7 +66,8 @@ for mode in none interval always; do
   stop
   if [ $mode = none ]; then start --data-dir ''; else rm -rf "$data"; start --fsync $mode; fi
   echo "### $mode"
-  lt --transport udp --rate 10000 "${sweep[@]}" --json "$out/persist-$mode.json"
+  rate=10000; [ $mode = always ] && rate=1000   # every ack waits for an fsync
+  lt --transport udp --rate $rate "${sweep[@]}" --json "$out/persist-$mode.json"
 done
 echo "## abuse: one source floods as fast as it can beside 10,000 users (server --ttl 5s --interval 2s)"
 stop
