@@ -85,6 +85,9 @@ type Config struct {
 	SourceTableSlots int
 	// MaxEventStreams bounds concurrent GET /v1/events streams (--max-event-streams, default 1000).
 	MaxEventStreams int
+	// PprofAddr serves Go's net/http/pprof profiles on a separate listener
+	// (--pprof-addr, default empty: off). Bind it to loopback.
+	PprofAddr string
 	// APITokenFile holds bearer tokens for the read endpoints and the event
 	// stream, one per line (--api-token-file, empty: reads are open).
 	APITokenFile string
@@ -228,6 +231,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.SourceBurst, "source-burst", c.SourceBurst, "burst of heartbeats allowed from one source IP")
 	fs.IntVar(&c.SourceTableSlots, "source-table-slots", c.SourceTableSlots, "fixed size of the per-source rate table (8 bytes each)")
 	fs.IntVar(&c.MaxEventStreams, "max-event-streams", c.MaxEventStreams, "most concurrent GET /v1/events streams")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof profiles on this address (empty: off; keep it on loopback)")
 	fs.StringVar(&c.APITokenFile, "api-token-file", c.APITokenFile, "file of bearer tokens for the read endpoints and the event stream, one per line (empty: open)")
 	fs.IntVar(&c.Map.Shards, "shards", c.Map.Shards, "user shards of the presence table (power of two)")
 	fs.IntVar(&c.Map.MaxRoomsPerUser, "max-rooms-per-user", c.Map.MaxRoomsPerUser, "most live rooms per user")

@@ -44,6 +44,7 @@ type Server struct {
 	apiTokens atomic.Pointer[[][]byte]
 	src       *sourceLimiter
 	rl        reloadState
+	stopPprof func(context.Context) error
 	// lastSweep is when the sweeper last finished a pass (unix ns); Alive
 	// reads it for the systemd watchdog.
 	lastSweep atomic.Int64
@@ -164,6 +165,12 @@ func (s *Server) Start() error {
 		s.udp = u
 	}
 	s.goroutine(s.sweepLoop)
+	stopPprof, err := s.startPprof()
+	if err != nil {
+		s.log.Error("profiles not served", "err", err)
+		stopPprof = func(context.Context) error { return nil }
+	}
+	s.stopPprof = stopPprof
 	s.state.Store(stateReady)
 	s.log.Info("presenced ready", "http", s.HTTPAddr(), "udp", s.UDPAddr(),
 		"ttl", s.cfg.TTL, "interval", s.cfg.Interval, "data_dir", s.cfg.DataDir,
@@ -311,6 +318,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		errs = append(errs, step("stop udp", func() error { return s.udp.stop(ctx) }))
 	}
 	errs = append(errs, step("stop http", func() error { return s.stopHTTP(ctx) }))
+	if s.stopPprof != nil {
+		errs = append(errs, s.stopPprof(ctx))
+	}
 	close(s.quit)
 	if s.store != nil {
 		errs = append(errs, step("close write-ahead log", s.store.Close))
