@@ -77,9 +77,15 @@ func TestCrashAlways(t *testing.T) {
 				}()
 			}
 			time.Sleep(time.Duration(20+rng.IntN(60)) * time.Millisecond)
-			mu.Lock()
-			want := append([]string(nil), durable...)
-			mu.Unlock()
+			var want []string
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+				mu.Lock()
+				want = append(want[:0], durable...)
+				mu.Unlock()
+				if len(want) > 0 || time.Now().After(deadline) {
+					break // on a loaded machine the first sync may come late
+				}
+			}
 			crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 50, RNG: rand.New(rand.NewPCG(seed, 2))})
 			stop.Store(true)
 			wg.Wait()
@@ -128,16 +134,24 @@ func TestCrashInterval(t *testing.T) {
 			time.Sleep(time.Duration(20+rng.IntN(60)) * time.Millisecond)
 			// A change queued when n cycles had synced is drained by cycle
 			// n+1 at the latest (n+1 may have drained just before it), so
-			// it is on disk once n+2 cycles have synced.
-			synced := s.ctr.syncCount.Load()
-			mu.Lock()
+			// it is on disk once n+2 cycles have synced. On a loaded machine
+			// (-race, other packages' tests) the committer may not have got
+			// that far yet: wait until something qualifies, bounded.
 			var want []string
-			for _, q := range log {
-				if q.cycle+2 <= synced {
-					want = append(want, q.user)
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+				synced := s.ctr.syncCount.Load()
+				mu.Lock()
+				want = want[:0]
+				for _, q := range log {
+					if q.cycle+2 <= synced {
+						want = append(want, q.user)
+					}
+				}
+				mu.Unlock()
+				if len(want) > 0 || time.Now().After(deadline) {
+					break
 				}
 			}
-			mu.Unlock()
 			crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 50, RNG: rand.New(rand.NewPCG(seed, 2))})
 			stop.Store(true)
 			<-done
