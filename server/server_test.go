@@ -378,8 +378,8 @@ func TestMembersPagingEveryMemberOnce(t *testing.T) {
 
 func TestExpiryAndLeave(t *testing.T) {
 	n := startNode(t, func(c *server.Config) {
-		c.TTL = 400 * time.Millisecond
-		c.Interval = 100 * time.Millisecond
+		c.TTL = time.Second
+		c.Interval = 200 * time.Millisecond
 		c.SweepInterval = 20 * time.Millisecond
 	})
 	n.heartbeat("a", "r1", "")
@@ -401,7 +401,7 @@ func TestExpiryAndLeave(t *testing.T) {
 		t.Fatalf("r1 after leave = %d, want 2", got)
 	}
 	// Keep c alive; a stops heartbeating and expires.
-	stop := time.Now().Add(1500 * time.Millisecond)
+	stop := time.Now().Add(2500 * time.Millisecond)
 	for time.Now().Before(stop) {
 		n.heartbeat("c", "r1", "")
 		time.Sleep(100 * time.Millisecond)
