@@ -69,10 +69,9 @@ func (s *Store) run() {
 	sweep := time.NewTimer(s.firstSweepDelay)
 	defer sweep.Stop()
 	s.c.lastCompact = time.Now()
-	// Every cycle commits with pebble.Sync: in off mode the FS turns the
-	// WAL fsync into a no-op (walnosync.go), so the commit still reaches
-	// the OS, which pebble.NoSync does not promise.
-	const periodicSync = true
+	// Every cycle commits with pebble.Sync (cycle(true)): in off mode the FS
+	// turns the WAL fsync into a no-op (walnosync.go), so the commit still
+	// reaches the OS, which pebble.NoSync does not promise.
 	for {
 		if s.c.sweeping {
 			select {
@@ -81,7 +80,7 @@ func (s *Store) run() {
 			case <-s.kick:
 				s.cycle(true)
 			case <-ticker.C:
-				s.cycle(periodicSync)
+				s.cycle(true)
 			default:
 				s.sweepStep()
 			}
@@ -93,7 +92,7 @@ func (s *Store) run() {
 		case <-s.kick:
 			s.cycle(true)
 		case <-ticker.C:
-			s.cycle(periodicSync)
+			s.cycle(true)
 		case <-sweep.C:
 			sweep.Reset(s.cfg.SweepInterval)
 			s.c.sweeping = true

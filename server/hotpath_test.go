@@ -215,3 +215,28 @@ func FuzzUDPHandler(f *testing.F) {
 		}
 	})
 }
+
+// TestUDPWhileStarting: during log replay a valid, signed datagram is
+// answered "unavailable"; an unsigned one still gets no reply.
+func TestUDPWhileStarting(t *testing.T) {
+	s, kr := newTestServer(t)
+	s.state.Store(stateStarting)
+	u := &udpServer{s: s}
+	tok, _ := kr.Mint("", "alice", "", false, time.Now().Add(time.Hour))
+	signed, _ := wire.AppendRequest(nil, 1, true, []wire.Item{{Op: wire.OpHeartbeat, User: []byte("alice"), Token: []byte(tok)}})
+	unsigned, _ := wire.AppendRequest(nil, 2, true, []wire.Item{{Op: wire.OpHeartbeat, User: []byte("alice")}})
+	c := &fakeConn{in: unsigned}
+	u.OnTraffic(c)
+	if c.replies != 0 {
+		t.Fatalf("answered an unauthenticated datagram while starting: %x", c.last)
+	}
+	c.in = signed
+	u.OnTraffic(c)
+	var r wire.Reply
+	if err := r.Decode(c.last); err != nil || c.replies != 1 || r.Statuses()[0] != wire.StatusUnavailable {
+		t.Fatalf("signed datagram while starting: %d replies, %x, %v", c.replies, c.last, err)
+	}
+	if s.m.Stats().Sessions != 0 {
+		t.Fatal("a heartbeat was applied while starting")
+	}
+}

@@ -165,10 +165,13 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 	}
 	authed := false
 	if s.state.Load() == stateStarting {
+		// Not taking heartbeats yet, but the no-reply rule for
+		// unauthenticated datagrams holds while starting too.
 		for i := range items {
+			it := &items[i]
 			sc.status[i] = wire.StatusUnavailable
+			authed = authed || !authFailure(s.checkItem(it.User, it.Room, it.Token, now))
 		}
-		authed = true
 	} else {
 		for i := range items {
 			it := &items[i]
