@@ -139,9 +139,7 @@ func (s *Server) clusterEvent(ev shardmap.Event) {
 	if !ev.Join && ev.Reason == shardmap.ReasonLeft {
 		s.m.Leave([]byte(ev.User), []byte(ev.Room), time.Now().UnixMilli())
 	}
-	if missed := s.hub.publish(ev); missed > 0 {
-		s.met.eventsDropped.Add(uint64(missed))
-	}
+	s.bus.Publish(tableEvent(&ev))
 }
 
 func (s *Server) registerClusterMetrics() {

@@ -85,6 +85,14 @@ type Config struct {
 	SourceTableSlots int
 	// MaxEventStreams bounds concurrent GET /v1/events streams (--max-event-streams, default 1000).
 	MaxEventStreams int
+	// EventHistory is how many events are kept for streams that resume
+	// (--event-history, default 100000, about 15 MB in memory on a single
+	// node; in a cluster the Redis Stream keeps them, see --redis-stream-max-len).
+	EventHistory int
+	// LeaveDelay holds leave events this long; a join of the same (user,
+	// room) within it cancels both (--leave-delay, default 2s; 0 turns the
+	// debounce off). Queries are never delayed.
+	LeaveDelay time.Duration
 	// PprofAddr serves Go's net/http/pprof profiles on a separate listener
 	// (--pprof-addr, default empty: off). Bind it to loopback.
 	PprofAddr string
@@ -130,6 +138,8 @@ func DefaultConfig() Config {
 		SourceBurst:      4000,
 		SourceTableSlots: 65536,
 		MaxEventStreams:  1000,
+		EventHistory:     100000,
+		LeaveDelay:       2 * time.Second,
 		Map:              shardmap.DefaultConfig(),
 		Persist:          pc,
 		FsyncMode:        "interval",
@@ -166,6 +176,10 @@ func (c *Config) Validate() error {
 		return errors.New("--source-table-slots must be from 1 to 16777216")
 	case c.MaxEventStreams < 0:
 		return errors.New("--max-event-streams must not be negative")
+	case c.EventHistory < 1 || c.EventHistory > 10000000:
+		return errors.New("--event-history must be from 1 to 10000000")
+	case c.LeaveDelay < 0 || c.LeaveDelay > time.Hour:
+		return errors.New("--leave-delay must be from 0 to 1h")
 	case c.RedisMaster != "" && c.Redis == "":
 		return errors.New("--redis-master needs --redis to list the sentinels")
 	}
@@ -231,6 +245,8 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.SourceBurst, "source-burst", c.SourceBurst, "burst of heartbeats allowed from one source IP")
 	fs.IntVar(&c.SourceTableSlots, "source-table-slots", c.SourceTableSlots, "fixed size of the per-source rate table (8 bytes each)")
 	fs.IntVar(&c.MaxEventStreams, "max-event-streams", c.MaxEventStreams, "most concurrent GET /v1/events streams")
+	fs.IntVar(&c.EventHistory, "event-history", c.EventHistory, "events kept in memory for streams that resume (single node)")
+	fs.DurationVar(&c.LeaveDelay, "leave-delay", c.LeaveDelay, "hold leave events this long; a rejoin within it cancels both (0: off)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof profiles on this address (empty: off; keep it on loopback)")
 	fs.StringVar(&c.APITokenFile, "api-token-file", c.APITokenFile, "file of bearer tokens for the read endpoints and the event stream, one per line (empty: open)")
 	fs.IntVar(&c.Map.Shards, "shards", c.Map.Shards, "user shards of the presence table (power of two)")

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server/wire"
-	"github.com/presenced/presenced/shardmap"
 )
 
 // Query limits of the HTTP API (from the contract).
@@ -25,8 +23,6 @@ const (
 	maxMembersLimit     = 1000
 	defaultTopRooms     = 100
 	maxTopRooms         = 1000
-	// eventBuffer is each event-stream subscriber's queue.
-	eventBuffer = 1024
 )
 
 // httpScratch is the per-request working memory of the heartbeat handlers,
@@ -431,81 +427,4 @@ func (s *Server) hReady(ctx *fasthttp.RequestCtx) {
 	default:
 		jsonBody(ctx, fasthttp.StatusOK, []byte(`{"status":"ready"}`))
 	}
-}
-
-// hEvents streams join and leave events as server-sent events.
-func (s *Server) hEvents(ctx *fasthttp.RequestCtx) {
-	args := ctx.QueryArgs()
-	room, all := "", !args.Has("room")
-	if !all {
-		r := args.Peek("room")
-		if !wire.ValidID(r, true) {
-			jsonError(ctx, fasthttp.StatusBadRequest, "room must be at most 128 bytes of UTF-8 without control characters")
-			return
-		}
-		room = string(r)
-	}
-	sub := s.hub.subscribe(room, all, eventBuffer, s.cfg.MaxEventStreams)
-	if sub == nil {
-		jsonError(ctx, fasthttp.StatusTooManyRequests, fmt.Sprintf("too many event streams (max-event-streams %d)", s.cfg.MaxEventStreams))
-		return
-	}
-	ctx.SetContentType("text/event-stream")
-	ctx.Response.Header.Set("Cache-Control", "no-cache")
-	ctx.Response.Header.Set("X-Accel-Buffering", "no")
-	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
-		defer s.hub.unsubscribe(sub)
-		ping := time.NewTicker(15 * time.Second)
-		defer ping.Stop()
-		_, _ = w.WriteString(": presenced event stream\n\n")
-		if w.Flush() != nil {
-			return
-		}
-		var b []byte
-		for {
-			select {
-			case ev := <-sub.ch:
-				b = appendSSE(b[:0], &ev)
-				// Coalesce what is already queued into one flush.
-				for more := true; more && len(b) < 64<<10; {
-					select {
-					case ev := <-sub.ch:
-						b = appendSSE(b, &ev)
-					default:
-						more = false
-					}
-				}
-				if _, err := w.Write(b); err != nil || w.Flush() != nil {
-					return
-				}
-			case <-ping.C:
-				if _, err := w.WriteString(": ping\n\n"); err != nil || w.Flush() != nil {
-					return
-				}
-			case <-sub.done:
-				return
-			}
-		}
-	})
-}
-
-// appendSSE renders one event: `event: join|leave` and a JSON data line.
-func appendSSE(b []byte, ev *shardmap.Event) []byte {
-	if ev.Join {
-		b = append(b, "event: join\ndata: {\"user\":"...)
-	} else {
-		b = append(b, "event: leave\ndata: {\"user\":"...)
-	}
-	b = appendJSONString(b, ev.User)
-	b = append(b, `,"room":`...)
-	b = appendJSONString(b, ev.Room)
-	b = append(b, `,"at":`...)
-	b = appendTime(b, ev.At)
-	b = append(b, `,"reason":`...)
-	if ev.Join {
-		b = append(b, "null"...)
-	} else {
-		b = appendJSONString(b, ev.Reason.String())
-	}
-	return append(b, "}\n\n"...)
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server/cluster"
+	"github.com/presenced/presenced/server/events"
 	"github.com/presenced/presenced/server/token"
 	"github.com/presenced/presenced/shardmap"
 )
@@ -48,7 +49,11 @@ type Server struct {
 	// lastSweep is when the sweeper last finished a pass (unix ns); Alive
 	// reads it for the systemd watchdog.
 	lastSweep atomic.Int64
-	hub       *hub
+	// bus holds the event history and the stream subscribers; deb holds
+	// leaves for --leave-delay before they reach it (single node).
+	bus       *events.Bus
+	deb       *events.Debouncer
+	streams   atomic.Int64 // open GET /v1/events streams
 	reg       registry
 	met       *serverMetrics
 	start     time.Time
@@ -85,7 +90,6 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		cfg:        cfg,
 		log:        log,
 		m:          m,
-		hub:        newHub(),
 		start:      time.Now(),
 		quit:       make(chan struct{}),
 		ttlMs:      cfg.TTL.Milliseconds(),
@@ -110,6 +114,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		s.keys.Store(kr)
 	}
+	s.bus = events.New(events.Config{History: cfg.EventHistory, Buffer: eventBuffer, Epoch: uint64(s.start.UnixMilli())})
+	s.deb = events.NewDebouncer(cfg.LeaveDelay.Milliseconds(), s.bus.Publish)
 	s.met = newServerMetrics(&s.reg)
 	s.registerGauges()
 	if cfg.Redis != "" {
@@ -165,6 +171,7 @@ func (s *Server) Start() error {
 		s.udp = u
 	}
 	s.goroutine(s.sweepLoop)
+	s.goroutine(s.debounceLoop)
 	stopPprof, err := s.startPprof()
 	if err != nil {
 		s.log.Error("profiles not served", "err", err)
@@ -233,7 +240,28 @@ func (s *Server) sweepLoop() {
 	}
 }
 
-// publish counts an event and hands it to event subscribers.
+// debounceLoop hands held leaves to the event bus once their --leave-delay
+// has passed.
+func (s *Server) debounceLoop() {
+	if s.cfg.LeaveDelay <= 0 {
+		return
+	}
+	t := time.NewTicker(min(s.cfg.LeaveDelay/4, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			s.deb.Flush(0, true)
+			return
+		case now := <-t.C:
+			s.deb.Flush(now.UnixMilli(), false)
+		}
+	}
+}
+
+// publish counts an event decided by this node's table and, on a single
+// node, hands it to the event pipeline: debounce, then the bus (history and
+// streams). In a cluster the events come back from Redis (clusterEvent).
 func (s *Server) publish(ev shardmap.Event) {
 	switch {
 	case ev.Join:
@@ -246,9 +274,21 @@ func (s *Server) publish(ev shardmap.Event) {
 	if s.cl != nil {
 		return // the event stream carries the cluster-wide events (clusterEvent)
 	}
-	if missed := s.hub.publish(ev); missed > 0 {
-		s.met.eventsDropped.Add(uint64(missed))
+	s.deb.Offer(tableEvent(&ev), time.Now().UnixMilli())
+}
+
+// tableEvent converts an event of the presence table into a bus event.
+func tableEvent(ev *shardmap.Event) *events.Event {
+	e := &events.Event{Type: events.Leave, User: ev.User, Room: ev.Room, At: ev.At}
+	switch {
+	case ev.Join:
+		e.Type = events.Join
+	case ev.Reason == shardmap.ReasonTimeout:
+		e.Reason = events.ReasonTimeout
+	default:
+		e.Reason = events.ReasonLeft
 	}
+	return e
 }
 
 // Alive reports whether the sweeper, which takes every shard lock in
@@ -313,7 +353,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		})
 	}
-	s.hub.close()
+	s.bus.Close()
 	if s.udp != nil {
 		errs = append(errs, step("stop udp", func() error { return s.udp.stop(ctx) }))
 	}

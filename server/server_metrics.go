@@ -20,7 +20,6 @@ type serverMetrics struct {
 	leavesLeft *counter
 	// leavesTimeout counts expiries.
 	leavesTimeout *counter
-	eventsDropped *counter
 	httpLatency   []*histogram // by route
 	// lateness observes, per refresh, how far past --interval it came.
 	lateness *histogram
@@ -80,7 +79,6 @@ func newServerMetrics(r *registry) *serverMetrics {
 	m.joins = r.counter("presenced_joins_total", "Sessions started (join events).")
 	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit) or timeout (expired).", `{reason="left"}`, `{reason="timeout"}`)
 	m.leavesLeft, m.leavesTimeout = leaves[0], leaves[1]
-	m.eventsDropped = r.counter("presenced_events_dropped_total", "Events not delivered to a slow event-stream subscriber.")
 	var rl []string
 	for _, l := range routeLabel {
 		rl = append(rl, `{route="`+l+`"}`)
@@ -105,7 +103,12 @@ func (s *Server) registerGauges() {
 		}
 		return 0
 	})
-	r.gaugeFunc("presenced_event_subscribers", "Open GET /v1/events streams.", func() float64 { return float64(s.hub.count()) })
+	r.gaugeFunc("presenced_event_subscribers", "Open GET /v1/events streams.", func() float64 { return float64(s.streams.Load()) })
+	r.counterFunc("presenced_events_published_total", "Events taken into the event history (after the leave debounce).", func() float64 { return float64(s.bus.Stats().Published) })
+	r.gaugeFunc("presenced_event_history_events", "Events held in this node's event history for resume.", func() float64 { return float64(s.bus.Stats().Held) })
+	r.counterFunc("presenced_events_dropped_total", "Times a slow stream's live queue was full: it then re-reads what it missed from the history, or gets a reset.", func() float64 { return float64(s.bus.Stats().Overflows) })
+	r.counterFunc("presenced_event_resets_total", "Reset events sent because the history could not cover a stream's gap.", func() float64 { return float64(s.bus.Stats().Resets) })
+	r.gaugeFunc("presenced_leaves_held", "Leave events held for --leave-delay (a rejoin within it cancels both).", func() float64 { return float64(s.deb.Held()) })
 	r.registerRuntime(s.start)
 	s.registerPersistMetrics()
 }

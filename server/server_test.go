@@ -422,6 +422,7 @@ func TestExpiryAndLeave(t *testing.T) {
 
 func TestEventStream(t *testing.T) {
 	n := startNode(t, func(c *server.Config) {
+		c.LeaveDelay = 0
 		c.TTL = 300 * time.Millisecond
 		c.Interval = 100 * time.Millisecond
 		c.SweepInterval = 20 * time.Millisecond

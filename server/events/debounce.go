@@ -1,0 +1,98 @@
+package events
+
+import (
+	"sync"
+)
+
+// Debouncer holds leaves for a delay (--leave-delay) and drops a leave
+// together with the join that follows it within the delay for the same
+// (user, room): a page reload or a quick reconnect produces no events. A
+// leave not followed by a join reaches Out the delay late. Other events
+// pass at once. It is safe for concurrent use; Out is called with the
+// debouncer's lock held, so events reach it in one order.
+type Debouncer struct {
+	delay int64 // ms; 0 passes everything through
+	out   func(*Event)
+	mu    struct {
+		sync.Mutex
+		pending map[string]*held // user "\x00" room -> the held leave
+		queue   []*held          // in arrival order, which is due order
+	}
+}
+
+type held struct {
+	ev        *Event
+	due       int64
+	cancelled bool
+}
+
+// NewDebouncer returns a debouncer that delays leaves by delayMs and hands
+// events to out.
+func NewDebouncer(delayMs int64, out func(*Event)) *Debouncer {
+	d := &Debouncer{delay: delayMs, out: out}
+	d.mu.pending = map[string]*held{}
+	return d
+}
+
+func debounceKey(user, room string) string { return user + "\x00" + room }
+
+// Offer takes one event decided at now (unix ms).
+func (d *Debouncer) Offer(ev *Event, now int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.delay <= 0 {
+		d.out(ev)
+		return
+	}
+	switch ev.Type {
+	case Leave:
+		k := debounceKey(ev.User, ev.Room)
+		h := &held{ev: ev, due: now + d.delay}
+		if old := d.mu.pending[k]; old != nil { // cannot happen: a leave needs a join first
+			old.cancelled = true
+			d.out(old.ev)
+		}
+		d.mu.pending[k] = h
+		d.mu.queue = append(d.mu.queue, h)
+		return
+	case Join:
+		k := debounceKey(ev.User, ev.Room)
+		if h := d.mu.pending[k]; h != nil {
+			h.cancelled = true
+			delete(d.mu.pending, k)
+			return // the leave and this join never happened, as far as streams can tell
+		}
+	}
+	d.out(ev)
+}
+
+// Flush delivers the held leaves due at now (all of them with all set, at
+// shutdown) and returns how many are still held.
+func (d *Debouncer) Flush(now int64, all bool) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	i := 0
+	for ; i < len(d.mu.queue); i++ {
+		h := d.mu.queue[i]
+		if !all && h.due > now {
+			break
+		}
+		if !h.cancelled {
+			delete(d.mu.pending, debounceKey(h.ev.User, h.ev.Room))
+			d.out(h.ev)
+		}
+		d.mu.queue[i] = nil
+	}
+	d.mu.queue = d.mu.queue[i:]
+	if len(d.mu.queue) == 0 {
+		d.mu.queue = nil
+	}
+	return len(d.mu.queue)
+}
+
+// Held returns how many leaves wait for their delay.
+func (d *Debouncer) Held() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.mu.pending)
+}

@@ -1,0 +1,293 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/presenced/presenced/server"
+)
+
+// streamEvent is one server-sent event as a client sees it.
+type streamEvent struct {
+	ID     string          `json:"id"`
+	Type   string          `json:"type"`
+	User   string          `json:"user"`
+	Room   string          `json:"room"`
+	At     string          `json:"at"`
+	Reason string          `json:"reason"`
+	State  json.RawMessage `json:"state"`
+	sseID  string          // the id: line
+	name   string          // the event: line
+}
+
+func (e streamEvent) key() string { return e.Type + " " + e.User + " " + e.Room + " " + e.Reason }
+
+// stream is an open GET /v1/events read by a goroutine into a channel.
+type stream struct {
+	resp   *http.Response
+	cancel context.CancelFunc
+	evs    chan streamEvent
+	done   chan struct{}
+	mu     sync.Mutex
+	err    error
+	pings  int
+}
+
+var sseClient = &http.Client{} // no timeout: streams last
+
+// openStream opens an event stream with optional query and Last-Event-ID
+// and closes it when the test ends.
+func openStream(t *testing.T, base, query, lastID string) *stream {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/v1/events"+query, nil)
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	resp, err := sseClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatalf("GET /v1/events: %v", err)
+	}
+	if resp.StatusCode != 200 {
+		cancel()
+		t.Fatalf("GET /v1/events%s: status %d", query, resp.StatusCode)
+	}
+	s := &stream{resp: resp, cancel: cancel, evs: make(chan streamEvent, 1<<16), done: make(chan struct{})}
+	go s.read()
+	t.Cleanup(s.close)
+	return s
+}
+
+func (s *stream) read() {
+	defer close(s.done)
+	sc := bufio.NewScanner(s.resp.Body)
+	var id, name string
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, ":"):
+			s.mu.Lock()
+			s.pings++
+			s.mu.Unlock()
+		case strings.HasPrefix(line, "id: "):
+			id = strings.TrimPrefix(line, "id: ")
+		case strings.HasPrefix(line, "event: "):
+			name = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			var ev streamEvent
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &ev); err != nil {
+				s.mu.Lock()
+				s.err = fmt.Errorf("bad data line %q: %v", line, err)
+				s.mu.Unlock()
+				return
+			}
+			ev.sseID, ev.name = id, name
+			s.evs <- ev
+		}
+	}
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = fmt.Errorf("stream ended: %v", sc.Err())
+	}
+	s.mu.Unlock()
+}
+
+func (s *stream) close() {
+	s.cancel()
+	s.resp.Body.Close()
+	<-s.done
+}
+
+// next returns the next event or fails the test after d.
+func (s *stream) next(t *testing.T, d time.Duration) streamEvent {
+	t.Helper()
+	select {
+	case ev := <-s.evs:
+		if ev.ID != ev.sseID || ev.Type != ev.name {
+			t.Fatalf("event %+v: id/type lines do not match the data", ev)
+		}
+		return ev
+	case <-s.done:
+		select {
+		case ev := <-s.evs:
+			return ev
+		default:
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		t.Fatalf("stream ended before the next event: %v", s.err)
+	case <-time.After(d):
+		t.Fatalf("no event within %s", d)
+	}
+	return streamEvent{}
+}
+
+func noDebounce(c *server.Config) { c.LeaveDelay = 0 }
+
+// A stream outlives the HTTP write timeout many times over and carries
+// every event, including one long after the timeout.
+func TestEventStreamOutlivesWriteTimeout(t *testing.T) {
+	const wt = 300 * time.Millisecond
+	n := startNode(t, func(c *server.Config) { noDebounce(c); c.HTTPWriteTimeout = wt })
+	s := openStream(t, n.base, "?room=r", "")
+	for i := range 6 { // spread over 5x the write timeout
+		n.heartbeat(fmt.Sprintf("u%d", i), "r", "")
+		if ev := s.next(t, 5*time.Second); ev.Type != "join" || ev.User != fmt.Sprintf("u%d", i) {
+			t.Fatalf("event %d = %+v", i, ev)
+		}
+		time.Sleep(wt / 4 * 5 / 2)
+	}
+	time.Sleep(2 * wt) // idle past the timeout, then one more
+	n.heartbeat("late", "r", "")
+	if ev := s.next(t, 5*time.Second); ev.User != "late" {
+		t.Fatalf("late event = %+v", ev)
+	}
+}
+
+// Random disconnects and reconnects with the last id: the union of what the
+// client saw is every event once, in order.
+func TestEventStreamResumeProperty(t *testing.T) {
+	n := startNode(t, noDebounce)
+	const total = 600
+	rng := rand.New(rand.NewSource(1))
+	s := openStream(t, n.base, "", "") // subscribed before the first event
+	go func() {
+		for i := range total {
+			n.do("POST", "/v1/heartbeat", fmt.Sprintf(`{"user":"u%d","room":"r%d"}`, i, i%3), nil)
+		}
+	}()
+	var got []streamEvent
+	last := ""
+	for len(got) < total {
+		if s == nil {
+			s = openStream(t, n.base, "", last)
+		}
+		take := 1 + rng.Intn(120)
+		for range take {
+			if len(got) == total {
+				break
+			}
+			ev := s.next(t, 10*time.Second)
+			if ev.Type == "reset" {
+				t.Fatalf("reset after %d events although the history holds them", len(got))
+			}
+			got = append(got, ev)
+			last = ev.ID
+		}
+		s.close()
+		s = nil
+	}
+	seen := map[string]bool{}
+	for i, ev := range got {
+		if seen[ev.User] {
+			t.Fatalf("event %d (%s) delivered twice", i, ev.User)
+		}
+		seen[ev.User] = true
+		if want := fmt.Sprintf("u%d", i); ev.User != want {
+			t.Fatalf("event %d is %s, want %s: out of order or missing", i, ev.User, want)
+		}
+	}
+	// ?since= resumes like the header does.
+	s = openStream(t, n.base, "?since="+got[total-2].ID, "")
+	if ev := s.next(t, 5*time.Second); ev.User != got[total-1].User {
+		t.Fatalf("?since resumed at %+v, want %s", ev, got[total-1].User)
+	}
+}
+
+// A client whose last id has left the history gets a reset, then live events.
+func TestEventStreamHistoryOverflowResets(t *testing.T) {
+	n := startNode(t, func(c *server.Config) { noDebounce(c); c.EventHistory = 10 })
+	s := openStream(t, n.base, "", "")
+	n.heartbeat("first", "r", "")
+	first := s.next(t, 5*time.Second)
+	s.close()
+	for i := range 20 {
+		n.heartbeat(fmt.Sprintf("u%d", i), "r", "")
+	}
+	s = openStream(t, n.base, "", first.ID)
+	ev := s.next(t, 5*time.Second)
+	if ev.Type != "reset" || ev.Reason != "history_lost" || ev.ID == "" {
+		t.Fatalf("first event after an overflowed history = %+v, want reset history_lost", ev)
+	}
+	n.heartbeat("after", "r", "")
+	if ev = s.next(t, 5*time.Second); ev.User != "after" {
+		t.Fatalf("after reset got %+v, want the live join of after", ev)
+	}
+	// Within the history: no reset.
+	s2 := openStream(t, n.base, "", ev.ID)
+	n.heartbeat("after2", "r", "")
+	if ev := s2.next(t, 5*time.Second); ev.User != "after2" {
+		t.Fatalf("resume within history got %+v", ev)
+	}
+	if v := n.metric("presenced_event_resets_total"); v < 1 {
+		t.Fatalf("presenced_event_resets_total = %v", v)
+	}
+}
+
+// A restarted node has a new history: an id from the old one gets a reset.
+func TestEventStreamRestartResets(t *testing.T) {
+	dir := t.TempDir()
+	cfg := func(c *server.Config) { noDebounce(c); c.DataDir = dir }
+	n := startNode(t, cfg)
+	s := openStream(t, n.base, "", "")
+	n.heartbeat("a", "r", "")
+	old := s.next(t, 5*time.Second)
+	s.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond) // a new epoch (ms)
+	n2 := startNode(t, cfg)
+	s2 := openStream(t, n2.base, "", old.ID)
+	if ev := s2.next(t, 5*time.Second); ev.Type != "reset" {
+		t.Fatalf("old id after restart: %+v, want reset", ev)
+	}
+	if n2.user("a").Online != true {
+		t.Fatal("session lost across restart")
+	}
+}
+
+// A leave followed within --leave-delay by a join of the same session
+// produces nothing; a leave alone arrives the delay late; queries are not
+// delayed.
+func TestEventStreamDebounce(t *testing.T) {
+	const delay = 400 * time.Millisecond
+	n := startNode(t, func(c *server.Config) { c.LeaveDelay = delay })
+	s := openStream(t, n.base, "?room=r", "")
+	n.heartbeat("a", "r", "")
+	if ev := s.next(t, 5*time.Second); ev.Type != "join" {
+		t.Fatalf("got %+v", ev)
+	}
+	// A reload: leave and rejoin within the delay.
+	n.do("POST", "/v1/leave", `{"user":"a","room":"r"}`, nil)
+	if n.user("a").Online {
+		t.Fatal("query delayed: user still online right after leave")
+	}
+	n.heartbeat("a", "r", "")
+	// A real leave, then a marker join: the leave comes delay late, after
+	// the marker; nothing of the reload appears.
+	t0 := time.Now()
+	n.do("POST", "/v1/leave", `{"user":"a","room":"r"}`, nil)
+	n.heartbeat("marker", "r", "")
+	if ev := s.next(t, 5*time.Second); ev.key() != "join marker r " {
+		t.Fatalf("got %+v, want join of marker (the reload must produce nothing)", ev)
+	}
+	ev := s.next(t, 5*time.Second)
+	if ev.key() != "leave a r left" {
+		t.Fatalf("got %+v, want the held leave of a", ev)
+	}
+	if d := time.Since(t0); d < delay {
+		t.Fatalf("leave arrived after %s, before the %s delay", d, delay)
+	}
+}
