@@ -51,12 +51,12 @@ type Server struct {
 	lastSweep atomic.Int64
 	// bus holds the event history and the stream subscribers; deb holds
 	// leaves for --leave-delay before they reach it (single node).
-	bus       *events.Bus
-	deb       *events.Debouncer
-	streams   atomic.Int64 // open GET /v1/events streams
-	reg       registry
-	met       *serverMetrics
-	start     time.Time
+	bus     *events.Bus
+	deb     *events.Debouncer
+	streams atomic.Int64 // open GET /v1/events streams
+	reg     registry
+	met     *serverMetrics
+	start   time.Time
 
 	state    atomic.Int32
 	stopping atomic.Bool
