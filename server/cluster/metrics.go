@@ -1,0 +1,58 @@
+package cluster
+
+import (
+	"sort"
+	"sync/atomic"
+	"time"
+)
+
+// PipelineBounds are the upper bounds, in seconds, of the pipeline duration histogram.
+var PipelineBounds = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5}
+
+type latencyHist struct {
+	counts []atomic.Uint64
+	sumNs  atomic.Uint64
+}
+
+func (h *latencyHist) init() { h.counts = make([]atomic.Uint64, len(PipelineBounds)+1) }
+
+func (h *latencyHist) observe(d time.Duration) {
+	i := sort.SearchFloat64s(PipelineBounds, d.Seconds())
+	h.counts[i].Add(1)
+	h.sumNs.Add(uint64(max(d, 0)))
+}
+
+// Stats is a snapshot of the node's replication metrics.
+type Stats struct {
+	Up          bool
+	Errors      uint64 // failed round trips
+	Dropped     uint64 // changes dropped because the queue was full
+	Commands    uint64 // commands sent in pipelines
+	Reasserts   uint64
+	QueueDepth  int64
+	Lag         time.Duration
+	PipelineSum float64  // seconds
+	Pipelines   []uint64 // per bucket of PipelineBounds, plus +Inf
+}
+
+// Stats returns the node's metrics. Lag is the time from a change entering
+// the queue to its batch being written, for the last batch, or the age of
+// the oldest queued change if that is larger.
+func (n *Node) Stats() Stats {
+	st := Stats{
+		Up: n.up.Load(), Errors: n.errs.Load(), Dropped: n.dropped.Load(), Commands: n.cmds.Load(),
+		Reasserts: n.asserts.Load(), QueueDepth: n.queued.Load(),
+		PipelineSum: float64(n.hist.sumNs.Load()) / 1e9,
+	}
+	lag := time.Duration(n.lagNs.Load())
+	n.in.Lock()
+	if n.in.n > 0 {
+		lag = max(lag, time.Duration(time.Now().UnixNano()-n.in.oldest))
+	}
+	n.in.Unlock()
+	st.Lag = lag
+	for i := range n.hist.counts {
+		st.Pipelines = append(st.Pipelines, n.hist.counts[i].Load())
+	}
+	return st
+}

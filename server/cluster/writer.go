@@ -1,0 +1,318 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/shardmap"
+)
+
+// sessState is the writer's view of one of this node's sessions: the expiry
+// it last wrote to Redis (W), the latest local expiry (L) and when a
+// deferred refresh is due (0: none). Keyed by a 64-bit hash of user and
+// room, so the map holds no pointers.
+type sessState struct {
+	W, L, due int64
+}
+
+// op is one write to Redis.
+type op struct {
+	kind             opKind
+	user, room       string
+	lastSeen, expiry int64
+	at               int64
+}
+
+type writerState struct {
+	n     *Node
+	state map[uint64]sessState
+	// ring holds deferred refreshes by due slot (slotMs wide), as
+	// appendDeferred records.
+	ring     [][]byte
+	slotMs   int64
+	ringNext int64 // next slot to process
+	spare    []byte
+	ops      []op
+	evs      []evOp
+}
+
+// evOp is an event this node decided, with its room-side update.
+type evOp struct {
+	ev      shardmap.Event
+	silent  bool // re-assert: room update only, no event
+	roomAdd bool
+}
+
+func (w *writerState) init(n *Node) {
+	w.n = n
+	w.state = map[uint64]sessState{}
+	// A slot is a quarter of the refresh margin, 10ms to 1s: a deferred
+	// refresh is written up to one slot before it is due.
+	w.slotMs = min(max(n.margin/4, 10), 1000)
+	w.ring = make([][]byte, int(n.ttlMs/w.slotMs)+3)
+}
+
+func sessHash(user, room []byte) uint64 {
+	h := uint64(14695981039346656037)
+	for _, c := range user {
+		h ^= uint64(c)
+		h *= 1099511628211
+	}
+	h ^= 0
+	h *= 1099511628211
+	for _, c := range room {
+		h ^= uint64(c)
+		h *= 1099511628211
+	}
+	return h
+}
+
+func (n *Node) writeLoop() {
+	t := time.NewTicker(n.cfg.FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.quit:
+			return
+		case <-n.flushReq:
+			n.w.cycle(true)
+			close(n.flushDone)
+			return
+		case <-t.C:
+		case <-n.kick:
+		}
+		n.w.cycle(false)
+	}
+}
+
+// cycle re-asserts when needed, turns queued changes and due refreshes into
+// writes, and sends them. With final, every deferred refresh is written.
+func (w *writerState) cycle(final bool) {
+	n := w.n
+	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	defer cancel()
+	now := time.Now().UnixMilli()
+	if n.needAssert.Load() {
+		if !n.up.Load() {
+			buf, _, _ := n.swapIntake(w.spare)
+			w.spare = buf
+			return
+		}
+		if err := w.reassert(); err != nil {
+			n.markDown(err)
+			return
+		}
+	}
+	buf, count, oldest := n.swapIntake(w.spare)
+	w.ops = w.ops[:0]
+	var leaveAll []op
+	for rest := buf; len(rest) > 0; {
+		var c change
+		c, rest = readChange(rest)
+		h := sessHash(c.user, c.room)
+		switch c.kind {
+		case changeUpsert:
+			w.upsert(h, c.user, c.room, c.lastSeen, c.expiry, now)
+		case changeLocalLeave, changeLeave:
+			delete(w.state, h)
+			w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at})
+		case changeLeaveAll:
+			leaveAll = append(leaveAll, op{kind: opLeave, user: string(c.user), at: c.at})
+		case changeLocalExpiry:
+			// A local expiry writes nothing: Redis expires the session
+			// itself unless another node keeps it alive.
+			delete(w.state, h)
+		}
+	}
+	w.spare = buf[:0]
+	if len(leaveAll) > 0 {
+		if err := w.expandLeaveAll(ctx, leaveAll); err != nil {
+			n.markDown(err)
+			return
+		}
+	}
+	w.due(now, final)
+	if len(w.ops) == 0 {
+		if count > 0 {
+			n.lagNs.Store(time.Now().UnixNano() - oldest)
+		}
+		return
+	}
+	if err := w.send(ctx, w.ops); err != nil {
+		n.markDown(err)
+		return
+	}
+	if count > 0 {
+		n.lagNs.Store(time.Now().UnixNano() - oldest)
+	}
+}
+
+func (w *writerState) upsert(h uint64, user, room []byte, ls, exp, now int64) {
+	st, ok := w.state[h]
+	if !ok {
+		w.state[h] = sessState{W: exp, L: exp}
+		w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: ls, expiry: exp})
+		return
+	}
+	if exp > st.L {
+		st.L = exp
+	}
+	if st.L > st.W {
+		due := st.W - w.n.margin
+		switch {
+		case due <= now:
+			w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: st.L - w.n.ttlMs, expiry: st.L})
+			st.W, st.due = st.L, 0
+		case st.due == 0:
+			st.due = due
+			w.schedule(h, due, user, room)
+		}
+	}
+	w.state[h] = st
+}
+
+// expandLeaveAll turns leaves of all a user's rooms into one leave per
+// room Redis holds for them.
+func (w *writerState) expandLeaveAll(ctx context.Context, all []op) error {
+	n := w.n
+	p := n.c.Pipeline()
+	cmds := make([]*redis.StringSliceCmd, len(all))
+	for i := range all {
+		cmds[i] = p.HKeys(ctx, n.k.user(all[i].user))
+	}
+	if err := n.exec(ctx, p); err != nil {
+		return err
+	}
+	for i, c := range cmds {
+		for _, room := range c.Val() {
+			o := all[i]
+			o.room = room
+			w.ops = append(w.ops, o)
+		}
+	}
+	return nil
+}
+
+// schedule files a deferred refresh in the ring slot before the one due is in.
+func (w *writerState) schedule(h uint64, due int64, user, room []byte) {
+	sec := due/w.slotMs - 1
+	if w.ringNext == 0 {
+		w.ringNext = time.Now().UnixMilli() / w.slotMs
+	}
+	if sec < w.ringNext {
+		sec = w.ringNext
+	}
+	i := int(sec % int64(len(w.ring)))
+	w.ring[i] = appendDeferred(w.ring[i], &deferred{hash: h, due: due, user: user, room: room})
+}
+
+// due writes the deferred refreshes whose slot has come (all with final).
+func (w *writerState) due(now int64, final bool) {
+	nowSec := now / w.slotMs
+	if w.ringNext == 0 {
+		w.ringNext = nowSec
+	}
+	end := nowSec
+	if final {
+		end = w.ringNext + int64(len(w.ring)) - 1
+	}
+	for ; w.ringNext < end || (final && w.ringNext <= end); w.ringNext++ {
+		i := int(w.ringNext % int64(len(w.ring)))
+		b := w.ring[i]
+		for rest := b; len(rest) > 0; {
+			var d deferred
+			d, rest = readDeferred(rest)
+			h, user, room := d.hash, d.user, d.room
+			st, ok := w.state[h]
+			if !ok || st.due != d.due {
+				continue
+			}
+			if st.L > st.W {
+				w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: st.L - w.n.ttlMs, expiry: st.L})
+				st.W = st.L
+			}
+			st.due = 0
+			w.state[h] = st
+		}
+		w.ring[i] = b[:0]
+	}
+	if final {
+		w.ringNext = nowSec
+	}
+}
+
+// exec sends a pipeline, timing it and counting its commands.
+func (n *Node) exec(ctx context.Context, p redis.Pipeliner) error {
+	l := p.Len()
+	t0 := time.Now()
+	_, err := p.Exec(ctx)
+	n.hist.observe(time.Since(t0))
+	n.cmds.Add(uint64(l))
+	if errors.Is(err, redis.Nil) {
+		err = nil
+	}
+	return err
+}
+
+// send runs ops in pipelines: first the user-side scripts, then for every
+// join and leave they decided the room-side script, the stream entry and
+// the pub/sub message.
+func (w *writerState) send(ctx context.Context, ops []op) error {
+	n := w.n
+	for len(ops) > 0 {
+		k := min(len(ops), n.cfg.PipelineSize)
+		chunk := ops[:k]
+		ops = ops[k:]
+		var cmds []*redis.Cmd
+		err := n.withScripts(ctx, func() error {
+			p := n.c.Pipeline()
+			cmds = cmds[:0]
+			for i := range chunk {
+				o := &chunk[i]
+				ub := userBucket(o.user)
+				member := sessionMember(o.user, o.room)
+				switch o.kind {
+				case opTouch, opAssert:
+					cmds = append(cmds, scriptTouch.EvalSha(ctx, p,
+						[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub)},
+						o.room, o.expiry, o.lastSeen, member))
+				case opLeave:
+					cmds = append(cmds, scriptLeave.EvalSha(ctx, p,
+						[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub), n.k.seen(o.user)},
+						o.room, member, n.cfg.LastSeenRetention.Milliseconds()))
+				}
+			}
+			return n.exec(ctx, p)
+		})
+		if err != nil {
+			return err
+		}
+		w.evs = w.evs[:0]
+		for i, c := range cmds {
+			v, err := c.Int64()
+			if err != nil {
+				return fmt.Errorf("cannot write session: %w", err)
+			}
+			if v != 1 {
+				continue
+			}
+			o := &chunk[i]
+			switch o.kind {
+			case opTouch:
+				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.lastSeen, Join: true}, roomAdd: true})
+			case opAssert:
+				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room}, silent: true, roomAdd: true})
+			case opLeave:
+				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.at, Reason: shardmap.ReasonLeft}})
+			}
+		}
+		if err := n.emit(ctx, w.evs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
