@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sort"
 	"time"
 
 	"github.com/presenced/presenced/server/cluster"
@@ -144,16 +145,29 @@ func (s *Server) clusterEvent(ev shardmap.Event) {
 
 func (s *Server) registerClusterMetrics() {
 	r := &s.reg
-	r.gaugeFunc("presenced_redis_up", "1 while the last Redis round trip succeeded (queries answer for the whole cluster).", func() float64 {
+	r.gaugeFunc("presenced_redis_up", "1 while queries answer for the whole cluster: Redis answered the last health check and every fault since was repaired by a re-assert.", func() float64 {
 		if s.cl.Up() {
 			return 1
 		}
 		return 0
 	})
 	r.counterFunc("presenced_redis_errors_total", "Failed Redis round trips (writes, reaps, health checks, queries).", func() float64 { return float64(s.cl.Stats().Errors) })
+	r.add("presenced_redis_master_errors_total", "counter", "Failed Redis commands or pipelines, per Redis address (each master of a Redis Cluster).", func(b []byte, name string) []byte {
+		errs := s.cl.Stats().MasterErrors
+		addrs := make([]string, 0, len(errs))
+		for a := range errs {
+			addrs = append(addrs, a)
+		}
+		sort.Strings(addrs)
+		for _, a := range addrs {
+			b = appendSample(b, name, `{master="`+a+`"}`, float64(errs[a]))
+		}
+		return b
+	})
+	r.counterFunc("presenced_redis_partial_seconds_total", "Seconds this node answered from its own table only (Redis unreachable or a fault not yet repaired), since start.", func() float64 { return s.cl.Stats().Partial.Seconds() })
 	r.counterFunc("presenced_redis_commands_total", "Commands sent to Redis in pipelines.", func() float64 { return float64(s.cl.Stats().Commands) })
 	r.counterFunc("presenced_redis_dropped_changes_total", "Changes dropped because the Redis writer's queue was full (a re-assert follows).", func() float64 { return float64(s.cl.Stats().Dropped) })
-	r.counterFunc("presenced_redis_reasserts_total", "Times this node re-asserted all its sessions in Redis.", func() float64 { return float64(s.cl.Stats().Reasserts) })
+	r.counterFunc("presenced_redis_reasserts_total", "Times this node re-asserted all its sessions in Redis and repaired the room side (after start and after every fault).", func() float64 { return float64(s.cl.Stats().Reasserts) })
 	r.gaugeFunc("presenced_redis_queue_depth", "Changes waiting for the Redis writer.", func() float64 { return float64(s.cl.Stats().QueueDepth) })
 	r.gaugeFunc("presenced_replication_lag_seconds", "Time from a change entering the Redis writer's queue to its write (last batch, or the oldest waiting change).", func() float64 { return s.cl.Stats().Lag.Seconds() })
 	r.histogramFunc("presenced_redis_pipeline_duration_seconds", "Redis pipeline round-trip time in seconds.", cluster.PipelineBounds, func() ([]uint64, float64) {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -112,8 +113,18 @@ func (c *Config) options() (*redis.UniversalOptions, error) {
 		WriteTimeout: 5 * time.Second,
 		// No transparent retries: a retried pipeline would run its scripts
 		// twice; the node recovers from a failed round trip itself (it
-		// re-asserts its sessions).
+		// re-asserts its sessions). Redis Cluster redirects (MOVED, ASK)
+		// are followed, up to 3 (MaxRedirects), because a redirected command
+		// did not run; writes are marked so go-redis never resends them
+		// after a network error (see scripts.go).
 		MaxRetries: -1,
+		// Every new connection, to any master old or newly promoted, loads
+		// the scripts first. A failure (e.g. on a sentinel's own
+		// connection, which has no SCRIPT) is left to the NOSCRIPT path.
+		OnConnect: func(ctx context.Context, cn *redis.Conn) error {
+			_ = loadScriptsOn(ctx, cn)
+			return nil
+		},
 		// Queries carry a short deadline (QueryTimeout): let it bound the
 		// socket reads too, so a black-holed Redis answers partial in time.
 		ContextTimeoutEnabled: true,
@@ -149,6 +160,10 @@ func (c *Config) options() (*redis.UniversalOptions, error) {
 	return o, nil
 }
 
+// clusterStateReload is how often a Redis Cluster client re-reads the slot
+// map even when nothing failed.
+const clusterStateReload = 5 * time.Second
+
 // newClient builds the go-redis client: Sentinel with MasterName, Redis
 // Cluster with several addresses, a single Redis otherwise.
 func (c *Config) newClient() (redis.UniversalClient, error) {
@@ -157,7 +172,11 @@ func (c *Config) newClient() (redis.UniversalClient, error) {
 		return nil, err
 	}
 	if o.MasterName == "" && len(o.Addrs) > 1 {
-		return redis.NewClusterClient(o.Cluster()), nil
+		co := o.Cluster()
+		// The slot map is reloaded after every failed round trip
+		// (Node.fault); this bounds how stale it gets without errors.
+		co.ClusterStateReloadInterval = clusterStateReload
+		return redis.NewClusterClient(co), nil
 	}
 	return redis.NewUniversalClient(o), nil
 }

@@ -218,5 +218,12 @@ for i = 2, #KEYS do
 end
 return 0
 `)
-	allScripts = []*redis.Script{scriptTouch, scriptLeave, scriptReap, scriptRoomAdd, scriptRoomRem, scriptTouchN, scriptRoomAddN}
+	// ROOMSYNC KEYS: room member set, bucket top set. ARGV: room.
+	// Sets the room's count to its member list (repair after a fault).
+	scriptRoomSync = redis.NewScript(`
+local n = redis.call('ZCARD', KEYS[1])
+if n == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) else redis.call('ZADD', KEYS[2], n, ARGV[1]) end
+return n
+`)
+	allScripts = []*redis.Script{scriptTouch, scriptLeave, scriptReap, scriptRoomAdd, scriptRoomRem, scriptTouchN, scriptRoomAddN, scriptRoomSync}
 )

@@ -24,8 +24,14 @@ func (h *latencyHist) observe(d time.Duration) {
 
 // Stats is a snapshot of the node's replication metrics.
 type Stats struct {
-	Up          bool
-	Errors      uint64 // failed round trips
+	Up     bool   // answering for the whole cluster (Node.Up)
+	Errors uint64 // failed round trips
+	// MasterErrors counts failed commands or pipelines per Redis address
+	// (per master of a Redis Cluster; "sentinel:<name>" with Sentinel).
+	MasterErrors map[string]uint64
+	// Partial is the time spent not answering for the whole cluster since
+	// Start (including the start until the first re-assert).
+	Partial     time.Duration
 	Dropped     uint64 // changes dropped because the queue was full
 	Commands    uint64 // commands sent in pipelines
 	Reasserts   uint64
@@ -40,7 +46,7 @@ type Stats struct {
 // the oldest queued change if that is larger.
 func (n *Node) Stats() Stats {
 	st := Stats{
-		Up: n.up.Load(), Errors: n.errs.Load(), Dropped: n.dropped.Load(), Commands: n.cmds.Load(),
+		Up: n.Up(), Partial: n.partialTime(), MasterErrors: map[string]uint64{}, Errors: n.errs.Load(), Dropped: n.dropped.Load(), Commands: n.cmds.Load(),
 		Reasserts: n.asserts.Load(), QueueDepth: n.queued.Load(),
 		PipelineSum: float64(n.hist.sumNs.Load()) / 1e9,
 	}
@@ -51,6 +57,10 @@ func (n *Node) Stats() Stats {
 	}
 	n.in.Unlock()
 	st.Lag = lag
+	n.h.masterErrs.Range(func(k, v any) bool {
+		st.MasterErrors[k.(string)] = v.(*atomic.Uint64).Load()
+		return true
+	})
 	for i := range n.hist.counts {
 		st.Pipelines = append(st.Pipelines, n.hist.counts[i].Load())
 	}

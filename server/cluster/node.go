@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -51,16 +52,22 @@ type Node struct {
 	stopOnce  sync.Once
 	wg        sync.WaitGroup
 
-	up         atomic.Bool
-	subscribed atomic.Bool
-	needAssert atomic.Bool
-	errs       atomic.Uint64
-	dropped    atomic.Uint64
-	queued     atomic.Int64
-	lagNs      atomic.Int64
-	asserts    atomic.Uint64
-	cmds       atomic.Uint64
-	hist       latencyHist
+	up          atomic.Bool // the last health check answered
+	subscribed  atomic.Bool
+	needAssert  atomic.Bool
+	scriptsLost atomic.Bool // a NOSCRIPT was seen: load on every master
+	h           health
+	errs        atomic.Uint64
+	dropped     atomic.Uint64
+	queued      atomic.Int64
+	lagNs       atomic.Int64
+	asserts     atomic.Uint64
+	cmds        atomic.Uint64
+	hist        latencyHist
+
+	// testBeforeEmit, set by tests before Start, fails the room-side
+	// pipeline of a write round when it returns an error.
+	testBeforeEmit func() error
 
 	// Writer-owned state (only the writer goroutine touches it).
 	w writerState
@@ -114,6 +121,8 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.c = c
+	n.hookErrors()
+	n.h.partialSince = time.Now()
 	n.w.init(n)
 	n.goroutine(n.writeLoop)
 	n.goroutine(n.reapLoop)

@@ -13,7 +13,8 @@ import (
 	"github.com/presenced/presenced/shardmap"
 )
 
-// The queries answer for the whole cluster from Redis. They block for one
+// The queries answer for the whole cluster from Redis, and fail at once
+// with ErrPartial while the node is not whole (health.go). They block for one
 // or two pipelined round trips; callers bound them with ctx and fall back
 // to this node's own state on error. None merges local state: the server
 // does, because only it knows what this node has not written yet.
@@ -34,6 +35,9 @@ type UserStatus struct {
 
 // Users reads the status of each user, in order.
 func (n *Node) Users(ctx context.Context, users []string, now int64) ([]UserStatus, error) {
+	if !n.Up() {
+		return nil, ErrPartial
+	}
 	p := n.c.Pipeline()
 	hs := make([]*redis.MapStringStringCmd, len(users))
 	ls := make([]*redis.StringCmd, len(users))
@@ -66,6 +70,9 @@ func (n *Node) Users(ctx context.Context, users []string, now int64) ([]UserStat
 
 // RoomOnline reads the number of distinct users in room.
 func (n *Node) RoomOnline(ctx context.Context, room string) (int, error) {
+	if !n.Up() {
+		return 0, ErrPartial
+	}
 	v, err := n.c.ZScore(ctx, n.k.top(roomBucket(room)), room).Result()
 	if errors.Is(err, redis.Nil) {
 		return 0, nil
@@ -104,6 +111,9 @@ func DecodeCursor(c string) (string, error) {
 // the whole walk is returned exactly once. A page may hold fewer than limit
 // members when some have just ended.
 func (n *Node) Members(ctx context.Context, room, after string, limit int, now int64) ([]shardmap.Member, string, error) {
+	if !n.Up() {
+		return nil, "", ErrPartial
+	}
 	lo := "-"
 	if after != "" {
 		lo = "(" + after
@@ -146,6 +156,9 @@ func (n *Node) Members(ctx context.Context, room, after string, limit int, now i
 
 // TopRooms reads the n rooms with the most users, most first, ties by name.
 func (n *Node) TopRooms(ctx context.Context, top int) ([]shardmap.RoomCount, error) {
+	if !n.Up() {
+		return nil, ErrPartial
+	}
 	p := n.c.Pipeline()
 	cmds := make([]*redis.ZSliceCmd, Buckets)
 	for b := range Buckets {
@@ -182,6 +195,9 @@ func SortRooms(rs []shardmap.RoomCount) {
 
 // ClusterStats reads the global counts, summed over the buckets.
 func (n *Node) ClusterStats(ctx context.Context) (shardmap.Stats, error) {
+	if !n.Up() {
+		return shardmap.Stats{}, ErrPartial
+	}
 	p := n.c.Pipeline()
 	cs := make([]*redis.SliceCmd, Buckets)
 	rs := make([]*redis.IntCmd, Buckets)

@@ -9,8 +9,12 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// reassert writes every live session of this node (after Redis lost them or
-// was unreachable), without events for those it finds missing.
+// reassert writes every live session of this node (after Redis lost them,
+// was unreachable, or any write failed), without events for those it finds
+// missing; re-adds each to its room's member set (idempotent: the room side
+// of a join whose second pipeline failed is repaired here); then removes
+// members without a session and sets each room's count to its member list
+// (repairRooms). Only then does the node answer for the whole cluster.
 func (w *writerState) reassert() error {
 	n := w.n
 	t0 := time.Now()
@@ -45,9 +49,12 @@ func (w *writerState) reassert() error {
 	if err := n.setMarkers(ctx); err != nil {
 		return err
 	}
+	if err := w.repairRooms(); err != nil {
+		return err
+	}
 	n.needAssert.Store(false)
 	n.asserts.Add(1)
-	n.log.Info("sessions re-asserted in redis", "sessions", total, "took", time.Since(t0))
+	n.whole(total, time.Since(t0))
 	return nil
 }
 
@@ -95,7 +102,7 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 					keys = append(keys, n.k.user(o.user))
 					args = append(args, o.room, o.expiry, o.lastSeen, sessionMember(o.user, o.room))
 				}
-				calls = append(calls, call{scriptTouchN.EvalSha(ctx, p, keys, args...), chunk})
+				calls = append(calls, call{evalSha(ctx, p, scriptTouchN, keys, args...), chunk})
 			}
 		}
 		return n.exec(ctx, p)
@@ -108,14 +115,16 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 		if err != nil {
 			return fmt.Errorf("cannot re-assert sessions: %w", err)
 		}
-		for j, v := range res {
-			if o := &ops[c.idx[j]]; v == 1 && o.room != "" {
+		for j := range res {
+			// Every session, new or not: the member set may lack it.
+			if o := &ops[c.idx[j]]; o.room != "" {
 				b := roomBucket(o.room)
 				byRoom[b] = append(byRoom[b], c.idx[j])
 			}
 		}
 	}
-	return n.withScripts(ctx, func() error {
+	var adds []*redis.Cmd
+	err = n.withScripts(ctx, func() error {
 		p := n.c.Pipeline()
 		for b, idx := range byRoom {
 			if len(idx) == 0 {
@@ -126,7 +135,7 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 			var args []any
 			flush := func() {
 				if len(keys) > 1 {
-					scriptRoomAddN.EvalSha(ctx, p, keys, args...)
+					adds = append(adds, evalSha(ctx, p, scriptRoomAddN, keys, args...))
 				}
 				keys, args = []string{n.k.top(b)}, nil
 			}
@@ -150,6 +159,138 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 		}
 		return n.exec(ctx, p)
 	})
+	if err != nil {
+		return err
+	}
+	for _, c := range adds {
+		if err := c.Err(); err != nil {
+			return fmt.Errorf("cannot re-assert room members: %w", err)
+		}
+	}
+	return nil
+}
+
+// repairBatch is how many rooms, or member checks, one repair pipeline carries.
+const repairBatch = 1024
+
+// repairRooms makes the room side agree with the user side: a member whose
+// session (user hash field) is gone is removed, and every room's count is
+// set to its member list. A member is removed only when its session is
+// missing both before and after the removal; one whose session appears in
+// between (a concurrent join, whose own ROOMADD may already have found it
+// a member) is put back. Cost: one HEXISTS per room member of the whole
+// cluster, after a fault only.
+func (w *writerState) repairRooms() error {
+	n := w.n
+	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	defer cancel()
+	p := n.c.Pipeline()
+	tops := make([]*redis.StringSliceCmd, Buckets)
+	for b := range Buckets {
+		tops[b] = p.ZRange(ctx, n.k.top(b), 0, -1)
+	}
+	if err := n.exec(ctx, p); err != nil {
+		return fmt.Errorf("cannot read rooms: %w", err)
+	}
+	var rooms []string
+	for _, c := range tops {
+		rooms = append(rooms, c.Val()...)
+	}
+	type member struct{ user, room string }
+	for len(rooms) > 0 {
+		k := min(len(rooms), repairBatch)
+		chunk := rooms[:k]
+		rooms = rooms[k:]
+		p := n.c.Pipeline()
+		ms := make([]*redis.StringSliceCmd, len(chunk))
+		for i, room := range chunk {
+			ms[i] = p.ZRange(ctx, n.k.members(room), 0, -1)
+		}
+		if err := n.exec(ctx, p); err != nil {
+			return fmt.Errorf("cannot read room members: %w", err)
+		}
+		var all []member
+		for i, c := range ms {
+			for _, u := range c.Val() {
+				all = append(all, member{u, chunk[i]})
+			}
+		}
+		check := func(list []member) ([]member, error) {
+			var missing []member
+			for len(list) > 0 {
+				k := min(len(list), repairBatch)
+				part := list[:k]
+				list = list[k:]
+				p := n.c.Pipeline()
+				ex := make([]*redis.BoolCmd, len(part))
+				for i, m := range part {
+					ex[i] = p.HExists(ctx, n.k.user(m.user), m.room)
+				}
+				if err := n.exec(ctx, p); err != nil {
+					return nil, fmt.Errorf("cannot check room members: %w", err)
+				}
+				for i, c := range ex {
+					if !c.Val() {
+						missing = append(missing, part[i])
+					}
+				}
+			}
+			return missing, nil
+		}
+		ghosts, err := check(all)
+		if err != nil {
+			return err
+		}
+		script := func(s *redis.Script, list []member) error {
+			if len(list) == 0 {
+				return nil
+			}
+			p := n.c.Pipeline()
+			cmds := make([]*redis.Cmd, len(list))
+			for i, m := range list {
+				cmds[i] = evalSha(ctx, p, s, []string{n.k.members(m.room), n.k.top(roomBucket(m.room))}, m.user, m.room)
+			}
+			_ = n.withScripts(ctx, func() error { return n.exec(ctx, p) })
+			for _, c := range cmds {
+				if err := c.Err(); err != nil {
+					return fmt.Errorf("cannot repair room members: %w", err)
+				}
+			}
+			return nil
+		}
+		if err := script(scriptRoomRem, ghosts); err != nil {
+			return err
+		}
+		back, err := check(ghosts)
+		if err != nil {
+			return err
+		}
+		var rejoined []member
+		missing := map[member]bool{}
+		for _, m := range back {
+			missing[m] = true
+		}
+		for _, m := range ghosts {
+			if !missing[m] {
+				rejoined = append(rejoined, m)
+			}
+		}
+		if err := script(scriptRoomAdd, rejoined); err != nil {
+			return err
+		}
+		p = n.c.Pipeline()
+		syncs := make([]*redis.Cmd, len(chunk))
+		for i, room := range chunk {
+			syncs[i] = evalSha(ctx, p, scriptRoomSync, []string{n.k.members(room), n.k.top(roomBucket(room))}, room)
+		}
+		_ = n.withScripts(ctx, func() error { return n.exec(ctx, p) })
+		for _, c := range syncs {
+			if err := c.Err(); err != nil {
+				return fmt.Errorf("cannot repair room counts: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 func (n *Node) markerField() string { return "n:" + n.cfg.NodeID }

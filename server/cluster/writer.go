@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -25,6 +26,7 @@ type op struct {
 	user, room       string
 	lastSeen, expiry int64
 	at               int64
+	all              bool // opLeave of every room of the user (before expandLeaveAll)
 }
 
 type writerState struct {
@@ -37,7 +39,11 @@ type writerState struct {
 	ringNext int64 // next slot to process
 	spare    []byte
 	ops      []op
-	evs      []evOp
+	// retry holds explicit leaves (appendChange records) that failed or
+	// came while Redis was partial, to send after the re-assert. LEAVE is
+	// idempotent, so a leave that did run and is sent again ends nothing.
+	retry []byte
+	evs   []evOp
 }
 
 // evOp is an event this node decided, with its room-side update.
@@ -56,19 +62,52 @@ func (w *writerState) init(n *Node) {
 	w.ring = make([][]byte, int(n.ttlMs/w.slotMs)+3)
 }
 
+// sessSeed seeds the writer's session hash per process: the ids are chosen
+// by clients, and a fixed hash would let them craft collisions (a join of
+// one session taken for a refresh of another, and deferred).
+var sessSeed = maphash.MakeSeed()
+
 func sessHash(user, room []byte) uint64 {
-	h := uint64(14695981039346656037)
-	for _, c := range user {
-		h ^= uint64(c)
-		h *= 1099511628211
+	var h maphash.Hash
+	h.SetSeed(sessSeed)
+	_, _ = h.Write(user)
+	_ = h.WriteByte(0) // ids hold no control characters
+	_, _ = h.Write(room)
+	return h.Sum64()
+}
+
+// keepLeaves moves the explicit leaves of intake buffer b to the retry
+// list.
+func (w *writerState) keepLeaves(b []byte) {
+	for rest := b; len(rest) > 0; {
+		var c change
+		c, rest = readChange(rest)
+		switch c.kind {
+		case changeLocalLeave, changeLeave, changeLeaveAll:
+			w.retryChange(&c)
+		case changeUpsert, changeLocalExpiry:
+		}
 	}
-	h ^= 0
-	h *= 1099511628211
-	for _, c := range room {
-		h ^= uint64(c)
-		h *= 1099511628211
+}
+
+// retryLeave keeps a leave op that failed for the next round.
+func (w *writerState) retryLeave(o *op) {
+	k := changeLeave
+	if o.all {
+		k = changeLeaveAll
 	}
-	return h
+	w.retryChange(&change{kind: k, lastSeen: o.lastSeen, expiry: o.expiry, at: o.at, user: []byte(o.user), room: []byte(o.room)})
+}
+
+// retryChange keeps c, up to Config.MaxQueue bytes' worth of records
+// per 64 bytes (beyond: dropped and counted; the leave then ends in Redis
+// as a timeout).
+func (w *writerState) retryChange(c *change) {
+	if len(w.retry) >= w.n.cfg.MaxQueue*64 {
+		w.n.dropped.Add(1)
+		return
+	}
+	w.retry = appendChange(w.retry, c)
 }
 
 func (n *Node) writeLoop() {
@@ -98,8 +137,12 @@ func (w *writerState) cycle(final bool) {
 	now := time.Now().UnixMilli()
 	if n.needAssert.Load() {
 		if !n.up.Load() {
+			// Partial: refreshes and joins are dropped (the re-assert
+			// writes every live session), explicit leaves are kept for
+			// after it (they are not in the table any more).
 			buf, _, _ := n.swapIntake(w.spare)
-			w.spare = buf
+			w.keepLeaves(buf)
+			w.spare = buf[:0]
 			return
 		}
 		if err := w.reassert(); err != nil {
@@ -110,27 +153,35 @@ func (w *writerState) cycle(final bool) {
 	buf, count, oldest := n.swapIntake(w.spare)
 	w.ops = w.ops[:0]
 	var leaveAll []op
-	for rest := buf; len(rest) > 0; {
-		var c change
-		c, rest = readChange(rest)
-		h := sessHash(c.user, c.room)
-		switch c.kind {
-		case changeUpsert:
-			w.upsert(h, c.user, c.room, c.lastSeen, c.expiry, now)
-		case changeLocalLeave, changeLeave:
-			delete(w.state, h)
-			w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at})
-		case changeLeaveAll:
-			leaveAll = append(leaveAll, op{kind: opLeave, user: string(c.user), at: c.at})
-		case changeLocalExpiry:
-			// A local expiry writes nothing: Redis expires the session
-			// itself unless another node keeps it alive.
-			delete(w.state, h)
+	// Leaves that failed or waited out a fault go first.
+	retry := w.retry
+	w.retry = nil
+	for _, b := range [][]byte{retry, buf} {
+		for rest := b; len(rest) > 0; {
+			var c change
+			c, rest = readChange(rest)
+			h := sessHash(c.user, c.room)
+			switch c.kind {
+			case changeUpsert:
+				w.upsert(h, c.user, c.room, c.lastSeen, c.expiry, now)
+			case changeLocalLeave, changeLeave:
+				delete(w.state, h)
+				w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at})
+			case changeLeaveAll:
+				leaveAll = append(leaveAll, op{kind: opLeave, user: string(c.user), at: c.at, all: true})
+			case changeLocalExpiry:
+				// A local expiry writes nothing: Redis expires the session
+				// itself unless another node keeps it alive.
+				delete(w.state, h)
+			}
 		}
 	}
 	w.spare = buf[:0]
 	if len(leaveAll) > 0 {
 		if err := w.expandLeaveAll(ctx, leaveAll); err != nil {
+			for i := range leaveAll {
+				w.retryLeave(&leaveAll[i])
+			}
 			n.markDown(err)
 			return
 		}
@@ -255,52 +306,59 @@ func (n *Node) exec(ctx context.Context, p redis.Pipeliner) error {
 	if errors.Is(err, redis.Nil) {
 		err = nil
 	}
+	if err != nil {
+		n.reloadSlots()
+	}
 	return err
 }
 
 // send runs ops in pipelines: first the user-side scripts, then for every
 // join and leave they decided the room-side script, the stream entry and
-// the pub/sub message.
+// the pub/sub message. A failed command does not stop the others: what
+// succeeded goes on to its room side and event, a failed leave is kept
+// for retry, and the first error is returned (a fault: the re-assert then
+// writes what the failed touches did not and repairs the room side).
 func (w *writerState) send(ctx context.Context, ops []op) error {
 	n := w.n
+	var first error
 	for len(ops) > 0 {
 		k := min(len(ops), n.cfg.PipelineSize)
 		chunk := ops[:k]
 		ops = ops[k:]
-		var cmds []*redis.Cmd
-		err := n.withScripts(ctx, func() error {
-			p := n.c.Pipeline()
-			cmds = cmds[:0]
-			for i := range chunk {
-				o := &chunk[i]
-				ub := userBucket(o.user)
-				member := sessionMember(o.user, o.room)
-				switch o.kind {
-				case opTouch, opAssert:
-					cmds = append(cmds, scriptTouch.EvalSha(ctx, p,
-						[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub)},
-						o.room, o.expiry, o.lastSeen, member))
-				case opLeave:
-					cmds = append(cmds, scriptLeave.EvalSha(ctx, p,
-						[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub), n.k.seen(o.user)},
-						o.room, member, n.cfg.LastSeenRetention.Milliseconds()))
-				}
+		cmds := make([]*redis.Cmd, 0, len(chunk))
+		p := n.c.Pipeline()
+		for i := range chunk {
+			o := &chunk[i]
+			ub := userBucket(o.user)
+			member := sessionMember(o.user, o.room)
+			switch o.kind {
+			case opTouch, opAssert:
+				cmds = append(cmds, evalSha(ctx, p, scriptTouch,
+					[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub)},
+					o.room, o.expiry, o.lastSeen, member))
+			case opLeave:
+				cmds = append(cmds, evalSha(ctx, p, scriptLeave,
+					[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub), n.k.seen(o.user)},
+					o.room, member, n.cfg.LastSeenRetention.Milliseconds()))
 			}
-			return n.exec(ctx, p)
-		})
-		if err != nil {
-			return err
 		}
+		_ = n.withScripts(ctx, func() error { return n.exec(ctx, p) })
 		w.evs = w.evs[:0]
 		for i, c := range cmds {
+			o := &chunk[i]
 			v, err := c.Int64()
 			if err != nil {
-				return fmt.Errorf("cannot write session: %w", err)
+				if first == nil {
+					first = fmt.Errorf("cannot write session: %w", err)
+				}
+				if o.kind == opLeave {
+					w.retryLeave(o)
+				}
+				continue
 			}
 			if v != 1 {
 				continue
 			}
-			o := &chunk[i]
 			switch o.kind {
 			case opTouch:
 				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.lastSeen, Join: true}, roomAdd: true})
@@ -310,9 +368,20 @@ func (w *writerState) send(ctx context.Context, ops []op) error {
 				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.at, Reason: shardmap.ReasonLeft}})
 			}
 		}
-		if err := n.emit(ctx, w.evs); err != nil {
+		if err := w.emitHook(ctx); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// emitHook runs emit for w.evs, unless a test injects a fault between the
+// user-side and the room-side pipelines.
+func (w *writerState) emitHook(ctx context.Context) error {
+	if f := w.n.testBeforeEmit; f != nil {
+		if err := f(); err != nil {
 			return err
 		}
 	}
-	return nil
+	return w.n.emit(ctx, w.evs)
 }

@@ -28,6 +28,8 @@ type Server struct {
 	args []string
 	cmd  *exec.Cmd
 	done chan struct{}
+	// paused is set by Pause and cleared by Resume (tests' goroutine only).
+	paused bool
 }
 
 // Addr is host:port.
@@ -114,6 +116,7 @@ func (s *Server) Stop() {
 		return
 	}
 	_ = s.cmd.Process.Kill()
+	s.paused = false
 	select {
 	case <-s.done:
 	case <-time.After(5 * time.Second):
