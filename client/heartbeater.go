@@ -282,11 +282,19 @@ func (h *Heartbeater) Status() Status {
 }
 
 // WaitAck returns once the server has accepted a heartbeat of this
-// heartbeater (at once if it already has), or with ctx's error.
+// heartbeater (at once if it already has), with ctx's error, or with
+// ErrClosed when the heartbeater stopped before any was accepted.
 func (h *Heartbeater) WaitAck(ctx context.Context) error {
 	select {
 	case <-h.acked:
 		return nil
+	case <-h.done:
+		select {
+		case <-h.acked:
+			return nil
+		default:
+			return ErrClosed
+		}
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -429,10 +437,21 @@ func (h *Heartbeater) send(ctx context.Context, op wire.Op) error {
 	}
 	fellBack := !h.onHTTPTill.IsZero()
 	err := h.sendHTTP(ctx, op, state)
-	if err == nil && state != nil {
-		h.mu.Lock()
-		h.mu.stateSent = stateGen
-		h.mu.Unlock()
+	switch {
+	case state == nil:
+	case err == nil:
+		h.markStateSent(stateGen)
+	case errors.Is(err, ErrBadRequest):
+		// The server refused the state (e.g. over --max-state-bytes) and
+		// applied nothing: drop it, and keep the session alive without.
+		h.markStateSent(stateGen)
+		h.fail(err)
+		return h.send(ctx, op)
+	case !isTokenError(err) && h.conn != nil && now.After(h.onHTTPTill) && ctx.Err() == nil:
+		// HTTP failed, UDP may not: keep the session alive over UDP and
+		// try the state again with the next heartbeat.
+		h.fail(err)
+		return h.sendUDP(ctx, op)
 	}
 	if fellBack && isTokenError(err) {
 		// The token, not the network, explains the silence over UDP
@@ -440,6 +459,15 @@ func (h *Heartbeater) send(ctx context.Context, op wire.Op) error {
 		h.onHTTPTill = time.Time{}
 	}
 	return err
+}
+
+// markStateSent records that the server holds (or refused) state gen.
+func (h *Heartbeater) markStateSent(gen uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if gen > h.mu.stateSent {
+		h.mu.stateSent = gen
+	}
 }
 
 // sendUDP sends op with an ack request, resending after AckTimeout (doubled

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -53,6 +54,12 @@ func (l *errorLog) add(err error) {
 	l.mu.Lock()
 	l.errs = append(l.errs, err)
 	l.mu.Unlock()
+}
+
+func (l *errorLog) list() []error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]error(nil), l.errs...)
 }
 
 func (l *errorLog) has(target error) bool {
@@ -365,5 +372,63 @@ func TestConfigValidate(t *testing.T) {
 		if _, err := client.StartHeartbeater(context.Background(), c); err == nil {
 			t.Errorf("StartHeartbeater(%+v) succeeded", c)
 		}
+	}
+}
+
+func TestStateRefusedOrHTTPDown(t *testing.T) {
+	n := startNode(t, fastTiming)
+	var mu sync.Mutex
+	var states []string
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var m map[string]json.RawMessage
+		json.NewDecoder(r.Body).Decode(&m)
+		st := string(m["state"])
+		mu.Lock()
+		states = append(states, st)
+		mu.Unlock()
+		switch {
+		case strings.Contains(st, "big"):
+			w.WriteHeader(400)
+			w.Write([]byte(`{"error":"state exceeds max-state-bytes (1024)"}`))
+		case strings.Contains(st, "down"):
+			w.WriteHeader(503)
+			w.Write([]byte(`{"error":"server is shutting down"}`))
+		default:
+			w.Write([]byte(`{"interval_ms":200,"ttl_ms":3000}`))
+		}
+	}))
+	t.Cleanup(fake.Close)
+	count := func(sub string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		c := 0
+		for _, s := range states {
+			if strings.Contains(s, sub) {
+				c++
+			}
+		}
+		return c
+	}
+	var errs errorLog
+	h := start(t, client.Config{
+		UDPAddr: n.udp, BaseURL: fake.URL, User: "ivan", Room: "lobby",
+		State: map[string]string{"x": "big"}, OnError: errs.add,
+	})
+	// A refused state is dropped (the server applied nothing), and the
+	// heartbeat goes again without it: over UDP.
+	waitAck(t, h)
+	if st := h.Status(); st.Transport != client.TransportUDP || !errs.has(client.ErrBadRequest) || count("big") != 1 {
+		t.Fatalf("status %+v, errors %v, refused states sent %d: want udp after one refusal", st, errs.list(), count("big"))
+	}
+	// While HTTP fails, UDP keeps the session and the state is tried again.
+	if err := h.SetState(map[string]string{"x": "down"}); err != nil {
+		t.Fatal(err)
+	}
+	acked := h.Status().Acked
+	eventually(t, 10*time.Second, "the state retried while UDP acks", func() bool {
+		return count("down") >= 3 && h.Status().Acked >= acked+3
+	})
+	if !errs.has(client.ErrUnavailable) || !n.online("ivan", "lobby") {
+		t.Errorf("errors %v, online %v: want unavailable reported and ivan online", errs.list(), n.online("ivan", "lobby"))
 	}
 }
