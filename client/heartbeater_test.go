@@ -134,6 +134,9 @@ func TestFallbackToHTTPAndBackToUDP(t *testing.T) {
 	if st.Transport != client.TransportHTTP || st.Fallbacks != 1 || !errors.Is(st.LastError, client.ErrNoReply) {
 		t.Fatalf("status = %+v, want http after one fallback for no reply", st)
 	}
+	if st.Interval != 200*time.Millisecond || st.TTL != 3*time.Second {
+		t.Errorf("interval %s, ttl %s: want the HTTP answer's 200ms and 3s", st.Interval, st.TTL)
+	}
 	if !errs.has(client.ErrNoReply) {
 		t.Errorf("OnError was not told about the silence")
 	}
