@@ -357,6 +357,19 @@ func (h *Heartbeater) run(ctx context.Context) {
 			return
 		case <-timer.C:
 		case <-h.wake:
+			// A state to send: not within a second of the last accepted
+			// heartbeat, which the server's --heartbeat-min-gap (1 s by
+			// default) would refuse.
+			if last := h.Status().LastAck; !last.IsZero() {
+				if d := retryBase - time.Since(last); d > 0 {
+					timer.Reset(d)
+					select {
+					case <-ctx.Done():
+						return
+					case <-timer.C:
+					}
+				}
+			}
 		}
 		var wait time.Duration
 		if err := h.exchange(ctx, wire.OpHeartbeat); err == nil {
@@ -528,10 +541,7 @@ func (h *Heartbeater) awaitReply(ctx context.Context, first, last uint32, deadli
 	for {
 		n, err := h.conn.Read(h.rbuf)
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) || time.Now().After(deadline) {
-				return err
-			}
-			continue // ICMP port unreachable and the like: keep waiting
+			return err // the deadline, or e.g. ECONNREFUSED (ICMP port unreachable): no reply to this datagram
 		}
 		if rep.Decode(h.rbuf[:n]) != nil || len(rep.Statuses()) != 1 || rep.Seq-first > last-first {
 			continue // not ours (a late reply to an earlier heartbeat)

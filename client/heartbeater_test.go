@@ -435,3 +435,22 @@ func TestStateRefusedOrHTTPDown(t *testing.T) {
 		t.Errorf("errors %v, online %v: want unavailable reported and ivan online", errs.list(), n.online("ivan", "lobby"))
 	}
 }
+
+func TestSetStateRespectsMinGap(t *testing.T) {
+	n := startNode(t, func(c *server.Config) {
+		c.Interval, c.TTL, c.HeartbeatMinGap = 10*time.Second, 30*time.Second, time.Second
+	})
+	var errs errorLog
+	h := start(t, client.Config{UDPAddr: n.udp, BaseURL: n.base, User: "judy", Room: "lobby", OnError: errs.add})
+	waitAck(t, h)
+	if err := h.SetState(map[string]string{"status": "away"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the state heartbeat accepted over HTTP", func() bool {
+		st := h.Status()
+		return st.Acked == 2 && st.Transport == client.TransportHTTP
+	})
+	if errs.has(client.ErrRateLimited) {
+		t.Errorf("the state heartbeat was sent within --heartbeat-min-gap: %v", errs.list())
+	}
+}
