@@ -104,15 +104,17 @@ func TestResendAfterDroppedDatagrams(t *testing.T) {
 	p.Drop.Store(2)
 	h := start(t, client.Config{
 		UDPAddr: p.Addr(), BaseURL: n.base, User: "bob", Room: "lobby",
-		AckTimeout: 50 * time.Millisecond, FallbackAfter: 5,
+		AckTimeout: 100 * time.Millisecond, FallbackAfter: 5,
 	})
 	waitAck(t, h)
+	// Exactly 2 resends, unless a slow machine let a timeout pass before
+	// the ack of the third datagram came.
 	st := h.Status()
-	if st.Transport != client.TransportUDP || st.Resent != 2 || st.Fallbacks != 0 {
+	if st.Transport != client.TransportUDP || st.Resent < 2 || st.Fallbacks != 0 {
 		t.Errorf("status = %+v, want acked over udp after 2 resends, no fallback", st)
 	}
-	if got := p.Received.Load(); got != 3 {
-		t.Errorf("proxy saw %d datagrams, want 3 (2 dropped, 1 acked)", got)
+	if got := p.Received.Load(); got < 3 || uint64(got) != st.Sent {
+		t.Errorf("proxy saw %d datagrams, client sent %d; want 3 or more (2 dropped)", got, st.Sent)
 	}
 	if !n.online("bob", "lobby") {
 		t.Errorf("bob not online: %+v", n.user("bob"))
@@ -127,7 +129,7 @@ func TestFallbackToHTTPAndBackToUDP(t *testing.T) {
 	h := start(t, client.Config{
 		UDPAddr: p.Addr(), BaseURL: n.base, User: "carol", Room: "lobby",
 		AckTimeout: 20 * time.Millisecond, MaxAckTimeout: 50 * time.Millisecond, FallbackAfter: 3,
-		UDPRetryAfter: 300 * time.Millisecond, OnError: errs.add,
+		UDPRetryAfter: time.Second, OnError: errs.add,
 	})
 	waitAck(t, h)
 	st := h.Status()
