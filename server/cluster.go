@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/server/cluster"
+	"github.com/presenced/presenced/server/events"
 	"github.com/presenced/presenced/shardmap"
 )
 
@@ -30,11 +31,13 @@ func (s *Server) newClusterNode() error {
 		cc.NodeID = defaultNodeID(s.cfg.HTTPAddr)
 	}
 	cc.Logger = s.log.With("component", "cluster")
-	cl, err := cluster.New(cc, s.m.Range, s.clusterEvent)
+	cc.LeaveDelay = s.cfg.LeaveDelay
+	cl, err := cluster.New(cc, s.m.Range, clusterSink{s})
 	if err != nil {
 		return &UsageError{fmt.Errorf("invalid cluster config: %w", err)}
 	}
 	s.cl = cl
+	s.bus.SetSource(cl)
 	s.registerClusterMetrics()
 	return nil
 }
@@ -132,15 +135,21 @@ func (s *Server) abortCluster() {
 	}
 }
 
-// clusterEvent hands a cluster-wide event to this node's event streams. An
-// explicit leave decided anywhere also ends this node's copy of the session,
-// so the next heartbeat here is a fresh join, as on a single node (its own
-// change then writes a leave that finds nothing and emits nothing).
-func (s *Server) clusterEvent(ev shardmap.Event) {
-	if !ev.Join && ev.Reason == shardmap.ReasonLeft {
-		s.m.Leave([]byte(ev.User), []byte(ev.Room), time.Now().UnixMilli())
+// clusterSink hands the cluster-wide events, read from the Redis Stream, to
+// this node's event bus. An explicit leave decided anywhere also ends this
+// node's copy of the session, so the next heartbeat here is a fresh join,
+// as on a single node (its own change then writes a leave that finds
+// nothing and emits nothing).
+type clusterSink struct{ s *Server }
+
+func (c clusterSink) SetFloor(id events.ID) { c.s.bus.SetFloor(id) }
+func (c clusterSink) Rebase(id events.ID)   { c.s.bus.Rebase(id) }
+
+func (c clusterSink) Append(ev *events.Event) bool {
+	if ev.Type == events.Leave && ev.Reason == events.ReasonLeft {
+		c.s.m.Leave([]byte(ev.User), []byte(ev.Room), time.Now().UnixMilli())
 	}
-	s.bus.Publish(tableEvent(&ev))
+	return c.s.bus.Append(ev)
 }
 
 func (s *Server) registerClusterMetrics() {

@@ -13,23 +13,20 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/events"
 	"github.com/presenced/presenced/shardmap"
 )
 
-func TestEventCodec(t *testing.T) {
-	for _, ev := range []shardmap.Event{
-		{User: "u", Room: "r", At: 1, Join: true},
-		{User: "ü ser", Room: "", At: 1700000000123, Reason: shardmap.ReasonLeft},
-		{User: "a:b", Room: "x\ty", At: 5, Reason: shardmap.ReasonTimeout},
-	} {
-		got, ok := decodeEvent(encodeEvent(&ev))
-		if !ok || got != ev {
-			t.Errorf("round trip of %+v: %+v %v", ev, got, ok)
-		}
+func TestDecodeEntry(t *testing.T) {
+	ev, ok := decodeEntry(redis.XMessage{ID: "17-3", Values: map[string]any{
+		"type": "leave", "user": "ü ser", "room": "x\ty", "at": "1700000000123", "reason": "timeout", "state": "", "node": "n"}})
+	if !ok || ev.ID != (events.ID{Ms: 17, Seq: 3}) || ev.Type != events.Leave || ev.User != "ü ser" || ev.Room != "x\ty" ||
+		ev.At != 1700000000123 || ev.Reason != "timeout" || ev.State != nil {
+		t.Fatalf("decoded %+v %v", ev, ok)
 	}
-	for _, bad := range []string{"", "x1\x00u\x00r", "j\x00u", "jx\x00u\x00r"} {
-		if _, ok := decodeEvent(bad); ok {
-			t.Errorf("decodeEvent(%q) accepted", bad)
+	for _, bad := range []redis.XMessage{{ID: "x", Values: map[string]any{"type": "join"}}, {ID: "1-1", Values: map[string]any{"type": "nope"}}} {
+		if _, ok := decodeEntry(bad); ok {
+			t.Errorf("decodeEntry(%+v) accepted", bad)
 		}
 	}
 }
@@ -98,11 +95,7 @@ func startNode(t *testing.T, addrs string, mod func(*Config)) *testNode {
 	if mod != nil {
 		mod(&cfg)
 	}
-	n, err := New(cfg, m.Range, func(ev shardmap.Event) {
-		tn.mu.Lock()
-		tn.evs = append(tn.evs, ev)
-		tn.mu.Unlock()
-	})
+	n, err := New(cfg, m.Range, testSink{tn})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +133,22 @@ func startNode(t *testing.T, addrs string, mod func(*Config)) *testNode {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return tn
+}
+
+// testSink records the stream's events as the table's events.
+type testSink struct{ tn *testNode }
+
+func (testSink) SetFloor(events.ID) {}
+func (testSink) Rebase(events.ID)   {}
+func (s testSink) Append(ev *events.Event) bool {
+	e := shardmap.Event{User: ev.User, Room: ev.Room, At: ev.At, Join: ev.Type == events.Join, Reason: shardmap.ReasonLeft}
+	if ev.Reason == events.ReasonTimeout {
+		e.Reason = shardmap.ReasonTimeout
+	}
+	s.tn.mu.Lock()
+	s.tn.evs = append(s.tn.evs, e)
+	s.tn.mu.Unlock()
+	return true
 }
 
 func (tn *testNode) count(join bool, reason shardmap.Reason) int {

@@ -47,6 +47,10 @@ type Config struct {
 	// default 100,000 entries, about 100 bytes each). A backend that falls
 	// further behind than that loses the oldest events.
 	StreamMaxLen int64
+	// LeaveDelay holds leave events in Redis this long; a join of the same
+	// (user, room) through any node within it cancels both (the server's
+	// --leave-delay; 0 turns the debounce off).
+	LeaveDelay time.Duration
 	// LastSeenRetention keeps an offline user's last-seen time in Redis
 	// (default 24h, one small string per user).
 	LastSeenRetention time.Duration

@@ -2,107 +2,216 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/shardmap"
+	"github.com/presenced/presenced/server/events"
 )
 
-// emit applies the room side of decided events and publishes them: to the
-// capped stream (for backends, at least once) and on the channel (every
-// node's event stream).
+// Events in Redis. The node whose script decided an event (TOUCH, LEAVE or
+// REAP answered 1) applies its room side and emits it with EMIT, a script on
+// the stream's slot that either appends it to the stream (XADD, which gives
+// it its cluster-wide id) or, with a leave delay, holds a leave in the
+// pending hash until FLUSH appends it; a join of the same (user, room)
+// while its leave is held deletes both. Every node reads the stream with
+// XREAD (stream.go) and hands each entry to its event bus once, so the
+// rejoin may come through another node than the leave and still cancel it.
+//
+//	pd:events              STREAM  type, user, room, at (unix ms), reason, state, node
+//	{pd:events}:lp         HASH    user "\0" room -> at "\0" reason "\0" node (held leaves)
+//	{pd:events}:ld         ZSET    user "\0" room, score = due (unix ms)
+//
+// The braces put the two debounce keys in the stream's own Redis Cluster
+// slot (the hash tag "pd:events" is the stream key), so EMIT and FLUSH are
+// atomic with the XADD.
+//
+// Events that cannot be written (Redis unreachable, a failed pipeline) stay
+// queued in order, up to maxPendingEvents, and are written when Redis
+// answers again, with their original "at". Beyond the bound the newest are
+// dropped and counted, and a reset entry (reason history_lost) is appended
+// after the queued ones, so every stream learns that it missed events.
+
+// maxPendingEvents bounds the events kept while Redis cannot take them.
+const maxPendingEvents = 100_000
+
+var (
+	scriptEmit = redis.NewScript(`
+local member = ARGV[2] .. "\0" .. ARGV[3]
+local delay = tonumber(ARGV[9])
+if delay > 0 then
+  if ARGV[1] == "leave" then
+    redis.call("HSET", KEYS[2], member, ARGV[4] .. "\0" .. ARGV[5] .. "\0" .. ARGV[7])
+    redis.call("ZADD", KEYS[3], tonumber(ARGV[10]) + delay, member)
+    return 2
+  elseif ARGV[1] == "join" then
+    if redis.call("HDEL", KEYS[2], member) == 1 then
+      redis.call("ZREM", KEYS[3], member)
+      return 3
+    end
+  end
+end
+redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[8], "*", "type", ARGV[1], "user", ARGV[2], "room", ARGV[3],
+  "at", ARGV[4], "reason", ARGV[5], "state", ARGV[6], "node", ARGV[7])
+return 1
+`)
+	scriptFlushLeaves = redis.NewScript(`
+local due = redis.call("ZRANGEBYSCORE", KEYS[3], "-inf", ARGV[1], "LIMIT", 0, tonumber(ARGV[3]))
+for _, m in ipairs(due) do
+  local v = redis.call("HGET", KEYS[2], m)
+  redis.call("ZREM", KEYS[3], m)
+  if v then
+    redis.call("HDEL", KEYS[2], m)
+    local i = string.find(m, "\0", 1, true)
+    local a = string.find(v, "\0", 1, true)
+    local b = string.find(v, "\0", a + 1, true)
+    redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[2], "*", "type", "leave",
+      "user", string.sub(m, 1, i - 1), "room", string.sub(m, i + 1),
+      "at", string.sub(v, 1, a - 1), "reason", string.sub(v, a + 1, b - 1), "state", "", "node", string.sub(v, b + 1))
+  end
+end
+return #due
+`)
+)
+
+func init() { allScripts = append(allScripts, scriptEmit, scriptFlushLeaves) }
+
+// emitter is the queue of decided events not yet written.
+type emitter struct {
+	sync.Mutex
+	pending []evOp
+	lost    uint64 // dropped since the last reset entry
+}
+
+func (k *keys) heldLeaves() string { return "{" + k.stream() + "}:lp" }
+func (k *keys) heldDue() string    { return "{" + k.stream() + "}:ld" }
+
+func (n *Node) eventKeys() []string {
+	return []string{n.k.stream(), n.k.heldLeaves(), n.k.heldDue()}
+}
+
+// emit queues decided events and writes every queued one it can: the room
+// side, then EMIT. With no new events it retries the queued ones.
 func (n *Node) emit(ctx context.Context, evs []evOp) error {
-	if len(evs) == 0 {
+	n.em.Lock()
+	defer n.em.Unlock()
+	for _, e := range evs {
+		if len(n.em.pending) >= maxPendingEvents {
+			n.em.lost++
+			n.eventsLost.Add(1)
+			continue
+		}
+		n.em.pending = append(n.em.pending, e)
+	}
+	n.pendingEvents.Store(int64(len(n.em.pending)))
+	if len(n.em.pending) == 0 && n.em.lost == 0 {
 		return nil
 	}
-	for len(evs) > 0 {
-		k := min(len(evs), n.cfg.PipelineSize/3)
-		chunk := evs[:k]
-		evs = evs[k:]
+	err := n.writePendingLocked(ctx)
+	n.pendingEvents.Store(int64(len(n.em.pending)))
+	return err
+}
+
+func (n *Node) writePendingLocked(ctx context.Context) error {
+	now := time.Now().UnixMilli()
+	delay := n.cfg.LeaveDelay.Milliseconds()
+	for len(n.em.pending) > 0 {
+		chunk := n.em.pending[:min(len(n.em.pending), max(n.cfg.PipelineSize/2, 1))]
+		roomCmds := make([]*redis.Cmd, len(chunk))
+		emitCmds := make([]*redis.Cmd, len(chunk))
 		err := n.withScripts(ctx, func() error {
 			p := n.c.Pipeline()
 			for i := range chunk {
 				e := &chunk[i]
-				if e.ev.Room != "" {
+				if e.ev.Room != "" && !e.roomDone {
 					rb := roomBucket(e.ev.Room)
 					keys := []string{n.k.members(e.ev.Room), n.k.top(rb)}
 					if e.roomAdd {
-						evalSha(ctx, p, scriptRoomAdd, keys, e.ev.User, e.ev.Room)
+						roomCmds[i] = evalSha(ctx, p, scriptRoomAdd, keys, e.ev.User, e.ev.Room)
 					} else {
-						evalSha(ctx, p, scriptRoomRem, keys, e.ev.User, e.ev.Room)
+						roomCmds[i] = evalSha(ctx, p, scriptRoomRem, keys, e.ev.User, e.ev.Room)
 					}
 				}
-				if e.silent {
-					continue
+				if !e.silent && !e.emitDone {
+					typ, reason := "join", ""
+					if !e.ev.Join {
+						typ, reason = "leave", e.ev.Reason.String()
+					}
+					emitCmds[i] = evalSha(ctx, p, scriptEmit, n.eventKeys(), typ, e.ev.User, e.ev.Room,
+						e.ev.At, reason, "", n.cfg.NodeID, n.cfg.StreamMaxLen, delay, now)
 				}
-				typ, reason := "join", ""
-				if !e.ev.Join {
-					typ, reason = "leave", e.ev.Reason.String()
-				}
-				p.XAdd(ctx, &redis.XAddArgs{
-					Stream: n.k.stream(), MaxLen: n.cfg.StreamMaxLen, Approx: true,
-					Values: []any{"type", typ, "user", e.ev.User, "room", e.ev.Room,
-						"at", time.UnixMilli(e.ev.At).UTC().Format("2006-01-02T15:04:05.000Z07:00"),
-						"reason", reason, "node", n.cfg.NodeID},
-				})
-				p.Publish(ctx, n.k.channel(), encodeEvent(&e.ev))
 			}
 			return n.exec(ctx, p)
 		})
-		if err != nil {
-			return fmt.Errorf("cannot publish events: %w", err)
+		done := 0
+		for i := range chunk {
+			e := &chunk[i]
+			if c := roomCmds[i]; c != nil && c.Err() == nil {
+				e.roomDone = true
+			}
+			if c := emitCmds[i]; c != nil && c.Err() == nil {
+				e.emitDone = true
+			}
+			if (e.roomDone || e.ev.Room == "") && (e.emitDone || e.silent) && done == i {
+				done++
+			}
 		}
+		n.em.pending = n.em.pending[done:]
+		if err != nil {
+			return fmt.Errorf("cannot write events (%d queued): %w", len(n.em.pending), err)
+		}
+		if done == 0 {
+			return errors.New("cannot write events: no progress")
+		}
+	}
+	n.em.pending = nil
+	if n.em.lost > 0 {
+		err := n.withScripts(ctx, func() error {
+			p := n.c.Pipeline()
+			evalSha(ctx, p, scriptEmit, n.eventKeys(), events.Reset.String(), "", "", now,
+				events.ReasonHistoryLost, "", n.cfg.NodeID, n.cfg.StreamMaxLen, 0, now)
+			return n.exec(ctx, p)
+		})
+		if err != nil {
+			return fmt.Errorf("cannot write reset event: %w", err)
+		}
+		n.log.Warn("events dropped while Redis could not take them; streams get a reset", "dropped", n.em.lost)
+		n.em.lost = 0
 	}
 	return nil
 }
 
-// encodeEvent renders the pub/sub payload: kind ('j', 'l' or 't'), the time
-// in unix ms, then NUL, user, NUL, room.
-func encodeEvent(ev *shardmap.Event) string {
-	k := byte('j')
-	if !ev.Join {
-		k = 'l'
-		if ev.Reason == shardmap.ReasonTimeout {
-			k = 't'
-		}
+// flushHeldLeaves appends the held leaves whose delay has passed to the
+// stream. Every node runs it; the script makes each leave appear once.
+func (n *Node) flushHeldLeaves(ctx context.Context) error {
+	if n.cfg.LeaveDelay <= 0 {
+		return nil
 	}
-	b := make([]byte, 0, 24+len(ev.User)+len(ev.Room))
-	b = append(b, k)
-	b = strconv.AppendInt(b, ev.At, 10)
-	b = append(b, 0)
-	b = append(b, ev.User...)
-	b = append(b, 0)
-	b = append(b, ev.Room...)
-	return string(b)
+	return n.withScripts(ctx, func() error {
+		p := n.c.Pipeline()
+		evalSha(ctx, p, scriptFlushLeaves, n.eventKeys(), time.Now().UnixMilli(), n.cfg.StreamMaxLen, 1000)
+		return n.exec(ctx, p)
+	})
 }
 
-func decodeEvent(s string) (shardmap.Event, bool) {
-	if len(s) < 2 {
-		return shardmap.Event{}, false
+// decodeEntry turns a stream entry into an event.
+func decodeEntry(m redis.XMessage) (*events.Event, bool) {
+	id, ok := events.ParseID(m.ID)
+	if !ok {
+		return nil, false
 	}
-	var ev shardmap.Event
-	switch s[0] {
-	case 'j':
-		ev.Join = true
-	case 'l':
-		ev.Reason = shardmap.ReasonLeft
-	case 't':
-		ev.Reason = shardmap.ReasonTimeout
-	default:
-		return ev, false
+	str := func(k string) string { s, _ := m.Values[k].(string); return s }
+	ev := &events.Event{ID: id, Type: events.ParseType(str("type")), User: str("user"), Room: str("room"), Reason: str("reason")}
+	if ev.Type == 0 {
+		return nil, false
 	}
-	parts := strings.SplitN(s[1:], "\x00", 3)
-	if len(parts) != 3 {
-		return ev, false
+	ev.At, _ = strconv.ParseInt(str("at"), 10, 64)
+	if s := str("state"); s != "" {
+		ev.State = []byte(s)
 	}
-	at, err := strconv.ParseInt(parts[0], 10, 64)
-	if err != nil {
-		return ev, false
-	}
-	ev.At, ev.User, ev.Room = at, parts[1], parts[2]
 	return ev, true
 }

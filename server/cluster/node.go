@@ -10,16 +10,10 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/presenced/presenced/shardmap"
 )
 
 // RangeFunc walks this node's live sessions (shardmap.Map.Range).
 type RangeFunc func(fn func(user, room []byte, lastSeen, expiry int64) bool)
-
-// EventFunc receives each cluster-wide join and leave once, from the
-// subscriber goroutine. It must not block.
-type EventFunc func(ev shardmap.Event)
 
 // Node is this process's member of the cluster: a background writer that
 // replicates the change log to Redis, a reaper that expires sessions of any
@@ -31,7 +25,7 @@ type Node struct {
 	c       redis.UniversalClient
 	ttlMs   int64
 	margin  int64
-	onEvent EventFunc
+	sink    EventSink
 	rangeFn RangeFunc
 
 	// in is the intake of changes, filled by Offer (under a map shard lock)
@@ -69,6 +63,10 @@ type Node struct {
 	// pipeline of a write round when it returns an error.
 	testBeforeEmit func() error
 
+	em            emitter      // decided events not yet written (events.go)
+	pendingEvents atomic.Int64 // len(em.pending), for metrics
+	eventsLost    atomic.Uint64
+
 	// Writer-owned state (only the writer goroutine touches it).
 	w writerState
 }
@@ -84,7 +82,7 @@ func (l redisLog) Printf(_ context.Context, format string, v ...any) {
 var setRedisLogger sync.Once
 
 // New validates cfg and builds a node; Start connects it.
-func New(cfg Config, rangeFn RangeFunc, onEvent EventFunc) (*Node, error) {
+func New(cfg Config, rangeFn RangeFunc, sink EventSink) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -98,7 +96,7 @@ func New(cfg Config, rangeFn RangeFunc, onEvent EventFunc) (*Node, error) {
 		k:         newKeys(cfg.Prefix),
 		ttlMs:     cfg.TTL.Milliseconds(),
 		margin:    cfg.RefreshMargin.Milliseconds(),
-		onEvent:   onEvent,
+		sink:      sink,
 		rangeFn:   rangeFn,
 		kick:      make(chan struct{}, 1),
 		quit:      make(chan struct{}),
@@ -127,7 +125,8 @@ func (n *Node) Start() error {
 	n.goroutine(n.writeLoop)
 	n.goroutine(n.reapLoop)
 	n.goroutine(n.healthLoop)
-	n.goroutine(n.subscribeLoop)
+	n.goroutine(n.streamLoop)
+	n.goroutine(n.eventsLoop)
 	return nil
 }
 

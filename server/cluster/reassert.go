@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/shardmap"
 )
 
 // reassert writes every live session of this node (after Redis lost them,
@@ -52,6 +54,7 @@ func (w *writerState) reassert() error {
 	if err := w.repairRooms(); err != nil {
 		return err
 	}
+	clear(w.unjoined) // what the re-assert did not create has ended meanwhile
 	n.needAssert.Store(false)
 	n.asserts.Add(1)
 	n.whole(total, time.Since(t0))
@@ -110,12 +113,21 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 	if err != nil {
 		return err
 	}
+	var joins []evOp
 	for _, c := range calls {
 		res, err := c.cmd.Int64Slice()
 		if err != nil {
 			return fmt.Errorf("cannot re-assert sessions: %w", err)
 		}
 		for j := range res {
+			if o := &ops[c.idx[j]]; res[j] == 1 {
+				// A session whose first write failed: its join was never
+				// decided; it is now, with the time it happened.
+				h := sessHash([]byte(o.user), []byte(o.room))
+				if at, ok := w.unjoined[h]; ok {
+					joins = append(joins, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: at, Join: true}, roomDone: true})
+				}
+			}
 			// Every session, new or not: the member set may lack it.
 			if o := &ops[c.idx[j]]; o.room != "" {
 				b := roomBucket(o.room)
@@ -167,7 +179,7 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 			return fmt.Errorf("cannot re-assert room members: %w", err)
 		}
 	}
-	return nil
+	return n.emit(ctx, joins)
 }
 
 // repairBatch is how many rooms, or member checks, one repair pipeline carries.

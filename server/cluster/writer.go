@@ -27,11 +27,17 @@ type op struct {
 	lastSeen, expiry int64
 	at               int64
 	all              bool // opLeave of every room of the user (before expandLeaveAll)
+	first            bool // opTouch: the writer's first write of the session (a join, locally)
 }
 
 type writerState struct {
 	n     *Node
 	state map[uint64]sessState
+	// unjoined holds the sessions whose first write failed (Redis
+	// unreachable), by hash, with the time of their first heartbeat: when
+	// the re-assert creates one in Redis, its join is emitted then, with
+	// that time, instead of silently (events.go).
+	unjoined map[uint64]int64
 	// ring holds deferred refreshes by due slot (slotMs wide), as
 	// appendDeferred records.
 	ring     [][]byte
@@ -51,11 +57,15 @@ type evOp struct {
 	ev      shardmap.Event
 	silent  bool // re-assert: room update only, no event
 	roomAdd bool
+	// roomDone and emitDone record what was written, so a retry of a
+	// partly failed round (events.go) repeats neither half.
+	roomDone, emitDone bool
 }
 
 func (w *writerState) init(n *Node) {
 	w.n = n
 	w.state = map[uint64]sessState{}
+	w.unjoined = map[uint64]int64{}
 	// A slot is a quarter of the refresh margin, 10ms to 1s: a deferred
 	// refresh is written up to one slot before it is due.
 	w.slotMs = min(max(n.margin/4, 10), 1000)
@@ -142,6 +152,7 @@ func (w *writerState) cycle(final bool) {
 			// after it (they are not in the table any more).
 			buf, _, _ := n.swapIntake(w.spare)
 			w.keepLeaves(buf)
+			w.noteJoinsIn(buf)
 			w.spare = buf[:0]
 			return
 		}
@@ -206,7 +217,7 @@ func (w *writerState) upsert(h uint64, user, room []byte, ls, exp, now int64) {
 	st, ok := w.state[h]
 	if !ok {
 		w.state[h] = sessState{W: exp, L: exp}
-		w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: ls, expiry: exp})
+		w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: ls, expiry: exp, first: true})
 		return
 	}
 	if exp > st.L {
@@ -354,7 +365,13 @@ func (w *writerState) send(ctx context.Context, ops []op) error {
 				if o.kind == opLeave {
 					w.retryLeave(o)
 				}
+				if o.kind == opTouch {
+					w.noteUnjoined(o)
+				}
 				continue
+			}
+			if o.kind == opTouch {
+				delete(w.unjoined, sessHash([]byte(o.user), []byte(o.room)))
 			}
 			if v != 1 {
 				continue
@@ -373,6 +390,40 @@ func (w *writerState) send(ctx context.Context, ops []op) error {
 		}
 	}
 	return first
+}
+
+// noteUnjoined remembers a failed first write of a session, so the
+// re-assert that creates it emits its join.
+func (w *writerState) noteUnjoined(o *op) {
+	h := sessHash([]byte(o.user), []byte(o.room))
+	if _, ok := w.unjoined[h]; ok || !o.first {
+		return // noted already, or a refresh
+	}
+	if len(w.unjoined) >= maxPendingEvents {
+		w.n.em.Lock()
+		w.n.em.lost++
+		w.n.em.Unlock()
+		w.n.eventsLost.Add(1)
+		return
+	}
+	w.unjoined[h] = o.lastSeen
+}
+
+// noteJoinsIn notes, while partial, the sessions of buf this writer has
+// never written: their joins are emitted by the re-assert that creates
+// them.
+func (w *writerState) noteJoinsIn(buf []byte) {
+	for rest := buf; len(rest) > 0; {
+		var c change
+		c, rest = readChange(rest)
+		if c.kind != changeUpsert {
+			continue
+		}
+		if _, ok := w.state[sessHash(c.user, c.room)]; ok {
+			continue
+		}
+		w.noteUnjoined(&op{kind: opTouch, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, first: true})
+	}
 }
 
 // emitHook runs emit for w.evs, unless a test injects a fault between the

@@ -92,6 +92,30 @@ func (b *Bus) SetFloor(id ID) {
 	}
 }
 
+// Rebase drops the history and starts it again after id (cluster: the
+// stream lost entries this node had read). Every subscriber gets a reset.
+func (b *Bus) Rebase(id ID) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	clear(b.mu.ring)
+	b.mu.ring, b.mu.start, b.mu.n = b.mu.ring[:0], 0, 0
+	b.mu.floor, b.mu.last = id, id
+	for s := range b.mu.all {
+		s.rebased.Store(true)
+		s.wakeLocked()
+	}
+	for _, m := range b.mu.byRoom {
+		for s := range m {
+			s.rebased.Store(true)
+			s.wakeLocked()
+		}
+	}
+}
+
+// SetSource sets where history older than the ring comes from. Only valid
+// before the first Subscribe.
+func (b *Bus) SetSource(src Source) { b.cfg.Source = src }
+
 // Publish assigns ev the next id and delivers it (single node).
 func (b *Bus) Publish(ev *Event) {
 	b.mu.Lock()
@@ -203,6 +227,8 @@ type Sub struct {
 	cursor ID // reader-owned: everything up to cursor is delivered or skipped
 	reset  bool
 	closed atomic.Bool
+	// rebased is set by Rebase: the history this subscriber read from is gone.
+	rebased atomic.Bool
 }
 
 func (s *Sub) offer(b *Bus, ev *Event) {
@@ -214,6 +240,14 @@ func (s *Sub) offer(b *Bus, ev *Event) {
 	default:
 		s.behind.Store(true)
 		b.overflows.Add(1)
+	}
+}
+
+// wakeLocked makes a reader blocked in Next look at its flags.
+func (s *Sub) wakeLocked() {
+	select {
+	case s.ch <- nil:
+	default:
 	}
 }
 
@@ -233,9 +267,10 @@ func (b *Bus) Subscribe(room string, all bool, since *ID) *Sub {
 	s.cursor = b.mu.last
 	if since != nil && *since != b.mu.last {
 		switch {
-		case b.mu.last.Less(*since):
+		case b.mu.last.Less(*since) && b.cfg.Source == nil:
 			// An id from the future: another history (a restarted node
-			// whose clock went back) or garbage.
+			// whose clock went back) or garbage. (In a cluster it may be
+			// an id another node has read already and this one not yet.)
 			s.reset = true
 		case since.Less(b.mu.floor) && b.cfg.Source == nil:
 			s.reset = true
@@ -286,6 +321,9 @@ const catchUpPage = 4096
 // the subscriber missed; the events after it are live ones.
 func (b *Bus) Next(s *Sub, dst []*Event, max int, wake <-chan time.Time) ([]*Event, error) {
 	for {
+		if s.rebased.Swap(false) {
+			s.reset = true
+		}
 		if s.reset {
 			s.reset = false
 			b.resets.Add(1)
@@ -330,7 +368,7 @@ func (b *Bus) Next(s *Sub, dst []*Event, max int, wake <-chan time.Time) ([]*Eve
 }
 
 func (s *Sub) take(dst []*Event, ev *Event) []*Event {
-	if !s.cursor.Less(ev.ID) {
+	if ev == nil || !s.cursor.Less(ev.ID) {
 		return dst // already delivered while catching up from history
 	}
 	s.cursor = ev.ID
@@ -390,7 +428,9 @@ func (b *Bus) catchUp(s *Sub, dst []*Event, max int) ([]*Event, error) {
 	if i == b.mu.n {
 		// Caught up: live events from here on. Anything already queued is
 		// at or before the cursor and is skipped by take.
-		s.cursor = b.mu.last
+		if s.cursor.Less(b.mu.last) {
+			s.cursor = b.mu.last
+		}
 		s.behind.Store(false)
 	}
 	return dst, nil

@@ -1,0 +1,137 @@
+package server
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/presenced/presenced/server/cluster/redistest"
+)
+
+// snapshot returns a copy of the events read so far.
+func (l *sseLog) snapshot() []sseEvent {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]sseEvent(nil), l.evs...)
+}
+
+func (l *sseLog) waitLen(t *testing.T, n int, what string) []sseEvent {
+	t.Helper()
+	waitFor(t, 10*time.Second, what, func() bool { return len(l.snapshot()) >= n })
+	return l.snapshot()
+}
+
+// Every node streams the same events with the same ids; a client can
+// resume on another node, including one started after the events (its
+// history then comes from the Redis Stream), and gets each event once.
+func TestClusterEventsResumeAcrossNodes(t *testing.T) {
+	r := redistest.Start(t)
+	a := startCluster(t, clusterTestConfig(r.Addr()))
+	b := startCluster(t, clusterTestConfig(r.Addr()))
+	for i := range 10 {
+		n := a
+		if i%2 == 1 {
+			n = b
+		}
+		n.heartbeat(fmt.Sprintf("u%d", i), "room")
+	}
+	evA := a.ev.waitLen(t, 10, "10 joins on A")
+	evB := b.ev.waitLen(t, 10, "10 joins on B")
+	for i := range 10 {
+		if evA[i].ID == "" || evA[i].ID != evB[i].ID || evA[i].User != evB[i].User {
+			t.Fatalf("event %d: A %+v, B %+v: nodes disagree", i, evA[i], evB[i])
+		}
+	}
+	c := startCluster(t, clusterTestConfig(r.Addr())) // after the events: history from Redis
+	for _, n := range []*cnode{b, c} {
+		l := n.eventsFrom(evA[4].ID)
+		got := l.waitLen(t, 5, "resumed events")
+		time.Sleep(200 * time.Millisecond) // would a duplicate follow? (none must)
+		got = l.snapshot()
+		if len(got) != 5 {
+			t.Fatalf("resumed %d events, want 5: %+v", len(got), got)
+		}
+		for j, ev := range got {
+			if ev.ID != evA[5+j].ID || ev.User != evA[5+j].User {
+				t.Fatalf("resumed event %d = %+v, want %+v", j, ev, evA[5+j])
+			}
+		}
+	}
+	a.heartbeat("live", "room")
+	waitFor(t, 5*time.Second, "live join on C", func() bool { return c.ev.count("join", "live", "room") == 1 })
+}
+
+// A leave through A followed within --leave-delay by a rejoin through B is
+// no event on any node; a leave with no rejoin arrives once, the delay late.
+func TestClusterEventsDebounceAcrossNodes(t *testing.T) {
+	r := redistest.Start(t)
+	cfg := clusterTestConfig(r.Addr())
+	cfg.LeaveDelay = 600 * time.Millisecond
+	a := startCluster(t, cfg)
+	b := startCluster(t, cfg)
+	a.heartbeat("u", "room")
+	for _, n := range []*cnode{a, b} {
+		waitFor(t, 5*time.Second, "join", func() bool { return n.ev.count("join", "u", "room") == 1 })
+	}
+	a.do("POST", "/v1/leave", `{"user":"u","room":"room"}`, nil)
+	time.Sleep(100 * time.Millisecond) // the leave is decided in Redis
+	b.heartbeat("u", "room")           // the reload lands on another node
+	a.heartbeat("marker", "room")
+	for _, n := range []*cnode{a, b} {
+		waitFor(t, 5*time.Second, "marker", func() bool { return n.ev.count("join", "marker", "room") == 1 })
+	}
+	time.Sleep(cfg.LeaveDelay + 300*time.Millisecond)
+	for i, n := range []*cnode{a, b} {
+		if got := n.ev.count("leave:left", "u", "room") + n.ev.count("join", "u", "room"); got != 1 {
+			t.Fatalf("node %d: %d events of u, want only the first join: %+v", i, got, n.ev.snapshot())
+		}
+	}
+	t0 := time.Now()
+	b.do("POST", "/v1/leave", `{"user":"u","room":"room"}`, nil)
+	for _, n := range []*cnode{a, b} {
+		waitFor(t, 5*time.Second, "held leave", func() bool { return n.ev.count("leave:left", "u", "room") == 1 })
+	}
+	if d := time.Since(t0); d < cfg.LeaveDelay {
+		t.Fatalf("leave after %s, before the %s delay", d, cfg.LeaveDelay)
+	}
+}
+
+// Redis stops while streams are open: a user who joins during the outage
+// is announced once Redis is back, with the time of the join; nothing twice.
+func TestClusterEventsRedisRestart(t *testing.T) {
+	r := redistest.Start(t)
+	a := startCluster(t, clusterTestConfig(r.Addr()))
+	b := startCluster(t, clusterTestConfig(r.Addr()))
+	a.heartbeat("before", "room")
+	for _, n := range []*cnode{a, b} {
+		waitFor(t, 5*time.Second, "join before", func() bool { return n.ev.count("join", "before", "room") == 1 })
+	}
+	r.Stop()
+	waitFor(t, 5*time.Second, "redis down on A", func() bool { return a.metricValue("presenced_redis_up") == 0 })
+	joinedAt := time.Now()
+	a.heartbeat("during", "room")
+	time.Sleep(300 * time.Millisecond)
+	r.Restart()
+	for i, n := range []*cnode{a, b} {
+		waitFor(t, 15*time.Second, "join of the outage user", func() bool { return n.ev.count("join", "during", "room") == 1 })
+		for _, ev := range n.ev.snapshot() {
+			if ev.User == "during" {
+				at, err := time.Parse(time.RFC3339, ev.At)
+				if err != nil || at.Sub(joinedAt).Abs() > time.Second {
+					t.Errorf("node %d: join of during at %q, want its original time %s", i, ev.At, joinedAt.UTC())
+				}
+			}
+		}
+	}
+	a.heartbeat("after", "room")
+	for _, n := range []*cnode{a, b} {
+		waitFor(t, 5*time.Second, "join after", func() bool { return n.ev.count("join", "after", "room") == 1 })
+	}
+	for i, n := range []*cnode{a, b} {
+		for _, u := range []string{"before", "during", "after"} {
+			if c := n.ev.count("join", u, "room"); c != 1 {
+				t.Errorf("node %d: %d joins of %s, want 1", i, c, u)
+			}
+		}
+	}
+}
