@@ -27,6 +27,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "presenced loadtest: %v\n", err)
 		return 2
 	}
+	if cfg.CPU != "" && os.Getenv(pinnedEnv) != cfg.CPU {
+		return runPinned(cfg.CPU, args, stdout, stderr)
+	}
+	if cfg.Serve != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return serve(ctx, &cfg, stdout, stderr)
+	}
 	var kr *token.Keyring
 	if cfg.SecretFile != "" {
 		if kr, err = token.LoadKeyring(cfg.SecretFile); err != nil {
