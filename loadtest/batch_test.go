@@ -260,4 +260,3 @@ func TestLimitOf(t *testing.T) {
 		}
 	}
 }
-
