@@ -254,8 +254,27 @@ func TestLimitOf(t *testing.T) {
 			Server: &ServerSide{CPUSeconds: 0.3, CPUCores: 1}}, limitLoss},
 		{"server starved", StepResult{OfferedRate: 1000, SentPerS: 1000, Sent: 1000, SendSpanS: 1, LossPct: 5, LoadgenCPUPct: 30, LoadgenCores: 1,
 			Server: &ServerSide{CPUSeconds: 0.4, CPUCores: 1, RunqueueWaitS: 0.5, ServerQueueDrops: 50}}, limitServer + " (40% busy, 50% waiting for a shared core)"},
+		{"server dropped, idle", StepResult{OfferedRate: 1000, SentPerS: 1000, Sent: 1000, SendSpanS: 1, LossPct: 5, LoadgenCPUPct: 30, LoadgenCores: 1,
+			Server: &ServerSide{CPUSeconds: 0.4, CPUCores: 1, ServerQueueDrops: 50}}, limitServer},
 	} {
 		if got := limitOf(&tc.s, cfg); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	flat := *cfg
+	flat.FlatOut = true
+	for _, tc := range []struct {
+		name string
+		s    StepResult
+		want string
+	}{
+		{"server kept up", StepResult{Sent: 1000, SendSpanS: 1, LoadgenCPUPct: 100, LoadgenCores: 1,
+			Server: &ServerSide{CPUSeconds: 0.7, CPUCores: 1}}, limitGenerator},
+		{"server queue overflowed", StepResult{Sent: 1000, SendSpanS: 1, LoadgenCPUPct: 100, LoadgenCores: 1,
+			Server: &ServerSide{CPUSeconds: 0.9, CPUCores: 1, ServerQueueDrops: 300, KernelDrops: 300}}, limitServer},
+		{"acks lost", StepResult{Sent: 1000, SendSpanS: 1, LossPct: 3, LoadgenCPUPct: 100, LoadgenCores: 1}, limitLoss},
+	} {
+		if got := limitOf(&tc.s, &flat); got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}

@@ -99,11 +99,15 @@ type StepResult struct {
 	LoadgenCPUPct  float64          `json:"loadgen_cpu_pct"`  // this process (senders, receivers, flood), % of one core, from getrusage; -1: unknown
 	LoadgenCores   int              `json:"loadgen_cores"`    // CPUs the generator may use (GOMAXPROCS: its affinity)
 	LoadgenWaitPct float64          `json:"loadgen_wait_pct"` // its threads waited runnable for a CPU, % of one core
-	Server         *ServerSide      `json:"server,omitempty"` // the target's own counters and CPU (--target-metrics, --target-pid)
-	Limit          string           `json:"limit"`            // what held the step back: generator CPU, server CPU, loss, none
-	Flood          *FloodResult     `json:"flood,omitempty"`  // the flood beside this step, not in the figures above
-	Sustainable    bool             `json:"sustainable"`
-	Timeline       []Point          `json:"timeline"`
+	// LoadgenUsPerDatagram is the generator's CPU per datagram sent, its
+	// ack received and matched included: 1e6 / it is what one core of the
+	// generator can drive when nothing else is the limit.
+	LoadgenUsPerDatagram float64      `json:"loadgen_us_per_datagram,omitzero"`
+	Server               *ServerSide  `json:"server,omitempty"` // the target's own counters and CPU (--target-metrics, --target-pid)
+	Limit                string       `json:"limit"`            // what held the step back: generator CPU, server CPU, loss, none
+	Flood                *FloodResult `json:"flood,omitempty"`  // the flood beside this step, not in the figures above
+	Sustainable          bool         `json:"sustainable"`
+	Timeline             []Point      `json:"timeline"`
 }
 
 // Latency is in milliseconds.

@@ -143,6 +143,9 @@ func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs,
 	<-progressDone
 	st.collect()
 	res.fill(st, dur)
+	if res.LoadgenCPUPct > 0 && res.Sent > 0 {
+		res.LoadgenUsPerDatagram = res.LoadgenCPUPct / 100 * time.Since(selfT0).Seconds() / float64(res.Sent) * 1e6
+	}
 	if probe != nil {
 		res.Server = probe.end(res.SendSpanS, res.Answered)
 		if cfg.NoAck && res.Server.DatagramsPerS > 0 {

@@ -288,48 +288,54 @@ const (
 )
 
 // limitOf names what held the step back: the generator's CPU (its own
-// getrusage time against the cores it may use, or a schedule it could not
-// keep), the server's CPU (/proc/<pid>/stat against its affinity), or
-// loss (datagrams dropped with neither side busy: socket queues, the
-// network). More than one may be named; "none" when nothing was near its
-// limit, so a higher rate would be carried.
+// getrusage time, plus the time its threads waited for a core, against
+// the cores it may use; or a schedule it could not keep), the server's CPU
+// (/proc/<pid>/stat and schedstat against its affinity), or loss
+// (datagrams dropped with neither side out of CPU). More than one may be
+// named; "none" when nothing was near its limit, so a higher rate would be
+// carried. Flat out the generator is always busy, so there the question is
+// only whether the server kept up: its socket queue overflowing says it
+// did not.
 func limitOf(s *StepResult, cfg *Config) string {
-	var out []string
 	genCores := float64(max(1, s.LoadgenCores))
 	genBusy := s.LoadgenCPUPct / 100 / genCores
-	genWait := min(1-genBusy, s.LoadgenWaitPct/100/genCores)
+	genWait := min(max(0, 1-genBusy), s.LoadgenWaitPct/100/genCores)
+	genText := limitGenerator
+	if genWait > 0.05 {
+		genText = fmt.Sprintf("%s (%.0f%% busy, %.0f%% waiting for a shared core)", limitGenerator, 100*genBusy, 100*genWait)
+	}
+	srvBusy, srvText := -1.0, limitServer
+	ss := s.Server
+	if ss != nil && ss.CPUSeconds >= 0 && ss.CPUCores > 0 && s.SendSpanS > 0 {
+		srvBusy = ss.CPUSeconds / s.SendSpanS / float64(ss.CPUCores)
+		if wait := min(max(0, 1-srvBusy), ss.RunqueueWaitS/s.SendSpanS/float64(ss.CPUCores)); wait > 0.05 {
+			srvText = fmt.Sprintf("%s (%.0f%% busy, %.0f%% waiting for a shared core)", limitServer, 100*srvBusy, 100*wait)
+		}
+	}
+	serverDropped := ss != nil && ss.ServerQueueDrops > s.Sent/1000
+	lossy := s.LossPct+s.ErrorPct > cfg.MaxLoss || ss != nil && ss.KernelDrops > s.Sent/1000
+	if cfg.FlatOut {
+		switch {
+		case serverDropped:
+			return srvText
+		case lossy:
+			return limitLoss
+		}
+		return genText
+	}
+	var out []string
 	switch {
 	case s.LoadgenCPUPct < 0:
-	case genBusy >= saturated:
-		out = append(out, limitGenerator)
-	case genBusy+genWait >= saturated && (cfg.FlatOut || s.SentPerS < 0.97*s.OfferedRate):
-		out = append(out, fmt.Sprintf("%s (%.0f%% busy, %.0f%% waiting for a shared core)", limitGenerator, 100*genBusy, 100*genWait))
-	case !cfg.FlatOut && s.SentPerS < 0.97*s.OfferedRate:
+	case genBusy >= saturated, genBusy+genWait >= saturated && s.SentPerS < 0.97*s.OfferedRate:
+		out = append(out, genText)
+	case s.SentPerS < 0.97*s.OfferedRate:
 		out = append(out, limitGenerator+" (fell behind its schedule)")
 	}
-	if ss := s.Server; ss != nil && ss.CPUSeconds >= 0 && ss.CPUCores > 0 && s.SendSpanS > 0 {
-		// Busy or waiting for a core someone else held: either way the
-		// server had no more CPU to give.
-		switch busy := ss.CPUSeconds / s.SendSpanS / float64(ss.CPUCores); {
-		case busy >= saturated:
-			out = append(out, limitServer)
-		case ss.ServerQueueDrops > s.Sent/1000:
-			wait := min(1-busy, ss.RunqueueWaitS/s.SendSpanS/float64(ss.CPUCores))
-			if busy+wait >= saturated {
-				out = append(out, fmt.Sprintf("%s (%.0f%% busy, %.0f%% waiting for a shared core)", limitServer, 100*busy, 100*wait))
-			}
-		}
-	}
-	lossy := s.LossPct+s.ErrorPct > cfg.MaxLoss
-	if s.Server != nil && s.Server.KernelDrops > s.Sent/1000 {
-		lossy = true
+	if srvBusy >= saturated || srvBusy >= 0 && serverDropped {
+		out = append(out, srvText)
 	}
 	if lossy && len(out) == 0 {
-		if s.Server != nil && s.Server.ServerQueueDrops > s.Sent/1000 {
-			out = append(out, limitLoss+" (server socket queue overflowed)")
-		} else {
-			out = append(out, limitLoss)
-		}
+		out = append(out, limitLoss)
 	}
 	if len(out) == 0 {
 		return limitNone
