@@ -97,6 +97,7 @@ type Config struct {
 	TargetMetrics string // --target-metrics: URL of the target's Prometheus /metrics, read before and after each step
 	Name          string // --name: the target's name in the report (default: --target)
 	CPU           string // --cpu: CPU list this process runs on (e.g. 0 or 0-1); it re-executes itself pinned
+	CPUProfile    string // --cpuprofile: write the generator's own CPU profile here
 	Serve         string // --serve: run this do-nothing target on --udp-addr / --http-addr until SIGTERM instead of generating load
 
 	durationSet bool
@@ -185,6 +186,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&cfg.TargetMetrics, "target-metrics", "", "URL of the target's /metrics (e.g. http://127.0.0.1:7070/metrics): server-side intake, log records, per step")
 	fs.StringVar(&cfg.Name, "name", "", "the target's name in the report (default: --target)")
 	fs.StringVar(&cfg.CPU, "cpu", "", "run the generator on these CPUs only (a list such as 0 or 0,1 or 0-1; re-executes itself pinned)")
+	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write the generator's own CPU profile to this file (go tool pprof)")
 	fs.StringVar(&cfg.Serve, "serve", "", "run a do-nothing target ("+strings.Join([]string{TargetNullUDP, TargetRawUDP, TargetNullHTTP}, "|")+") on --udp-addr/--http-addr until SIGTERM, with /metrics on --http-addr")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -28,15 +29,11 @@ const (
 // udpBatch is the most datagrams one sendmmsg(2) or recvmmsg(2) moves.
 const udpBatch = 64
 
-// udpPoll is the receive timeout of a generator socket: how soon a blocked
-// receiver sees that the step ended.
-const udpPoll = 20 * time.Millisecond
-
 // udpGen sends heartbeat datagrams from several connected sockets, one
 // sender and one receiver goroutine per socket, and matches acks by seq.
-// Both sides move datagrams in batches (sendmmsg/recvmmsg on blocking
-// sockets): the sender sends every job that is due in one system call, the
-// receiver takes whatever acks are queued in one.
+// Both sides move datagrams in batches (sendmmsg/recvmmsg, non-blocking,
+// waiting in Go's netpoller): the sender sends every job that is due in
+// one system call, the receiver takes whatever acks are queued in one.
 type udpGen struct {
 	cfg        *Config
 	pop        *population
@@ -49,8 +46,8 @@ type udpGen struct {
 }
 
 type udpSock struct {
-	fd      int
-	closing atomic.Bool // set before the receiver is waited for and fd closed
+	conn    *net.UDPConn
+	rc      syscall.RawConn
 	ring    []atomic.Uint64
 	bits    uint
 	mask    uint32
@@ -100,70 +97,38 @@ func newUDPGen(cfg *Config, pop *population, addr string, rate float64, n int64,
 	ringBits := uint(bits.Len64(uint64(2*perSock + 64)))
 	ringBits = max(minRingBits, min(maxRingBits, ringBits))
 	for i := range cfg.Sockets {
-		fd, err := dialUDP(cfg.sourceIP(i), raddr)
+		var laddr *net.UDPAddr
+		if ip := cfg.sourceIP(i); ip != nil {
+			laddr = &net.UDPAddr{IP: ip}
+		}
+		c, err := net.DialUDP("udp", laddr, raddr)
 		if err != nil {
 			g.close()
-			return nil, err
+			if laddr != nil {
+				return nil, fmt.Errorf("cannot open UDP socket from --source-ip %s to %s: %w", laddr.IP, addr, err)
+			}
+			return nil, fmt.Errorf("cannot open UDP socket to %s: %w", addr, err)
+		}
+		_ = c.SetReadBuffer(4 << 20)
+		_ = c.SetWriteBuffer(4 << 20)
+		rc, err := c.SyscallConn()
+		if err != nil {
+			_ = c.Close()
+			g.close()
+			return nil, fmt.Errorf("cannot open UDP socket to %s: %w", addr, err)
 		}
 		g.socks = append(g.socks, &udpSock{
-			fd: fd, ring: make([]atomic.Uint64, 1<<ringBits), bits: ringBits,
+			conn: c, rc: rc, ring: make([]atomic.Uint64, 1<<ringBits), bits: ringBits,
 			mask: 1<<ringBits - 1, out: newMmsgBuffers(),
 		})
 	}
 	return g, nil
 }
 
-// dialUDP opens a blocking UDP socket connected to raddr, bound to laddr
-// if it is not nil, with a receive timeout of udpPoll.
-func dialUDP(laddr net.IP, raddr *net.UDPAddr) (int, error) {
-	family, sa := unix.AF_INET, unix.Sockaddr(nil)
-	if ip4 := raddr.IP.To4(); ip4 != nil {
-		sa = &unix.SockaddrInet4{Port: raddr.Port, Addr: [4]byte(ip4)}
-	} else {
-		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: raddr.Port, Addr: [16]byte(raddr.IP.To16())}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("cannot open UDP socket to %s: %w", raddr, err)
-	}
-	fail := func(what string, err error) (int, error) {
-		_ = unix.Close(fd)
-		return -1, fmt.Errorf("cannot %s: %w", what, err)
-	}
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
-	tv := unix.NsecToTimeval(int64(udpPoll))
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return fail("set SO_RCVTIMEO on a UDP socket", err)
-	}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
-		return fail("set SO_SNDTIMEO on a UDP socket", err)
-	}
-	if laddr != nil {
-		var lsa unix.Sockaddr
-		if ip4 := laddr.To4(); family == unix.AF_INET && ip4 != nil {
-			lsa = &unix.SockaddrInet4{Addr: [4]byte(ip4)}
-		} else {
-			lsa = &unix.SockaddrInet6{Addr: [16]byte(laddr.To16())}
-		}
-		if err := unix.Bind(fd, lsa); err != nil {
-			return fail(fmt.Sprintf("bind a UDP socket to --source-ip %s", laddr), err)
-		}
-	}
-	if err := unix.Connect(fd, sa); err != nil {
-		return fail(fmt.Sprintf("connect a UDP socket to %s", raddr), err)
-	}
-	return fd, nil
-}
-
-// close closes the sockets whose receivers have stopped (or never ran).
+// close closes the sockets; their receivers return.
 func (g *udpGen) close() {
 	for _, s := range g.socks {
-		if s.fd >= 0 {
-			_ = unix.Close(s.fd)
-			s.fd = -1
-		}
+		_ = s.conn.Close()
 	}
 }
 
@@ -206,11 +171,8 @@ func (g *udpGen) run(st *stats, stop *atomic.Bool) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	for _, s := range g.socks {
-		s.closing.Store(true)
-	}
-	recv.Wait()
 	g.close()
+	recv.Wait()
 	for _, s := range g.socks {
 		s.expireOld(st, 0, 0, true)
 	}
@@ -268,7 +230,7 @@ func (g *udpGen) send(s *udpSock, p *pacer, sockIdx int, st *stats, stop *atomic
 			}
 		}
 		st.sent.Add(int64(m))
-		sent := sendmmsg(s.fd, b.hdrs[:m])
+		sent := s.sendmmsg(b.hdrs[:m])
 		if sent < m {
 			for i := sent; i < m; i++ {
 				if !noAck {
@@ -304,17 +266,22 @@ func (s *udpSock) untrack(seq uint32, at int64) {
 	}
 }
 
-// sendmmsg sends hdrs, retrying after a partial send, and returns how many
-// went out; it stops at the first error (e.g. a full send buffer past the
-// SO_SNDTIMEO, or ICMP refused).
-func sendmmsg(fd int, hdrs []unix.Mmsghdr) int {
+// sendmmsg sends hdrs, waiting in the netpoller while the socket's send
+// buffer is full, and returns how many went out; it stops at the first
+// error (e.g. ICMP refused, or the socket closed).
+func (s *udpSock) sendmmsg(hdrs []unix.Mmsghdr) int {
 	sent := 0
 	for sent < len(hdrs) {
-		k, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[sent])), uintptr(len(hdrs)-sent), 0, 0, 0)
+		var errno syscall.Errno
+		var k uintptr
+		err := s.rc.Write(func(fd uintptr) bool {
+			k, _, errno = unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&hdrs[sent])), uintptr(len(hdrs)-sent), unix.MSG_DONTWAIT, 0, 0)
+			return errno != unix.EAGAIN
+		})
 		if errno == unix.EINTR {
 			continue
 		}
-		if errno != 0 || k == 0 {
+		if err != nil || errno != 0 || k == 0 {
 			break
 		}
 		sent += int(k)
@@ -343,17 +310,24 @@ func (s *udpSock) expireOld(st *stats, now, timeout int64, all bool) {
 	}
 }
 
-// receive reads acks in batches until the socket is closing.
+// receive reads acks in batches until the socket is closed.
 func (s *udpSock) receive(st *stats, sh *shard, timeout int64) {
 	b := newMmsgBuffers()
 	var rep wire.Reply
-	for !s.closing.Load() {
+	for {
 		for i := range udpBatch {
 			b.hdrs[i].Len = 0
 		}
-		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&b.hdrs[0])), udpBatch, unix.MSG_WAITFORONE, 0, 0)
+		var n uintptr
+		var errno syscall.Errno
+		err := s.rc.Read(func(fd uintptr) bool {
+			n, _, errno = unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[0])), udpBatch, unix.MSG_DONTWAIT, 0, 0)
+			return errno != unix.EAGAIN
+		})
 		switch {
-		case errno == unix.EAGAIN || errno == unix.EINTR:
+		case err != nil:
+			return // closed
+		case errno == unix.EINTR:
 			continue
 		case errno != 0:
 			st.countErr(errConn, 1) // e.g. ICMP port unreachable
