@@ -69,7 +69,13 @@ for label, mode, get, fmt in rows:
         return f"{vals[a]/vals[b]:.2f}x"
     print(f"| {label} | " + " | ".join(cells) + f" | {ratio('presenced', 'null-udp')} | {ratio('presenced-nolog', 'null-udp')} |")
 
-print("\n### Generator (one core) per run: sent/s, its CPU, what it waited for a core\n")
+g = step("raw-udp", "flat-ack")
+if g:
+    us = g.get("loadgen_us_per_datagram") or 0
+    print(f"\nGenerator on one core, flat out with acks against the raw recvmmsg target: sent {g['sent_per_s']/1000:.0f}k/s, "
+          f"acks matched {g['answered_per_s']/1000:.0f}k/s, at {g['loadgen_cpu_pct']:.0f}% of its core: "
+          f"{us:.2f} us of generator CPU per datagram, ack included = {1/us:.2f} M datagrams/s per whole core." if us else "")
+print("\n### Generator (one core) per run: sent/s, its CPU, what it waited for a core (summed over its threads)\n")
 print("| run | sent/s | answered/s | generator CPU | generator waited for a core | generator us/datagram | server CPU (waited) | server queue drops | limit |")
 print("|---|---|---|---|---|---|---|---|---|")
 for t in targets:
