@@ -81,6 +81,7 @@ type Run struct {
 // intended send time.
 type StepResult struct {
 	OfferedRate    float64          `json:"offered_rate"` // heartbeats/s
+	FlatOut        bool             `json:"flat_out"`     // --flat-out: no schedule; OfferedRate only sized the ack ring
 	DurationS      float64          `json:"duration_s"`
 	SendSpanS      float64          `json:"send_span_s"` // how long the schedule took to send
 	Sent           int64            `json:"sent"`
@@ -274,8 +275,12 @@ func writeText(w io.Writer, rep *Report) {
 }
 
 func writeStepText(w io.Writer, s *StepResult) {
-	fmt.Fprintf(w, "offered %.0f/s  sent %.0f/s  answered %.0f/s  (sent %d, answered %d, lost %d, late %d over %.1fs)\n",
-		s.OfferedRate, s.SentPerS, s.AnsweredPerS, s.Sent, s.Answered, s.Lost, s.Late, s.SendSpanS)
+	offered := fmt.Sprintf("%.0f/s", s.OfferedRate)
+	if s.FlatOut {
+		offered = "flat out"
+	}
+	fmt.Fprintf(w, "offered %s  sent %.0f/s  answered %.0f/s  (sent %d, answered %d, lost %d, late %d over %.1fs)\n",
+		offered, s.SentPerS, s.AnsweredPerS, s.Sent, s.Answered, s.Lost, s.Late, s.SendSpanS)
 	fmt.Fprintf(w, "loss %.3f%%  errors %d (%.3f%%) %s\n", s.LossPct, s.ErrorCount, s.ErrorPct, errorsText(s.Errors))
 	l := s.Latency
 	fmt.Fprintf(w, "latency ms (from intended send, %d requests): p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
@@ -294,8 +299,17 @@ func writeServerText(w io.Writer, v *ServerSide) {
 	if v.Error != "" {
 		fmt.Fprintf(w, "server: %s\n", v.Error)
 	}
-	fmt.Fprintf(w, "server: took in %.0f datagrams/s, replied %.0f/s, %d heartbeats, %d log records (%.3f per heartbeat), CPU %.2fs on %d cores (waited %.2fs for a CPU) = %.2f us per heartbeat; UDP queue drops %d, at the server's port %d\n",
-		v.DatagramsPerS, v.RepliesPerS, v.Heartbeats, v.WALRecords, v.RecordsPerHeartbeat, v.CPUSeconds, v.CPUCores, v.RunqueueWaitS, v.CPUUsPerHeartbeat, v.KernelDrops, v.ServerQueueDrops)
+	var b strings.Builder
+	if v.Heartbeats > 0 || v.DatagramsPerS > 0 {
+		fmt.Fprintf(&b, "took in %.0f datagrams/s, replied %.0f/s, %d heartbeats, %d log records (%.3f per heartbeat); ",
+			v.DatagramsPerS, v.RepliesPerS, v.Heartbeats, v.WALRecords, v.RecordsPerHeartbeat)
+	}
+	if v.CPUSeconds >= 0 {
+		fmt.Fprintf(&b, "CPU %.2fs on %d cores (waited %.2fs for a CPU) = %.2f us per heartbeat; ",
+			v.CPUSeconds, v.CPUCores, v.RunqueueWaitS, v.CPUUsPerHeartbeat)
+	}
+	fmt.Fprintf(&b, "UDP queue drops %d, at the server's port %d", v.KernelDrops, v.ServerQueueDrops)
+	fmt.Fprintf(w, "server: %s\n", b.String())
 }
 
 func writeFloodText(w io.Writer, f *FloodResult) {

@@ -25,7 +25,7 @@ const histShards = 16
 // runStep drives one target at rate heartbeats/s for dur and measures it.
 func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs, rate float64, dur time.Duration, label string, stderr io.Writer) (StepResult, error) {
 	n := int64(math.Round(rate * dur.Seconds()))
-	res := StepResult{OfferedRate: rate, DurationS: dur.Seconds()}
+	res := StepResult{OfferedRate: rate, DurationS: dur.Seconds(), FlatOut: cfg.FlatOut && p.transport == "udp"}
 	var gens []generator
 	var closers []func()
 	defer func() {
