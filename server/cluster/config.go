@@ -118,6 +118,10 @@ func (c *Config) options() (*redis.UniversalOptions, error) {
 		// did not run; writes are marked so go-redis never resends them
 		// after a network error (see scripts.go).
 		MaxRetries: -1,
+		// One dial attempt: a dead master refuses at once, and go-redis's
+		// own 5 attempts 100 ms apart only delay the fault (and the slot
+		// map reload it triggers).
+		DialerRetries: 1,
 		// Every new connection, to any master old or newly promoted, loads
 		// the scripts first. A failure (e.g. on a sentinel's own
 		// connection, which has no SCRIPT) is left to the NOSCRIPT path.

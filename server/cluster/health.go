@@ -165,15 +165,11 @@ func faultClass(err error) string {
 		return "resharding"
 	case strings.HasPrefix(s, "READONLY"), strings.HasPrefix(s, "LOADING"), strings.HasPrefix(s, "MASTERDOWN"):
 		return "failover"
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	case strings.Contains(s, "connection refused"):
-		return "connection refused"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne), strings.Contains(s, "EOF"), strings.Contains(s, "closed"):
+		// Refused, reset, timed out: one reason, or a dying master would
+		// log a line per alternation.
+		return "unreachable"
 	default:
-		var oe *net.OpError
-		if errors.As(err, &oe) || strings.Contains(s, "EOF") || strings.Contains(s, "closed") {
-			return "connection lost"
-		}
 		return "error"
 	}
 }

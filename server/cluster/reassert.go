@@ -52,6 +52,10 @@ func (w *writerState) reassert() error {
 	if err := w.repairRooms(); err != nil {
 		return err
 	}
+	// A reaper's or leaver's ROOMREM decided before this re-assert can
+	// still land after it and remove a member it just re-added: look again
+	// once in-flight writes are done.
+	w.roomPassAt = time.Now().Add(2 * n.cfg.HealthInterval).UnixMilli()
 	n.needAssert.Store(false)
 	n.asserts.Add(1)
 	n.whole(total, time.Since(t0))
@@ -76,7 +80,7 @@ const assertBatch = 256
 // assertBatch sessions, so 100,000 sessions take a few hundred commands.
 func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 	n := w.n
-	var byUser, byRoom [Buckets][]int
+	var byUser [Buckets][]int
 	for i := range ops {
 		b := userBucket(ops[i].user)
 		byUser[b] = append(byUser[b], i)
@@ -115,15 +119,26 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 		if err != nil {
 			return fmt.Errorf("cannot re-assert sessions: %w", err)
 		}
-		for j := range res {
-			// Every session, new or not: the member set may lack it.
-			if o := &ops[c.idx[j]]; o.room != "" {
-				b := roomBucket(o.room)
-				byRoom[b] = append(byRoom[b], c.idx[j])
-			}
+		if len(res) != len(c.idx) {
+			return fmt.Errorf("cannot re-assert sessions: %d answers for %d", len(res), len(c.idx))
+		}
+	}
+	return w.addMembers(ctx, ops)
+}
+
+// addMembers adds every session of ops to its room's member set (ROOMADDN,
+// idempotent: a member already there is not counted again).
+func (w *writerState) addMembers(ctx context.Context, ops []op) error {
+	n := w.n
+	var byRoom [Buckets][]int
+	for i := range ops {
+		if o := &ops[i]; o.room != "" {
+			b := roomBucket(o.room)
+			byRoom[b] = append(byRoom[b], i)
 		}
 	}
 	var adds []*redis.Cmd
+	var err error
 	err = n.withScripts(ctx, func() error {
 		p := n.c.Pipeline()
 		for b, idx := range byRoom {
@@ -301,4 +316,32 @@ func (n *Node) setMarkers(ctx context.Context) error {
 		p.HSet(ctx, n.k.counts(b), n.markerField(), 1)
 	}
 	return n.exec(ctx, p)
+}
+
+// roomPass re-adds every live session of this node to its room's member
+// set (the second look after a re-assert).
+func (w *writerState) roomPass() error {
+	n := w.n
+	var ops []op
+	var err error
+	n.rangeFn(func(user, room []byte, lastSeen, expiry int64) bool {
+		ops = append(ops, op{kind: opAssert, user: string(user), room: string(room)})
+		if len(ops) >= 16*n.cfg.PipelineSize {
+			if err = w.addMembersTimed(ops); err != nil {
+				return false
+			}
+			ops = ops[:0]
+		}
+		return true
+	})
+	if err == nil && len(ops) > 0 {
+		err = w.addMembersTimed(ops)
+	}
+	return err
+}
+
+func (w *writerState) addMembersTimed(ops []op) error {
+	ctx, cancel := context.WithTimeout(w.n.ctx, writeTimeout)
+	defer cancel()
+	return w.addMembers(ctx, ops)
 }

@@ -43,6 +43,9 @@ type writerState struct {
 	// came while Redis was partial, to send after the re-assert. LEAVE is
 	// idempotent, so a leave that did run and is sent again ends nothing.
 	retry []byte
+	// roomPassAt is when to re-add this node's sessions to their rooms
+	// once more after a re-assert (unix ms, 0: none).
+	roomPassAt int64
 	evs   []evOp
 }
 
@@ -146,6 +149,13 @@ func (w *writerState) cycle(final bool) {
 			return
 		}
 		if err := w.reassert(); err != nil {
+			n.markDown(err)
+			return
+		}
+	}
+	if w.roomPassAt != 0 && now >= w.roomPassAt {
+		w.roomPassAt = 0
+		if err := w.roomPass(); err != nil {
 			n.markDown(err)
 			return
 		}

@@ -1,0 +1,386 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/server/cluster/redistest"
+)
+
+// Failover tests: real Redis processes crash, hang and move slots while
+// two nodes heartbeat; afterwards both answer for the whole cluster and
+// Redis agrees with the truth the test kept.
+
+type sess struct{ user, room string }
+
+// fleet heartbeats sessions through its nodes and keeps the truth: the
+// sessions it keeps alive, and those it ended with an explicit leave.
+type fleet struct {
+	t     *testing.T
+	nodes []*testNode
+	raw   func() redis.UniversalClient // a fresh client of the current topology
+	ttlMs int64
+
+	mu    sync.Mutex
+	live  map[sess]int // session -> index of the node it heartbeats through
+	gone  map[sess]bool
+	beats int
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// newFleet starts nodes (TTL 3 s) on addrs and perNode sessions each, in
+// 20 rooms, heartbeated every interval.
+func newFleet(t *testing.T, addrs string, mod func(*Config), nodes, perNode int, interval time.Duration, raw func() redis.UniversalClient) *fleet {
+	t.Helper()
+	f := &fleet{t: t, raw: raw, ttlMs: 3000, live: map[sess]int{}, gone: map[sess]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	for i := range nodes {
+		f.nodes = append(f.nodes, startNode(t, addrs, mod))
+		for j := range perNode {
+			f.live[sess{fmt.Sprintf("n%d-u%04d", i, j), fmt.Sprintf("room-%02d", j%20)}] = i
+		}
+	}
+	go f.run(interval)
+	t.Cleanup(f.halt)
+	return f
+}
+
+func (f *fleet) halt() {
+	select {
+	case <-f.stop:
+	default:
+		close(f.stop)
+		<-f.done
+	}
+}
+
+// run touches every live session once per interval, spread over ticks.
+func (f *fleet) run(interval time.Duration) {
+	defer close(f.done)
+	const tick = 20 * time.Millisecond
+	tk := time.NewTicker(tick)
+	defer tk.Stop()
+	parts := int(interval / tick)
+	for k := 0; ; k++ {
+		f.mu.Lock()
+		now := time.Now().UnixMilli()
+		for s, i := range f.live {
+			if int(fnv64a(s.user+s.room)%uint64(parts)) != k%parts {
+				continue
+			}
+			if _, err := f.nodes[i].m.Touch([]byte(s.user), []byte(s.room), now, f.ttlMs); err != nil {
+				f.t.Error(err)
+			}
+			f.beats++
+		}
+		f.mu.Unlock()
+		select {
+		case <-f.stop:
+			return
+		case <-tk.C:
+		}
+	}
+}
+
+// join adds a session heartbeated through node i; leave ends one with an
+// explicit leave through the node that holds it.
+func (f *fleet) join(i int, s sess) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, err := f.nodes[i].m.Touch([]byte(s.user), []byte(s.room), time.Now().UnixMilli(), f.ttlMs); err != nil {
+		f.t.Error(err)
+	}
+	f.live[s] = i
+	delete(f.gone, s)
+}
+
+func (f *fleet) leave(s sess) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i, ok := f.live[s]
+	if !ok {
+		return
+	}
+	f.nodes[i].m.Leave([]byte(s.user), []byte(s.room), time.Now().UnixMilli())
+	delete(f.live, s)
+	f.gone[s] = true
+}
+
+func (f *fleet) whole() bool {
+	for _, tn := range f.nodes {
+		if !tn.n.Up() {
+			return false
+		}
+	}
+	return true
+}
+
+// check compares what every node answers, and what Redis holds, with the
+// truth: every live session present, no ended one, every room's count
+// equal to its member list and that list equal to the truth.
+func (f *fleet) check() error {
+	f.mu.Lock()
+	live := make(map[sess]bool, len(f.live))
+	for s := range f.live {
+		live[s] = true
+	}
+	gone := make([]sess, 0, len(f.gone))
+	for s := range f.gone {
+		gone = append(gone, s)
+	}
+	f.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	byUser := map[string][]string{}
+	byRoom := map[string][]string{}
+	for s := range live {
+		byUser[s.user] = append(byUser[s.user], s.room)
+		byRoom[s.room] = append(byRoom[s.room], s.user)
+	}
+	for _, s := range gone {
+		if _, ok := byUser[s.user]; !ok {
+			byUser[s.user] = nil
+		}
+	}
+	users := make([]string, 0, len(byUser))
+	for u := range byUser {
+		users = append(users, u)
+	}
+	sort.Strings(users)
+	for i, tn := range f.nodes {
+		if !tn.n.Up() {
+			return fmt.Errorf("node %d answers partial", i)
+		}
+		sts, err := tn.n.Users(ctx, users, time.Now().UnixMilli())
+		if err != nil {
+			return fmt.Errorf("node %d: users: %w", i, err)
+		}
+		for j, u := range users {
+			var got []string
+			for _, r := range sts[j].Rooms {
+				got = append(got, r.Room)
+			}
+			want := slices.Clone(byUser[u])
+			sort.Strings(want)
+			if !slices.Equal(got, want) {
+				return fmt.Errorf("node %d: user %s in rooms %v, want %v", i, u, got, want)
+			}
+		}
+		st, err := tn.n.ClusterStats(ctx)
+		if err != nil {
+			return fmt.Errorf("node %d: stats: %w", i, err)
+		}
+		if int(st.Sessions) != len(live) || int(st.OnlineUsers) != len(byUser)-countOnlyGone(byUser) || int(st.Rooms) != len(byRoom) {
+			return fmt.Errorf("node %d: stats %+v, want %d sessions of %d users in %d rooms", i, st, len(live), len(byUser)-countOnlyGone(byUser), len(byRoom))
+		}
+		for room, want := range byRoom {
+			c, err := tn.n.RoomOnline(ctx, room)
+			if err != nil || c != len(want) {
+				return fmt.Errorf("node %d: room %s count %d, want %d (%v)", i, room, c, len(want), err)
+			}
+		}
+	}
+	// Redis itself: every room bucket's counts equal the member lists, and
+	// no member without a session (ghost) or session without membership.
+	rc := f.raw()
+	defer rc.Close()
+	k := newKeys("pd")
+	for b := range Buckets {
+		top, err := rc.ZRangeWithScores(ctx, k.top(b), 0, -1).Result()
+		if err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		for _, z := range top {
+			room := z.Member.(string)
+			ms, err := rc.ZRange(ctx, k.members(room), 0, -1).Result()
+			if err != nil {
+				return fmt.Errorf("redis: %w", err)
+			}
+			if int(z.Score) != len(ms) {
+				return fmt.Errorf("redis: room %s counts %v, holds %d members", room, z.Score, len(ms))
+			}
+			want := slices.Clone(byRoom[room])
+			sort.Strings(want)
+			if !slices.Equal(ms, want) {
+				return fmt.Errorf("redis: room %s members %d (%s), want %d", room, len(ms), diff(ms, want), len(want))
+			}
+		}
+		if len(top) == 0 {
+			continue
+		}
+	}
+	return nil
+}
+
+func countOnlyGone(byUser map[string][]string) int {
+	n := 0
+	for _, rs := range byUser {
+		if len(rs) == 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func diff(got, want []string) string {
+	g := map[string]bool{}
+	for _, s := range got {
+		g[s] = true
+	}
+	w := map[string]bool{}
+	var out []string
+	for _, s := range want {
+		w[s] = true
+		if !g[s] {
+			out = append(out, "missing "+s)
+		}
+	}
+	for _, s := range got {
+		if !w[s] {
+			out = append(out, "ghost "+s)
+		}
+	}
+	if len(out) > 4 {
+		out = append(out[:4], "...")
+	}
+	return strings.Join(out, ", ")
+}
+
+// converge waits (bounded) until check passes.
+func (f *fleet) converge(d time.Duration, what string) {
+	f.t.Helper()
+	deadline := time.Now().Add(d)
+	var err error
+	for {
+		if err = f.check(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("%s: not converged after %s: %v", what, d, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitWhole returns when every node answers for the whole cluster again.
+func (f *fleet) waitWhole(d time.Duration, what string) time.Time {
+	f.t.Helper()
+	deadline := time.Now().Add(d)
+	for !f.whole() {
+		if time.Now().After(deadline) {
+			var st []string
+			for _, tn := range f.nodes {
+				s := tn.n.Stats()
+				st = append(st, fmt.Sprintf("up=%v errors=%d reasserts=%d per-master=%v", s.Up, s.Errors, s.Reasserts, s.MasterErrors))
+			}
+			f.t.Fatalf("%s: nodes still partial after %s: %s", what, d, strings.Join(st, "; "))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Now()
+}
+
+// waitPartial returns once some node has noticed the fault.
+func (f *fleet) waitPartial(d time.Duration, what string) {
+	f.t.Helper()
+	deadline := time.Now().Add(d)
+	for f.whole() {
+		if time.Now().After(deadline) {
+			f.t.Fatalf("%s: no node noticed the fault within %s", what, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func clusterRaw(rc *redistest.Cluster, t *testing.T) func() redis.UniversalClient {
+	return func() redis.UniversalClient {
+		var addrs []string
+		for _, s := range rc.Nodes {
+			if s.Alive() {
+				addrs = append(addrs, s.Addr())
+			}
+		}
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
+	}
+}
+
+// logCount counts log records whose message contains a string.
+type logCount struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *logCount) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logCount) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString(r.Time.Format("15:04:05.000") + " " + r.Level.String() + " " + r.Message)
+	r.Attrs(func(a slog.Attr) bool {
+		b.WriteString(" " + a.Key + "=" + a.Value.String())
+		return true
+	})
+	l.mu.Lock()
+	l.msgs = append(l.msgs, b.String())
+	l.mu.Unlock()
+	return nil
+}
+func (l *logCount) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logCount) WithGroup(string) slog.Handler      { return l }
+func (l *logCount) count(sub string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.msgs {
+		if strings.Contains(m, sub) {
+			n++
+		}
+	}
+	return n
+}
+func (l *logCount) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.msgs, "\n")
+}
+
+const wholeAgain = "redis answers again: answering for the whole cluster"
+
+// TestFailoverClusterMasterKill: a master of a 3+3 Redis Cluster is killed
+// (-9) under load; its replica is promoted; both nodes answer for the
+// whole cluster again, each saying so once; the killed master comes back
+// as a replica and nothing changes.
+func TestFailoverClusterMasterKill(t *testing.T) {
+	rc := redistest.StartClusterReplicas(t, 3, 1)
+	logs := &logCount{}
+	f := newFleet(t, rc.MasterAddrs(t), func(c *Config) { c.Logger = slog.New(logs) }, 2, 500, time.Second, clusterRaw(rc, t))
+	f.converge(20*time.Second, "before the fault")
+	before := logs.count(wholeAgain)
+	victim := rc.Masters(t)[0]
+	victim.Kill()
+	f.waitPartial(10*time.Second, "master killed")
+	okAt := rc.WaitOK(t, 30*time.Second)
+	wholeAt := f.waitWhole(20*time.Second, "after the failover")
+	t.Logf("Redis Cluster master kill -9: cluster_state:ok to whole answers: %v", wholeAt.Sub(okAt).Round(time.Millisecond))
+	f.converge(15*time.Second, "after the failover")
+	if got := logs.count(wholeAgain) - before; got != len(f.nodes) {
+		t.Errorf("%d %q lines for %d nodes, want one each:\n%s", got, wholeAgain, len(f.nodes), logs)
+	}
+	victim.StartAgain()
+	waitUntil(t, 30*time.Second, "the old master to rejoin as a replica", func() bool { return victim.Role() == "slave" })
+	f.converge(15*time.Second, "after the old master rejoined")
+	for i, tn := range f.nodes {
+		st := tn.n.Stats()
+		if st.Reasserts < 2 || len(st.MasterErrors) == 0 || st.Partial <= 0 {
+			t.Errorf("node %d: stats %+v: want re-asserts, per-master errors and partial time", i, st)
+		}
+	}
+}
