@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -381,6 +382,101 @@ func TestFailoverClusterMasterKill(t *testing.T) {
 		st := tn.n.Stats()
 		if st.Reasserts < 2 || len(st.MasterErrors) == 0 || st.Partial <= 0 {
 			t.Errorf("node %d: stats %+v: want re-asserts, per-master errors and partial time", i, st)
+		}
+	}
+}
+
+func standaloneRaw(r *redistest.Server) func() redis.UniversalClient {
+	return func() redis.UniversalClient { return r.Client() }
+}
+
+// TestRoomSideRepairedAfterFault (issue 13.4): the room-side pipeline fails
+// after the user-side scripts ran, for joins and for leaves; once it works
+// again the room view converges to the user view.
+func TestRoomSideRepairedAfterFault(t *testing.T) {
+	r := redistest.Start(t)
+	var mu sync.Mutex
+	failing := false
+	mod := func(c *Config) {}
+	f := newFleet(t, r.Addr(), mod, 2, 0, time.Second, standaloneRaw(r))
+	for _, tn := range f.nodes {
+		tn.n.testBeforeEmit = func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if failing {
+				return errors.New("injected fault between the user and the room pipelines")
+			}
+			return nil
+		}
+	}
+	for i := range 40 {
+		f.join(i%2, sess{fmt.Sprintf("u%02d", i), fmt.Sprintf("r%d", i%4)})
+	}
+	f.converge(10*time.Second, "before the fault")
+	mu.Lock()
+	failing = true
+	mu.Unlock()
+	for i := 40; i < 80; i++ {
+		f.join(i%2, sess{fmt.Sprintf("u%02d", i), fmt.Sprintf("r%d", i%4)})
+	}
+	for i := range 10 {
+		f.leave(sess{fmt.Sprintf("u%02d", i), fmt.Sprintf("r%d", i%4)})
+	}
+	f.waitPartial(5*time.Second, "room pipeline failing")
+	// While it fails the user side moves on and the room side does not.
+	waitUntil(t, 10*time.Second, "joins on the user side", func() bool {
+		c := r.Client()
+		defer c.Close()
+		n, _ := c.Exists(context.Background(), newKeys("pd").user("u79")).Result()
+		return n == 1
+	})
+	mu.Lock()
+	failing = false
+	mu.Unlock()
+	f.converge(10*time.Second, "after the fault")
+}
+
+// TestScriptFlushOneMaster (issue 13.5): SCRIPT FLUSH on one master of a
+// Redis Cluster makes its EVALSHAs fail once; nothing runs twice, no join
+// or leave is lost, and the views converge.
+func TestScriptFlushOneMaster(t *testing.T) {
+	rc := redistest.StartCluster(t)
+	f := newFleet(t, rc.Addrs(), nil, 2, 0, time.Second, clusterRaw(rc, t))
+	for i := range 200 {
+		f.join(i%2, sess{fmt.Sprintf("u%03d", i), fmt.Sprintf("r%d", i%5)})
+	}
+	f.converge(10*time.Second, "before the flush")
+	c := rc.Nodes[1].Client()
+	if err := c.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	for i := 200; i < 400; i++ {
+		f.join(i%2, sess{fmt.Sprintf("u%03d", i), fmt.Sprintf("r%d", i%5)})
+	}
+	for i := range 50 {
+		f.leave(sess{fmt.Sprintf("u%03d", i), fmt.Sprintf("r%d", i%5)})
+	}
+	f.converge(15*time.Second, "after the flush")
+	// Every join and leave reached every node's event stream exactly once:
+	// a re-run pipeline would double the events of the other masters, a
+	// lost one would miss some.
+	for i, tn := range f.nodes {
+		waitUntil(t, 10*time.Second, "events", func() bool { return tn.count(true, 0) >= 400-0 && tn.count(false, 1) >= 50 })
+		tn.mu.Lock()
+		seen := map[string]int{}
+		for _, e := range tn.evs {
+			k := "join " + e.User
+			if !e.Join {
+				k = "leave " + e.User
+			}
+			seen[k]++
+		}
+		tn.mu.Unlock()
+		for k, c := range seen {
+			if c != 1 {
+				t.Errorf("node %d: %s seen %d times", i, k, c)
+			}
 		}
 	}
 }

@@ -14,7 +14,8 @@ import (
 // missing; re-adds each to its room's member set (idempotent: the room side
 // of a join whose second pipeline failed is repaired here); then removes
 // members without a session and sets each room's count to its member list
-// (repairRooms). Only then does the node answer for the whole cluster.
+// (repairRooms, in the next round). Then the node answers for the whole
+// cluster again.
 func (w *writerState) reassert() error {
 	n := w.n
 	t0 := time.Now()
@@ -49,9 +50,10 @@ func (w *writerState) reassert() error {
 	if err := n.setMarkers(ctx); err != nil {
 		return err
 	}
-	if err := w.repairRooms(); err != nil {
-		return err
-	}
+	// The room sweep (repairRooms) and a second look at this node's own
+	// members follow in the next rounds: this node's sessions are all in
+	// Redis now, and its answers whole.
+	w.repairDue = true
 	// A reaper's or leaver's ROOMREM decided before this re-assert can
 	// still land after it and remove a member it just re-added: look again
 	// once in-flight writes are done.
@@ -138,8 +140,7 @@ func (w *writerState) addMembers(ctx context.Context, ops []op) error {
 		}
 	}
 	var adds []*redis.Cmd
-	var err error
-	err = n.withScripts(ctx, func() error {
+	err := n.withScripts(ctx, func() error {
 		p := n.c.Pipeline()
 		for b, idx := range byRoom {
 			if len(idx) == 0 {
@@ -186,7 +187,7 @@ func (w *writerState) addMembers(ctx context.Context, ops []op) error {
 }
 
 // repairBatch is how many rooms, or member checks, one repair pipeline carries.
-const repairBatch = 1024
+const repairBatch = 4096
 
 // repairRooms makes the room side agree with the user side: a member whose
 // session (user hash field) is gone is removed, and every room's count is

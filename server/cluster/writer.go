@@ -46,6 +46,8 @@ type writerState struct {
 	// roomPassAt is when to re-add this node's sessions to their rooms
 	// once more after a re-assert (unix ms, 0: none).
 	roomPassAt int64
+	// repairDue asks for repairRooms in the next round (after a re-assert).
+	repairDue bool
 	evs   []evOp
 }
 
@@ -79,6 +81,48 @@ func sessHash(user, room []byte) uint64 {
 	return h.Sum64()
 }
 
+// decode turns intake records into ops (in w.ops) and leaves of all rooms
+// (appended to leaveAll, returned).
+func (w *writerState) decode(b []byte, now int64, leaveAll []op) []op {
+	for rest := b; len(rest) > 0; {
+		var c change
+		c, rest = readChange(rest)
+		h := sessHash(c.user, c.room)
+		switch c.kind {
+		case changeUpsert:
+			w.upsert(h, c.user, c.room, c.lastSeen, c.expiry, now)
+		case changeRetryTouch:
+			w.ops = append(w.ops, op{kind: opTouch, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry})
+		case changeLocalLeave, changeLeave:
+			delete(w.state, h)
+			w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at})
+		case changeLeaveAll:
+			leaveAll = append(leaveAll, op{kind: opLeave, user: string(c.user), at: c.at, all: true})
+		case changeLocalExpiry:
+			// A local expiry writes nothing: Redis expires the session
+			// itself unless another node keeps it alive.
+			delete(w.state, h)
+		}
+	}
+	return leaveAll
+}
+
+// sendAll expands leaveAll into w.ops and sends w.ops.
+func (w *writerState) sendAll(ctx context.Context, leaveAll []op) error {
+	if len(leaveAll) > 0 {
+		if err := w.expandLeaveAll(ctx, leaveAll); err != nil {
+			for i := range leaveAll {
+				w.retryOp(&leaveAll[i])
+			}
+			return err
+		}
+	}
+	if len(w.ops) == 0 {
+		return nil
+	}
+	return w.send(ctx, w.ops)
+}
+
 // keepLeaves moves the explicit leaves of intake buffer b to the retry
 // list.
 func (w *writerState) keepLeaves(b []byte) {
@@ -86,18 +130,25 @@ func (w *writerState) keepLeaves(b []byte) {
 		var c change
 		c, rest = readChange(rest)
 		switch c.kind {
-		case changeLocalLeave, changeLeave, changeLeaveAll:
+		case changeLocalLeave, changeLeave, changeLeaveAll, changeRetryTouch:
 			w.retryChange(&c)
 		case changeUpsert, changeLocalExpiry:
 		}
 	}
 }
 
-// retryLeave keeps a leave op that failed for the next round.
-func (w *writerState) retryLeave(o *op) {
-	k := changeLeave
-	if o.all {
+// retryOp keeps a touch or leave op that failed for the next round.
+func (w *writerState) retryOp(o *op) {
+	var k changeKind
+	switch {
+	case o.kind == opTouch:
+		k = changeRetryTouch
+	case o.kind == opLeave && o.all:
 		k = changeLeaveAll
+	case o.kind == opLeave:
+		k = changeLeave
+	default:
+		return // a re-assert write: the next re-assert does it again
 	}
 	w.retryChange(&change{kind: k, lastSeen: o.lastSeen, expiry: o.expiry, at: o.at, user: []byte(o.user), room: []byte(o.room)})
 }
@@ -148,7 +199,26 @@ func (w *writerState) cycle(final bool) {
 			w.spare = buf[:0]
 			return
 		}
+		// What failed goes first, so a join whose TOUCH failed still
+		// gets its event (the re-assert would write it silently).
+		if len(w.retry) > 0 {
+			retry := w.retry
+			w.retry = nil
+			w.ops = w.ops[:0]
+			leaveAll := w.decode(retry, now, nil)
+			if err := w.sendAll(ctx, leaveAll); err != nil {
+				n.markDown(err)
+				return
+			}
+		}
 		if err := w.reassert(); err != nil {
+			n.markDown(err)
+			return
+		}
+	}
+	if w.repairDue {
+		w.repairDue = false
+		if err := w.repairRooms(); err != nil {
 			n.markDown(err)
 			return
 		}
@@ -162,35 +232,16 @@ func (w *writerState) cycle(final bool) {
 	}
 	buf, count, oldest := n.swapIntake(w.spare)
 	w.ops = w.ops[:0]
-	var leaveAll []op
 	// Leaves that failed or waited out a fault go first.
 	retry := w.retry
 	w.retry = nil
-	for _, b := range [][]byte{retry, buf} {
-		for rest := b; len(rest) > 0; {
-			var c change
-			c, rest = readChange(rest)
-			h := sessHash(c.user, c.room)
-			switch c.kind {
-			case changeUpsert:
-				w.upsert(h, c.user, c.room, c.lastSeen, c.expiry, now)
-			case changeLocalLeave, changeLeave:
-				delete(w.state, h)
-				w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at})
-			case changeLeaveAll:
-				leaveAll = append(leaveAll, op{kind: opLeave, user: string(c.user), at: c.at, all: true})
-			case changeLocalExpiry:
-				// A local expiry writes nothing: Redis expires the session
-				// itself unless another node keeps it alive.
-				delete(w.state, h)
-			}
-		}
-	}
+	leaveAll := w.decode(retry, now, nil)
+	leaveAll = w.decode(buf, now, leaveAll)
 	w.spare = buf[:0]
 	if len(leaveAll) > 0 {
 		if err := w.expandLeaveAll(ctx, leaveAll); err != nil {
 			for i := range leaveAll {
-				w.retryLeave(&leaveAll[i])
+				w.retryOp(&leaveAll[i])
 			}
 			n.markDown(err)
 			return
@@ -361,9 +412,7 @@ func (w *writerState) send(ctx context.Context, ops []op) error {
 				if first == nil {
 					first = fmt.Errorf("cannot write session: %w", err)
 				}
-				if o.kind == opLeave {
-					w.retryLeave(o)
-				}
+				w.retryOp(o)
 				continue
 			}
 			if v != 1 {
