@@ -48,7 +48,7 @@ type writerState struct {
 	roomPassAt int64
 	// repairDue asks for repairRooms in the next round (after a re-assert).
 	repairDue bool
-	evs   []evOp
+	evs       []evOp
 }
 
 // evOp is an event this node decided, with its room-side update.
