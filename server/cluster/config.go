@@ -107,10 +107,15 @@ func (c *Config) Validate() error {
 // options turns Addrs and MasterName into go-redis universal options.
 func (c *Config) options() (*redis.UniversalOptions, error) {
 	o := &redis.UniversalOptions{
-		MasterName:   c.MasterName,
-		DialTimeout:  2 * time.Second,
-		ReadTimeout:  5 * time.Second,
-		WriteTimeout: 5 * time.Second,
+		MasterName:  c.MasterName,
+		DialTimeout: 2 * time.Second,
+		// A reply that takes a second is a fault (Redis answers in
+		// microseconds; the largest script call here is 256 sessions).
+		// It also bounds go-redis's own slot map reload, which has no
+		// deadline of its own: with a hung master picked first, the
+		// reload (and so the switch to a promoted replica) waited 5 s.
+		ReadTimeout:  time.Second,
+		WriteTimeout: time.Second,
 		// No transparent retries: a retried pipeline would run its scripts
 		// twice; the node recovers from a failed round trip itself (it
 		// re-asserts its sessions). Redis Cluster redirects (MOVED, ASK)

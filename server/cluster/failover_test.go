@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sort"
 	"strings"
@@ -478,5 +480,243 @@ func TestScriptFlushOneMaster(t *testing.T) {
 				t.Errorf("node %d: %s seen %d times", i, k, c)
 			}
 		}
+	}
+}
+
+// TestFailoverSentinel: Sentinel (1 master, 2 replicas, 3 sentinels)
+// promotes a replica after the master is killed; both nodes answer for the
+// whole cluster again and Redis agrees with the truth.
+func TestFailoverSentinel(t *testing.T) {
+	g := redistest.StartSentinelGroup(t)
+	raw := func() redis.UniversalClient {
+		return redis.NewFailoverClient(&redis.FailoverOptions{MasterName: "mymaster", SentinelAddrs: strings.Split(g.Addrs(), ",")})
+	}
+	f := newFleet(t, g.Addrs(), func(c *Config) { c.MasterName = "mymaster" }, 2, 500, time.Second, raw)
+	f.converge(20*time.Second, "before the fault")
+	old := g.CurrentMaster(t)
+	old.Kill()
+	f.waitPartial(10*time.Second, "master killed")
+	_, okAt := g.WaitPromoted(t, old, 30*time.Second)
+	wholeAt := f.waitWhole(20*time.Second, "after the promotion")
+	t.Logf("Sentinel master kill -9: promotion seen to whole answers: %v", wholeAt.Sub(okAt).Round(time.Millisecond))
+	f.converge(15*time.Second, "after the promotion")
+}
+
+// TestFailoverHungMaster: a master of a 3+3 Redis Cluster hangs (SIGSTOP)
+// for 10 s under load, long enough to be failed over while hung, then
+// continues (and finds itself a replica). Both nodes answer for the whole
+// cluster again and the views converge.
+func TestFailoverHungMaster(t *testing.T) {
+	rc := redistest.StartClusterReplicas(t, 3, 1)
+	logs := &logCount{}
+	f := newFleet(t, rc.MasterAddrs(t), func(c *Config) { c.Logger = slog.New(logs) }, 2, 500, time.Second, clusterRaw(rc, t))
+	f.converge(20*time.Second, "before the hang")
+	victim := rc.Masters(t)[1]
+	victim.Pause()
+	hungAt := time.Now()
+	f.waitPartial(10*time.Second, "master hung")
+	okAt := rc.WaitOK(t, 30*time.Second)
+	wholeAt := f.waitWhole(20*time.Second, "after the failover of the hung master")
+	t.Logf("Redis Cluster master SIGSTOP: cluster_state:ok to whole answers: %v", wholeAt.Sub(okAt).Round(time.Millisecond))
+	if logs.count(wholeAgain) != len(f.nodes) {
+		t.Errorf("want one %q line per node:\n%s", wholeAgain, logs)
+	}
+	f.converge(15*time.Second, "while the old master hangs")
+	time.Sleep(time.Until(hungAt.Add(10 * time.Second)))
+	victim.Resume()
+	waitUntil(t, 30*time.Second, "the old master to continue as a replica", func() bool { return victim.Role() == "slave" })
+	f.converge(15*time.Second, "after the old master continued")
+}
+
+// TestFailoverLiveReshard: redis-cli --cluster reshard moves 2,000
+// slots (keys of busy buckets with them) while heartbeats, joins and
+// leaves flow; MOVED and ASK are followed and the views converge.
+func TestFailoverLiveReshard(t *testing.T) {
+	rc := redistest.StartCluster(t)
+	f := newFleet(t, rc.Addrs(), nil, 2, 500, 500*time.Millisecond, clusterRaw(rc, t))
+	f.converge(20*time.Second, "before the reshard")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // joins and leaves while slots move
+		defer close(done)
+		for i := 0; ; i++ {
+			s := sess{fmt.Sprintf("mover-%04d", i), fmt.Sprintf("room-%02d", i%20)}
+			f.join(i%2, s)
+			if i%3 == 0 {
+				f.leave(s)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	before := make([]Stats, len(f.nodes))
+	for i, tn := range f.nodes {
+		before[i] = tn.n.Stats()
+	}
+	rc.Reshard(t, rc.Nodes[0], rc.Nodes[1], 2000)
+	doneAt := time.Now()
+	close(stop)
+	<-done
+	wholeAt := f.waitWhole(20*time.Second, "after the reshard")
+	t.Logf("live reshard of 2000 slots: end of reshard to whole answers: %v", max(0, wholeAt.Sub(doneAt)).Round(time.Millisecond))
+	f.converge(15*time.Second, "after the reshard")
+	for i, tn := range f.nodes {
+		st := tn.n.Stats()
+		t.Logf("node %d during the reshard: %d failed round trips, %d re-asserts", i, st.Errors-before[i].Errors, st.Reasserts-before[i].Reasserts)
+	}
+}
+
+// TestFailoverChaos: two nodes, about 2,000 heartbeats/s, joins and
+// leaves, while masters of a 3+3 Redis Cluster are killed and restarted at
+// random for about 30 s; at the end both nodes' answers equal the truth.
+func TestFailoverChaos(t *testing.T) {
+	rc := redistest.StartClusterReplicas(t, 3, 1)
+	f := newFleet(t, rc.MasterAddrs(t), nil, 2, 500, 500*time.Millisecond, clusterRaw(rc, t))
+	f.converge(20*time.Second, "before the chaos")
+	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
+	end := time.Now().Add(30 * time.Second)
+	kills := 0
+	for k := 0; time.Now().Before(end); k++ {
+		// Between faults: joins and leaves through both nodes.
+		for j := range 20 {
+			s := sess{fmt.Sprintf("chaos-%d-%d", k, j), fmt.Sprintf("room-%02d", rng.IntN(20))}
+			f.join(rng.IntN(2), s)
+			if rng.IntN(3) == 0 {
+				f.leave(s)
+			}
+		}
+		var dead []*redistest.Server
+		for _, s := range rc.Nodes {
+			if !s.Alive() {
+				dead = append(dead, s)
+			}
+		}
+		switch {
+		case len(dead) > 0 && rng.IntN(2) == 0:
+			dead[0].StartAgain()
+		case len(dead) == 0 && rc.ReplicasInSync() == 3:
+			// Kill a master only while every master has a replica in sync.
+			rc.WaitOK(t, 30*time.Second)
+			ms := rc.Masters(t)
+			ms[rng.IntN(len(ms))].Kill()
+			kills++
+		}
+		time.Sleep(time.Duration(1500+rng.IntN(2000)) * time.Millisecond)
+	}
+	for _, s := range rc.Nodes {
+		if !s.Alive() {
+			s.StartAgain()
+		}
+	}
+	okAt := rc.WaitOK(t, 30*time.Second)
+	wholeAt := f.waitWhole(20*time.Second, "after the chaos")
+	f.mu.Lock()
+	beats := f.beats
+	f.mu.Unlock()
+	t.Logf("chaos: %d master kills, %d heartbeats; cluster_state:ok to whole answers: %v", kills, beats, max(0, wholeAt.Sub(okAt)).Round(time.Millisecond))
+	f.converge(20*time.Second, "after the chaos")
+}
+
+// startBare starts a node on addrs without waiting for Redis.
+func startBare(t *testing.T, addrs string, logs *logCount) *Node {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Addrs, cfg.NodeID = addrs, "bare"
+	cfg.HealthInterval = 50 * time.Millisecond
+	cfg.Logger = slog.New(logs)
+	n, err := New(cfg, func(func(user, room []byte, lastSeen, expiry int64) bool) {}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Kill() })
+	return n
+}
+
+// TestRedisProblemsLogged (issue 13.6): nothing listening, or a wrong
+// password, is logged once at error level with the reason, not once per
+// failed health check; a change of state is logged again.
+func TestRedisProblemsLogged(t *testing.T) {
+	t.Run("nothing listening", func(t *testing.T) {
+		logs := &logCount{}
+		n := startBare(t, fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t)), logs)
+		waitUntil(t, 10*time.Second, "10 failed health checks", func() bool { return n.Stats().Errors >= 10 })
+		if got := logs.count("ERROR cannot use redis"); got != 1 || logs.count("reason=unreachable") != 1 || logs.count("") != logs.count("DEBUG")+1 {
+			t.Errorf("want exactly one error line saying redis is unreachable, got:\n%s", logs)
+		}
+		if n.Up() || n.Ready() {
+			t.Error("node up without redis")
+		}
+	})
+	t.Run("wrong password", func(t *testing.T) {
+		r := redistest.Start(t)
+		c := r.Client()
+		defer c.Close()
+		if err := c.ConfigSet(context.Background(), "requirepass", "right").Err(); err != nil {
+			t.Fatal(err)
+		}
+		logs := &logCount{}
+		n := startBare(t, "redis://:wrong@"+r.Addr(), logs)
+		waitUntil(t, 10*time.Second, "10 failed health checks", func() bool { return n.Stats().Errors >= 10 })
+		if logs.count("ERROR cannot use redis") != 1 || logs.count("reason=authentication") != 1 {
+			t.Errorf("want exactly one error line about authentication, got:\n%s", logs)
+		}
+		// The operator fixes the password: one line says the node is whole.
+		rc := redis.NewClient(&redis.Options{Addr: r.Addr(), Password: "right"})
+		defer rc.Close()
+		if err := rc.ConfigSet(context.Background(), "requirepass", "wrong").Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, 10*time.Second, "the node to connect", n.Up)
+		if logs.count("INFO redis connected") != 1 {
+			t.Errorf("want one line when connected, got:\n%s", logs)
+		}
+	})
+}
+
+// TestWriteErrorsMakePartial (issue 13.7): Redis refuses writes (maxmemory
+// with noeviction); the node answers partial until a re-assert succeeds,
+// then Redis holds every session.
+func TestWriteErrorsMakePartial(t *testing.T) {
+	r := redistest.Start(t)
+	f := newFleet(t, r.Addr(), nil, 2, 200, time.Second, standaloneRaw(r))
+	f.converge(10*time.Second, "before the limit")
+	c := r.Client()
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		f.join(i%2, sess{fmt.Sprintf("oom-%02d", i), "room-oom"})
+	}
+	f.waitPartial(10*time.Second, "writes refused")
+	if err := f.check(); err == nil {
+		t.Fatal("answers whole while redis refuses writes")
+	}
+	if err := c.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.waitWhole(10*time.Second, "writes accepted again")
+	f.converge(10*time.Second, "after the limit")
+}
+
+// TestSessionHashSeeded (issue 13.8): the writer's session hash depends on
+// a per-process seed, so clients cannot craft colliding ids offline.
+func TestSessionHashSeeded(t *testing.T) {
+	old := sessSeed
+	defer func() { sessSeed = old }()
+	a := sessHash([]byte("user"), []byte("room"))
+	sessSeed = maphash.MakeSeed()
+	if b := sessHash([]byte("user"), []byte("room")); a == b {
+		t.Fatalf("session hash %x unchanged under another seed", a)
+	}
+	if sessHash([]byte("ab"), []byte("c")) == sessHash([]byte("a"), []byte("bc")) {
+		t.Fatal("user and room boundary not hashed")
 	}
 }

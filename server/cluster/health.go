@@ -259,6 +259,7 @@ func (n *Node) checkHealth() {
 	}
 	if err := n.exec(ctx, p); err != nil {
 		n.markDown(err)
+		n.cancelRounds()
 		return
 	}
 	if n.scriptsLost.Load() {
@@ -285,4 +286,33 @@ func (n *Node) checkHealth() {
 		default:
 		}
 	}
+}
+
+// roundCtx bounds one round of the writer or reaper (writeTimeout). A
+// failed health check cancels every round in flight, so a hung master
+// holds the writer for at most one health check instead of writeTimeout.
+func (n *Node) roundCtx() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	n.rounds.Lock()
+	if n.rounds.m == nil {
+		n.rounds.m = map[*context.CancelFunc]struct{}{}
+	}
+	key := &cancel
+	n.rounds.m[key] = struct{}{}
+	n.rounds.Unlock()
+	return ctx, func() {
+		cancel()
+		n.rounds.Lock()
+		delete(n.rounds.m, key)
+		n.rounds.Unlock()
+	}
+}
+
+// cancelRounds ends every writer and reaper round in flight.
+func (n *Node) cancelRounds() {
+	n.rounds.Lock()
+	for c := range n.rounds.m {
+		(*c)()
+	}
+	n.rounds.Unlock()
 }

@@ -45,7 +45,7 @@ func (w *writerState) reassert() error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	ctx, cancel := n.roundCtx()
 	defer cancel()
 	if err := n.setMarkers(ctx); err != nil {
 		return err
@@ -69,7 +69,7 @@ func (w *writerState) reassert() error {
 const writeTimeout = 10 * time.Second
 
 func (w *writerState) sendAssertTimed(ops []op) error {
-	ctx, cancel := context.WithTimeout(w.n.ctx, writeTimeout)
+	ctx, cancel := w.n.roundCtx()
 	defer cancel()
 	return w.sendAssert(ctx, ops)
 }
@@ -198,7 +198,7 @@ const repairBatch = 4096
 // cluster, after a fault only.
 func (w *writerState) repairRooms() error {
 	n := w.n
-	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	ctx, cancel := n.roundCtx()
 	defer cancel()
 	p := n.c.Pipeline()
 	tops := make([]*redis.StringSliceCmd, Buckets)
@@ -342,7 +342,7 @@ func (w *writerState) roomPass() error {
 }
 
 func (w *writerState) addMembersTimed(ops []op) error {
-	ctx, cancel := context.WithTimeout(w.n.ctx, writeTimeout)
+	ctx, cancel := w.n.roundCtx()
 	defer cancel()
 	return w.addMembers(ctx, ops)
 }

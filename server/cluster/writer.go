@@ -186,7 +186,7 @@ func (n *Node) writeLoop() {
 // writes, and sends them. With final, every deferred refresh is written.
 func (w *writerState) cycle(final bool) {
 	n := w.n
-	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	ctx, cancel := n.roundCtx()
 	defer cancel()
 	now := time.Now().UnixMilli()
 	if n.needAssert.Load() {

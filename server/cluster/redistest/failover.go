@@ -358,3 +358,15 @@ func waitFor(t testing.TB, d time.Duration, what string, f func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// ReplicasInSync counts running, unpaused replicas whose link to their
+// master is up.
+func (c *Cluster) ReplicasInSync() int {
+	n := 0
+	for _, s := range c.Nodes {
+		if s.Alive() && !s.paused && s.Role() == "slave" && s.linkUp() {
+			n++
+		}
+	}
+	return n
+}
