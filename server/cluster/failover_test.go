@@ -464,7 +464,7 @@ func TestScriptFlushOneMaster(t *testing.T) {
 	// a re-run pipeline would double the events of the other masters, a
 	// lost one would miss some.
 	for i, tn := range f.nodes {
-		waitUntil(t, 10*time.Second, "events", func() bool { return tn.count(true, 0) >= 400-0 && tn.count(false, 1) >= 50 })
+		waitUntil(t, 10*time.Second, "events", func() bool { return tn.count(true, 0) >= 400 && tn.count(false, 1) >= 50 })
 		tn.mu.Lock()
 		seen := map[string]int{}
 		for _, e := range tn.evs {

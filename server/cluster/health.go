@@ -153,17 +153,17 @@ func faultClass(err error) string {
 	switch {
 	case errors.Is(err, errDataLost):
 		return "data lost"
-	case strings.HasPrefix(s, "WRONGPASS"), strings.HasPrefix(s, "NOAUTH"), strings.Contains(s, "invalid password"), strings.Contains(s, "invalid username-password"):
+	case strings.Contains(s, "WRONGPASS"), strings.Contains(s, "NOAUTH"), strings.Contains(s, "invalid password"), strings.Contains(s, "invalid username-password"):
 		return "authentication"
-	case strings.HasPrefix(s, "NOSCRIPT"):
+	case strings.Contains(s, "NOSCRIPT"):
 		return "scripts missing"
-	case strings.HasPrefix(s, "OOM"):
+	case strings.Contains(s, "OOM"):
 		return "out of memory"
-	case strings.HasPrefix(s, "CLUSTERDOWN"):
+	case strings.Contains(s, "CLUSTERDOWN"):
 		return "cluster down"
-	case strings.HasPrefix(s, "MOVED"), strings.HasPrefix(s, "ASK"), strings.HasPrefix(s, "TRYAGAIN"):
+	case strings.Contains(s, "MOVED "), strings.Contains(s, "ASK "), strings.Contains(s, "TRYAGAIN"):
 		return "resharding"
-	case strings.HasPrefix(s, "READONLY"), strings.HasPrefix(s, "LOADING"), strings.HasPrefix(s, "MASTERDOWN"):
+	case strings.Contains(s, "READONLY"), strings.Contains(s, "LOADING"), strings.Contains(s, "MASTERDOWN"):
 		return "failover"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne), strings.Contains(s, "EOF"), strings.Contains(s, "closed"):
 		// Refused, reset, timed out: one reason, or a dying master would

@@ -44,7 +44,7 @@ func evalSha(ctx context.Context, p redis.Pipeliner, s *redis.Script, keys []str
 }
 
 func isNoScript(err error) bool {
-	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+	return err != nil && strings.Contains(err.Error(), "NOSCRIPT")
 }
 
 // loadScriptsOn loads every script on one connection or client.

@@ -123,8 +123,11 @@ func (w *writerState) sendAll(ctx context.Context, leaveAll []op) error {
 	return w.send(ctx, w.ops)
 }
 
-// keepLeaves moves the explicit leaves of intake buffer b to the retry
-// list.
+// keepLeaves keeps, from intake buffer b while partial, what the re-assert
+// would not replay as an event: explicit leaves (no longer in the table),
+// failed touches, and joins (sessions the writer does not know yet), so
+// their events still come once Redis answers. Refreshes are dropped: the
+// re-assert writes every live session.
 func (w *writerState) keepLeaves(b []byte) {
 	for rest := b; len(rest) > 0; {
 		var c change
@@ -132,7 +135,14 @@ func (w *writerState) keepLeaves(b []byte) {
 		switch c.kind {
 		case changeLocalLeave, changeLeave, changeLeaveAll, changeRetryTouch:
 			w.retryChange(&c)
-		case changeUpsert, changeLocalExpiry:
+		case changeUpsert:
+			h := sessHash(c.user, c.room)
+			if _, ok := w.state[h]; !ok {
+				w.state[h] = sessState{W: c.expiry, L: c.expiry}
+				c.kind = changeRetryTouch
+				w.retryChange(&c)
+			}
+		case changeLocalExpiry:
 		}
 	}
 }
@@ -191,9 +201,8 @@ func (w *writerState) cycle(final bool) {
 	now := time.Now().UnixMilli()
 	if n.needAssert.Load() {
 		if !n.up.Load() {
-			// Partial: refreshes and joins are dropped (the re-assert
-			// writes every live session), explicit leaves are kept for
-			// after it (they are not in the table any more).
+			// Partial: refreshes are dropped (the re-assert writes every
+			// live session); joins and explicit leaves are kept.
 			buf, _, _ := n.swapIntake(w.spare)
 			w.keepLeaves(buf)
 			w.spare = buf[:0]
