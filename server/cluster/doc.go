@@ -95,8 +95,8 @@
 // change log coalesces every refresh of a session between two drains into
 // one change. The writer keeps, per session (a pointer-free map keyed by a
 // 64-bit hash of user and room, seeded per process so clients cannot craft
-// collisions), the expiry it last wrote (W) and the
-// latest local one (L). A new session is written at once (a join is
+// collisions), the expiry it last wrote (W) and the latest local one (L).
+// A new session is written at once (a join is
 // prompt); a refresh is not written until W is within RefreshMargin of now,
 // and then with the latest L. With a 60 s interval and 150 s TTL that is
 // one write per two heartbeats. Explicit leaves are written at once. A
