@@ -107,12 +107,16 @@ func (w *writerState) decode(b []byte, now int64, leaveAll []op) []op {
 	return leaveAll
 }
 
-// sendAll expands leaveAll into w.ops and sends w.ops.
+// sendAll expands leaveAll into w.ops and sends w.ops. When the expansion
+// fails, nothing is sent and every touch and leave is kept for retry.
 func (w *writerState) sendAll(ctx context.Context, leaveAll []op) error {
 	if len(leaveAll) > 0 {
 		if err := w.expandLeaveAll(ctx, leaveAll); err != nil {
 			for i := range leaveAll {
 				w.retryOp(&leaveAll[i])
+			}
+			for i := range w.ops {
+				w.retryOp(&w.ops[i])
 			}
 			return err
 		}
@@ -247,23 +251,8 @@ func (w *writerState) cycle(final bool) {
 	leaveAll := w.decode(retry, now, nil)
 	leaveAll = w.decode(buf, now, leaveAll)
 	w.spare = buf[:0]
-	if len(leaveAll) > 0 {
-		if err := w.expandLeaveAll(ctx, leaveAll); err != nil {
-			for i := range leaveAll {
-				w.retryOp(&leaveAll[i])
-			}
-			n.markDown(err)
-			return
-		}
-	}
 	w.due(now, final)
-	if len(w.ops) == 0 {
-		if count > 0 {
-			n.lagNs.Store(time.Now().UnixNano() - oldest)
-		}
-		return
-	}
-	if err := w.send(ctx, w.ops); err != nil {
+	if err := w.sendAll(ctx, leaveAll); err != nil {
 		n.markDown(err)
 		return
 	}
@@ -311,7 +300,7 @@ func (w *writerState) expandLeaveAll(ctx context.Context, all []op) error {
 	for i, c := range cmds {
 		for _, room := range c.Val() {
 			o := all[i]
-			o.room = room
+			o.room, o.all = room, false
 			w.ops = append(w.ops, o)
 		}
 	}
