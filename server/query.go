@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 
@@ -125,7 +126,10 @@ func (s *Server) hStatus(ctx *fasthttp.RequestCtx) {
 	var req struct {
 		Users []string `json:"users"`
 	}
-	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+	// encoding/json would read invalid UTF-8 and lone surrogate escapes as
+	// U+FFFD, so several bodies would name one user: refuse them instead.
+	body := ctx.PostBody()
+	if err := json.Unmarshal(body, &req); err != nil || !utf8.Valid(body) || hasLoneSurrogate(body) {
 		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"users":[...]} of strings`)
 		return
 	}

@@ -508,6 +508,12 @@ func TestBadHTTPInputChangesNothing(t *testing.T) {
 		{"leave bad user", "POST", "/v1/leave", `{"user":""}`, 400, "user"},
 		{"status bad id", "POST", "/v1/status", `{"users":["ok",""]}`, 400, "users[1]"},
 		{"status malformed", "POST", "/v1/status", `{"users":[1]}`, 400, "users"},
+		{"lone surrogate", "POST", "/v1/heartbeat", `{"user":"a\ud800\u0041"}`, 400, "JSON"},
+		{"lone low surrogate", "POST", "/v1/heartbeat", `{"user":"a\udc00"}`, 400, "JSON"},
+		{"lone surrogate in batch", "POST", "/v1/heartbeats", `{"heartbeats":[{"user":"\ud800"}]}`, 400, "JSON"},
+		{"lone surrogate in leave", "POST", "/v1/leave", `{"user":"\ud800\u0042"}`, 400, "JSON"},
+		{"lone surrogate in status", "POST", "/v1/status", `{"users":["\ud800"]}`, 400, "JSON"},
+		{"invalid UTF-8 in status", "POST", "/v1/status", "{\"users\":[\"\xff\"]}", 400, "JSON"},
 		{"top over max", "GET", "/v1/rooms?top=1001", "", 400, "top"},
 		{"bad path id", "GET", "/v1/users/%C3%28", "", 400, "user"},
 	}
