@@ -356,12 +356,36 @@ func PrintConfig(w io.Writer, cfg Config) {
 	bindFlags(fs, &c)
 	var lines []string
 	fs.VisitAll(func(f *flag.Flag) {
-		lines = append(lines, fmt.Sprintf("%s = %q", f.Name, f.Value.String()))
+		v := f.Value.String()
+		if f.Name == "redis" {
+			v = RedactRedis(v)
+		}
+		lines = append(lines, fmt.Sprintf("%s = %q", f.Name, v))
 	})
 	sort.Strings(lines)
 	for _, l := range lines {
 		fmt.Fprintln(w, l)
 	}
+}
+
+// RedactRedis returns a --redis value fit to print or log: the credentials
+// of every address (`redis://user:password@host`, also in a comma-separated
+// list) are replaced by "xxxxx". The key files are paths, not secrets, so
+// --redis is the only flag that can hold one.
+func RedactRedis(v string) string {
+	parts := strings.Split(v, ",")
+	for i, p := range parts {
+		at := strings.LastIndexByte(p, '@')
+		if at < 0 {
+			continue
+		}
+		start := 0
+		if j := strings.Index(p, "://"); j >= 0 && j < at {
+			start = j + len("://")
+		}
+		parts[i] = p[:start] + "xxxxx" + p[at:]
+	}
+	return strings.Join(parts, ",")
 }
 
 // FlagUsage writes the serve flags and their defaults.
