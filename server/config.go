@@ -41,6 +41,12 @@ type Config struct {
 	NodeID string
 	// SecretFile holds the token keys (--secret-file, empty: open mode).
 	SecretFile string
+	// AllowOpenReload lets a reload (SIGHUP) take a node that verifies
+	// heartbeat tokens or API tokens to open mode, when --secret-file or
+	// --api-token-file was removed from the configuration (--allow-open-reload,
+	// default false: such a reload is refused and logged at error, so a
+	// config edit cannot silently switch authentication off).
+	AllowOpenReload bool
 	// ConfigFile is the optional config file (--config).
 	ConfigFile string
 	// LogLevel is debug, info, warn or error (--log-level, default info).
@@ -211,6 +217,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.RedisMaster, "redis-master", c.RedisMaster, "Sentinel master name (--redis lists the sentinels)")
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "this node's name in the cluster (default: hostname:http-port)")
 	fs.StringVar(&c.SecretFile, "secret-file", c.SecretFile, "file of token keys, one '<kid> <secret>' per line (empty: open mode)")
+	fs.BoolVar(&c.AllowOpenReload, "allow-open-reload", c.AllowOpenReload, "let a reload (SIGHUP) that removes --secret-file or --api-token-file switch the node to open mode (default: refused)")
 	fs.StringVar(&c.ConfigFile, "config", c.ConfigFile, "optional config file of 'flag-name = value' lines")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
