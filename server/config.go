@@ -94,6 +94,11 @@ type Config struct {
 	// PprofAddr serves Go's net/http/pprof profiles on a separate listener
 	// (--pprof-addr, default empty: off). Bind it to loopback.
 	PprofAddr string
+	// LastSeenMemoryUsers bounds how many offline users' last-seen times a
+	// node without --data-dir keeps in memory (--last-seen-memory-users,
+	// default 100000, about 100 bytes each; 0: last_seen is null once a
+	// user's sessions end). When full, a new user replaces an arbitrary one.
+	LastSeenMemoryUsers int
 	// APITokenFile holds bearer tokens for the read endpoints and the event
 	// stream, one per line (--api-token-file, empty: reads are open).
 	APITokenFile string
@@ -114,32 +119,33 @@ type Config struct {
 func DefaultConfig() Config {
 	pc := persist.DefaultConfig()
 	return Config{
-		HTTPAddr:         "127.0.0.1:7070",
-		UDPAddr:          "127.0.0.1:7070",
-		DataDir:          "presenced-data",
-		TTL:              150 * time.Second,
-		Interval:         60 * time.Second,
-		LogLevel:         "info",
-		LogFormat:        "text",
-		MaxBodyBytes:     1 << 20,
-		MaxBatch:         1000,
-		MaxStatusUsers:   1000,
-		UDPReadBuffer:    4 << 20,
-		HTTPReadTimeout:  10 * time.Second,
-		HTTPWriteTimeout: 10 * time.Second,
-		HTTPIdleTimeout:  60 * time.Second,
-		HTTPMaxConns:     10000,
-		ShutdownTimeout:  15 * time.Second,
-		SweepInterval:    100 * time.Millisecond,
-		HeartbeatMinGap:  time.Second,
-		SourceRate:       2000,
-		SourceBurst:      4000,
-		SourceTableSlots: 65536,
-		MaxEventStreams:  1000,
-		Map:              shardmap.DefaultConfig(),
-		Persist:          pc,
-		FsyncMode:        "interval",
-		Cluster:          cluster.DefaultConfig(),
+		HTTPAddr:            "127.0.0.1:7070",
+		UDPAddr:             "127.0.0.1:7070",
+		DataDir:             "presenced-data",
+		TTL:                 150 * time.Second,
+		Interval:            60 * time.Second,
+		LogLevel:            "info",
+		LogFormat:           "text",
+		MaxBodyBytes:        1 << 20,
+		MaxBatch:            1000,
+		MaxStatusUsers:      1000,
+		UDPReadBuffer:       4 << 20,
+		HTTPReadTimeout:     10 * time.Second,
+		HTTPWriteTimeout:    10 * time.Second,
+		HTTPIdleTimeout:     60 * time.Second,
+		HTTPMaxConns:        10000,
+		ShutdownTimeout:     15 * time.Second,
+		SweepInterval:       100 * time.Millisecond,
+		HeartbeatMinGap:     time.Second,
+		SourceRate:          2000,
+		SourceBurst:         4000,
+		SourceTableSlots:    65536,
+		MaxEventStreams:     1000,
+		LastSeenMemoryUsers: 100000,
+		Map:                 shardmap.DefaultConfig(),
+		Persist:             pc,
+		FsyncMode:           "interval",
+		Cluster:             cluster.DefaultConfig(),
 	}
 }
 
@@ -170,6 +176,8 @@ func (c *Config) Validate() error {
 		return errors.New("--source-rate must not be negative and --source-burst must be at least 1")
 	case c.SourceTableSlots < 1 || c.SourceTableSlots > 1<<24:
 		return errors.New("--source-table-slots must be from 1 to 16777216")
+	case c.LastSeenMemoryUsers < 0:
+		return errors.New("--last-seen-memory-users must not be negative")
 	case c.MaxEventStreams < 0:
 		return errors.New("--max-event-streams must not be negative")
 	case c.RedisMaster != "" && c.Redis == "":
@@ -238,6 +246,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.SourceBurst, "source-burst", c.SourceBurst, "burst of heartbeats allowed from one source IP")
 	fs.IntVar(&c.SourceTableSlots, "source-table-slots", c.SourceTableSlots, "fixed size of the per-source rate table (8 bytes each)")
 	fs.IntVar(&c.MaxEventStreams, "max-event-streams", c.MaxEventStreams, "most concurrent GET /v1/events streams")
+	fs.IntVar(&c.LastSeenMemoryUsers, "last-seen-memory-users", c.LastSeenMemoryUsers, "without --data-dir, most offline users whose last-seen is kept in memory (0: none)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof profiles on this address (empty: off; keep it on loopback)")
 	fs.StringVar(&c.APITokenFile, "api-token-file", c.APITokenFile, "file of bearer tokens for the read endpoints and the event stream, one per line (empty: open)")
 	fs.IntVar(&c.Map.Shards, "shards", c.Map.Shards, "user shards of the presence table (power of two)")

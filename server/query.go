@@ -69,6 +69,11 @@ func (s *Server) userStatuses(users []string) ([]userStatus, bool) {
 			st.lastSeen = max(st.lastSeen, c.LastSeen)
 			st.rooms = mergeRooms(st.rooms, c.Rooms)
 		}
+		if !st.online && s.departed != nil {
+			if ms, ok := s.departed.get(u, time.Now().UnixMilli()); ok {
+				st.lastSeen = max(st.lastSeen, ms)
+			}
+		}
 		if !st.online && s.store != nil {
 			if ms, ok, err := s.store.LastSeen([]byte(u)); err == nil && ok {
 				st.lastSeen = max(st.lastSeen, ms)

@@ -34,6 +34,8 @@ type Server struct {
 	log   *slog.Logger
 	m     *shardmap.Map
 	store *persist.Store // nil when DataDir is empty
+	// departed keeps offline users' last-seen when store is nil.
+	departed *departedUsers
 	cl    *cluster.Node  // nil when Redis is empty (standalone node)
 	// pumpDone is closed when the change-log pump (cluster without a
 	// write-ahead log) has drained for the last time.
@@ -109,6 +111,9 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 			return nil, &UsageError{fmt.Errorf("--secret-file: %w", err)}
 		}
 		s.keys.Store(kr)
+	}
+	if cfg.DataDir == "" {
+		s.departed = newDepartedUsers(cfg.LastSeenMemoryUsers, cfg.Persist.LastSeenRetention.Milliseconds())
 	}
 	s.met = newServerMetrics(&s.reg)
 	s.registerGauges()
@@ -224,6 +229,7 @@ func (s *Server) sweepLoop() {
 			return
 		case now := <-t.C:
 			evs = s.m.Expire(now.UnixMilli(), evs[:0])
+			s.departed.noteLeaves(evs)
 			s.lastSweep.Store(time.Now().UnixNano())
 			for i := range evs {
 				s.publish(evs[i])

@@ -96,6 +96,13 @@ func (m *serverMetrics) countLeave(tr transport, o outcome) { m.leaves[tr][o].In
 // registerGauges adds the gauges read from the map and the log at scrape time.
 func (s *Server) registerGauges() {
 	r := &s.reg
+	r.gaugeFunc("presenced_last_seen_memory_users", "Offline users whose last-seen a node without --data-dir keeps in memory (--last-seen-memory-users).", func() float64 { return float64(s.departed.len()) })
+	r.counterFunc("presenced_last_seen_memory_evictions_total", "Offline users' last-seen times dropped because --last-seen-memory-users was reached.", func() float64 {
+		if s.departed == nil {
+			return 0
+		}
+		return float64(s.departed.evictions.Load())
+	})
 	r.gaugeFunc("presenced_sessions", "Live sessions (user, room pairs) on this node.", func() float64 { return float64(s.m.Stats().Sessions) })
 	r.gaugeFunc("presenced_online_users", "Users with at least one live session on this node.", func() float64 { return float64(s.m.Stats().OnlineUsers) })
 	r.gaugeFunc("presenced_rooms", "Rooms with at least one live session on this node.", func() float64 { return float64(s.m.Stats().Rooms) })

@@ -701,3 +701,47 @@ func TestReadyAndHealth(t *testing.T) {
 		}
 	}
 }
+
+// Without --data-dir, last_seen still survives the session: after a leave of
+// one room, a leave of all rooms and a timeout, it is the last heartbeat.
+func TestLastSeenWithoutDataDir(t *testing.T) {
+	n := startNode(t, func(c *server.Config) {
+		c.TTL = time.Second
+		c.Interval = 200 * time.Millisecond
+		c.SweepInterval = 20 * time.Millisecond
+		c.LastSeenMemoryUsers = 3
+	})
+	before := time.Now().Add(-time.Second)
+	for _, u := range []string{"one", "all", "gone"} {
+		if code := n.heartbeat(u, "lobby", ""); code != 200 {
+			t.Fatalf("heartbeat %s: %d", u, code)
+		}
+	}
+	lastSeen := func(u string) time.Time {
+		t.Helper()
+		us := n.user(u)
+		if us.Online || us.LastSeen == nil {
+			t.Fatalf("%s: online %v, last_seen %v; want offline with a last_seen", u, us.Online, us.LastSeen)
+		}
+		at, err := time.Parse(time.RFC3339, *us.LastSeen)
+		if err != nil || at.Before(before) || at.After(time.Now()) {
+			t.Fatalf("%s: last_seen %s (%v), want the last heartbeat", u, *us.LastSeen, err)
+		}
+		return at
+	}
+	n.do("POST", "/v1/leave", `{"user":"one","room":"lobby"}`, nil)
+	lastSeen("one")
+	n.do("POST", "/v1/leave", `{"user":"all"}`, nil)
+	lastSeen("all")
+	eventually(t, 5*time.Second, "gone to time out", func() bool { return !n.user("gone").Online })
+	lastSeen("gone")
+	// The table is bounded: a fourth user replaces one of the three.
+	n.heartbeat("more", "", "")
+	n.do("POST", "/v1/leave", `{"user":"more"}`, nil)
+	if v := n.metric("presenced_last_seen_memory_users"); v != 3 {
+		t.Fatalf("presenced_last_seen_memory_users = %v, want 3", v)
+	}
+	if v := n.metric("presenced_last_seen_memory_evictions_total"); v != 1 {
+		t.Fatalf("presenced_last_seen_memory_evictions_total = %v, want 1", v)
+	}
+}

@@ -33,6 +33,8 @@ type Event struct {
 	At         int64 // unix ms
 	Join       bool  // false: leave
 	Reason     Reason
+	// LastSeen is, for a leave, the ended session's last heartbeat (unix ms).
+	LastSeen int64
 }
 
 // RoomSession is one of a user's sessions, as User reports it.
@@ -320,7 +322,7 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 		}
 	}
 	if emit {
-		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason})
+		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason, LastSeen: s.lastSeen()})
 	}
 	dirty := s.ttl&sessDirty != 0
 	if m.track {
