@@ -106,28 +106,21 @@ func (d *Datagram) Decode(b []byte) error {
 	if count == 0 || count > MaxItems {
 		return ErrBadCount
 	}
+	// First the items' structure (lengths only), then their contents, so
+	// that a bad datagram's reason is the first row of PROTOCOL.md's table
+	// that it breaks, whichever item breaks it.
 	p := b[HeaderLen:]
 	for i := range count {
 		if len(p) < 2 {
 			return ErrTruncated
 		}
-		op := Op(p[0])
-		if op != OpHeartbeat && op != OpLeave {
-			return ErrBadOp
-		}
-		ul := int(p[1])
-		if ul == 0 || ul > MaxIDLen {
-			return ErrBadID
-		}
+		op, ul := Op(p[0]), int(p[1])
 		p = p[2:]
 		if len(p) < ul+1 {
 			return ErrTruncated
 		}
 		user := p[:ul:ul]
 		rl := int(p[ul])
-		if rl > MaxIDLen {
-			return ErrBadID
-		}
 		p = p[ul+1:]
 		if len(p) < rl+1 {
 			return ErrTruncated
@@ -138,12 +131,19 @@ func (d *Datagram) Decode(b []byte) error {
 		if len(p) < tl {
 			return ErrTruncated
 		}
-		token := p[:tl:tl]
+		d.items[i] = Item{Op: op, User: user, Room: room, Token: p[:tl:tl]}
 		p = p[tl:]
-		if !ValidID(user, false) || !ValidID(room, true) {
+	}
+	items := d.items[:count]
+	for i := range items {
+		if items[i].Op != OpHeartbeat && items[i].Op != OpLeave {
+			return ErrBadOp
+		}
+	}
+	for i := range items {
+		if !ValidID(items[i].User, false) || !ValidID(items[i].Room, true) {
 			return ErrBadID
 		}
-		d.items[i] = Item{Op: op, User: user, Room: room, Token: token}
 	}
 	if len(p) != 0 {
 		return ErrTrailing

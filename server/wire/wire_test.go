@@ -417,3 +417,18 @@ func BenchmarkAppendReply(b *testing.B) {
 		}
 	}
 }
+
+// A reply vector must answer a request that asked for one: the server
+// replies only when the ack flag is set.
+func TestReplyVectorsAnswerAckRequests(t *testing.T) {
+	v := loadVectors(t)
+	ack := map[string]bool{}
+	for _, r := range v.Requests {
+		ack[r.Name] = r.Ack
+	}
+	for _, r := range v.Replies {
+		if !ack[r.Request] {
+			t.Errorf("reply vector %s answers %s, which asks for no ack", r.Name, r.Request)
+		}
+	}
+}
