@@ -34,8 +34,6 @@ type Server struct {
 	log   *slog.Logger
 	m     *shardmap.Map
 	store *persist.Store // nil when DataDir is empty
-	// departed keeps offline users' last-seen when store is nil.
-	departed *departedUsers
 	cl    *cluster.Node  // nil when Redis is empty (standalone node)
 	// pumpDone is closed when the change-log pump (cluster without a
 	// write-ahead log) has drained for the last time.
@@ -63,6 +61,8 @@ type Server struct {
 	ttlMs, intervalMs int64
 	// hbReply is the precomputed body of a successful heartbeat.
 	hbReply []byte
+	// departed keeps offline users' last-seen when store is nil.
+	departed *departedUsers
 
 	httpSrv *fasthttp.Server
 	httpLn  net.Listener

@@ -648,15 +648,22 @@ func TestTokensUDP(t *testing.T) {
 	// Unauthenticated datagrams get no reply and change nothing.
 	tampered := []byte(good)
 	tampered[len(tampered)-5] ^= 1
-	for _, tok := range []string{"", "garbage", expired, string(tampered)} {
+	for _, tok := range []string{"", "garbage", string(tampered)} {
 		if got := uc.send(uc.request(1, true, hb("alice", "r", tok)), 150*time.Millisecond); got != nil {
 			t.Fatalf("token %q: reply %x", tok, got)
 		}
 	}
+	// A genuine but expired token is answered token_expired: its signature
+	// proves the sender held it, and its expiry is in its text anyway.
+	var er wire.Reply
+	if err := er.Decode(uc.send(uc.request(1, true, hb("alice", "r", expired)), time.Second)); err != nil ||
+		len(er.Statuses()) != 1 || er.Statuses()[0] != wire.StatusTokenExpired {
+		t.Fatalf("expired token: reply %v %v, want token_expired", err, er.Statuses())
+	}
 	if n.stats().Sessions != 0 {
 		t.Fatal("unauthenticated datagrams changed state")
 	}
-	if v := n.metric(`presenced_udp_dropped_datagrams_total{reason="unauthenticated"}`); v != 4 {
+	if v := n.metric(`presenced_udp_dropped_datagrams_total{reason="unauthenticated"}`); v != 3 {
 		t.Fatalf("unauthenticated drops = %v", v)
 	}
 	req := uc.request(2, true, hb("alice", "r", good), hb("bob", "r", good))
@@ -743,5 +750,36 @@ func TestLastSeenWithoutDataDir(t *testing.T) {
 	}
 	if v := n.metric("presenced_last_seen_memory_evictions_total"); v != 1 {
 		t.Fatalf("presenced_last_seen_memory_evictions_total = %v, want 1", v)
+	}
+}
+
+// A datagram with one good item does not tell how other users' tokens fail
+// (issue 13 item 14): each of them reads bad_token, as if sent alone it would
+// get silence; only the sender's own user gets the precise reason.
+func TestUDPReplyIsNoTokenOracle(t *testing.T) {
+	n := startNode(t, withSecret(t))
+	uc := n.udpClient()
+	hour := time.Now().Add(time.Hour)
+	good, _ := n.keys.Mint("", "alice", "", false, hour)
+	aliceRoom, _ := n.keys.Mint("", "alice", "lobby", true, hour)
+	bobRoom, _ := n.keys.Mint("", "bob", "lobby", true, hour)
+	carolExpired, _ := n.keys.Mint("", "carol", "", false, time.Now().Add(-time.Minute))
+	unknownKey := strings.Replace(good, "k1.", "k9.", 1)
+	daveUnknown := strings.Replace(unknownKey, "alice", "dave", 1)
+	req := uc.request(5, true,
+		hb("alice", "r", good),
+		hb("alice", "", aliceRoom), // alice's own room-bound token without a room
+		hb("bob", "", bobRoom),     // bob's room-bound token without a room
+		hb("carol", "r", carolExpired),
+		hb("dave", "r", daveUnknown),
+		hb("erin", "r", "garbage"),
+	)
+	var r wire.Reply
+	if err := r.Decode(uc.send(req, time.Second)); err != nil {
+		t.Fatalf("no reply to a datagram with a good item: %v", err)
+	}
+	want := []wire.Status{wire.StatusOK, wire.StatusWrongRoom, wire.StatusBadToken, wire.StatusTokenExpired, wire.StatusBadToken, wire.StatusBadToken}
+	if fmt.Sprint(r.Statuses()) != fmt.Sprint(want) {
+		t.Fatalf("statuses %v, want %v", r.Statuses(), want)
 	}
 }

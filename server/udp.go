@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -17,7 +18,7 @@ import (
 
 // udpDropReasons labels presenced_udp_dropped_datagrams_total: the codec's
 // reasons, "unauthenticated" for a datagram none of whose items carried a
-// valid token, and "rate_limited" for one over its source's --source-rate.
+// genuine token (valid or expired), and "rate_limited" for one over its source's --source-rate.
 var udpDropReasons = append(wire.Reasons(), "unauthenticated", "rate_limited")
 
 func udpDropIndex(reason string) int {
@@ -53,13 +54,39 @@ var wireStatus = [numOutcomes]wire.Status{
 	outBadRequest:   wire.StatusBadID,
 }
 
-// authFailure reports whether o means the item was not authenticated.
-func authFailure(o outcome) bool {
+// unverified reports whether o means the item's token was not shown to be
+// genuine: missing, malformed, wrongly signed, of an unknown key, or
+// room-bound without a room (checked before the signature). An expired
+// token is genuine: its signature verified, so the sender held it.
+func unverified(o outcome) bool {
 	switch o {
-	case outMissingToken, outBadToken, outExpiredToken, outUnknownKey, outWrongRoom:
+	case outMissingToken, outBadToken, outUnknownKey, outWrongRoom:
 		return true
 	}
 	return false
+}
+
+// maskOthers hides how other users' tokens fail (PROTOCOL.md,
+// Acknowledgements): an unverified item whose user has no verified item in
+// the datagram is reported as bad_token, whatever the reason, so a sender
+// with one good token learns no more about other tokens than it would by
+// sending each alone (a reply or silence).
+func maskOthers(items []wire.Item, out []outcome, status []wire.Status) {
+	for i := range items {
+		if !unverified(out[i]) {
+			continue
+		}
+		own := false
+		for j := range items {
+			if !unverified(out[j]) && bytes.Equal(items[j].User, items[i].User) {
+				own = true
+				break
+			}
+		}
+		if !own {
+			status[i] = wire.StatusBadToken
+		}
+	}
 }
 
 // udpServer is the gnet/v2 UDP listener: one event loop per CPU by default,
@@ -79,6 +106,7 @@ type udpServer struct {
 type udpScratch struct {
 	d      wire.Datagram
 	status [wire.MaxItems]wire.Status
+	out    [wire.MaxItems]outcome
 	reply  []byte
 }
 
@@ -163,14 +191,14 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
 		return gnet.None
 	}
-	authed := false
+	verified, masked := 0, false
 	if s.state.Load() == stateStarting {
 		// Not taking heartbeats yet, but the no-reply rule for
 		// unauthenticated datagrams holds while starting too.
 		for i := range items {
 			it := &items[i]
+			sc.out[i] = s.checkItem(it.User, it.Room, it.Token, now)
 			sc.status[i] = wire.StatusUnavailable
-			authed = authed || !authFailure(s.checkItem(it.User, it.Room, it.Token, now))
 		}
 	} else {
 		for i := range items {
@@ -181,13 +209,23 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 			} else {
 				o = s.heartbeat(trUDP, it.User, it.Room, it.Token, now)
 			}
+			sc.out[i] = o
 			sc.status[i] = wireStatus[o]
-			authed = authed || !authFailure(o)
 		}
 	}
-	if !authed {
+	for i := range items {
+		if unverified(sc.out[i]) {
+			masked = true
+		} else {
+			verified++
+		}
+	}
+	if verified == 0 {
 		s.met.udpDropped[udpDropIndex("unauthenticated")].Inc()
 		return gnet.None
+	}
+	if masked {
+		maskOthers(items, sc.out[:len(items)], sc.status[:len(items)])
 	}
 	if !sc.d.Ack {
 		return gnet.None
