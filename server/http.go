@@ -286,8 +286,8 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 		}
 		user, room, tok = sc.hb.user, sc.hb.room, sc.hb.token
 	}
-	now := time.Now().UnixMilli()
-	if !s.src.allow(ctx.RemoteIP(), 1, now) {
+	now, mono := s.clk.Now()
+	if !s.src.allow(ctx.RemoteIP(), 1, mono) {
 		s.met.count(trHTTP, outRateLimited)
 		outcomeError(ctx, outRateLimited)
 		return
@@ -321,8 +321,8 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"heartbeats":[{"user","room","token"},...]}`)
 		return
 	}
-	now := time.Now().UnixMilli()
-	if !s.src.allow(ctx.RemoteIP(), int64(max(len(items), 1)), now) {
+	now, mono := s.clk.Now()
+	if !s.src.allow(ctx.RemoteIP(), int64(max(len(items), 1)), mono) {
 		s.met.heartbeats[trHTTP][outRateLimited].Add(uint64(len(items)))
 		outcomeError(ctx, outRateLimited)
 		return
@@ -380,8 +380,8 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 		jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.fieldErr)
 		return
 	}
-	now := time.Now().UnixMilli()
-	if !s.src.allow(ctx.RemoteIP(), 1, now) {
+	now, mono := s.clk.Now()
+	if !s.src.allow(ctx.RemoteIP(), 1, mono) {
 		s.met.countLeave(trHTTP, outRateLimited)
 		outcomeError(ctx, outRateLimited)
 		return

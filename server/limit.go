@@ -13,7 +13,7 @@ import (
 //
 //	63            40 39                            0
 //	+---------------+-------------------------------+
-//	| tokens (24 b) | last refill, unix ms mod 2^40 |
+//	| tokens (24 b) | last refill, mono ms mod 2^40 |
 //	+---------------+-------------------------------+
 //
 // Behind a proxy (nginx stream, a NAT gateway) every client has the proxy's
@@ -51,7 +51,9 @@ func (l *sourceLimiter) set(rate, burst int64) {
 }
 
 // allow takes cost tokens from src's bucket and reports whether it had them.
-// It does not allocate.
+// nowMs is monotonic time (clock), never wall time: a wall clock stepped
+// back would otherwise refill no bucket until it caught up. It does not
+// allocate.
 func (l *sourceLimiter) allow(src []byte, cost int64, nowMs int64) bool {
 	rate := l.rate.Load()
 	if rate == 0 {

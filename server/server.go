@@ -45,8 +45,8 @@ type Server struct {
 	src       *sourceLimiter
 	rl        reloadState
 	stopPprof func(context.Context) error
-	// lastSweep is when the sweeper last finished a pass (unix ns); Alive
-	// reads it for the systemd watchdog.
+	// lastSweep is when the sweeper last finished a pass (monotonic ms,
+	// see clock; 0: never); Alive reads it for the systemd watchdog.
 	lastSweep atomic.Int64
 	hub       *hub
 	reg       registry
@@ -63,6 +63,9 @@ type Server struct {
 	hbReply []byte
 	// departed keeps offline users' last-seen when store is nil.
 	departed *departedUsers
+	// clk gives wall time for what is stored, monotonic time for rates
+	// and ages (see clock).
+	clk clock
 
 	httpSrv *fasthttp.Server
 	httpLn  net.Listener
@@ -89,6 +92,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		m:          m,
 		hub:        newHub(),
 		start:      time.Now(),
+		clk:        newSystemClock(),
 		quit:       make(chan struct{}),
 		ttlMs:      cfg.TTL.Milliseconds(),
 		intervalMs: cfg.Interval.Milliseconds(),
@@ -230,7 +234,8 @@ func (s *Server) sweepLoop() {
 		case now := <-t.C:
 			evs = s.m.Expire(now.UnixMilli(), evs[:0])
 			s.departed.noteLeaves(evs)
-			s.lastSweep.Store(time.Now().UnixNano())
+			_, mono := s.clk.Now()
+			s.lastSweep.Store(mono)
 			for i := range evs {
 				s.publish(evs[i])
 			}
@@ -263,7 +268,8 @@ func (s *Server) publish(ev shardmap.Event) {
 // the node.
 func (s *Server) Alive() bool {
 	last := s.lastSweep.Load()
-	return last == 0 || time.Since(time.Unix(0, last)) < 10*time.Second+10*s.cfg.SweepInterval
+	_, mono := s.clk.Now()
+	return last == 0 || mono-last < (10*time.Second+10*s.cfg.SweepInterval).Milliseconds()
 }
 
 // Ready reports whether the server takes traffic.

@@ -175,8 +175,9 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 	buf, _ := c.Next(-1)
 	// The source pays for the datagram before it is even decoded, so a
 	// flood from one address costs a hash and a CAS per datagram.
-	src, now := udpSourceIP(c), time.Now().UnixMilli()
-	if !s.src.allow(src, 1, now) {
+	src := udpSourceIP(c)
+	now, mono := s.clk.Now()
+	if !s.src.allow(src, 1, mono) {
 		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
 		return gnet.None
 	}
@@ -187,7 +188,7 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.None
 	}
 	items := sc.d.Items()
-	if len(items) > 1 && !s.src.allow(src, int64(len(items)-1), now) {
+	if len(items) > 1 && !s.src.allow(src, int64(len(items)-1), mono) {
 		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
 		return gnet.None
 	}
