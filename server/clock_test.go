@@ -115,3 +115,42 @@ func TestAliveUsesMonotonicTime(t *testing.T) {
 		t.Fatal("a sweeper stopped for 11 s (monotonic) still reads alive")
 	}
 }
+
+// Behind a trusted proxy (every datagram from one address), a junk sender
+// cannot starve legitimate users: the proxy's datagrams are not charged to
+// the per-source budget; tokens still decide what is applied and answered.
+func TestTrustedProxyUDPJunkFlood(t *testing.T) {
+	flood := func(trusted string) (acked, legit int) {
+		s, kr := newTestServer(t)
+		s.src.set(10, 10)
+		s.proxies, _ = parseProxySet(trusted)
+		u := &udpServer{s: s}
+		dgs := signedDatagram(t, kr, 200)
+		junkTok, _ := kr.Mint("", "someone-else", "", false, time.Now().Add(time.Hour))
+		junk, _ := wire.AppendRequest(nil, 9, true, []wire.Item{{Op: wire.OpHeartbeat, User: []byte("victim"), Token: []byte(junkTok)}})
+		c := &fakeConn{}
+		for _, d := range dgs {
+			for range 5 {
+				c.in = junk
+				u.OnTraffic(c)
+			}
+			c.in = d
+			before := c.replies
+			u.OnTraffic(c)
+			if c.replies > before {
+				acked++
+			}
+		}
+		if c.replies != acked {
+			t.Fatalf("junk datagrams were answered: %d replies, %d legitimate acks", c.replies, acked)
+		}
+		return acked, len(dgs)
+	}
+	if acked, legit := flood("192.0.2.1"); acked != legit {
+		t.Fatalf("behind a trusted proxy: %d of %d legitimate datagrams acked during a junk flood", acked, legit)
+	}
+	// Without --trusted-proxies the proxy's address is one source: starved.
+	if acked, legit := flood(""); acked >= legit {
+		t.Fatalf("untrusted proxy address: all %d acked, the per-source limit did not apply", legit)
+	}
+}

@@ -69,7 +69,21 @@ type Config struct {
 	// slow clients (--http-read-timeout 10s, --http-write-timeout 10s, --http-idle-timeout 60s).
 	HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
 	// HTTPMaxConns bounds concurrent HTTP connections (--http-max-conns, default 10000).
+	// Over it a connection is answered 503 with a JSON body and closed.
 	HTTPMaxConns int
+	// HTTPMaxConnsPerIP bounds concurrent HTTP connections from one address
+	// (--http-max-conns-per-ip, default 1024; 0: no limit), so one client
+	// cannot take every connection; over it, 429 with a JSON body. Trusted
+	// proxies are exempt.
+	HTTPMaxConnsPerIP int
+	// TrustedProxies lists the IPs and CIDRs of load balancers in front of
+	// the node (--trusted-proxies, comma-separated, default empty). From
+	// them, HTTP requests are charged to the client named by
+	// X-Forwarded-For / X-Real-IP, UDP datagrams are not charged to the
+	// per-source limit (each session is still bound by --heartbeat-min-gap
+	// and tokens are still verified), and the per-IP connection cap does
+	// not apply. Headers from any other peer are ignored.
+	TrustedProxies string
 	// DrainDelay is how long /readyz fails before intake stops at shutdown (--drain-delay, default 0s).
 	DrainDelay time.Duration
 	// ShutdownTimeout bounds the whole shutdown (--shutdown-timeout, default 15s).
@@ -134,6 +148,7 @@ func DefaultConfig() Config {
 		HTTPWriteTimeout:    10 * time.Second,
 		HTTPIdleTimeout:     60 * time.Second,
 		HTTPMaxConns:        10000,
+		HTTPMaxConnsPerIP:   1024,
 		ShutdownTimeout:     15 * time.Second,
 		SweepInterval:       100 * time.Millisecond,
 		HeartbeatMinGap:     time.Second,
@@ -176,12 +191,17 @@ func (c *Config) Validate() error {
 		return errors.New("--source-rate must not be negative and --source-burst must be at least 1")
 	case c.SourceTableSlots < 1 || c.SourceTableSlots > 1<<24:
 		return errors.New("--source-table-slots must be from 1 to 16777216")
+	case c.HTTPMaxConns < 0 || c.HTTPMaxConnsPerIP < 0:
+		return errors.New("--http-max-conns and --http-max-conns-per-ip must not be negative")
 	case c.LastSeenMemoryUsers < 0:
 		return errors.New("--last-seen-memory-users must not be negative")
 	case c.MaxEventStreams < 0:
 		return errors.New("--max-event-streams must not be negative")
 	case c.RedisMaster != "" && c.Redis == "":
 		return errors.New("--redis-master needs --redis to list the sentinels")
+	}
+	if _, err := parseProxySet(c.TrustedProxies); err != nil {
+		return err
 	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return err
@@ -237,7 +257,9 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", c.HTTPReadTimeout, "HTTP read timeout")
 	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", c.HTTPWriteTimeout, "HTTP write timeout")
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "HTTP keep-alive idle timeout")
-	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", c.HTTPMaxConns, "most concurrent HTTP connections")
+	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", c.HTTPMaxConns, "most concurrent HTTP connections (503 beyond)")
+	fs.IntVar(&c.HTTPMaxConnsPerIP, "http-max-conns-per-ip", c.HTTPMaxConnsPerIP, "most concurrent HTTP connections from one address, trusted proxies exempt (429 beyond; 0: no limit)")
+	fs.StringVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "comma-separated IPs/CIDRs of load balancers: their X-Forwarded-For/X-Real-IP is believed and their UDP is not charged per source")
 	fs.DurationVar(&c.DrainDelay, "drain-delay", c.DrainDelay, "at shutdown, how long /readyz fails before intake stops")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "upper bound of a graceful shutdown")
 	fs.DurationVar(&c.SweepInterval, "sweep-interval", c.SweepInterval, "how often expired sessions are collected")

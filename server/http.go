@@ -46,6 +46,9 @@ func (s *Server) startHTTP() error {
 	if err != nil {
 		return fmt.Errorf("cannot listen on --http-addr %s: %w", s.cfg.HTTPAddr, err)
 	}
+	// The connection limits are enforced by connLimiter, which answers in
+	// JSON; fasthttp's own Concurrency is only a backstop above them.
+	ln = newConnLimiter(ln, s.cfg.HTTPMaxConns, s.cfg.HTTPMaxConnsPerIP, s.proxies, s.met.httpConnRejected)
 	s.httpLn = ln
 	s.httpSrv = &fasthttp.Server{
 		Handler:                       s.handleHTTP,
@@ -55,7 +58,7 @@ func (s *Server) startHTTP() error {
 		ReadTimeout:                   s.cfg.HTTPReadTimeout,
 		WriteTimeout:                  s.cfg.HTTPWriteTimeout,
 		IdleTimeout:                   s.cfg.HTTPIdleTimeout,
-		Concurrency:                   s.cfg.HTTPMaxConns,
+		Concurrency:                   max(s.cfg.HTTPMaxConns, 0) + 256,
 		CloseOnShutdown:               true,
 		NoDefaultDate:                 true,
 		DisablePreParseMultipartForm:  true,
@@ -287,7 +290,7 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 		user, room, tok = sc.hb.user, sc.hb.room, sc.hb.token
 	}
 	now, mono := s.clk.Now()
-	if !s.src.allow(ctx.RemoteIP(), 1, mono) {
+	if !s.src.allowAddr(s.httpClientIP(ctx), 1, mono) {
 		s.met.count(trHTTP, outRateLimited)
 		outcomeError(ctx, outRateLimited)
 		return
@@ -322,7 +325,7 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	now, mono := s.clk.Now()
-	if !s.src.allow(ctx.RemoteIP(), int64(max(len(items), 1)), mono) {
+	if !s.src.allowAddr(s.httpClientIP(ctx), int64(max(len(items), 1)), mono) {
 		s.met.heartbeats[trHTTP][outRateLimited].Add(uint64(len(items)))
 		outcomeError(ctx, outRateLimited)
 		return
@@ -381,7 +384,7 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	now, mono := s.clk.Now()
-	if !s.src.allow(ctx.RemoteIP(), 1, mono) {
+	if !s.src.allowAddr(s.httpClientIP(ctx), 1, mono) {
 		s.met.countLeave(trHTTP, outRateLimited)
 		outcomeError(ctx, outRateLimited)
 		return

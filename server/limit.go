@@ -2,6 +2,7 @@ package server
 
 import (
 	"hash/maphash"
+	"net/netip"
 	"sync/atomic"
 )
 
@@ -48,6 +49,13 @@ func (l *sourceLimiter) set(rate, burst int64) {
 	burst = min(max(burst, 1), limMaxBurst)
 	l.burst.Store(burst)
 	l.rate.Store(max(rate, 0))
+}
+
+// allowAddr is allow for an address, in its 16-byte form, so that a
+// client is charged to the same bucket over UDP and HTTP.
+func (l *sourceLimiter) allowAddr(ip netip.Addr, cost int64, nowMs int64) bool {
+	b := ip.As16()
+	return l.allow(b[:], cost, nowMs)
 }
 
 // allow takes cost tokens from src's bucket and reports whether it had them.

@@ -24,6 +24,8 @@ type serverMetrics struct {
 	httpLatency   []*histogram // by route
 	// lateness observes, per refresh, how far past --interval it came.
 	lateness *histogram
+	// httpConnRejected counts connections refused by connLimiter, by connReject.
+	httpConnRejected []*counter
 }
 
 // latenessBuckets are upper bounds in seconds; 0 counts on-time heartbeats.
@@ -77,6 +79,7 @@ func newServerMetrics(r *registry) *serverMetrics {
 	m.udpDropped = r.counterVec("presenced_udp_dropped_datagrams_total", "UDP datagrams dropped without a reply, by reason.", dropLabels...)
 	m.udpReplies = r.counter("presenced_udp_replies_total", "UDP acknowledgements sent.")
 	m.httpTooBig = r.counter("presenced_http_body_too_large_total", "HTTP requests refused with 413 because the body exceeded --max-body-bytes.")
+	m.httpConnRejected = r.counterVec("presenced_http_rejected_connections_total", "HTTP connections refused on accept, by reason: max_conns (--http-max-conns) or per_ip (--http-max-conns-per-ip).", connRejectLabels...)
 	m.joins = r.counter("presenced_joins_total", "Sessions started (join events).")
 	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit) or timeout (expired).", `{reason="left"}`, `{reason="timeout"}`)
 	m.leavesLeft, m.leavesTimeout = leaves[0], leaves[1]

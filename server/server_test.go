@@ -31,6 +31,8 @@ type node struct {
 	base string
 	udp  string
 	keys *token.Keyring
+	// conns are the raw TCP connections rawConn opened.
+	conns []net.Conn
 }
 
 // startNode runs a server on free loopback ports and stops it when the test ends.

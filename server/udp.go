@@ -30,14 +30,6 @@ func udpDropIndex(reason string) int {
 	return len(udpDropReasons) - 3 // "other"
 }
 
-// udpSourceIP is the datagram's source address for the per-source limit.
-func udpSourceIP(c gnet.Conn) []byte {
-	if a, ok := c.RemoteAddr().(*net.UDPAddr); ok {
-		return a.IP
-	}
-	return nil
-}
-
 // wireStatus maps an outcome to the status byte of a UDP reply.
 var wireStatus = [numOutcomes]wire.Status{
 	outOK:           wire.StatusOK,
@@ -174,10 +166,15 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 	s.met.udpIn.Inc()
 	buf, _ := c.Next(-1)
 	// The source pays for the datagram before it is even decoded, so a
-	// flood from one address costs a hash and a CAS per datagram.
-	src := udpSourceIP(c)
+	// flood from one address costs a hash and a CAS per datagram. A trusted
+	// proxy (--trusted-proxies) carries many clients: charging it would let
+	// one junk sender starve them all, so its datagrams are not charged;
+	// their items still need genuine tokens, and each session is bound by
+	// --heartbeat-min-gap.
+	src := addrIP(c.RemoteAddr())
+	charge := !s.proxies.contains(src)
 	now, mono := s.clk.Now()
-	if !s.src.allow(src, 1, mono) {
+	if charge && !s.src.allowAddr(src, 1, mono) {
 		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
 		return gnet.None
 	}
@@ -188,7 +185,7 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.None
 	}
 	items := sc.d.Items()
-	if len(items) > 1 && !s.src.allow(src, int64(len(items)-1), mono) {
+	if charge && len(items) > 1 && !s.src.allowAddr(src, int64(len(items)-1), mono) {
 		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
 		return gnet.None
 	}
