@@ -63,6 +63,10 @@ type Config struct {
 	// UDPLoops is the number of UDP event loops, each with its own SO_REUSEPORT
 	// socket (--udp-loops, default 0: one per CPU).
 	UDPLoops int
+	// UDPMaxPendingAcks bounds the UDP acks waiting for an fsync under
+	// --fsync=always (--udp-max-pending-acks, default 65536, about 100 bytes
+	// each); beyond it an ack is dropped (the heartbeat is still applied).
+	UDPMaxPendingAcks int
 	// UDPReadBuffer is SO_RCVBUF of each UDP socket in bytes (--udp-read-buffer, default 4 MiB).
 	UDPReadBuffer int
 	// HTTPReadTimeout, HTTPWriteTimeout and HTTPIdleTimeout protect against
@@ -144,6 +148,7 @@ func DefaultConfig() Config {
 		MaxBatch:            1000,
 		MaxStatusUsers:      1000,
 		UDPReadBuffer:       4 << 20,
+		UDPMaxPendingAcks:   65536,
 		HTTPReadTimeout:     10 * time.Second,
 		HTTPWriteTimeout:    10 * time.Second,
 		HTTPIdleTimeout:     60 * time.Second,
@@ -181,6 +186,8 @@ func (c *Config) Validate() error {
 		return errors.New("--max-batch must be at least 1")
 	case c.MaxStatusUsers < 1:
 		return errors.New("--max-status-users must be at least 1")
+	case c.UDPMaxPendingAcks < 1:
+		return errors.New("--udp-max-pending-acks must be at least 1")
 	case c.UDPLoops < 0:
 		return errors.New("--udp-loops must not be negative")
 	case c.SweepInterval <= 0:
@@ -253,6 +260,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most heartbeats in one POST /v1/heartbeats (413 beyond)")
 	fs.IntVar(&c.MaxStatusUsers, "max-status-users", c.MaxStatusUsers, "most users in one POST /v1/status (413 beyond)")
 	fs.IntVar(&c.UDPLoops, "udp-loops", c.UDPLoops, "UDP event loops, each with its own SO_REUSEPORT socket (0: one per CPU)")
+	fs.IntVar(&c.UDPMaxPendingAcks, "udp-max-pending-acks", c.UDPMaxPendingAcks, "with --fsync=always, most UDP acks waiting for an fsync (more are dropped)")
 	fs.IntVar(&c.UDPReadBuffer, "udp-read-buffer", c.UDPReadBuffer, "SO_RCVBUF of each UDP socket in bytes")
 	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", c.HTTPReadTimeout, "HTTP read timeout")
 	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", c.HTTPWriteTimeout, "HTTP write timeout")

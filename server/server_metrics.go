@@ -26,6 +26,8 @@ type serverMetrics struct {
 	lateness *histogram
 	// httpConnRejected counts connections refused by connLimiter, by connReject.
 	httpConnRejected []*counter
+	// udpAcksDropped counts --fsync=always acks not sent, by ackDrop.
+	udpAcksDropped []*counter
 }
 
 // latenessBuckets are upper bounds in seconds; 0 counts on-time heartbeats.
@@ -80,6 +82,7 @@ func newServerMetrics(r *registry) *serverMetrics {
 	m.udpReplies = r.counter("presenced_udp_replies_total", "UDP acknowledgements sent.")
 	m.httpTooBig = r.counter("presenced_http_body_too_large_total", "HTTP requests refused with 413 because the body exceeded --max-body-bytes.")
 	m.httpConnRejected = r.counterVec("presenced_http_rejected_connections_total", "HTTP connections refused on accept, by reason: max_conns (--http-max-conns) or per_ip (--http-max-conns-per-ip).", connRejectLabels...)
+	m.udpAcksDropped = r.counterVec("presenced_udp_acks_dropped_total", "UDP acks not sent under --fsync=always, by reason: queue_full (--udp-max-pending-acks), not_durable (the sync failed) or shutdown.", ackDropLabels...)
 	m.joins = r.counter("presenced_joins_total", "Sessions started (join events).")
 	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit) or timeout (expired).", `{reason="left"}`, `{reason="timeout"}`)
 	m.leavesLeft, m.leavesTimeout = leaves[0], leaves[1]

@@ -785,3 +785,21 @@ func TestUDPReplyIsNoTokenOracle(t *testing.T) {
 		t.Fatalf("statuses %v, want %v", r.Statuses(), want)
 	}
 }
+
+// With --fsync=always a UDP ack comes once the heartbeat is synced, sent by
+// the ack queue on gnet's socket after the callback returned; shutdown
+// stops the queue before the sockets close.
+func TestUDPAckFsyncAlways(t *testing.T) {
+	n := startNode(t, func(c *server.Config) { c.DataDir = t.TempDir(); c.FsyncMode = "always" })
+	uc := n.udpClient()
+	for seq := range uint32(5) {
+		var r wire.Reply
+		if err := r.Decode(uc.send(uc.request(seq, true, hb(fmt.Sprint("u", seq), "r", "")), 2*time.Second)); err != nil ||
+			r.Seq != seq || r.Statuses()[0] != wire.StatusOK {
+			t.Fatalf("ack %d under fsync=always: %v %+v", seq, err, r)
+		}
+	}
+	if !n.user("u4").Online {
+		t.Fatal("acked heartbeat not applied")
+	}
+}

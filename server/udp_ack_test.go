@@ -1,0 +1,99 @@
+package server
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+)
+
+// poisonConn is a UDP gnet.Conn that fails the test if used after the
+// callback it was given to has returned.
+type poisonConn struct {
+	gnet.Conn
+	t        *testing.T
+	returned bool
+}
+
+func (c *poisonConn) check() {
+	if c.returned {
+		c.t.Error("gnet.Conn used after OnTraffic returned")
+	}
+}
+func (c *poisonConn) RemoteAddr() net.Addr { c.check(); return fakeAddr }
+func (c *poisonConn) Fd() int              { c.check(); return 42 }
+
+// The --fsync=always ack queue keeps no gnet.Conn, holds at most its limit
+// while the log is not synced, and once closed (before gnet closes its
+// sockets) sends nothing more, even with a sync still pending.
+func TestAckQueueBoundedAndClosedBeforeSockets(t *testing.T) {
+	var r registry
+	sent := r.counter("sent", "")
+	dropped := r.counterVec("dropped", "", ackDropLabels...)
+	waiting, release := make(chan struct{}, 16), make(chan error)
+	wait := func(ctx context.Context) error {
+		waiting <- struct{}{}
+		select {
+		case err := <-release:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	q := newAckQueue(4, wait, sent, dropped)
+	var mu sync.Mutex
+	var sends []string
+	q.send = func(fd int, to unix.Sockaddr, b []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if fd != 42 {
+			t.Errorf("sendto fd %d", fd)
+		}
+		sends = append(sends, string(b))
+		return nil
+	}
+	go q.loop()
+	add := func(b string) {
+		c := &poisonConn{t: t}
+		q.add(c, []byte(b))
+		c.returned = true // the conn is gone once the callback returns
+	}
+	add("first")
+	<-waiting // the loop waits for the first sync with "first" in hand
+	for range 10 {
+		add("more")
+	}
+	if n := q.pendingLen(); n != 4 {
+		t.Fatalf("%d acks wait behind a slow sync, want the limit of 4", n)
+	}
+	if n := dropped[ackQueueFull].Load(); n != 6 {
+		t.Fatalf("queue_full drops = %d, want 6", n)
+	}
+	release <- nil // the sync completes: "first" is sent
+	<-waiting      // and the loop waits again, for the 4 "more"
+	mu.Lock()
+	if len(sends) != 1 || sends[0] != "first" {
+		t.Fatalf("sends %q, want [first]", sends)
+	}
+	mu.Unlock()
+	// Close while that sync is pending: it returns at once, and the acks
+	// that were not made durable are dropped, not sent.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := q.close(ctx); err != nil {
+		t.Fatalf("close with a sync pending: %v", err)
+	}
+	add("late")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sends) != 1 || sent.Load() != 1 {
+		t.Fatalf("sends after close: %q", sends)
+	}
+	if n := dropped[ackShutdown].Load(); n != 5 {
+		t.Fatalf("shutdown drops = %d, want 5 (4 pending, 1 late)", n)
+	}
+}
