@@ -68,6 +68,13 @@ type Item struct {
 type Datagram struct {
 	Seq uint32 // echoed in the reply
 	Ack bool   // the client wants a reply
+	// Version is the request's version, Version or Version2; a reply
+	// carries the same.
+	Version byte
+	// TimestampMs is a v2 request's client time (unix ms); 0 for v1.
+	TimestampMs uint64
+
+	signed, mac []byte // v2: the MAC'd bytes and the MAC
 
 	n     int // items decoded; 0 unless the last Decode succeeded
 	size  int // length of the decoded datagram
@@ -95,6 +102,9 @@ func (d *Datagram) Decode(b []byte) error {
 	}
 	if b[0] != Magic {
 		return ErrBadMagic
+	}
+	if b[1] == Version2 {
+		return d.decodeV2(b)
 	}
 	if b[1] != Version {
 		return ErrBadVersion
@@ -134,7 +144,21 @@ func (d *Datagram) Decode(b []byte) error {
 		d.items[i] = Item{Op: op, User: user, Room: room, Token: p[:tl:tl]}
 		p = p[tl:]
 	}
-	items := d.items[:count]
+	if err := checkItems(d.items[:count]); err != nil {
+		return err
+	}
+	if len(p) != 0 {
+		return ErrTrailing
+	}
+	d.Seq = binary.BigEndian.Uint32(b[4:8])
+	d.Ack = b[2]&FlagAck != 0
+	d.Version, d.TimestampMs, d.signed, d.mac = Version, 0, nil, nil
+	d.n, d.size = count, len(b)
+	return nil
+}
+
+// checkItems checks the ops, then the ids, of structurally whole items.
+func checkItems(items []Item) error {
 	for i := range items {
 		if items[i].Op != OpHeartbeat && items[i].Op != OpLeave {
 			return ErrBadOp
@@ -145,12 +169,6 @@ func (d *Datagram) Decode(b []byte) error {
 			return ErrBadID
 		}
 	}
-	if len(p) != 0 {
-		return ErrTrailing
-	}
-	d.Seq = binary.BigEndian.Uint32(b[4:8])
-	d.Ack = b[2]&FlagAck != 0
-	d.n, d.size = count, len(b)
 	return nil
 }
 
