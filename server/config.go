@@ -63,6 +63,15 @@ type Config struct {
 	// UDPLoops is the number of UDP event loops, each with its own SO_REUSEPORT
 	// socket (--udp-loops, default 0: one per CPU).
 	UDPLoops int
+	// RequireV2 drops v1 UDP datagrams, whose op byte and ids are not
+	// signed (--require-v2, default false; needs --secret-file). HTTP is
+	// unaffected.
+	RequireV2 bool
+	// V2MaxClockSkew is how far a v2 datagram's timestamp may be from this
+	// node's clock (--v2-max-clock-skew, default 30s): older datagrams are
+	// refused as stale, so a captured one can be replayed to another node
+	// for at most this long.
+	V2MaxClockSkew time.Duration
 	// UDPMaxPendingAcks bounds the UDP acks waiting for an fsync under
 	// --fsync=always (--udp-max-pending-acks, default 65536, about 100 bytes
 	// each); beyond it an ack is dropped (the heartbeat is still applied).
@@ -149,6 +158,7 @@ func DefaultConfig() Config {
 		MaxStatusUsers:      1000,
 		UDPReadBuffer:       4 << 20,
 		UDPMaxPendingAcks:   65536,
+		V2MaxClockSkew:      30 * time.Second,
 		HTTPReadTimeout:     10 * time.Second,
 		HTTPWriteTimeout:    10 * time.Second,
 		HTTPIdleTimeout:     60 * time.Second,
@@ -186,6 +196,10 @@ func (c *Config) Validate() error {
 		return errors.New("--max-batch must be at least 1")
 	case c.MaxStatusUsers < 1:
 		return errors.New("--max-status-users must be at least 1")
+	case c.RequireV2 && c.SecretFile == "":
+		return errors.New("--require-v2 needs --secret-file (v2 datagrams are signed with keys derived from it)")
+	case c.V2MaxClockSkew < time.Second:
+		return errors.New("--v2-max-clock-skew must be at least 1s")
 	case c.UDPMaxPendingAcks < 1:
 		return errors.New("--udp-max-pending-acks must be at least 1")
 	case c.UDPLoops < 0:
@@ -260,6 +274,8 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most heartbeats in one POST /v1/heartbeats (413 beyond)")
 	fs.IntVar(&c.MaxStatusUsers, "max-status-users", c.MaxStatusUsers, "most users in one POST /v1/status (413 beyond)")
 	fs.IntVar(&c.UDPLoops, "udp-loops", c.UDPLoops, "UDP event loops, each with its own SO_REUSEPORT socket (0: one per CPU)")
+	fs.BoolVar(&c.RequireV2, "require-v2", c.RequireV2, "drop v1 UDP datagrams (unsigned op and ids); needs --secret-file")
+	fs.DurationVar(&c.V2MaxClockSkew, "v2-max-clock-skew", c.V2MaxClockSkew, "how far a v2 datagram's timestamp may be from this node's clock")
 	fs.IntVar(&c.UDPMaxPendingAcks, "udp-max-pending-acks", c.UDPMaxPendingAcks, "with --fsync=always, most UDP acks waiting for an fsync (more are dropped)")
 	fs.IntVar(&c.UDPReadBuffer, "udp-read-buffer", c.UDPReadBuffer, "SO_RCVBUF of each UDP socket in bytes")
 	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", c.HTTPReadTimeout, "HTTP read timeout")

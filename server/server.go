@@ -63,6 +63,8 @@ type Server struct {
 	hbReply []byte
 	// departed keeps offline users' last-seen when store is nil.
 	departed *departedUsers
+	// replay refuses replayed v2 datagrams.
+	replay *replayTable
 	// proxies is --trusted-proxies (nil: none).
 	proxies *proxySet
 	// clk gives wall time for what is stored, monotonic time for rates
@@ -103,6 +105,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.rl.maxBatch.Store(int64(cfg.MaxBatch))
 	s.rl.cfg.Store(&cfg)
 	s.proxies, _ = parseProxySet(cfg.TrustedProxies) // Validate checked it
+	s.replay = newReplayTable(cfg.SourceTableSlots)
 	s.src = newSourceLimiter(cfg.SourceTableSlots, int64(cfg.SourceRate), int64(cfg.SourceBurst))
 	if cfg.APITokenFile != "" {
 		toks, err := loadAPITokens(cfg.APITokenFile)

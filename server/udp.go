@@ -20,16 +20,22 @@ import (
 
 // udpDropReasons labels presenced_udp_dropped_datagrams_total: the codec's
 // reasons, "unauthenticated" for a datagram none of whose items carried a
-// genuine token (valid or expired), and "rate_limited" for one over its source's --source-rate.
-var udpDropReasons = append(wire.Reasons(), "unauthenticated", "rate_limited")
+// genuine token (valid or expired), "rate_limited" for one over its
+// source's --source-rate, the v2 reasons of checkV2, and "v1_refused" for
+// a v1 datagram under --require-v2.
+var udpDropReasons = append(wire.Reasons(), "unauthenticated", "rate_limited", "bad_mac", "stale", "replayed", "v1_refused")
 
 func udpDropIndex(reason string) int {
+	other := 0
 	for i, r := range udpDropReasons {
 		if r == reason {
 			return i
 		}
+		if r == "other" {
+			other = i
+		}
 	}
-	return len(udpDropReasons) - 3 // "other"
+	return other
 }
 
 // wireStatus maps an outcome to the status byte of a UDP reply.
@@ -189,6 +195,15 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 	items := sc.d.Items()
 	if charge && len(items) > 1 && !s.src.allowAddr(src, int64(len(items)-1), mono) {
 		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
+		return gnet.None
+	}
+	if sc.d.Version == wire.Version2 {
+		if reason := s.checkV2(&sc.d, now); reason != "" {
+			s.met.udpDropped[udpDropIndex(reason)].Inc()
+			return gnet.None
+		}
+	} else if s.cfg.RequireV2 {
+		s.met.udpDropped[udpDropIndex("v1_refused")].Inc()
 		return gnet.None
 	}
 	verified, masked := 0, false
