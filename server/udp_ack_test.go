@@ -133,3 +133,32 @@ func BenchmarkUDPHeartbeatV2(b *testing.B) {
 		b.Fatalf("%d replies to %d datagrams", c.replies, len(dgs))
 	}
 }
+
+// TestUDPV2PathAllocs: verifying a v2 datagram (client key, MAC, replay
+// check) adds no allocation to the heartbeat path.
+func TestUDPV2PathAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are meaningless under -race; .ci/test.sh runs this test without -race")
+	}
+	s, kr := newTestServer(t)
+	u := &udpServer{s: s}
+	tok, _ := kr.Mint("", "alice", "", false, time.Now().Add(time.Hour))
+	key, _ := kr.ClientKey([]byte(tok))
+	ts := uint64(time.Now().UnixMilli())
+	const runs = 200
+	dgs := make([][]byte, runs+2)
+	for i := range dgs {
+		dgs[i], _ = wire.AppendRequestV2(nil, uint32(i), true, ts+uint64(i), []byte(tok), key[:], []wire.Item{{Op: wire.OpHeartbeat, User: []byte("alice"), Room: []byte("r")}})
+	}
+	c := &fakeConn{in: dgs[0]}
+	u.OnTraffic(c) // the join may allocate
+	i := 1
+	allocs := testing.AllocsPerRun(runs, func() {
+		c.in = dgs[i]
+		i++
+		u.OnTraffic(c)
+	})
+	if c.replies != i || allocs != 0 {
+		t.Fatalf("%d replies to %d datagrams; %v allocations per v2 datagram, want 0", c.replies, i, allocs)
+	}
+}

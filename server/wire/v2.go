@@ -84,12 +84,29 @@ func (d *Datagram) VerifyMAC(key []byte) bool {
 	return hmac.Equal(want[:MACLen], d.mac)
 }
 
+// mac returns HMAC-SHA256(key, msg) for msg of at most MaxDatagram bytes.
+// It builds the padded blocks on the stack and hashes them with
+// sha256.Sum256 (as the token package does), so it allocates nothing.
 func mac(key, msg []byte) [sha256.Size]byte {
-	h := hmac.New(sha256.New, key)
-	h.Write(msg)
-	var out [sha256.Size]byte
-	h.Sum(out[:0])
-	return out
+	var k [sha256.BlockSize]byte
+	if len(key) > sha256.BlockSize {
+		sum := sha256.Sum256(key)
+		copy(k[:], sum[:])
+	} else {
+		copy(k[:], key)
+	}
+	var in [sha256.BlockSize + MaxDatagram]byte
+	for i := range k {
+		in[i] = k[i] ^ 0x36
+	}
+	n := sha256.BlockSize + copy(in[sha256.BlockSize:], msg)
+	inner := sha256.Sum256(in[:n])
+	var out [sha256.BlockSize + sha256.Size]byte
+	for i := range k {
+		out[i] = k[i] ^ 0x5c
+	}
+	copy(out[sha256.BlockSize:], inner[:])
+	return sha256.Sum256(out[:])
 }
 
 // RequestLenV2 returns the encoded size of a v2 request with token and items.
