@@ -42,6 +42,9 @@ func (s *Server) startHTTP() error {
 	if err != nil {
 		return fmt.Errorf("cannot listen on --http-addr %s: %w", s.cfg.HTTPAddr, err)
 	}
+	// The connection limits are enforced by connLimiter, which answers in
+	// JSON; fasthttp's own Concurrency is only a backstop above them.
+	ln = newConnLimiter(ln, s.cfg.HTTPMaxConns, s.cfg.HTTPMaxConnsPerIP, s.proxies, s.met.httpConnRejected)
 	s.httpLn = ln
 	s.httpSrv = &fasthttp.Server{
 		Handler:                       s.handleHTTP,
@@ -51,7 +54,7 @@ func (s *Server) startHTTP() error {
 		ReadTimeout:                   s.cfg.HTTPReadTimeout,
 		WriteTimeout:                  s.cfg.HTTPWriteTimeout,
 		IdleTimeout:                   s.cfg.HTTPIdleTimeout,
-		Concurrency:                   s.cfg.HTTPMaxConns,
+		Concurrency:                   max(s.cfg.HTTPMaxConns, 0) + 256,
 		CloseOnShutdown:               true,
 		NoDefaultDate:                 true,
 		DisablePreParseMultipartForm:  true,
@@ -288,8 +291,8 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 		jsonError(ctx, fasthttp.StatusBadRequest, msg)
 		return
 	}
-	now := time.Now().UnixMilli()
-	if !s.src.allow(ctx.RemoteIP(), 1, now) {
+	now, mono := s.clk.Now()
+	if !s.src.allowAddr(s.httpClientIP(ctx), 1, mono) {
 		s.met.count(trHTTP, outRateLimited)
 		outcomeError(ctx, outRateLimited)
 		return
@@ -323,8 +326,8 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"heartbeats":[{"user","room","token"},...]}`)
 		return
 	}
-	now := time.Now().UnixMilli()
-	if !s.src.allow(ctx.RemoteIP(), int64(max(len(items), 1)), now) {
+	now, mono := s.clk.Now()
+	if !s.src.allowAddr(s.httpClientIP(ctx), int64(max(len(items), 1)), mono) {
 		s.met.heartbeats[trHTTP][outRateLimited].Add(uint64(len(items)))
 		outcomeError(ctx, outRateLimited)
 		return
@@ -386,8 +389,8 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 		jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.fieldErr)
 		return
 	}
-	now := time.Now().UnixMilli()
-	if !s.src.allow(ctx.RemoteIP(), 1, now) {
+	now, mono := s.clk.Now()
+	if !s.src.allowAddr(s.httpClientIP(ctx), 1, mono) {
 		s.met.countLeave(trHTTP, outRateLimited)
 		outcomeError(ctx, outRateLimited)
 		return

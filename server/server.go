@@ -47,8 +47,8 @@ type Server struct {
 	src       *sourceLimiter
 	rl        reloadState
 	stopPprof func(context.Context) error
-	// lastSweep is when the sweeper last finished a pass (unix ns); Alive
-	// reads it for the systemd watchdog.
+	// lastSweep is when the sweeper last finished a pass (monotonic ms,
+	// see clock; 0: never); Alive reads it for the systemd watchdog.
 	lastSweep atomic.Int64
 	// bus holds the event history and the stream subscribers; deb holds
 	// leaves for --leave-delay before they reach it (single node).
@@ -67,6 +67,15 @@ type Server struct {
 	ttlMs, intervalMs int64
 	// hbReply is the precomputed body of a successful heartbeat.
 	hbReply []byte
+	// departed keeps offline users' last-seen when store is nil.
+	departed *departedUsers
+	// replay refuses replayed v2 datagrams.
+	replay *replayTable
+	// proxies is --trusted-proxies (nil: none).
+	proxies *proxySet
+	// clk gives wall time for what is stored, monotonic time for rates
+	// and ages (see clock).
+	clk clock
 
 	httpSrv *fasthttp.Server
 	httpLn  net.Listener
@@ -92,6 +101,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		log:        log,
 		m:          m,
 		start:      time.Now(),
+		clk:        newSystemClock(),
 		quit:       make(chan struct{}),
 		ttlMs:      cfg.TTL.Milliseconds(),
 		intervalMs: cfg.Interval.Milliseconds(),
@@ -99,6 +109,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	m.SetMinRefreshGap(cfg.HeartbeatMinGap)
 	s.rl.maxBatch.Store(int64(cfg.MaxBatch))
 	s.rl.cfg.Store(&cfg)
+	s.proxies, _ = parseProxySet(cfg.TrustedProxies) // Validate checked it
+	s.replay = newReplayTable(cfg.SourceTableSlots)
 	s.src = newSourceLimiter(cfg.SourceTableSlots, int64(cfg.SourceRate), int64(cfg.SourceBurst))
 	if cfg.APITokenFile != "" {
 		toks, err := loadAPITokens(cfg.APITokenFile)
@@ -117,6 +129,9 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.bus = events.New(events.Config{History: cfg.EventHistory, Buffer: eventBuffer, Epoch: uint64(s.start.UnixMilli())})
 	s.deb = events.NewDebouncer(cfg.LeaveDelay.Milliseconds(), s.bus.Publish)
+	if cfg.DataDir == "" {
+		s.departed = newDepartedUsers(cfg.LastSeenMemoryUsers, cfg.Persist.LastSeenRetention.Milliseconds())
+	}
 	s.met = newServerMetrics(&s.reg)
 	s.registerGauges()
 	if cfg.Redis != "" {
@@ -232,7 +247,9 @@ func (s *Server) sweepLoop() {
 			return
 		case now := <-t.C:
 			evs = s.m.Expire(now.UnixMilli(), evs[:0])
-			s.lastSweep.Store(time.Now().UnixNano())
+			s.departed.noteLeaves(evs)
+			_, mono := s.clk.Now()
+			s.lastSweep.Store(mono)
 			for i := range evs {
 				s.publish(evs[i])
 			}
@@ -316,7 +333,8 @@ func tableEvent(ev *shardmap.Event) *events.Event {
 // the node.
 func (s *Server) Alive() bool {
 	last := s.lastSweep.Load()
-	return last == 0 || time.Since(time.Unix(0, last)) < 10*time.Second+10*s.cfg.SweepInterval
+	_, mono := s.clk.Now()
+	return last == 0 || mono-last < (10*time.Second+10*s.cfg.SweepInterval).Milliseconds()
 }
 
 // Ready reports whether the server takes traffic.
