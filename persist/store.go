@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -40,6 +41,8 @@ type Store struct {
 
 	unclean bool // the marker was found at Open
 	ctr     counters
+	// corrupt is the first on-disk corruption Pebble reported (nil if none).
+	corrupt atomic.Pointer[CorruptionError]
 
 	mu struct {
 		sync.Mutex
@@ -106,7 +109,7 @@ func Open(cfg Config) (*Store, error) {
 		closer.Close()
 	case !errors.Is(err, pebble.ErrNotFound):
 		db.Close()
-		return nil, fmt.Errorf("cannot read unclean-shutdown marker: %w", err)
+		return nil, fmt.Errorf("cannot read unclean-shutdown marker: %w", s.corruption(err))
 	}
 	if err := db.Set(markerKey, appendMillis(nil, s.now()), pebble.Sync); err != nil {
 		db.Close()
@@ -132,6 +135,11 @@ func (s *Store) pebbleOptions() *pebble.Options {
 			BackgroundError: func(err error) {
 				s.log.Error("pebble background error", "err", err)
 			},
+			// Pebble's default ends the process (Fatalf) on a bad checksum,
+			// often from a compaction goroutine: exit status 2 without a word
+			// on which file. Record it instead: Replay fails naming the file,
+			// and a running store turns unhealthy.
+			DataCorruption: s.noteCorruption,
 			DiskSlow: func(info pebble.DiskSlowInfo) {
 				s.log.Warn("disk slow", "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
 			},
@@ -142,6 +150,31 @@ func (s *Store) pebbleOptions() *pebble.Options {
 	// blocks); ended sessions are mostly such deletes. A manual compaction
 	// after many deletes (compactMinDeletes) backs them up.
 	return o
+}
+
+// noteCorruption records the first corruption Pebble reports; it must not
+// block (Pebble calls it on read paths).
+func (s *Store) noteCorruption(info pebble.DataCorruptionInfo) {
+	ce := &CorruptionError{Path: info.Path, Err: info.Details}
+	if s.corrupt.CompareAndSwap(nil, ce) {
+		s.log.Error("on-disk corruption: the store cannot be trusted; run presenced repair",
+			"file", info.Path, "err", info.Details)
+	}
+}
+
+// corruption turns an error carrying Pebble's corruption details into a
+// *CorruptionError naming the file; other errors are returned as they are.
+func (s *Store) corruption(err error) error {
+	if err == nil {
+		return nil
+	}
+	if info := pebble.ExtractDataCorruptionInfo(err); info != nil {
+		return &CorruptionError{Path: info.Path, Err: info.Details}
+	}
+	if ce := s.corrupt.Load(); ce != nil && errors.Is(err, pebble.ErrCorruption) {
+		return ce
+	}
+	return err
 }
 
 // openDB opens Pebble, turning a Fatalf panic during Open into an error.
@@ -180,9 +213,20 @@ func (s *Store) Replay(
 	now int64,
 	live func(user, room []byte, lastSeen, expiry int64) error,
 	expired func(user, room []byte, lastSeen, expiry int64),
-) (ReplayStats, error) {
+) (st ReplayStats, err error) {
 	start := time.Now()
-	st := ReplayStats{Unclean: s.unclean}
+	st = ReplayStats{Unclean: s.unclean}
+	defer func() {
+		// A damaged file Pebble could not read, or a panic out of Pebble
+		// (a broken invariant it found in the data), fails the replay with
+		// an error naming what it could, rather than the process.
+		if r := recover(); r != nil {
+			err = fmt.Errorf("cannot replay sessions: pebble panic: %v", r)
+			if ce := s.corrupt.Load(); ce != nil {
+				err = fmt.Errorf("cannot replay sessions: %w", ce)
+			}
+		}
+	}()
 	s.mu.Lock()
 	bad := s.mu.started || s.mu.closed
 	s.mu.Unlock()
@@ -192,7 +236,7 @@ func (s *Store) Replay(
 	db := s.db
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: sessionLower, UpperBound: sessionUpper})
 	if err != nil {
-		return st, fmt.Errorf("cannot replay sessions: %w", err)
+		return st, fmt.Errorf("cannot replay sessions: %w", s.corruption(err))
 	}
 	b := db.NewBatch()
 	var key []byte
@@ -212,7 +256,7 @@ func (s *Store) Replay(
 		v, verr := it.ValueAndErr()
 		if verr != nil {
 			it.Close()
-			return st, fmt.Errorf("cannot replay sessions: %w", verr)
+			return st, fmt.Errorf("cannot replay sessions: %w", s.corruption(verr))
 		}
 		lastSeen, expiry, ok2 := decodeSessionValue(v)
 		if !ok || !ok2 {
@@ -240,10 +284,14 @@ func (s *Store) Replay(
 		}
 	}
 	if err := it.Close(); err != nil {
-		return st, fmt.Errorf("cannot replay sessions: %w", err)
+		return st, fmt.Errorf("cannot replay sessions: %w", s.corruption(err))
 	}
 	if err := commit(pebble.Sync); err != nil {
 		return st, err
+	}
+	if ce := s.corrupt.Load(); ce != nil {
+		// Found by a background compaction while replaying.
+		return st, fmt.Errorf("cannot replay sessions: %w", ce)
 	}
 	b.Close()
 	s.ctr.sessionDeletes.Add(uint64(st.Expired))
