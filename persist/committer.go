@@ -45,6 +45,10 @@ type committer struct {
 
 	batch    *pebble.Batch // reused after a successful commit
 	broken   bool          // the DB hit a fatal error and must be reopened
+
+	opening     chan openResult // non-nil while a reopen attempt runs
+	nextOpen    time.Time       // no new attempt before
+	openBackoff time.Duration
 	unsynced bool          // something was committed without fsync since the last sync
 
 	failingSince time.Time
@@ -208,6 +212,13 @@ func (s *Store) commitPending(sync bool) error {
 		s.recovered()
 		return nil
 	}
+	if s.db == nil {
+		// A failed reopen; the next cycle tries again.
+		c.broken = true
+		err := fmt.Errorf("cannot commit: %w", ErrUnavailable)
+		s.failed(err, sync)
+		return s.Healthy()
+	}
 	if c.batch == nil {
 		c.batch = s.db.NewBatch()
 	}
@@ -269,32 +280,85 @@ func (s *Store) apply(f func(db *pebble.DB) error) (err error) {
 			err = fmt.Errorf("cannot commit batch: pebble failed: %v", r)
 		}
 	}()
+	if s.db == nil {
+		return fmt.Errorf("cannot commit batch: %w", ErrUnavailable)
+	}
 	if err := f(s.db); err != nil {
 		return fmt.Errorf("cannot commit batch: %w", err)
 	}
 	return nil
 }
 
-// reopen closes the broken DB and opens it again from its files.
+// openResult is what an asynchronous reopen brings back.
+type openResult struct {
+	db  *pebble.DB
+	err error
+}
+
+// reopen closes the broken DB and opens it again from its files, without
+// ever making the committer (or a reader) wait for Pebble: the close and the
+// open run on their own goroutine, one attempt at a time, and each cycle
+// only looks whether the attempt is done. While it runs, db is nil: readers
+// get ErrUnavailable at once. A failed attempt is retried after a backoff
+// (reopenBackoffMin doubling to reopenBackoffMax). pebble.Open itself may
+// take as long as the disk stays full (it must flush the log it replays).
 func (s *Store) reopen() error {
-	s.dbMu.Lock()
-	defer s.dbMu.Unlock()
-	if s.db != nil {
-		if err := closeDB(s.db, closeOldDBTimeout); err != nil {
-			s.log.Warn("closing the database after a fatal error", "err", err)
+	c := &s.c
+	if c.opening == nil {
+		if now := time.Now(); now.Before(c.nextOpen) {
+			return fmt.Errorf("cannot commit: %w: next reopen attempt in %v",
+				ErrUnavailable, c.nextOpen.Sub(now).Round(time.Millisecond))
 		}
+		s.dbMu.Lock()
+		old := s.db
 		s.db = nil
+		s.dbMu.Unlock()
+		s.dbDown.Store(true)
+		c.batch = nil
+		ch := make(chan openResult, 1)
+		c.opening = ch
+		// Not tracked by wg on purpose: it may not return while the disk
+		// is full, and must not hold up Close (see closeAbandoned).
+		go func() {
+			if old != nil {
+				if err := closeDB(old, closeOldDBTimeout); err != nil {
+					s.log.Warn("closing the database after a fatal error", "err", errLine(err))
+				}
+			}
+			db, err := s.openDB()
+			ch <- openResult{db, err}
+		}()
 	}
-	s.c.batch = nil
-	db, err := s.openDB()
-	if err != nil {
-		return fmt.Errorf("cannot reopen after fatal error: %w", err)
+	select {
+	case r := <-c.opening:
+		c.opening = nil
+		if r.err != nil {
+			c.openBackoff = min(max(2*c.openBackoff, reopenBackoffMin), reopenBackoffMax)
+			c.nextOpen = time.Now().Add(c.openBackoff)
+			return fmt.Errorf("cannot reopen after fatal error: %w", r.err)
+		}
+		s.dbMu.Lock()
+		s.db = r.db
+		s.dbMu.Unlock()
+		s.dbDown.Store(false)
+		c.broken = false
+		c.openBackoff = 0
+		s.ctr.reopens.Add(1)
+		s.log.Info("database reopened after a fatal error")
+		return nil
+	default:
+		return fmt.Errorf("cannot commit: %w: reopening the database after a fatal error", ErrUnavailable)
 	}
-	s.db = db
-	s.c.broken = false
-	s.ctr.reopens.Add(1)
-	s.log.Info("database reopened after a fatal error")
-	return nil
+}
+
+// closeAbandoned leaves a reopen that is still running to finish on its
+// own, closing the database it opens; Close uses it when time is up.
+func closeAbandoned(ch <-chan openResult) {
+	go func() {
+		if r := <-ch; r.db != nil {
+			_ = closeDB(r.db, closeOldDBTimeout)
+		}
+	}()
 }
 
 func (s *Store) failed(err error, sync bool) {
@@ -311,7 +375,7 @@ func (s *Store) failed(err error, sync bool) {
 	if now.Sub(c.lastErrLog) >= errorLogMinInterval {
 		c.lastErrLog = now
 		s.log.Error("cannot commit changes; retrying next cycle",
-			"err", err, "failing_for", now.Sub(c.failingSince),
+			"err", errLine(err), "failing_for", now.Sub(c.failingSince),
 			"pending_bytes", c.pendingBytes, "dropped_changes", s.ctr.dropped.Load())
 	}
 	s.mu.Lock()
@@ -421,10 +485,15 @@ func (s *Store) maybeCompact() {
 }
 
 // compact compacts the session and last-seen ranges.
+//
+// It does not hold dbMu while compacting (that can take seconds, and a
+// reopen waiting for dbMu would make readers wait behind it); a reopen that
+// closes this DB meanwhile makes Compact fail, which is harmless.
 func (s *Store) compact() (err error) {
 	s.dbMu.RLock()
-	defer s.dbMu.RUnlock()
-	if s.db == nil {
+	db := s.db
+	s.dbMu.RUnlock()
+	if db == nil {
 		return ErrUnavailable
 	}
 	defer func() {
@@ -437,7 +506,7 @@ func (s *Store) compact() (err error) {
 	// freshly flushed table to the bottom level with its tombstones; the
 	// second rewrites the bottom level in place, which drops them.
 	for range 2 {
-		if err := s.db.Compact(s.compactCtx, sessionLower, lastSeenUpper, false); err != nil {
+		if err := db.Compact(s.compactCtx, sessionLower, lastSeenUpper, false); err != nil {
 			return fmt.Errorf("cannot compact: %w", err)
 		}
 	}

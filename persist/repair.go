@@ -90,7 +90,7 @@ func openDamaged(fs vfs.FS, dir string, log *slog.Logger) (db *pebble.DB, damage
 		Merger:                      lastSeenMerger,
 		// Pebble's own chatter is dropped: the damaged files are reported
 		// through the DataCorruption event.
-		Logger: pebbleLogger{slog.New(slog.DiscardHandler)},
+		Logger: pebbleLogger{log: slog.New(slog.DiscardHandler)},
 		EventListener: &pebble.EventListener{
 			DataCorruption: func(info pebble.DataCorruptionInfo) {
 				mu.Lock()

@@ -93,7 +93,7 @@ func (s *Store) Stats() Stats {
 	st.ReplayLive = uint64(s.mu.replay.Live)
 	st.ReplayExpired = uint64(s.mu.replay.Expired)
 	s.mu.Unlock()
-	st.Unclean = s.unclean
+	st.Unclean = s.unclean.Load()
 	s.dbMu.RLock()
 	if s.db != nil {
 		st.DiskBytes = s.db.Metrics().DiskSpaceUsage()
