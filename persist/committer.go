@@ -43,13 +43,13 @@ type committer struct {
 	sessionDels  uint64
 	lastSeenOps  uint64
 
-	batch    *pebble.Batch // reused after a successful commit
-	broken   bool          // the DB hit a fatal error and must be reopened
+	batch  *pebble.Batch // reused after a successful commit
+	broken bool          // the DB hit a fatal error and must be reopened
 
 	opening     chan openResult // non-nil while a reopen attempt runs
 	nextOpen    time.Time       // no new attempt before
 	openBackoff time.Duration
-	unsynced bool          // something was committed without fsync since the last sync
+	unsynced    bool // something was committed without fsync since the last sync
 
 	failingSince time.Time
 	lastErrLog   time.Time

@@ -49,7 +49,7 @@ type Store struct {
 	bgErrLog, pebbleErrLog logLimiter
 	// lastStorageErr is the last write error Pebble reported (one line).
 	lastStorageErr atomic.Pointer[string]
-	ctr     counters
+	ctr            counters
 	// corrupt is the first on-disk corruption Pebble reported (nil if none).
 	corrupt atomic.Pointer[CorruptionError]
 
