@@ -427,7 +427,9 @@ func (s *Server) hReady(ctx *fasthttp.RequestCtx) {
 	case st != stateReady:
 		jsonError(ctx, fasthttp.StatusServiceUnavailable, "draining: shutting down")
 	case s.store != nil && s.store.Healthy() != nil:
-		jsonError(ctx, fasthttp.StatusServiceUnavailable, "write-ahead log failing: "+s.store.Healthy().Error())
+		// The state (failing, unavailable, corrupt) is also the metric
+		// presenced_wal_state; the error says why.
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, "write-ahead log "+s.store.State().String()+": "+s.store.Healthy().Error())
 	default:
 		jsonBody(ctx, fasthttp.StatusOK, []byte(`{"status":"ready"}`))
 	}
