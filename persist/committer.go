@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/presenced/presenced/shardmap"
 )
@@ -45,6 +46,11 @@ type committer struct {
 
 	batch  *pebble.Batch // reused after a successful commit
 	broken bool          // the DB hit a fatal error and must be reopened
+
+	commitSeq uint64    // number of the last committed batch (commitKey)
+	wmSeq     uint64    // last number written to the watermark
+	wmAt      time.Time // when
+	wmFile    vfs.File
 
 	opening     chan openResult // non-nil while a reopen attempt runs
 	nextOpen    time.Time       // no new attempt before
@@ -197,6 +203,9 @@ func (s *Store) commitPending(sync bool) error {
 		}
 	}
 	if len(c.ops) == 0 {
+		if !c.unsynced {
+			s.maybeWatermark() // the last commit was synced: vouch for it once it is a second old
+		}
 		if !sync || !c.unsynced {
 			return nil
 		}
@@ -234,6 +243,8 @@ func (s *Store) commitPending(sync bool) error {
 			_ = b.Merge(k, v, nil)
 		}
 	}
+	var seq [8]byte
+	_ = b.Set(commitKey, binary.BigEndian.AppendUint64(seq[:0], c.commitSeq+1), nil)
 	opts := pebble.NoSync
 	if sync {
 		opts = pebble.Sync
@@ -253,9 +264,11 @@ func (s *Store) commitPending(sync bool) error {
 	s.ctr.lastSeenWrites.Add(c.lastSeenOps)
 	s.ctr.batches.Add(1)
 	s.ctr.lastCommitNanos.Store(int64(d))
+	c.commitSeq++
 	if sync {
 		s.ctr.observeSync(d)
 		c.unsynced = false
+		s.maybeWatermark()
 	} else {
 		c.unsynced = true
 	}

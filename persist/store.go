@@ -58,6 +58,7 @@ type Store struct {
 		waiters []chan error // WaitDurable callers, served by the next cycle
 		health  error        // non-nil while commits fail
 		replay  ReplayStats
+		lost    WALDamage // what Open found missing from the log
 		started bool
 		closed  bool
 	}
@@ -144,6 +145,14 @@ func (s *Store) Open() error {
 	case !errors.Is(err, pebble.ErrNotFound):
 		_ = closeDB(db, closeOldDBTimeout)
 		return fmt.Errorf("cannot read unclean-shutdown marker: %w", s.corruption(err))
+	}
+	if err := s.checkWatermark(db); err != nil {
+		_ = closeDB(db, closeOldDBTimeout)
+		return err
+	}
+	if d := s.Damage(); d.LostCommits > 0 {
+		s.log.Error("write-ahead log damaged: "+d.String()+"; Pebble stopped reading the log at the first record whose checksum failed or that was cut off, and skipped the rest",
+			"lost_commits", d.LostCommits, "durable_commit", d.Durable, "log_commit", d.InLog)
 	}
 	if err := s.setMarker(db); err != nil {
 		_ = closeDB(db, closeOldDBTimeout)
@@ -552,6 +561,15 @@ func (s *Store) CloseContext(ctx context.Context) error {
 			s.log.Error("closing with changes not written; the next start replays the log as of the last good commit",
 				"err", errLine(err), "pending_bytes", c.pendingBytes)
 		}
+	}
+	if started && err == nil && c.commitSeq != c.wmSeq {
+		if werr := s.writeWatermark(c.commitSeq); werr != nil {
+			s.log.Warn("cannot record the durable commit at close", "err", errLine(werr))
+		}
+	}
+	if c.wmFile != nil {
+		_ = c.wmFile.Close()
+		c.wmFile = nil
 	}
 	if s.db != nil && err == nil && !c.broken {
 		if derr := s.apply(func(db *pebble.DB) error { return db.Delete(markerKey, pebble.Sync) }); derr != nil {
