@@ -158,6 +158,7 @@ func (s *Server) registerPersistMetrics() {
 			}
 			return b
 		})
+	r.gaugeFunc("presenced_wal_lost_commits", "Synced write-ahead log commits found missing at start (a log damaged or cut short after the fact); 0 when intact. See /readyz.", func() float64 { return float64(stats().LostCommits) })
 	r.gaugeFunc("presenced_wal_replay_seconds", "How long replaying the write-ahead log took at start-up.", func() float64 { return stats().ReplayDuration.Seconds() })
 	r.histogramFunc("presenced_wal_sync_duration_seconds", "Write-ahead log commit-with-fsync latency in seconds.", persist.SyncLatencyBounds[:],
 		func() ([]uint64, float64) {

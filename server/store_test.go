@@ -6,12 +6,15 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server"
 )
 
@@ -114,3 +117,78 @@ func TestScrapeDuringStart(t *testing.T) {
 		t.Errorf("%d sessions after restart, want 10000", st.Sessions)
 	}
 }
+
+// A WAL cut in half after a shutdown loses acknowledged sessions; the node
+// still starts, and says so in /readyz, in presenced_wal_lost_commits and
+// at error level in its log.
+func TestDamagedWALReported(t *testing.T) {
+	dir := t.TempDir()
+	mod := func(c *server.Config) {
+		*c = storeConfig(dir)
+		c.FsyncMode = "always" // one commit per heartbeat
+		c.Persist.Fsync = persist.FsyncModeAlways
+	}
+	n := startNode(t, mod)
+	for i := range 100 {
+		if code := n.heartbeat(fmt.Sprint("user", i), "r", ""); code != 200 {
+			t.Fatalf("heartbeat: %d", code)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	var wal string
+	var size int64
+	for _, l := range logs {
+		if fi, err := os.Stat(l); err == nil && fi.Size() > size {
+			wal, size = l, fi.Size()
+		}
+	}
+	if wal == "" {
+		t.Fatal("no WAL with data")
+	}
+	if err := os.Truncate(wal, size/2); err != nil {
+		t.Fatal(err)
+	}
+
+	var logBuf syncBuf
+	cfg := storeConfig(dir)
+	mod(&cfg)
+	srv, err := server.New(cfg, server.NewLogger(&logBuf, cfg, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	n2 := &node{t: t, srv: srv, base: "http://" + srv.HTTPAddr()}
+	if st := n2.stats(); st.Sessions >= 100 {
+		t.Fatalf("%d sessions after cutting the log in half: the test proves nothing", st.Sessions)
+	}
+	var ready struct{ Status, Warning string }
+	if code := n2.do("GET", "/readyz", "", &ready); code != 200 || !strings.Contains(ready.Warning, "write-ahead log damaged") {
+		t.Errorf("/readyz %d %+v, want 200 with a warning about the damaged log", code, ready)
+	}
+	if v := n2.metric("presenced_wal_lost_commits"); v <= 0 {
+		t.Errorf("presenced_wal_lost_commits = %v", v)
+	}
+	if log := logBuf.String(); !strings.Contains(log, "level=ERROR") || !strings.Contains(log, "write-ahead log damaged") {
+		t.Errorf("no error-level log line about the damage:\n%s", log)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
