@@ -4,10 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // writeFlushed writes n live sessions and n offline users' last-seen to a
@@ -125,5 +130,28 @@ func TestCorruptSSTableAndRepair(t *testing.T) {
 		if s := live[u]; s.lastSeen != 1000 || s.expiry != 1<<60 || !strings.HasPrefix(s.user, "user") {
 			t.Fatalf("repaired session %+v differs from what was written", s)
 		}
+	}
+}
+
+// Pebble's Fatalf on its own goroutine ends the process with status 1 and
+// the reason; under a persist call that recovers it, it panics instead.
+func TestFatalfOnPebbleGoroutineExitsOne(t *testing.T) {
+	exited := make(chan struct{}, 1)
+	old := fatalExit
+	fatalExit = func() { exited <- struct{}{}; runtime.Goexit() }
+	defer func() { fatalExit = old }()
+	out := newLockedBuffer()
+	l := pebbleLogger{log: slog.New(slog.NewTextHandler(out, nil))}
+	go l.Fatalf("MANIFEST %s", "write failed") // as on a Pebble flush goroutine
+	<-exited
+	if !strings.Contains(out.String(), "pebble cannot continue") || !strings.Contains(out.String(), "MANIFEST write failed") {
+		t.Errorf("no reason logged: %s", out)
+	}
+
+	s := mustOpen(t, testConfig(vfs.NewMem()))
+	defer s.Close()
+	err := s.apply(func(*pebble.DB) error { l.Fatalf("recoverable"); return nil })
+	if err == nil || !strings.Contains(err.Error(), "recoverable") || !s.c.broken {
+		t.Errorf("Fatalf under a commit: %v (broken %v), want an error and a reopen", err, s.c.broken)
 	}
 }

@@ -1,9 +1,12 @@
 package persist
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -41,8 +44,46 @@ func (l pebbleLogger) Errorf(format string, args ...any) {
 
 func (l pebbleLogger) Fatalf(format string, args ...any) {
 	msg := oneLine(fmt.Sprintf(format, args...))
+	if !recoverableHere() {
+		// On one of Pebble's own goroutines (a flush or compaction that
+		// could not write the MANIFEST) nobody recovers the panic: the
+		// process would die with Go's status 2, which presenced keeps for
+		// usage errors. Exit 1 with the reason instead, as Pebble's own
+		// logger would exit.
+		l.log.Error("pebble cannot continue; exiting (the log replays at the next start): "+msg, "source", "pebble", "fatal", true)
+		fatalExit()
+	}
 	l.log.Error(msg, "source", "pebble", "fatal", true)
 	panic(pebbleFatal{msg})
+}
+
+// fatalExit ends the process after a Fatalf nobody can recover.
+var fatalExit = func() { os.Exit(1) }
+
+// recoverableHere reports whether the calling goroutine runs persist code
+// that recovers a panic (a commit, an open, a close, a repair) rather than
+// one of Pebble's background goroutines.
+func recoverableHere() bool {
+	var buf [16 << 10]byte
+	n := runtime.Stack(buf[:], false)
+	st := buf[:n]
+	for _, f := range recoveringFrames {
+		if bytes.Contains(st, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// recoveringFrames are the persist functions that recover a Fatalf panic
+// below them (Store methods: apply, openDB, setMarker, compact, Replay;
+// closeDB; Repair and its helpers).
+var recoveringFrames = [][]byte{
+	[]byte("presenced/persist.(*Store)."),
+	[]byte("presenced/persist.closeDB"),
+	[]byte("presenced/persist.Repair"),
+	[]byte("presenced/persist.openDamaged"),
+	[]byte("presenced/persist.copyReadable"),
 }
 
 func (l pebbleLogger) IsTracingEnabled(context.Context) bool  { return false }
