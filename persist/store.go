@@ -198,7 +198,7 @@ func (s *Store) openDBWithin(d time.Duration) (*pebble.DB, error) {
 	case r := <-ch:
 		return r.db, r.err
 	case <-t.C:
-		err = fmt.Errorf("cannot open pebble database %s: not open after %v (Pebble must write to replay its log): %s",
+		err = fmt.Errorf("cannot open pebble database %s: not open after %v (Pebble must write to replay its log): %s; free space on that disk and start again",
 			s.cfg.Dir, d, s.storageHint())
 	case <-s.quit:
 		err = fmt.Errorf("cannot open pebble database %s: %w", s.cfg.Dir, ErrClosed)
