@@ -91,6 +91,16 @@ func TestCorruptSSTableAndRepair(t *testing.T) {
 		t.Fatalf("error %q does not name %s and the repair command", err, sst)
 	}
 
+	// Not while a node holds Pebble's lock on it.
+	lock, err := vfs.Default.Lock(filepath.Join(dir, "LOCK"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Repair(cfg); err == nil || !strings.Contains(err.Error(), "still running") {
+		t.Errorf("Repair of a store in use: %v, want a refusal", err)
+	}
+	lock.Close()
+
 	st, err := Repair(cfg)
 	if err != nil {
 		t.Fatal(err)

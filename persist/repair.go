@@ -43,8 +43,15 @@ func Repair(cfg Config) (RepairStats, error) {
 	if _, err := fs.Stat(cfg.Dir); err != nil {
 		return st, fmt.Errorf("cannot repair store: %w", err)
 	}
+	// Pebble's own lock: a node still using the store holds it.
+	lock, err := fs.Lock(fs.PathJoin(cfg.Dir, "LOCK"))
+	if err != nil {
+		return st, fmt.Errorf("cannot repair store %s: is a node still running on it? %w", cfg.Dir, err)
+	}
 	st.MovedTo = cfg.Dir + ".damaged-" + time.Now().UTC().Format("20060102T150405Z")
-	if err := fs.Rename(cfg.Dir, st.MovedTo); err != nil {
+	err = fs.Rename(cfg.Dir, st.MovedTo)
+	lock.Close()
+	if err != nil {
 		return st, fmt.Errorf("cannot move damaged store aside: %w", err)
 	}
 	dst, err := Open(cfg)
