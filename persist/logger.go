@@ -24,10 +24,17 @@ func (f pebbleFatal) Error() string { return f.msg }
 type pebbleLogger struct {
 	log *slog.Logger
 	lim *logLimiter
+	// walStop, when set, gets Pebble's note of where it stopped reading
+	// each WAL at open (the detail of a damaged log).
+	walStop func(msg string)
 }
 
 func (l pebbleLogger) Infof(format string, args ...any) {
-	l.log.Debug(fmt.Sprintf(format, args...), "source", "pebble")
+	msg := fmt.Sprintf(format, args...)
+	if l.walStop != nil && strings.Contains(msg, "stopped reading at offset") {
+		l.walStop(msg)
+	}
+	l.log.Debug(msg, "source", "pebble")
 }
 
 func (l pebbleLogger) Errorf(format string, args ...any) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,8 +60,11 @@ type Store struct {
 		health  error        // non-nil while commits fail
 		replay  ReplayStats
 		lost    WALDamage // what Open found missing from the log
-		started bool
-		closed  bool
+		// walStops are Pebble's notes of where it stopped reading each
+		// WAL at open ("stopped reading at offset ...").
+		walStops []string
+		started  bool
+		closed   bool
 	}
 
 	kick          chan struct{} // cap 1: a waiter wants a cycle now
@@ -151,8 +155,11 @@ func (s *Store) Open() error {
 		return err
 	}
 	if d := s.Damage(); d.LostCommits > 0 {
+		s.mu.Lock()
+		stops := strings.Join(s.mu.walStops, "; ")
+		s.mu.Unlock()
 		s.log.Error("write-ahead log damaged: "+d.String()+"; Pebble stopped reading the log at the first record whose checksum failed or that was cut off, and skipped the rest",
-			"lost_commits", d.LostCommits, "durable_commit", d.Durable, "log_commit", d.InLog)
+			"lost_commits", d.LostCommits, "durable_commit", d.Durable, "log_commit", d.InLog, "wal_replay", stops)
 	}
 	if err := s.setMarker(db); err != nil {
 		_ = closeDB(db, closeOldDBTimeout)
@@ -229,7 +236,7 @@ func (s *Store) pebbleOptions() *pebble.Options {
 		FS:                 s.fs,
 		FormatMajorVersion: pebble.FormatNewest,
 		Merger:             lastSeenMerger,
-		Logger:             pebbleLogger{log: s.log, lim: &s.pebbleErrLog},
+		Logger:             pebbleLogger{log: s.log, lim: &s.pebbleErrLog, walStop: s.noteWALStop},
 		// 64 MiB memtables: every session is rewritten once per heartbeat
 		// interval, so a memtable that holds several intervals of refreshes
 		// flushes each session once instead of once per refresh (measured:
@@ -259,6 +266,16 @@ func (s *Store) pebbleOptions() *pebble.Options {
 	// blocks); ended sessions are mostly such deletes. A manual compaction
 	// after many deletes (compactMinDeletes) backs them up.
 	return o
+}
+
+// noteWALStop keeps Pebble's notes of where it stopped reading each WAL
+// during the last open (at most 16).
+func (s *Store) noteWALStop(msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.mu.walStops) < 16 {
+		s.mu.walStops = append(s.mu.walStops, oneLine(msg))
+	}
 }
 
 // noteCorruption records the first corruption Pebble reports; it must not

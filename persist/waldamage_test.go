@@ -91,6 +91,9 @@ func TestDamagedWALIsReported(t *testing.T) {
 			live, _, _ := replayAll(t, s, time.Now().UnixMilli())
 			d := s.Damage()
 			t.Logf("%d of %d sessions back; %v", len(live), n, d)
+			if i := strings.Index(out.String(), "wal_replay="); i >= 0 {
+				t.Logf("%s", out.String()[i:])
+			}
 			if len(live) == n {
 				t.Fatalf("the damage lost nothing; the test proves nothing")
 			}
@@ -100,8 +103,9 @@ func TestDamagedWALIsReported(t *testing.T) {
 			if missing := uint64(n - len(live)); d.LostCommits < missing {
 				t.Errorf("%d sessions missing but only %d lost commits reported", missing, d.LostCommits)
 			}
-			if log := out.String(); !strings.Contains(log, "level=ERROR") || !strings.Contains(log, "write-ahead log damaged") {
-				t.Errorf("no error-level log line about the damage:\n%s", log)
+			if log := out.String(); !strings.Contains(log, "level=ERROR") || !strings.Contains(log, "write-ahead log damaged") ||
+				!strings.Contains(log, "stopped reading at offset") {
+				t.Errorf("no error-level log line about the damage and where Pebble stopped:\n%s", log)
 			}
 		})
 	}
