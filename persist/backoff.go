@@ -73,7 +73,7 @@ func (fs backoffFS) Create(name string, category vfs.DiskWriteCategory) (vfs.Fil
 		fs.b.failed()
 		return nil, err
 	}
-	return backoffFile{f, fs.b, isWAL(name)}, nil
+	return &backoffFile{File: f, b: fs.b, wal: isWAL(name)}, nil
 }
 
 func (fs backoffFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteCategory) (vfs.File, error) {
@@ -82,51 +82,57 @@ func (fs backoffFS) ReuseForWrite(oldname, newname string, category vfs.DiskWrit
 		fs.b.failed()
 		return nil, err
 	}
-	return backoffFile{f, fs.b, isWAL(newname)}, nil
+	return &backoffFile{File: f, b: fs.b, wal: isWAL(newname)}, nil
 }
 
 func (fs backoffFS) Unwrap() vfs.FS { return fs.FS }
 
+// backoffFile reports its writes and syncs to writeBackoff. Only a sync of
+// an sstable (or MANIFEST) none of whose writes failed ends the backoff:
+// Pebble closes an aborted sstable with a sync that has nothing to write.
+// Pebble uses a file from one goroutine at a time.
 type backoffFile struct {
 	vfs.File
 	b   *writeBackoff
 	wal bool
+	bad bool // a write or sync of this file failed
 }
 
-func (f backoffFile) Write(p []byte) (int, error) {
+func (f *backoffFile) fail() {
+	f.bad = true
+	f.b.failed()
+}
+
+func (f *backoffFile) synced(err error) error {
+	switch {
+	case err != nil:
+		f.fail()
+	case !f.wal && !f.bad:
+		f.b.succeeded()
+	}
+	return err
+}
+
+func (f *backoffFile) Write(p []byte) (int, error) {
 	n, err := f.File.Write(p)
 	if err != nil {
-		f.b.failed()
+		f.fail()
 	}
 	return n, err
 }
 
-func (f backoffFile) WriteAt(p []byte, off int64) (int, error) {
+func (f *backoffFile) WriteAt(p []byte, off int64) (int, error) {
 	n, err := f.File.WriteAt(p, off)
 	if err != nil {
-		f.b.failed()
+		f.fail()
 	}
 	return n, err
 }
 
-func (f backoffFile) Sync() error {
-	err := f.File.Sync()
-	switch {
-	case err != nil:
-		f.b.failed()
-	case !f.wal:
-		f.b.succeeded()
-	}
-	return err
-}
+func (f *backoffFile) Sync() error     { return f.synced(f.File.Sync()) }
+func (f *backoffFile) SyncData() error { return f.synced(f.File.SyncData()) }
 
-func (f backoffFile) SyncData() error {
-	err := f.File.SyncData()
-	switch {
-	case err != nil:
-		f.b.failed()
-	case !f.wal:
-		f.b.succeeded()
-	}
-	return err
+func (f *backoffFile) SyncTo(length int64) (bool, error) {
+	full, err := f.File.SyncTo(length)
+	return full, f.synced(err)
 }

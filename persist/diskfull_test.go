@@ -16,7 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
 
-// diskFull fails writes, syncs and creates with ENOSPC while on, as a full
+// diskFull fails writes with ENOSPC while on, as a full
 // disk does, and counts the sstables Pebble tries to create. With
 // dataOnly it fails only WAL and sstable files: a disk with room left for
 // the small MANIFEST and directory updates but not for a flush, which is
@@ -32,13 +32,14 @@ func (f *diskFull) MaybeError(op errorfs.Op) error {
 	if !f.on.Load() || f.dataOnly && !strings.HasSuffix(op.Path, ".log") && !strings.HasSuffix(op.Path, ".sst") {
 		return nil
 	}
+	// As on a real full disk (tmpfs, ext4): creating an empty file and
+	// syncing a file whose writes failed succeed; writing data fails.
 	switch op.Kind {
-	case errorfs.OpCreate, errorfs.OpReuseForWrite, errorfs.OpFilePreallocate,
-		errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFileSync, errorfs.OpFileSyncData,
-		errorfs.OpFileSyncTo, errorfs.OpFileFlush:
-		if op.Kind == errorfs.OpCreate && strings.HasSuffix(op.Path, ".sst") {
+	case errorfs.OpCreate:
+		if strings.HasSuffix(op.Path, ".sst") {
 			f.sstCreates.Add(1)
 		}
+	case errorfs.OpFilePreallocate, errorfs.OpFileWrite, errorfs.OpFileWriteAt, errorfs.OpFileFlush:
 		return &os.PathError{Op: "write", Path: op.Path, Err: syscall.ENOSPC}
 	}
 	return nil
