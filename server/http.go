@@ -436,7 +436,13 @@ func (s *Server) hReady(ctx *fasthttp.RequestCtx) {
 	case st != stateReady:
 		jsonError(ctx, fasthttp.StatusServiceUnavailable, "draining: shutting down")
 	case s.store != nil && s.store.Healthy() != nil:
-		jsonError(ctx, fasthttp.StatusServiceUnavailable, "write-ahead log failing: "+s.store.Healthy().Error())
+		// The state (failing, unavailable, corrupt) is also the metric
+		// presenced_wal_state; the error says why.
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, "write-ahead log "+s.store.State().String()+": "+s.store.Healthy().Error())
+	case s.store != nil && s.store.Damage().LostCommits > 0:
+		// Ready, but say loudly that the log lost acknowledged changes.
+		b := append([]byte(`{"status":"ready","warning":`), appendJSONString(nil, "write-ahead log damaged at start: "+s.store.Damage().String())...)
+		jsonBody(ctx, fasthttp.StatusOK, append(b, '}'))
 	default:
 		jsonBody(ctx, fasthttp.StatusOK, []byte(`{"status":"ready"}`))
 	}

@@ -55,9 +55,12 @@ type Server struct {
 	bus     *events.Bus
 	deb     *events.Debouncer
 	streams atomic.Int64 // open GET /v1/events streams
-	reg     registry
-	met     *serverMetrics
-	start   time.Time
+	// sweepDone is closed when the sweeper has returned (nil before Start
+	// starts it); Shutdown waits for it before the log's final drain.
+	sweepDone chan struct{}
+	reg       registry
+	met       *serverMetrics
+	start     time.Time
 
 	state    atomic.Int32
 	stopping atomic.Bool
@@ -132,6 +135,18 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if cfg.DataDir == "" {
 		s.departed = newDepartedUsers(cfg.LastSeenMemoryUsers, cfg.Persist.LastSeenRetention.Milliseconds())
 	}
+	if cfg.DataDir != "" {
+		// Built now (no I/O) so the HTTP handlers that run while Start
+		// replays the log see a store that never changes: /metrics read
+		// s.store while Start was still setting it (a data race).
+		pc := cfg.Persist
+		pc.Logger = log
+		st, err := persist.New(pc)
+		if err != nil {
+			return nil, fmt.Errorf("cannot create write-ahead log: %w", err)
+		}
+		s.store = st
+	}
 	s.met = newServerMetrics(&s.reg)
 	s.registerGauges()
 	if cfg.Redis != "" {
@@ -186,7 +201,11 @@ func (s *Server) Start() error {
 		}
 		s.udp = u
 	}
-	s.goroutine(s.sweepLoop)
+	s.sweepDone = make(chan struct{})
+	s.goroutine(func() {
+		defer close(s.sweepDone)
+		s.sweepLoop()
+	})
 	s.goroutine(s.debounceLoop)
 	stopPprof, err := s.startPprof()
 	if err != nil {
@@ -201,13 +220,14 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// openStore opens the write-ahead log and replays it into the map.
+// openStore opens the write-ahead log and replays it into the map. On
+// error the store is closed (a damaged or unopenable store ends Start; the
+// process exits 1 with the message).
 func (s *Server) openStore() error {
-	pc := s.cfg.Persist
-	pc.Logger = s.log.With("component", "persist")
 	t0 := time.Now()
-	st, err := persist.Open(pc)
-	if err != nil {
+	st := s.store
+	if err := st.Open(); err != nil {
+		_ = st.Close()
 		return fmt.Errorf("cannot open write-ahead log in %s: %w", s.cfg.DataDir, err)
 	}
 	now := time.Now().UnixMilli()
@@ -231,7 +251,6 @@ func (s *Server) openStore() error {
 	}
 	s.log.Info("write-ahead log replayed", "live", rs.Live, "expired_while_down", rs.Expired,
 		"restore_errors", restoreErr, "took", time.Since(t0))
-	s.store = st
 	st.Start(s.drainFunc())
 	return nil
 }
@@ -348,6 +367,14 @@ func (s *Server) Ready() bool {
 	return true
 }
 
+// storeState is the write-ahead log's state; StateClosed without one.
+func (s *Server) storeState() persist.State {
+	if s.store == nil {
+		return persist.StateClosed
+	}
+	return s.store.State()
+}
+
 // HTTPAddr is the bound HTTP address (useful with port 0).
 func (s *Server) HTTPAddr() string {
 	if s.httpLn == nil {
@@ -399,8 +426,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		errs = append(errs, s.stopPprof(ctx))
 	}
 	close(s.quit)
-	if s.store != nil {
-		errs = append(errs, step("close write-ahead log", s.store.Close))
+	if s.sweepDone != nil {
+		// An expiry after the log's final drain would not be written,
+		// and the next start would emit its timeout a second time.
+		errs = append(errs, step("stop sweeper", func() error {
+			select {
+			case <-s.sweepDone:
+				return nil
+			case <-ctx.Done():
+				return fmt.Errorf("cannot stop sweeper: %w", ctx.Err())
+			}
+		}))
+	}
+	if st := s.storeState(); st != persist.StateOpening && st != persist.StateClosed {
+		errs = append(errs, step("close write-ahead log", func() error { return s.store.CloseContext(ctx) }))
 	}
 	if s.cl != nil {
 		errs = append(errs, step("flush and close redis writer", func() error { return s.closeCluster(ctx) }))

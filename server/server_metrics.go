@@ -162,6 +162,19 @@ func (s *Server) registerPersistMetrics() {
 		}
 		return 0
 	})
+	r.add("presenced_wal_state", "gauge", "State of the write-ahead log, one series per state set to 1 when current: ok, failing (commits fail, retried), unavailable (reopening after a fatal storage error), corrupt (a checksum failed: run presenced repair), opening, closed (also without --data-dir).",
+		func(b []byte, name string) []byte {
+			cur := s.storeState()
+			for _, st := range persist.States() {
+				v := 0.0
+				if st == cur {
+					v = 1
+				}
+				b = appendSample(b, name, `{state="`+st.String()+`"}`, v)
+			}
+			return b
+		})
+	r.gaugeFunc("presenced_wal_lost_commits", "Synced write-ahead log commits found missing at start (a log damaged or cut short after the fact); 0 when intact. See /readyz.", func() float64 { return float64(stats().LostCommits) })
 	r.gaugeFunc("presenced_wal_replay_seconds", "How long replaying the write-ahead log took at start-up.", func() float64 { return stats().ReplayDuration.Seconds() })
 	r.histogramFunc("presenced_wal_sync_duration_seconds", "Write-ahead log commit-with-fsync latency in seconds.", persist.SyncLatencyBounds[:],
 		func() ([]uint64, float64) {
