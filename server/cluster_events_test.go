@@ -43,11 +43,18 @@ func TestClusterEventsResumeAcrossNodes(t *testing.T) {
 		}
 	}
 	c := startCluster(t, clusterTestConfig(r.Addr())) // after the events: history from Redis
-	for _, n := range []*cnode{b, c} {
+	for i, n := range []*cnode{b, c} {
 		l := n.eventsFrom(evA[4].ID)
-		got := l.waitLen(t, 5, "resumed events")
-		time.Sleep(200 * time.Millisecond) // would a duplicate follow? (none must)
-		got = l.snapshot()
+		// A marker after the history: once it arrives, a duplicate of the
+		// resumed events would have arrived before it.
+		marker := fmt.Sprintf("marker%d", i)
+		a.heartbeat(marker, "other")
+		waitFor(t, 10*time.Second, "marker", func() bool { return l.count("join", marker, "other") == 1 })
+		got := l.snapshot()
+		if len(got) < 6 || got[len(got)-1].User != marker {
+			t.Fatalf("resumed %+v, want 5 events then the marker", got)
+		}
+		got = got[:len(got)-1-i] // the earlier node's marker came before ours
 		if len(got) != 5 {
 			t.Fatalf("resumed %d events, want 5: %+v", len(got), got)
 		}
