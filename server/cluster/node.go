@@ -29,6 +29,7 @@ type Node struct {
 	log     *slog.Logger
 	k       *keys
 	c       redis.UniversalClient
+	slots   *slotSource // Redis Cluster only
 	ttlMs   int64
 	margin  int64
 	onEvent EventFunc
@@ -120,11 +121,11 @@ func New(cfg Config, rangeFn RangeFunc, onEvent EventFunc) (*Node, error) {
 // subscriber. An unreachable Redis is not an error: the node runs partial
 // and re-asserts its sessions when Redis answers.
 func (n *Node) Start() error {
-	c, err := n.cfg.newClient()
+	c, slots, err := n.cfg.newClient()
 	if err != nil {
 		return err
 	}
-	n.c = c
+	n.c, n.slots = c, slots
 	n.hookErrors()
 	n.h.partialSince = time.Now()
 	n.w.init(n)
@@ -182,5 +183,8 @@ func (n *Node) stop() error {
 		err = n.c.Close()
 	}
 	n.wg.Wait()
+	if n.slots != nil {
+		n.slots.close()
+	}
 	return err
 }
