@@ -529,7 +529,9 @@ func TestClusterRedisOutage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	tj := time.Now()
 	waitFor(t, 20*time.Second, "100k sessions on B", func() bool { return b.stats().Sessions == sessions })
+	t.Logf("100k joins visible on B in %s", time.Since(tj))
 
 	r.Stop()
 	waitFor(t, 3*time.Second, "redis down on A", func() bool { return a.metricValue("presenced_redis_up") == 0 })

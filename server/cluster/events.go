@@ -31,9 +31,9 @@ func (n *Node) emit(ctx context.Context, evs []evOp) error {
 					rb := roomBucket(e.ev.Room)
 					keys := []string{n.k.members(e.ev.Room), n.k.top(rb)}
 					if e.roomAdd {
-						evalSha(ctx, p, scriptRoomAdd, keys, e.ev.User, e.ev.Room)
+						n.evalSha(ctx, p, scriptRoomAdd, keys, e.ev.User, e.ev.Room)
 					} else {
-						evalSha(ctx, p, scriptRoomRem, keys, e.ev.User, e.ev.Room)
+						n.evalSha(ctx, p, scriptRoomRem, keys, e.ev.User, e.ev.Room)
 					}
 				}
 				if e.silent {

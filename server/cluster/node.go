@@ -30,6 +30,7 @@ type Node struct {
 	k       *keys
 	c       redis.UniversalClient
 	slots   *slotSource // Redis Cluster only
+	noRetry bool        // mark writes not to be resent (Redis Cluster only)
 	ttlMs   int64
 	margin  int64
 	onEvent EventFunc
@@ -126,6 +127,7 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.c, n.slots = c, slots
+	_, n.noRetry = c.(*redis.ClusterClient)
 	n.hookErrors()
 	n.h.partialSince = time.Now()
 	n.w.init(n)

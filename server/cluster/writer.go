@@ -407,11 +407,11 @@ func (w *writerState) sendChunk(chunk []op) error {
 		member := sessionMember(o.user, o.room)
 		switch o.kind {
 		case opTouch, opAssert:
-			cmds = append(cmds, evalSha(ctx, p, scriptTouch,
+			cmds = append(cmds, n.evalSha(ctx, p, scriptTouch,
 				[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub)},
 				o.room, o.expiry, o.lastSeen, member))
 		case opLeave:
-			cmds = append(cmds, evalSha(ctx, p, scriptLeave,
+			cmds = append(cmds, n.evalSha(ctx, p, scriptLeave,
 				[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub), n.k.seen(o.user)},
 				o.room, member, n.cfg.LastSeenRetention.Milliseconds()))
 		}
