@@ -129,7 +129,9 @@ func (n *Node) Start() error {
 	n.c, n.slots = c, slots
 	_, n.noRetry = c.(*redis.ClusterClient)
 	n.hookErrors()
+	n.h.mu.Lock()
 	n.h.partialSince = time.Now()
+	n.h.mu.Unlock()
 	n.w.init(n)
 	n.goroutine(n.writeLoop)
 	n.goroutine(n.reapLoop)
