@@ -53,11 +53,13 @@ func (w *writerState) reassert() error {
 	// The room sweep (repairRooms) and a second look at this node's own
 	// members follow in the next rounds: this node's sessions are all in
 	// Redis now, and its answers whole.
-	w.repairDue = true
 	// A reaper's or leaver's ROOMREM decided before this re-assert can
 	// still land after it and remove a member it just re-added: look again
-	// once in-flight writes are done.
-	w.roomPassAt = time.Now().Add(2 * n.cfg.HealthInterval).UnixMilli()
+	// once in-flight writes are done. Not at start: nothing failed yet.
+	if n.asserts.Load() > 0 {
+		w.repairDue = true
+		w.roomPassAt = time.Now().Add(2 * n.cfg.HealthInterval).UnixMilli()
+	}
 	n.needAssert.Store(false)
 	n.asserts.Add(1)
 	n.whole(total, time.Since(t0))
