@@ -32,7 +32,7 @@ func (s *Server) newClusterNode() error {
 	}
 	cc.Logger = s.log.With("component", "cluster")
 	cc.LeaveDelay = s.cfg.LeaveDelay
-	cl, err := cluster.New(cc, s.m.Range, clusterSink{s})
+	cl, err := cluster.New(cc, s.m.RangeState, clusterSink{s})
 	if err != nil {
 		return &UsageError{fmt.Errorf("invalid cluster config: %w", err)}
 	}

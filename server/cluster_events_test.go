@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -180,4 +181,60 @@ func TestClusterEventsOccupiedVacated(t *testing.T) {
 			t.Fatalf("node %d: %v, want occupied, two joins, two leaves, vacated", i, got)
 		}
 	}
+}
+
+// State set through A is in B's answers and in the join every node
+// streams; a change through A is one update on every node; a refresh
+// without state keeps it.
+func TestClusterState(t *testing.T) {
+	r := redistest.Start(t)
+	a := startCluster(t, clusterTestConfig(r.Addr()))
+	b := startCluster(t, clusterTestConfig(r.Addr()))
+	post := func(body string) {
+		t.Helper()
+		if c := a.do("POST", "/v1/heartbeat", body, nil); c != 200 {
+			t.Fatalf("heartbeat %s: %d", body, c)
+		}
+	}
+	post(`{"user":"s","room":"r","state":{"status":"away"}}`)
+	memberState := func() string {
+		var out struct {
+			Members []struct {
+				User  string          `json:"user"`
+				State json.RawMessage `json:"state"`
+			} `json:"members"`
+			Partial bool `json:"partial"`
+		}
+		b.do("GET", "/v1/rooms/r/members", "", &out)
+		if len(out.Members) != 1 || out.Partial {
+			return fmt.Sprintf("%+v", out)
+		}
+		return string(out.Members[0].State)
+	}
+	waitFor(t, 5*time.Second, "state on B", func() bool { return memberState() == `{"status":"away"}` })
+	var u struct {
+		Sessions []struct {
+			Room  string          `json:"room"`
+			State json.RawMessage `json:"state"`
+		} `json:"sessions"`
+	}
+	b.do("GET", "/v1/users/s", "", &u)
+	if len(u.Sessions) != 1 || string(u.Sessions[0].State) != `{"status":"away"}` {
+		t.Fatalf("B's user status: %+v", u)
+	}
+	post(`{"user":"s","room":"r"}`) // keeps it
+	post(`{"user":"s","room":"r","state":{"status":"online"}}`)
+	for i, n := range []*cnode{a, b} {
+		waitFor(t, 5*time.Second, "update", func() bool { return n.ev.count("update", "s", "r") == 1 })
+		for _, ev := range n.ev.members() {
+			want := map[string]string{"join": `{"status":"away"}`, "update": `{"status":"online"}`}[ev.Type]
+			if string(ev.State) != want {
+				t.Fatalf("node %d: %s carries %s, want %s", i, ev.Type, ev.State, want)
+			}
+		}
+		if c := n.ev.count("join", "s", "r"); c != 1 {
+			t.Fatalf("node %d: %d joins", i, c)
+		}
+	}
+	waitFor(t, 5*time.Second, "new state on B", func() bool { return memberState() == `{"status":"online"}` })
 }

@@ -188,8 +188,9 @@ type sseEvent struct {
 	Type   string `json:"type"`
 	User   string `json:"user"`
 	Room   string `json:"room"`
-	Reason string `json:"reason"`
-	At     string `json:"at"`
+	Reason string          `json:"reason"`
+	At     string          `json:"at"`
+	State  json.RawMessage `json:"state"`
 }
 
 func (n *cnode) events() *sseLog { return n.eventsFrom("") }

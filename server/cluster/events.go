@@ -181,9 +181,9 @@ func (n *Node) writePendingLocked(ctx context.Context) error {
 			err = n.withScripts(ctx, func() error {
 				p := n.c.Pipeline()
 				queued := false
-				emitOne := func(i int, typ, user, reason string, at int64) {
+				emitOne := func(i int, typ, user, reason string, at int64, state []byte) {
 					emitCmds[i] = append(emitCmds[i], n.evalSha(ctx, p, scriptEmit, n.eventKeys(), typ, user, chunk[i].ev.Room,
-						at, reason, "", n.cfg.NodeID, n.cfg.StreamMaxLen, delay, now))
+						at, reason, state, n.cfg.NodeID, n.cfg.StreamMaxLen, delay, now))
 					queued = true
 				}
 				for i := range chunk {
@@ -191,16 +191,19 @@ func (n *Node) writePendingLocked(ctx context.Context) error {
 					if e.silent || e.emitDone || !(e.roomDone || e.ev.Room == "") {
 						continue
 					}
-					if e.ev.Join {
+					switch {
+					case e.update:
+						emitOne(i, events.Update.String(), e.ev.User, "", e.ev.At, e.ev.State)
+					case e.ev.Join:
 						if e.occupied {
-							emitOne(i, events.Occupied.String(), "", "", e.ev.At)
+							emitOne(i, events.Occupied.String(), "", "", e.ev.At, nil)
 						}
-						emitOne(i, "join", e.ev.User, "", e.ev.At)
-						continue
-					}
-					emitOne(i, "leave", e.ev.User, e.ev.Reason.String(), e.ev.At)
-					if e.vacated {
-						emitOne(i, events.Vacated.String(), "", "", e.ev.At)
+						emitOne(i, "join", e.ev.User, "", e.ev.At, e.ev.State)
+					default:
+						emitOne(i, "leave", e.ev.User, e.ev.Reason.String(), e.ev.At, nil)
+						if e.vacated {
+							emitOne(i, events.Vacated.String(), "", "", e.ev.At, nil)
+						}
 					}
 				}
 				if !queued {

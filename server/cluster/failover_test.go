@@ -630,7 +630,7 @@ func startBare(t *testing.T, addrs string, logs *logCount) *Node {
 	cfg.Addrs, cfg.NodeID = addrs, "bare"
 	cfg.HealthInterval = 50 * time.Millisecond
 	cfg.Logger = slog.New(logs)
-	n, err := New(cfg, func(func(user, room []byte, lastSeen, expiry int64) bool) {}, nil)
+	n, err := New(cfg, func(func(user, room, state []byte, lastSeen, expiry int64) bool) {}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

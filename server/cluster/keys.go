@@ -59,15 +59,25 @@ func splitMember(m string) (user, room string, ok bool) {
 	return strings.Cut(m, "\x00")
 }
 
-// splitValue parses a user hash value "expiry:lastSeen".
+// splitValue parses a user hash value "expiry:lastSeen", or
+// "expiry:state:lastSeen" for a session with a state (a JSON object).
 func splitValue(v string) (expiry, lastSeen int64, ok bool) {
-	a, b, found := strings.Cut(v, ":")
-	if !found {
-		return 0, 0, false
+	expiry, lastSeen, _, ok = splitValueState(v)
+	return expiry, lastSeen, ok
+}
+
+// splitValueState is splitValue that also returns the state ("" for none).
+func splitValueState(v string) (expiry, lastSeen int64, state string, ok bool) {
+	i, j := strings.IndexByte(v, ':'), strings.LastIndexByte(v, ':')
+	if i < 0 {
+		return 0, 0, "", false
 	}
-	e, err1 := strconv.ParseInt(a, 10, 64)
-	l, err2 := strconv.ParseInt(b, 10, 64)
-	return e, l, err1 == nil && err2 == nil
+	e, err1 := strconv.ParseInt(v[:i], 10, 64)
+	l, err2 := strconv.ParseInt(v[j+1:], 10, 64)
+	if j > i {
+		state = v[i+1 : j]
+	}
+	return e, l, state, err1 == nil && err2 == nil
 }
 
 // The scripts. Each touches keys of one hash tag only, so it runs on one

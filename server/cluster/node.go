@@ -12,8 +12,9 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// RangeFunc walks this node's live sessions (shardmap.Map.Range).
-type RangeFunc func(fn func(user, room []byte, lastSeen, expiry int64) bool)
+// RangeFunc walks this node's live sessions with their state
+// (shardmap.Map.RangeState).
+type RangeFunc func(fn func(user, room, state []byte, lastSeen, expiry int64) bool)
 
 // Node is this process's member of the cluster: a background writer that
 // replicates the change log to Redis, a reaper that expires sessions of any
@@ -134,7 +135,9 @@ func (n *Node) Start() error {
 	n.goroutine(n.writeLoop)
 	n.goroutine(n.reapLoop)
 	n.goroutine(n.healthLoop)
-	n.goroutine(n.streamLoop)
+	if n.sink != nil {
+		n.goroutine(n.streamLoop)
+	}
 	n.goroutine(n.eventsLoop)
 	return nil
 }

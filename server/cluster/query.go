@@ -55,12 +55,14 @@ func (n *Node) Users(ctx context.Context, users []string, now int64) ([]UserStat
 			st.LastSeen = v
 		}
 		for room, v := range hs[i].Val() {
-			exp, seen, ok := splitValue(v)
+			exp, seen, state, ok := splitValueState(v)
 			if !ok || exp <= now {
 				continue
 			}
 			st.Online = true
-			st.Rooms = append(st.Rooms, shardmap.RoomSession{Room: room, LastSeen: seen, Expiry: exp})
+			if room != "" || state != "" {
+				st.Rooms = append(st.Rooms, shardmap.RoomSession{Room: room, LastSeen: seen, Expiry: exp, State: stateBytes(state)})
+			}
 			st.LastSeen = max(st.LastSeen, seen)
 		}
 		sort.Slice(st.Rooms, func(a, b int) bool { return st.Rooms[a].Room < st.Rooms[b].Room })
@@ -145,11 +147,11 @@ func (n *Node) Members(ctx context.Context, room, after string, limit int, now i
 		if err != nil {
 			continue
 		}
-		exp, seen, ok := splitValue(v)
+		exp, seen, state, ok := splitValueState(v)
 		if !ok || exp <= now {
 			continue
 		}
-		out = append(out, shardmap.Member{User: u, LastSeen: seen})
+		out = append(out, shardmap.Member{User: u, LastSeen: seen, State: stateBytes(state)})
 	}
 	return out, next, nil
 }

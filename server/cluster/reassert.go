@@ -26,9 +26,14 @@ func (w *writerState) reassert() error {
 	var ops []op
 	var err error
 	total := 0
-	n.rangeFn(func(user, room []byte, lastSeen, expiry int64) bool {
-		w.state[sessHash(user, room)] = sessState{W: expiry, L: expiry}
-		ops = append(ops, op{kind: opAssert, user: string(user), room: string(room), lastSeen: lastSeen, expiry: expiry})
+	clear(w.states)
+	n.rangeFn(func(user, room, state []byte, lastSeen, expiry int64) bool {
+		h := sessHash(user, room)
+		w.state[h] = sessState{W: expiry, L: expiry}
+		if len(state) > 0 {
+			w.states[h] = string(state)
+		}
+		ops = append(ops, op{kind: opAssert, user: string(user), room: string(room), lastSeen: lastSeen, expiry: expiry, state: string(state)})
 		if len(ops) >= 16*n.cfg.PipelineSize {
 			total += len(ops)
 			if err = w.sendAssertTimed(ops); err != nil {
@@ -108,7 +113,7 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 				for _, i := range chunk {
 					o := &ops[i]
 					keys = append(keys, n.k.user(o.user))
-					args = append(args, o.room, o.expiry, o.lastSeen, sessionMember(o.user, o.room))
+					args = append(args, o.room, o.expiry, o.seenArg(), sessionMember(o.user, o.room))
 				}
 				calls = append(calls, call{n.evalSha(ctx, p, scriptTouchN, keys, args...), chunk})
 			}
@@ -327,7 +332,7 @@ func (w *writerState) roomPass() error {
 	n := w.n
 	var ops []op
 	var err error
-	n.rangeFn(func(user, room []byte, lastSeen, expiry int64) bool {
+	n.rangeFn(func(user, room, _ []byte, lastSeen, expiry int64) bool {
 		ops = append(ops, op{kind: opAssert, user: string(user), room: string(room)})
 		if len(ops) >= 16*n.cfg.PipelineSize {
 			if err = w.addMembersTimed(ops); err != nil {

@@ -33,10 +33,11 @@ type change struct {
 	kind                 changeKind
 	lastSeen, expiry, at int64
 	user, room           []byte
+	state                []byte // upsert and retried touch: the session's state, or empty
 }
 
-// changeHeader is kind(1) lastSeen(8) expiry(8) at(8) ulen(1) rlen(1).
-const changeHeader = 1 + 8 + 8 + 8 + 1 + 1
+// changeHeader is kind(1) lastSeen(8) expiry(8) at(8) ulen(1) rlen(1) slen(2).
+const changeHeader = 1 + 8 + 8 + 8 + 1 + 1 + 2
 
 // appendChange encodes c at the end of b. Ids are at most 255 bytes.
 func appendChange(b []byte, c *change) []byte {
@@ -45,8 +46,10 @@ func appendChange(b []byte, c *change) []byte {
 	b = binary.LittleEndian.AppendUint64(b, uint64(c.expiry))
 	b = binary.LittleEndian.AppendUint64(b, uint64(c.at))
 	b = append(b, byte(len(c.user)), byte(len(c.room)))
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(c.state)))
 	b = append(b, c.user...)
-	return append(b, c.room...)
+	b = append(b, c.room...)
+	return append(b, c.state...)
 }
 
 // readChange decodes the record at the start of b and returns the rest.
@@ -56,9 +59,13 @@ func readChange(b []byte) (c change, rest []byte) {
 	c.expiry = int64(binary.LittleEndian.Uint64(b[9:]))
 	c.at = int64(binary.LittleEndian.Uint64(b[17:]))
 	ul, rl := int(b[25]), int(b[26])
+	sl := int(binary.LittleEndian.Uint16(b[27:]))
 	b = b[changeHeader:]
 	c.user, c.room = b[:ul:ul], b[ul:ul+rl:ul+rl]
-	return c, b[ul+rl:]
+	if sl > 0 {
+		c.state = b[ul+rl : ul+rl+sl : ul+rl+sl]
+	}
+	return c, b[ul+rl+sl:]
 }
 
 // deferred is one record of the deferred-refresh ring: the session's state

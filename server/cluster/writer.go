@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,11 +28,20 @@ type op struct {
 	lastSeen, expiry int64
 	at               int64
 	all              bool // opLeave of every room of the user (before expandLeaveAll)
+	// state is the session's state (opTouch, opAssert), stored in Redis
+	// with the session (keys.go: "expiry:state:lastSeen"); update says the
+	// state changed on this node: a write that does not start the session
+	// emits an update event.
+	state  string
+	update bool
 }
 
 type writerState struct {
 	n     *Node
 	state map[uint64]sessState
+	// states holds the state last written for the sessions that have one
+	// (a side map, so sessState stays pointer-free).
+	states map[uint64]string
 	// ring holds deferred refreshes by due slot (slotMs wide), as
 	// appendDeferred records.
 	ring     [][]byte
@@ -51,6 +61,25 @@ type writerState struct {
 	evs       []evOp
 }
 
+// seenArg is the lastSeen argument of TOUCH and TOUCHN: the state, if
+// any, travels in front of it, so the scripts store "expiry:state:lastSeen"
+// unchanged (they read the expiry as the leading number and the last seen
+// as the trailing one).
+func (o *op) seenArg() string {
+	ls := strconv.FormatInt(o.lastSeen, 10)
+	if o.state == "" {
+		return ls
+	}
+	return o.state + ":" + ls
+}
+
+func stateBytes(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return []byte(s)
+}
+
 // evOp is an event this node decided, with its room-side update.
 type evOp struct {
 	ev      shardmap.Event
@@ -59,6 +88,8 @@ type evOp struct {
 	// roomDone and emitDone record what was written, so a retry of a
 	// partly failed round (events.go) repeats neither half.
 	roomDone, emitDone bool
+	// update: a state change of a live session (no room side).
+	update bool
 	// occupied and vacated: the room side found the room empty before this
 	// join, or left it empty after this leave (events.go).
 	occupied, vacated bool
@@ -67,6 +98,7 @@ type evOp struct {
 func (w *writerState) init(n *Node) {
 	w.n = n
 	w.state = map[uint64]sessState{}
+	w.states = map[uint64]string{}
 	// A slot is a quarter of the refresh margin, 10ms to 1s: a deferred
 	// refresh is written up to one slot before it is due.
 	w.slotMs = min(max(n.margin/4, 10), 1000)
@@ -96,11 +128,12 @@ func (w *writerState) decode(b []byte, now int64, leaveAll []op) []op {
 		h := sessHash(c.user, c.room)
 		switch c.kind {
 		case changeUpsert:
-			w.upsert(h, c.user, c.room, c.lastSeen, c.expiry, now)
+			w.upsert(h, c.user, c.room, c.state, c.lastSeen, c.expiry, now)
 		case changeRetryTouch:
-			w.ops = append(w.ops, op{kind: opTouch, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry})
+			w.ops = append(w.ops, op{kind: opTouch, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, state: string(c.state)})
 		case changeLocalLeave, changeLeave:
 			delete(w.state, h)
+			delete(w.states, h)
 			w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at})
 		case changeLeaveAll:
 			leaveAll = append(leaveAll, op{kind: opLeave, user: string(c.user), at: c.at, all: true})
@@ -108,6 +141,7 @@ func (w *writerState) decode(b []byte, now int64, leaveAll []op) []op {
 			// A local expiry writes nothing: Redis expires the session
 			// itself unless another node keeps it alive.
 			delete(w.state, h)
+			delete(w.states, h)
 		}
 	}
 	return leaveAll
@@ -170,7 +204,7 @@ func (w *writerState) retryOp(o *op) {
 	default:
 		return // a re-assert write: the next re-assert does it again
 	}
-	w.retryChange(&change{kind: k, lastSeen: o.lastSeen, expiry: o.expiry, at: o.at, user: []byte(o.user), room: []byte(o.room)})
+	w.retryChange(&change{kind: k, lastSeen: o.lastSeen, expiry: o.expiry, at: o.at, user: []byte(o.user), room: []byte(o.room), state: []byte(o.state)})
 }
 
 // retryChange keeps c, up to Config.MaxQueue bytes' worth of records
@@ -267,21 +301,36 @@ func (w *writerState) cycle(final bool) {
 	}
 }
 
-func (w *writerState) upsert(h uint64, user, room []byte, ls, exp, now int64) {
+func (w *writerState) upsert(h uint64, user, room, state []byte, ls, exp, now int64) {
 	st, ok := w.state[h]
 	if !ok {
 		w.state[h] = sessState{W: exp, L: exp}
-		w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: ls, expiry: exp})
+		if len(state) > 0 {
+			w.states[h] = string(state)
+		}
+		w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: ls, expiry: exp, state: string(state)})
 		return
 	}
 	if exp > st.L {
 		st.L = exp
 	}
+	if old := w.states[h]; old != string(state) {
+		// A state change is written at once, with the latest expiry.
+		if len(state) > 0 {
+			w.states[h] = string(state)
+		} else {
+			delete(w.states, h)
+		}
+		w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: st.L - w.n.ttlMs, expiry: st.L, state: string(state), update: true})
+		st.W, st.due = st.L, 0
+		w.state[h] = st
+		return
+	}
 	if st.L > st.W {
 		due := st.W - w.n.margin
 		switch {
 		case due <= now:
-			w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: st.L - w.n.ttlMs, expiry: st.L})
+			w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: st.L - w.n.ttlMs, expiry: st.L, state: w.states[h]})
 			st.W, st.due = st.L, 0
 		case st.due == 0:
 			st.due = due
@@ -348,7 +397,7 @@ func (w *writerState) due(now int64, final bool) {
 				continue
 			}
 			if st.L > st.W {
-				w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: st.L - w.n.ttlMs, expiry: st.L})
+				w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: st.L - w.n.ttlMs, expiry: st.L, state: w.states[h]})
 				st.W = st.L
 			}
 			st.due = 0
@@ -415,7 +464,7 @@ func (w *writerState) sendChunk(chunk []op) error {
 		case opTouch, opAssert:
 			cmds = append(cmds, n.evalSha(ctx, p, scriptTouch,
 				[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub)},
-				o.room, o.expiry, o.lastSeen, member))
+				o.room, o.expiry, o.seenArg(), member))
 		case opLeave:
 			cmds = append(cmds, n.evalSha(ctx, p, scriptLeave,
 				[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub), n.k.seen(o.user)},
@@ -435,11 +484,15 @@ func (w *writerState) sendChunk(chunk []op) error {
 			continue
 		}
 		if v != 1 {
+			if o.kind == opTouch && o.update {
+				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.lastSeen, State: stateBytes(o.state)},
+					update: true, roomDone: true})
+			}
 			continue
 		}
 		switch o.kind {
 		case opTouch:
-			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.lastSeen, Join: true}, roomAdd: true})
+			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.lastSeen, Join: true, State: stateBytes(o.state)}, roomAdd: true})
 		case opAssert:
 			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room}, silent: true, roomAdd: true})
 		case opLeave:
