@@ -184,10 +184,10 @@ type sseLog struct {
 }
 
 type sseEvent struct {
-	ID     string `json:"id"`
-	Type   string `json:"type"`
-	User   string `json:"user"`
-	Room   string `json:"room"`
+	ID     string          `json:"id"`
+	Type   string          `json:"type"`
+	User   string          `json:"user"`
+	Room   string          `json:"room"`
 	Reason string          `json:"reason"`
 	At     string          `json:"at"`
 	State  json.RawMessage `json:"state"`
