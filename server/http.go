@@ -137,6 +137,11 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) route {
 			s.hEvents(ctx)
 		}
 		return rtEvents
+	case "/v1/ws":
+		if methods(ctx, "GET") {
+			s.hWS(ctx)
+		}
+		return rtWS
 	case "/livez":
 		if methods(ctx, "GET") {
 			jsonBody(ctx, 200, []byte(`{"status":"alive"}`))

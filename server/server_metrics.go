@@ -20,7 +20,9 @@ type serverMetrics struct {
 	leavesLeft *counter
 	// leavesTimeout counts expiries.
 	leavesTimeout *counter
-	httpLatency   []*histogram // by route
+	// leavesDisconnect counts sessions ended by their WebSocket closing.
+	leavesDisconnect *counter
+	httpLatency      []*histogram // by route
 	// lateness observes, per refresh, how far past --interval it came.
 	lateness *histogram
 }
@@ -42,13 +44,15 @@ const (
 	rtRooms
 	rtStats
 	rtEvents
+	rtWS
+	rtUI
 	rtHealth
 	rtMetrics
 	rtOther
 	numRoutes
 )
 
-var routeLabel = [numRoutes]string{"heartbeat", "heartbeats", "leave", "user", "status", "room", "members", "rooms", "stats", "events", "health", "metrics", "other"}
+var routeLabel = [numRoutes]string{"heartbeat", "heartbeats", "leave", "user", "status", "room", "members", "rooms", "stats", "events", "ws", "ui", "health", "metrics", "other"}
 
 func newServerMetrics(r *registry) *serverMetrics {
 	m := &serverMetrics{}
@@ -77,8 +81,8 @@ func newServerMetrics(r *registry) *serverMetrics {
 	m.udpReplies = r.counter("presenced_udp_replies_total", "UDP acknowledgements sent.")
 	m.httpTooBig = r.counter("presenced_http_body_too_large_total", "HTTP requests refused with 413 because the body exceeded --max-body-bytes.")
 	m.joins = r.counter("presenced_joins_total", "Sessions started (join events).")
-	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit) or timeout (expired).", `{reason="left"}`, `{reason="timeout"}`)
-	m.leavesLeft, m.leavesTimeout = leaves[0], leaves[1]
+	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit), timeout (expired) or disconnect (its WebSocket closed).", `{reason="left"}`, `{reason="timeout"}`, `{reason="disconnect"}`)
+	m.leavesLeft, m.leavesTimeout, m.leavesDisconnect = leaves[0], leaves[1], leaves[2]
 	var rl []string
 	for _, l := range routeLabel {
 		rl = append(rl, `{route="`+l+`"}`)

@@ -14,6 +14,8 @@ const (
 	ReasonLeft Reason = 1
 	// ReasonTimeout is an expiry: no heartbeat for ttl.
 	ReasonTimeout Reason = 2
+	// ReasonDisconnect is the end of a session whose WebSocket closed.
+	ReasonDisconnect Reason = 3
 )
 
 func (r Reason) String() string {
@@ -22,6 +24,8 @@ func (r Reason) String() string {
 		return "left"
 	case ReasonTimeout:
 		return "timeout"
+	case ReasonDisconnect:
+		return "disconnect"
 	}
 	return "unknown"
 }
@@ -346,6 +350,12 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 // Leave ends the session (user, room) with reason left and reports whether
 // it existed.
 func (m *Map) Leave(user, room []byte, now int64) bool {
+	return m.LeaveReason(user, room, now, ReasonLeft)
+}
+
+// LeaveReason is Leave with the reason the change log records (ReasonLeft
+// or ReasonDisconnect).
+func (m *Map) LeaveReason(user, room []byte, now int64, reason Reason) bool {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
 		return false
 	}
@@ -366,7 +376,7 @@ func (m *Map) Leave(user, room []byte, now int64) bool {
 	}
 	for i := st.user(ui).head; i != 0; i = st.session(i).next {
 		if st.session(i).room == ref {
-			m.endSession(st, i, ReasonLeft, now, false, nil)
+			m.endSession(st, i, reason, now, false, nil)
 			return true
 		}
 	}

@@ -26,8 +26,9 @@ type op struct {
 	user, room       string
 	lastSeen, expiry int64
 	at               int64
-	all              bool // opLeave of every room of the user (before expandLeaveAll)
-	first            bool // opTouch: the writer's first write of the session (a join, locally)
+	all              bool            // opLeave of every room of the user (before expandLeaveAll)
+	reason           shardmap.Reason // opLeave: left or disconnect
+	first            bool            // opTouch: the writer's first write of the session (a join, locally)
 }
 
 type writerState struct {
@@ -93,7 +94,7 @@ func (w *writerState) keepLeaves(b []byte) {
 		var c change
 		c, rest = readChange(rest)
 		switch c.kind {
-		case changeLocalLeave, changeLeave, changeLeaveAll:
+		case changeLocalLeave, changeLeave, changeLeaveAll, changeLocalDisconnect, changeDisconnect:
 			w.retryChange(&c)
 		case changeUpsert, changeLocalExpiry:
 		}
@@ -105,6 +106,8 @@ func (w *writerState) retryLeave(o *op) {
 	k := changeLeave
 	if o.all {
 		k = changeLeaveAll
+	} else if o.reason == shardmap.ReasonDisconnect {
+		k = changeDisconnect
 	}
 	w.retryChange(&change{kind: k, lastSeen: o.lastSeen, expiry: o.expiry, at: o.at, user: []byte(o.user), room: []byte(o.room)})
 }
@@ -175,9 +178,9 @@ func (w *writerState) cycle(final bool) {
 			switch c.kind {
 			case changeUpsert:
 				w.upsert(h, c.user, c.room, c.lastSeen, c.expiry, now)
-			case changeLocalLeave, changeLeave:
+			case changeLocalLeave, changeLeave, changeLocalDisconnect, changeDisconnect:
 				delete(w.state, h)
-				w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at})
+				w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at, reason: c.kind.leaveReason()})
 			case changeLeaveAll:
 				leaveAll = append(leaveAll, op{kind: opLeave, user: string(c.user), at: c.at, all: true})
 			case changeLocalExpiry:
@@ -382,7 +385,11 @@ func (w *writerState) send(ctx context.Context, ops []op) error {
 			case opAssert:
 				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room}, silent: true, roomAdd: true})
 			case opLeave:
-				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.at, Reason: shardmap.ReasonLeft}})
+				reason := o.reason
+				if reason == 0 {
+					reason = shardmap.ReasonLeft
+				}
+				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.at, Reason: reason}})
 			}
 		}
 		if err := w.emitHook(ctx); err != nil && first == nil {
