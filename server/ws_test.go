@@ -1,9 +1,11 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -311,5 +313,188 @@ func TestWSTokens(t *testing.T) {
 	w.mustOK(map[string]any{"op": "leave", "ref": 5, "user": "u", "room": "r", "token": string(tok)})
 	if n.user("u").Online {
 		t.Fatal("u still online after a WebSocket leave")
+	}
+}
+
+// Closing a socket ends its sessions with one disconnect leave, the
+// --leave-delay late; a reconnect within the delay (a page reload) gives
+// no events at all.
+func TestWSDisconnectLeave(t *testing.T) {
+	const delay = 400 * time.Millisecond
+	n := startNode(t, func(c *server.Config) { c.LeaveDelay = delay })
+	s := openStream(t, n.base, "?room=r", "")
+
+	a := dialWS(t, n, "", nil)
+	a.mustOK(map[string]any{"op": "heartbeat", "ref": 1, "user": "a", "room": "r"})
+	if ev := s.next(t, 5*time.Second); ev.key() != "join a r " {
+		t.Fatalf("got %+v", ev)
+	}
+	t0 := time.Now()
+	a.close()
+	eventually(t, 5*time.Second, "a offline after its socket closed", func() bool { return !n.user("a").Online })
+	ev := s.next(t, 5*time.Second)
+	if ev.key() != "leave a r disconnect" {
+		t.Fatalf("got %+v, want leave a r disconnect", ev)
+	}
+	if d := time.Since(t0); d < delay {
+		t.Fatalf("disconnect leave after %s, before the %s delay", d, delay)
+	}
+
+	// A reload: b's socket closes and a new one heartbeats within the delay.
+	b := dialWS(t, n, "", nil)
+	b.mustOK(map[string]any{"op": "heartbeat", "ref": 1, "user": "b", "room": "r"})
+	if ev := s.next(t, 5*time.Second); ev.key() != "join b r " {
+		t.Fatalf("got %+v", ev)
+	}
+	b.close()
+	eventually(t, 5*time.Second, "b offline after its socket closed", func() bool { return !n.user("b").Online })
+	b2 := dialWS(t, n, "", nil)
+	b2.mustOK(map[string]any{"op": "heartbeat", "ref": 1, "user": "b", "room": "r"})
+	// The marker comes after the reload: had the reload produced events,
+	// they would come before it.
+	time.Sleep(delay + 100*time.Millisecond) // let the held leave's delay pass (it must then be gone)
+	n.heartbeat("marker", "r", "")
+	if ev := s.next(t, 5*time.Second); ev.key() != "join marker r " {
+		t.Fatalf("got %+v, want join of marker (the reload must produce nothing)", ev)
+	}
+	// b2's explicit leave is a left, and its socket's close then ends nothing more.
+	b2.mustOK(map[string]any{"op": "leave", "ref": 2, "user": "b", "room": "r"})
+	b2.close()
+	n.heartbeat("marker2", "r", "")
+	if ev := s.next(t, 5*time.Second); ev.key() != "join marker2 r " {
+		t.Fatalf("got %+v", ev)
+	}
+	if ev := s.next(t, 5*time.Second); ev.key() != "leave b r left" {
+		t.Fatalf("got %+v, want leave b r left", ev)
+	}
+	if v := n.metric(`presenced_leaves_total{reason="disconnect"}`); v != 2 {
+		t.Fatalf("disconnect leaves metric %v, want 2 (a, and b before its reload)", v)
+	}
+}
+
+// A peer that stops answering pings is gone within 2 ping intervals, and
+// its sessions end; one that answers stays for many intervals.
+func TestWSPingTimeout(t *testing.T) {
+	const ping = 200 * time.Millisecond
+	n := startNode(t, func(c *server.Config) { noDebounce(c); c.WSPingInterval = ping })
+	alive := dialWS(t, n, "", nil) // the library answers pings while reading
+	alive.mustOK(map[string]any{"op": "subscribe", "ref": 1, "room": "r"})
+
+	c, err := tryDialWS(n, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetPingHandler(func(string) error { return nil }) // stops answering
+	dead := &wsClient{t: t, c: c, in: make(chan map[string]any, 16), done: make(chan struct{})}
+	go dead.read()
+	dead.mustOK(map[string]any{"op": "heartbeat", "ref": 1, "user": "silent", "room": "r"})
+	t0 := time.Now()
+	wantEvent(t, alive.next(5*time.Second), "join silent r")
+	dead.closed(2*ping + 2*time.Second)
+	if d := time.Since(t0); d > 2*ping+time.Second {
+		t.Fatalf("silent peer dropped after %s, want within 2 x %s (plus slack)", d, ping)
+	}
+	wantEvent(t, alive.next(5*time.Second), "leave silent r disconnect")
+	eventually(t, 2*time.Second, "ping timeout counted", func() bool {
+		return n.metric(`presenced_ws_closed_total{reason="ping_timeout"}`) == 1
+	})
+	// The answering socket outlived 10 ping intervals and still gets events.
+	time.Sleep(10 * ping)
+	n.heartbeat("late", "r", "")
+	wantEvent(t, alive.next(5*time.Second), "join late r")
+	if v := n.metric("presenced_ws_connections"); v != 1 {
+		t.Fatalf("presenced_ws_connections %v, want 1", v)
+	}
+}
+
+func TestWSLimits(t *testing.T) {
+	n := startNode(t, func(c *server.Config) {
+		noDebounce(c)
+		c.MaxWSConns = 3
+		c.WSMaxMessageBytes = 256
+		c.WSMessageRate = 5
+		c.WSMaxSubscriptions = 2
+		c.WSMaxSessions = 2
+	})
+	w := dialWS(t, n, "", nil)
+	// Subscriptions per socket.
+	w.mustOK(map[string]any{"op": "subscribe", "ref": 1})
+	w.mustOK(map[string]any{"op": "subscribe", "ref": 2, "room": "a"})
+	w.mustErr(map[string]any{"op": "subscribe", "ref": 3, "room": "b"}, "too many subscriptions on this socket (ws-max-subscriptions 2)")
+	w.mustOK(map[string]any{"op": "unsubscribe", "ref": 4, "room": "a"})
+	w.mustOK(map[string]any{"op": "subscribe", "ref": 5, "room": "b"})
+	// Sessions per socket.
+	w = dialWS(t, n, "", nil)
+	w.mustOK(map[string]any{"op": "heartbeat", "ref": 6, "user": "u1", "room": "r"})
+	w.mustOK(map[string]any{"op": "heartbeat", "ref": 7, "user": "u2", "room": "r"})
+	time.Sleep(time.Second) // refill the rate bucket (5/s, burst 10)
+	w.mustErr(map[string]any{"op": "heartbeat", "ref": 8, "user": "u3", "room": "r"}, "too many sessions (ws-max-sessions 2)")
+	w.mustOK(map[string]any{"op": "heartbeat", "ref": 9, "user": "u1", "room": "r"}) // a refresh is fine
+	if n.user("u3").Online {
+		t.Fatal("a refused heartbeat created a session")
+	}
+
+	// Message size: closed with 1009.
+	big := dialWS(t, n, "", nil)
+	big.send(`{"op":"heartbeat","user":"` + strings.Repeat("x", 300) + `"}`)
+	if ce := big.closed(5 * time.Second); ce == nil || ce.Code != websocket.CloseMessageTooBig {
+		t.Fatalf("oversized message: close %v, want 1009", ce)
+	}
+
+	// Connections: the 4th is refused with 503 while 3 are open.
+	c2 := dialWS(t, n, "", nil)
+	eventually(t, 5*time.Second, "the big socket's slot freed", func() bool { return n.metric("presenced_ws_connections") == 3 })
+	if _, err := tryDialWS(n, "", nil); err == nil || !strings.Contains(err.Error(), "status 503") {
+		t.Fatalf("4th connection: %v, want refused with 503", err)
+	}
+	resp, err := http.Get(n.base + "/v1/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	w.close()
+	eventually(t, 5*time.Second, "a slot freed", func() bool { return n.metric("presenced_ws_connections") == 2 })
+
+	// Message rate: a flood closes the socket with 1008 naming the flag.
+	for i := 0; i < 40; i++ {
+		if err := c2.c.WriteMessage(websocket.TextMessage, []byte(`{"op":"unsubscribe","room":"x"}`)); err != nil {
+			break
+		}
+	}
+	if ce := c2.closed(5 * time.Second); ce == nil || ce.Code != websocket.ClosePolicyViolation || !strings.Contains(ce.Text, "ws-message-rate") {
+		t.Fatalf("flood: close %v, want 1008 naming ws-message-rate", ce)
+	}
+	for _, l := range []string{"max_ws_conns", "ws_max_message_bytes", "ws_message_rate", "ws_max_subscriptions", "ws_max_sessions"} {
+		if v := n.metric(`presenced_ws_limited_total{limit="` + l + `"}`); v < 1 {
+			t.Errorf("presenced_ws_limited_total{limit=%q} = %v, want >= 1", l, v)
+		}
+	}
+	if v := n.metric(`presenced_ws_closed_total{reason="message_size"}`); v != 1 {
+		t.Errorf("closed by message size %v, want 1", v)
+	}
+}
+
+// Shutdown closes sockets with 1001 (going away).
+func TestWSShutdown(t *testing.T) {
+	cfg := server.DefaultConfig()
+	cfg.HTTPAddr, cfg.UDPAddr, cfg.DataDir, cfg.LogLevel = "127.0.0.1:0", "", "", "warn"
+	srv, err := server.New(cfg, server.NewLogger(io.Discard, cfg, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := &node{t: t, srv: srv, base: "http://" + srv.HTTPAddr()}
+	w := dialWS(t, n, "", nil)
+	w.mustOK(map[string]any{"op": "heartbeat", "ref": 1, "user": "u", "room": "r"})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if ce := w.closed(5 * time.Second); ce == nil || ce.Code != websocket.CloseGoingAway {
+		t.Fatalf("close %v, want 1001", ce)
 	}
 }
