@@ -159,6 +159,12 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) route {
 		}
 		return rtMetrics
 	}
+	if rest, ok := bytes.CutPrefix(path, []byte("/ui")); ok && (len(rest) == 0 || rest[0] == '/') {
+		if methods(ctx, "GET", "HEAD") {
+			s.hUI(ctx, string(rest))
+		}
+		return rtUI
+	}
 	if rest, ok := bytes.CutPrefix(path, []byte("/v1/users/")); ok && len(rest) > 0 && bytes.IndexByte(rest, '/') < 0 {
 		if methods(ctx, "GET") && s.queryReady(ctx) {
 			s.hUser(ctx, rest)

@@ -498,3 +498,44 @@ func TestWSShutdown(t *testing.T) {
 		t.Fatalf("close %v, want 1001", ce)
 	}
 }
+
+// /ui serves the live page (guarded by --api-token-file), presenced.js and
+// the demo page (not guarded: they hold no data).
+func TestUIRoutes(t *testing.T) {
+	const tok = "ui-token-0123456789abcdef"
+	n := startNode(t, writeAPIToken(t, tok))
+	get := func(path string, h http.Header) (int, string, string) {
+		req, _ := http.NewRequest("GET", n.base+path, nil)
+		for k, v := range h {
+			req.Header[k] = v
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Content-Type"), string(b)
+	}
+	for _, c := range []struct {
+		path   string
+		h      http.Header
+		status int
+		ctype  string
+		body   string
+	}{
+		{"/ui", nil, 401, "application/json", "access_token"},
+		{"/ui/?access_token=wrong-0123456789abcdef", nil, 401, "application/json", "access_token"},
+		{"/ui?access_token=" + tok, nil, 200, "text/html; charset=utf-8", "Top rooms"},
+		{"/ui/", http.Header{"Authorization": {"Bearer " + tok}}, 200, "text/html; charset=utf-8", "Live events"},
+		{"/ui/presenced.js", nil, 200, "text/javascript; charset=utf-8", "export class Presence"},
+		{"/ui/demo", nil, 200, "text/html; charset=utf-8", "live members"},
+		{"/ui/nothing", nil, 404, "application/json", "unknown path"},
+		{"/uix", nil, 404, "application/json", "unknown path"},
+	} {
+		status, ctype, body := get(c.path, c.h)
+		if status != c.status || ctype != c.ctype || !strings.Contains(body, c.body) {
+			t.Errorf("GET %s: %d %q %.80q, want %d %q containing %q", c.path, status, ctype, body, c.status, c.ctype, c.body)
+		}
+	}
+}

@@ -180,3 +180,79 @@ export async function cuttableProxy(t, targetBase) {
     cut() { for (const c of conns) c.destroy(); conns.clear(); },
   };
 }
+
+/** The Chromium binary: $CHROMIUM, else chromium on PATH. */
+export function chromiumBin() {
+  if (process.env.CHROMIUM) return process.env.CHROMIUM;
+  for (const p of ["/usr/bin/chromium", "/usr/bin/chromium-browser"]) if (fs.existsSync(p)) return p;
+  throw new Error("chromium not found: install the Debian package chromium (.ci/test.sh does) or set CHROMIUM");
+}
+
+/**
+ * Headless Chromium driven over the DevTools protocol (a tiny client on
+ * MiniWebSocket). Resolves {open(url) -> page, close}; page has
+ * eval(expr), screenshot() (PNG Buffer) and close().
+ */
+export async function launchChromium(t) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "presenced-chromium-"));
+  const proc = spawn(chromiumBin(), ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
+    "--user-data-dir=" + dir, "--remote-debugging-port=0", "--window-size=1280,800", "about:blank"],
+  { stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  const wsURL = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("chromium did not start within 30 s:\n" + log)), 30000);
+    proc.stderr.on("data", (d) => {
+      log += d;
+      const m = /DevTools listening on (ws:\/\/\S+)/.exec(log);
+      if (m) { clearTimeout(timer); resolve(m[1]); }
+    });
+    proc.on("exit", (code) => { clearTimeout(timer); reject(new Error("chromium exited " + code + ":\n" + log)); });
+  });
+  const ws = new MiniWebSocket(wsURL);
+  await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+  let id = 0;
+  const waiting = new Map();
+  ws.onmessage = ({ data }) => {
+    const m = JSON.parse(data);
+    const w = waiting.get(m.id);
+    if (!w) return;
+    waiting.delete(m.id);
+    if (m.error) w.reject(new Error(JSON.stringify(m.error))); else w.resolve(m.result);
+  };
+  const send = (method, params = {}, sessionId) => new Promise((resolve, reject) => {
+    const msg = { id: ++id, method, params };
+    if (sessionId) msg.sessionId = sessionId;
+    waiting.set(msg.id, { resolve, reject });
+    ws.send(JSON.stringify(msg));
+  });
+  const close = async () => {
+    try { ws.close(); } catch { /* gone */ }
+    if (proc.exitCode === null) {
+      await new Promise((r) => { proc.once("exit", r); proc.kill("SIGKILL"); });
+    }
+    try { fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 }); } catch { /* chromium helpers still exiting */ }
+  };
+  t.after(close);
+  return {
+    async open(url) {
+      const { targetId } = await send("Target.createTarget", { url, newWindow: true });
+      const { sessionId } = await send("Target.attachToTarget", { targetId, flatten: true });
+      await send("Runtime.enable", {}, sessionId);
+      return {
+        async eval(expression) {
+          const r = await send("Runtime.evaluate", { expression, returnByValue: true, awaitPromise: true }, sessionId);
+          if (r.exceptionDetails) throw new Error("page error: " + JSON.stringify(r.exceptionDetails));
+          return r.result.value;
+        },
+        async screenshot() {
+          const r = await send("Page.captureScreenshot", { format: "png" }, sessionId);
+          return Buffer.from(r.data, "base64");
+        },
+        close: () => send("Target.closeTarget", { targetId }),
+      };
+    },
+    close,
+  };
+}
