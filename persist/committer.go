@@ -132,7 +132,7 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		s.ctr.dropped.Add(1)
 		return
 	}
-	need := int64(2+len(ch.User)+len(ch.Room)+16+1+len(ch.User)+8) + 2*opOverhead
+	need := int64(2+len(ch.User)+len(ch.Room)+16+len(ch.State)+1+len(ch.User)+8) + 2*opOverhead
 	if c.pendingBytes+need > s.cfg.MaxPendingBytes {
 		s.ctr.dropped.Add(1)
 		return
@@ -145,7 +145,7 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		c.ops = append(c.ops, op{kind: opDelete, k0: k0, k1: k1, v1: k1})
 		c.sessionDels++
 	} else {
-		c.arena = appendSessionValue(c.arena, ch.LastSeen, ch.Expiry)
+		c.arena = appendSessionValue(c.arena, ch.LastSeen, ch.Expiry, ch.State)
 		c.ops = append(c.ops, op{kind: opSet, k0: k0, k1: k1, v1: uint32(len(c.arena))})
 		c.sessionSets++
 		// A live session's record holds its last-seen; the user's own

@@ -31,11 +31,13 @@
 //	| 's' | len(user)  | user          | room          |
 //	|     | 1 byte     | 1..128 bytes  | 0..128 bytes  |
 //	+-----+------------+---------------+---------------+
-//	  ->  +----------------------+----------------------+
-//	      | lastSeen ms (8 BE)   | expiry ms (8 BE)     |
-//	      +----------------------+----------------------+
+//	  ->  +----------------------+----------------------+-----------------+
+//	      | lastSeen ms (8 BE)   | expiry ms (8 BE)     | state (0..max)  |
+//	      +----------------------+----------------------+-----------------+
 //	Set on every upsert, deleted when the session ends (leave or expiry,
-//	including expiries found by Replay).
+//	including expiries found by Replay). The state, the session's JSON
+//	object, fills the rest of the value; a 16-byte value has none (stores
+//	written before state existed read the same way).
 //
 //	last-seen record, one per user seen within the retention
 //	+-----+---------------+          +--------------------------+

@@ -181,6 +181,18 @@ func (s *Store) Replay(
 	live func(user, room []byte, lastSeen, expiry int64) error,
 	expired func(user, room []byte, lastSeen, expiry int64),
 ) (ReplayStats, error) {
+	return s.ReplayStates(now, func(user, room, _ []byte, lastSeen, expiry int64) error {
+		return live(user, room, lastSeen, expiry)
+	}, expired)
+}
+
+// ReplayStates is Replay whose live callback also gets the session's state
+// (nil: none), valid only during the call.
+func (s *Store) ReplayStates(
+	now int64,
+	live func(user, room, state []byte, lastSeen, expiry int64) error,
+	expired func(user, room []byte, lastSeen, expiry int64),
+) (ReplayStats, error) {
 	start := time.Now()
 	st := ReplayStats{Unclean: s.unclean}
 	s.mu.Lock()
@@ -214,13 +226,13 @@ func (s *Store) Replay(
 			it.Close()
 			return st, fmt.Errorf("cannot replay sessions: %w", verr)
 		}
-		lastSeen, expiry, ok2 := decodeSessionValue(v)
+		lastSeen, expiry, state, ok2 := decodeSessionValue(v)
 		if !ok || !ok2 {
 			it.Close()
 			return st, fmt.Errorf("cannot replay session %q: %w", it.Key(), ErrBadRecord)
 		}
 		if expiry > now {
-			if err := live(user, room, lastSeen, expiry); err != nil {
+			if err := live(user, room, state, lastSeen, expiry); err != nil {
 				it.Close()
 				return st, fmt.Errorf("cannot restore session: %w", err)
 			}

@@ -85,6 +85,10 @@ type Config struct {
 	SourceTableSlots int
 	// MaxEventStreams bounds concurrent GET /v1/events streams (--max-event-streams, default 1000).
 	MaxEventStreams int
+	// MaxStateBytes bounds a session's state, a JSON object, serialized
+	// compactly (--max-state-bytes, default 1024). A larger one is refused
+	// with 400 and changes nothing.
+	MaxStateBytes int
 	// EventHistory is how many events are kept for streams that resume
 	// (--event-history, default 100000, about 15 MB in memory on a single
 	// node; in a cluster the Redis Stream keeps them, see --redis-stream-max-len).
@@ -158,6 +162,7 @@ func DefaultConfig() Config {
 		SourceTableSlots:   65536,
 		MaxEventStreams:    1000,
 		EventHistory:       100000,
+		MaxStateBytes:      1024,
 		LeaveDelay:         2 * time.Second,
 		MaxWSConns:         10000,
 		WSMaxMessageBytes:  8192,
@@ -201,6 +206,8 @@ func (c *Config) Validate() error {
 		return errors.New("--source-table-slots must be from 1 to 16777216")
 	case c.MaxEventStreams < 0:
 		return errors.New("--max-event-streams must not be negative")
+	case c.MaxStateBytes < 2 || c.MaxStateBytes > 65535:
+		return errors.New("--max-state-bytes must be from 2 to 65535")
 	case c.EventHistory < 1 || c.EventHistory > 10000000:
 		return errors.New("--event-history must be from 1 to 10000000")
 	case c.LeaveDelay < 0 || c.LeaveDelay > time.Hour:
@@ -282,6 +289,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.SourceBurst, "source-burst", c.SourceBurst, "burst of heartbeats allowed from one source IP")
 	fs.IntVar(&c.SourceTableSlots, "source-table-slots", c.SourceTableSlots, "fixed size of the per-source rate table (8 bytes each)")
 	fs.IntVar(&c.MaxEventStreams, "max-event-streams", c.MaxEventStreams, "most concurrent GET /v1/events streams")
+	fs.IntVar(&c.MaxStateBytes, "max-state-bytes", c.MaxStateBytes, "largest session state (a JSON object, compact) a heartbeat may set")
 	fs.IntVar(&c.EventHistory, "event-history", c.EventHistory, "events kept in memory for streams that resume (single node)")
 	fs.DurationVar(&c.LeaveDelay, "leave-delay", c.LeaveDelay, "hold leave events this long; a rejoin within it cancels both (0: off)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof profiles on this address (empty: off; keep it on loopback)")

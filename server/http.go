@@ -293,13 +293,19 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 		}
 		user, room, tok = sc.hb.user, sc.hb.room, sc.hb.token
 	}
+	sop, msg := s.stateOp(sc.hb.hasState && !ctx.IsGet(), sc.hb.state)
+	if msg != "" {
+		s.met.count(trHTTP, outBadRequest)
+		jsonError(ctx, fasthttp.StatusBadRequest, msg)
+		return
+	}
 	now := time.Now().UnixMilli()
 	if !s.src.allow(ctx.RemoteIP(), 1, now) {
 		s.met.count(trHTTP, outRateLimited)
 		outcomeError(ctx, outRateLimited)
 		return
 	}
-	if o := s.heartbeat(trHTTP, user, room, tok, now); o != outOK {
+	if o := s.heartbeatState(trHTTP, user, room, tok, now, sop); o != outOK {
 		outcomeError(ctx, o)
 		return
 	}
@@ -340,10 +346,14 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 	for i := range items {
 		it := &items[i]
 		var msg string
+		sop, stateMsg := s.stateOp(it.hasState, it.state)
+		if it.fieldErr == "" && stateMsg != "" {
+			it.fieldErr = stateMsg
+		}
 		if it.fieldErr != "" {
 			s.met.count(trHTTP, outBadRequest)
 			msg = it.fieldErr
-		} else if o := s.heartbeat(trHTTP, it.user, it.room, it.token, now); o != outOK {
+		} else if o := s.heartbeatState(trHTTP, it.user, it.room, it.token, now, sop); o != outOK {
 			msg = outcomeInfo[o].msg
 		} else {
 			accepted++

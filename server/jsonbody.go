@@ -280,6 +280,11 @@ func (r *jsonReader) number() error {
 type heartbeatFields struct {
 	user, room, token []byte
 	hasUser           bool
+	// state is the raw "state" value (a JSON object) and hasState whether
+	// the key was there: with hasState and a nil state, "state": null
+	// clears it; without hasState the session keeps its state.
+	state    []byte
+	hasState bool
 	// fieldErr names a field of the wrong JSON type; the object is
 	// otherwise well-formed, so a batch can reject just this item.
 	fieldErr string
@@ -305,6 +310,35 @@ func (r *jsonReader) object(hb *heartbeatFields) error {
 		}
 		var dst *[]byte
 		switch string(key) {
+		case "state":
+			hb.hasState = true
+			switch r.peek() {
+			case '{':
+				start := r.i
+				if err := r.skip(0); err != nil {
+					return err
+				}
+				hb.state = r.b[start:r.i]
+			case 'n':
+				if err := r.lit("null"); err != nil {
+					return err
+				}
+				hb.state = nil
+			default:
+				if err := r.skip(0); err != nil {
+					return err
+				}
+				if hb.fieldErr == "" {
+					hb.fieldErr = "state must be a JSON object or null"
+				}
+			}
+			if r.expect(',') {
+				continue
+			}
+			if r.expect('}') {
+				return nil
+			}
+			return errSyntax
 		case "user":
 			dst = &hb.user
 			hb.hasUser = true

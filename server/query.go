@@ -102,14 +102,40 @@ func appendUserStatus(b []byte, st *userStatus) []byte {
 	b = append(b, `,"online":`...)
 	b = strconv.AppendBool(b, st.online)
 	b = append(b, `,"rooms":[`...)
+	first := true
+	for _, r := range st.rooms {
+		if r.Room == "" {
+			continue // the room-less session, listed for its state
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = appendJSONString(b, r.Room)
+	}
+	b = append(b, `],"sessions":[`...)
 	for i, r := range st.rooms {
 		if i > 0 {
 			b = append(b, ',')
 		}
+		b = append(b, `{"room":`...)
 		b = appendJSONString(b, r.Room)
+		b = append(b, `,"state":`...)
+		b = appendState(b, r.State)
+		b = append(b, `,"last_seen":`...)
+		b = appendTime(b, r.LastSeen)
+		b = append(b, '}')
 	}
 	b = append(b, `],"last_seen":`...)
 	return appendTime(b, st.lastSeen)
+}
+
+// appendState appends a session state (a compact JSON object) or null.
+func appendState(b, state []byte) []byte {
+	if state == nil {
+		return append(b, "null"...)
+	}
+	return append(b, state...)
 }
 
 func (s *Server) hUser(ctx *fasthttp.RequestCtx, raw []byte) {
@@ -232,6 +258,8 @@ func (s *Server) hMembers(ctx *fasthttp.RequestCtx, raw []byte) {
 		b = appendJSONString(b, mb.User)
 		b = append(b, `,"last_seen":`...)
 		b = appendTime(b, mb.LastSeen)
+		b = append(b, `,"state":`...)
+		b = appendState(b, mb.State)
 		b = append(b, '}')
 	}
 	b = append(b, `],"next_cursor":`...)

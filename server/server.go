@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -199,9 +200,9 @@ func (s *Server) openStore() error {
 	}
 	now := time.Now().UnixMilli()
 	var restoreErr int
-	rs, err := st.Replay(now,
-		func(user, room []byte, lastSeen, expiry int64) error {
-			if _, err := s.m.Restore(user, room, lastSeen, expiry, now); err != nil {
+	rs, err := st.ReplayStates(now,
+		func(user, room, state []byte, lastSeen, expiry int64) error {
+			if _, err := s.m.RestoreState(user, room, state, lastSeen, expiry, now); err != nil {
 				restoreErr++
 			}
 			return nil
@@ -282,9 +283,27 @@ func (s *Server) publish(ev shardmap.Event) {
 	s.deb.Offer(tableEvent(&ev), time.Now().UnixMilli())
 }
 
+// publishState publishes a join or update decided by a heartbeat that may
+// carry a state. On a single node it goes through the debounce like any
+// event; in a cluster the writer carries the state to Redis and the event
+// comes back from the stream.
+func (s *Server) publishState(t events.Type, user, room []byte, at int64, state []byte) {
+	if t == events.Join {
+		s.met.joins.Inc()
+	}
+	if s.cl != nil {
+		return
+	}
+	ev := &events.Event{Type: t, User: string(user), Room: string(room), At: at}
+	if state != nil {
+		ev.State = bytes.Clone(state)
+	}
+	s.deb.Offer(ev, time.Now().UnixMilli())
+}
+
 // tableEvent converts an event of the presence table into a bus event.
 func tableEvent(ev *shardmap.Event) *events.Event {
-	e := &events.Event{Type: events.Leave, User: ev.User, Room: ev.Room, At: ev.At}
+	e := &events.Event{Type: events.Leave, User: ev.User, Room: ev.Room, At: ev.At, State: ev.State}
 	switch {
 	case ev.Join:
 		e.Type = events.Join

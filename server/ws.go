@@ -442,18 +442,25 @@ func (c *wsConn) opHeartbeat(req *wsRequest) []byte {
 	if req.Room != nil {
 		room = *req.Room
 	}
-	if len(req.State) > 0 && !bytes.Equal(req.State, []byte("null")) {
-		// Member state is not stored by this server yet (API.md "State"):
-		// refuse it rather than drop it silently. Nothing changes.
+	// State as over HTTP: omitted keeps it, null clears it, an object sets it.
+	has, raw := len(req.State) > 0, []byte(req.State)
+	if bytes.Equal(raw, []byte("null")) {
+		raw = nil
+	} else if has && raw[0] != '{' {
 		s.met.count(trWS, outBadRequest)
-		return wsError(req.Ref, "state is not supported by this server yet")
+		return wsError(req.Ref, "state must be a JSON object or null")
+	}
+	sop, msg := s.stateOp(has, raw)
+	if msg != "" {
+		s.met.count(trWS, outBadRequest)
+		return wsError(req.Ref, msg)
 	}
 	key := wsSessKey{req.User, room}
 	if _, ok := c.sessions[key]; !ok && len(c.sessions) >= s.cfg.WSMaxSessions {
 		s.ws.limited[wsLimitSessions].Add(1)
 		return wsError(req.Ref, fmt.Sprintf("socket holds too many sessions (ws-max-sessions %d)", s.cfg.WSMaxSessions))
 	}
-	if o := s.heartbeat(trWS, []byte(req.User), []byte(room), []byte(req.Token), time.Now().UnixMilli()); o != outOK {
+	if o := s.heartbeatState(trWS, []byte(req.User), []byte(room), []byte(req.Token), time.Now().UnixMilli(), sop); o != outOK {
 		return wsError(req.Ref, outcomeInfo[o].msg)
 	}
 	c.sessions[key] = struct{}{}

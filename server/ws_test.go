@@ -214,7 +214,8 @@ func TestWSOps(t *testing.T) {
 	w.mustErr(map[string]any{"op": "dance", "ref": 2}, `unknown op "dance"`)
 	w.mustErr(map[string]any{"op": "heartbeat", "ref": 3, "user": "", "room": "r"}, "user must be 1 to 128 bytes")
 	w.mustErr(map[string]any{"op": "heartbeat", "ref": 4, "user": "x", "room": strings.Repeat("r", 129)}, "room must be at most 128 bytes")
-	w.mustErr(map[string]any{"op": "heartbeat", "ref": 5, "user": "x", "room": "r", "state": map[string]any{"status": "away"}}, "state is not supported")
+	w.mustErr(map[string]any{"op": "heartbeat", "ref": 5, "user": "x", "room": "r", "state": []int{1}}, "state must be a JSON object or null")
+	w.mustErr(map[string]any{"op": "heartbeat", "ref": 5, "user": "x", "room": "r", "state": map[string]any{"big": strings.Repeat("s", 1100)}}, "state exceeds max-state-bytes (1024")
 	w.mustErr(map[string]any{"op": "leave", "ref": 6, "user": "", "room": "r"}, "user must be")
 	w.mustErr(map[string]any{"op": "subscribe", "ref": 8, "room": "r", "since": "yesterday"}, "since must be an event id")
 	w.mustErr(map[string]any{"op": "subscribe", "ref": 9}, "already subscribed")
@@ -537,5 +538,44 @@ func TestUIRoutes(t *testing.T) {
 		if status != c.status || ctype != c.ctype || !strings.Contains(body, c.body) {
 			t.Errorf("GET %s: %d %q %.80q, want %d %q containing %q", c.path, status, ctype, body, c.status, c.ctype, c.body)
 		}
+	}
+}
+
+// WebSocket heartbeats carry state as HTTP ones do: set on join, an update
+// on a real change, omitted keeps it, null clears it.
+func TestWSState(t *testing.T) {
+	n := startNode(t, noDebounce)
+	obs := dialWS(t, n, "", nil)
+	obs.mustOK(map[string]any{"op": "subscribe", "ref": 0, "room": "r"})
+	w := dialWS(t, n, "", nil)
+	w.mustOK(map[string]any{"op": "heartbeat", "ref": 1, "user": "u", "room": "r", "state": map[string]any{"status": "here"}})
+	ev := obs.next(5 * time.Second)
+	wantEvent(t, ev, "join u r")
+	if fmt.Sprint(ev["state"]) != "map[status:here]" {
+		t.Fatalf("join state %v", ev["state"])
+	}
+	w.mustOK(map[string]any{"op": "heartbeat", "ref": 2, "user": "u", "room": "r"})                                            // keeps
+	w.mustOK(map[string]any{"op": "heartbeat", "ref": 3, "user": "u", "room": "r", "state": map[string]any{"status": "here"}}) // no change
+	w.mustOK(map[string]any{"op": "heartbeat", "ref": 4, "user": "u", "room": "r", "state": map[string]any{"status": "away"}})
+	ev = obs.next(5 * time.Second)
+	wantEvent(t, ev, "update u r")
+	if fmt.Sprint(ev["state"]) != "map[status:away]" {
+		t.Fatalf("update state %v", ev["state"])
+	}
+	var mem struct {
+		Members []struct {
+			User  string         `json:"user"`
+			State map[string]any `json:"state"`
+		} `json:"members"`
+	}
+	n.do("GET", "/v1/rooms/r/members", "", &mem)
+	if len(mem.Members) != 1 || fmt.Sprint(mem.Members[0].State) != "map[status:away]" {
+		t.Fatalf("members %+v", mem)
+	}
+	w.mustOK(map[string]any{"op": "heartbeat", "ref": 5, "user": "u", "room": "r", "state": nil})
+	ev = obs.next(5 * time.Second)
+	wantEvent(t, ev, "update u r")
+	if ev["state"] != nil {
+		t.Fatalf("cleared state %v", ev["state"])
 	}
 }

@@ -27,6 +27,9 @@ const (
 	changeLeave
 	// changeLeaveAll: a cluster-wide explicit leave of every room of a user.
 	changeLeaveAll
+	// changeRetryTouch: a TOUCH that failed, sent again (before the
+	// re-assert, so a join still gets its event).
+	changeRetryTouch
 	// changeLocalDisconnect: changeLocalLeave whose WebSocket closed (reason disconnect).
 	changeLocalDisconnect
 	// changeDisconnect: changeLeave whose WebSocket closed (OfferDisconnect).

@@ -6,7 +6,8 @@ import (
 
 // Debouncer holds leaves for a delay (--leave-delay) and drops a leave
 // together with the join that follows it within the delay for the same
-// (user, room): a page reload or a quick reconnect produces no events. A
+// (user, room): a page reload or a quick reconnect produces no events (an
+// update when the rejoin carries another state than the session had). A
 // leave not followed by a join reaches Out the delay late. Other events
 // pass at once. It is safe for concurrent use; Out is called with the
 // debouncer's lock held, so events reach it in one order.
@@ -60,7 +61,13 @@ func (d *Debouncer) Offer(ev *Event, now int64) {
 		if h := d.mu.pending[k]; h != nil {
 			h.cancelled = true
 			delete(d.mu.pending, k)
-			return // the leave and this join never happened, as far as streams can tell
+			// The leave and this join never happened, as far as streams
+			// can tell; only a state that differs is news.
+			if string(h.ev.State) != string(ev.State) {
+				ev.Type = Update
+				d.out(ev)
+			}
+			return
 		}
 	}
 	d.out(ev)
