@@ -154,7 +154,9 @@ export class Presence {
   /** Send one heartbeat now; resolves with the answer. */
   async heartbeat() {
     const body = { user: this.user, room: this.room, token: await this._token() };
-    if (this.state !== undefined) body.state = this._effectiveState();
+    const away = this.hidden && this.awayWhenHidden;
+    const state = this._effectiveState();
+    if (state !== undefined) body.state = state;
     let ans;
     try {
       ans = this.wsOpen ? await this._request({ op: "heartbeat", ...body }) : await this._http("/v1/heartbeat", body);
@@ -165,6 +167,7 @@ export class Presence {
       throw e;
     }
     this.beaten = true;
+    this.awaySent = away;
     if (ans.interval_ms > 0) this.intervalMs = ans.interval_ms;
     if (ans.ttl_ms > 0) this.ttlMs = ans.ttl_ms;
     this._status();
@@ -179,8 +182,11 @@ export class Presence {
 
   // --- internals ---
 
+  // _effectiveState is the state to send: away while hidden (with
+  // awayWhenHidden), the app's own state again (or a clear) once visible.
   _effectiveState() {
     if (this.hidden && this.awayWhenHidden) return { ...(this.state || {}), status: "away" };
+    if (this.awaySent) return this.state ?? null;
     return this.state;
   }
 
