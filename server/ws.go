@@ -157,6 +157,7 @@ type wsConn struct {
 	shutdown atomic.Bool
 	reason   atomic.Int32 // wsClose + 1 once decided
 	closing  sync.Once
+	pumps    sync.WaitGroup // subscription pumps, waited for when the connection ends
 
 	// Reader-owned.
 	subs     map[wsSubKey]*wsSub
@@ -245,6 +246,7 @@ func (c *wsConn) run() {
 		for _, sub := range c.subs {
 			c.stopSub(sub)
 		}
+		c.pumps.Wait()
 		<-writerDone
 		_ = c.c.Close()
 		if !c.shutdown.Load() {
@@ -543,7 +545,11 @@ func (c *wsConn) opSubscribe(req *wsRequest) []byte {
 	if !c.send(ans) {
 		return nil
 	}
-	go c.pump(ws)
+	c.pumps.Add(1)
+	go func() {
+		defer c.pumps.Done()
+		c.pump(ws)
+	}()
 	return nil
 }
 

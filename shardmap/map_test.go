@@ -430,6 +430,19 @@ func TestChangeLog(t *testing.T) {
 	if got := drain(m); !slices.Equal(got, want) {
 		t.Fatalf("drain = %v, want %v", got, want)
 	}
+	// A WebSocket's close: the change log records reason disconnect.
+	mustTouch(t, m, "w", "r", t0+3000, 100)
+	drain(m)
+	if !m.LeaveReason(b("w"), b("r"), t0+3001, ReasonDisconnect) || m.LeaveReason(b("w"), b("r"), t0+3002, ReasonDisconnect) {
+		t.Fatal("LeaveReason: want true for the live session, then false")
+	}
+	want = []change{{"w", "r", t0 + 3000, t0 + 3100, true, ReasonDisconnect}}
+	if got := drain(m); !slices.Equal(got, want) {
+		t.Fatalf("drain = %v, want %v", got, want)
+	}
+	if ReasonDisconnect.String() != "disconnect" {
+		t.Fatalf("ReasonDisconnect = %q", ReasonDisconnect)
+	}
 	off := newTestMap(t, Config{})
 	mustTouch(t, off, "u", "r", t0, 100)
 	if off.Drain(func(*Change) { t.Fatal("change without TrackChanges") }) != 0 {
