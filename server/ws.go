@@ -38,7 +38,7 @@ import (
 // shutdown, when they are kept: the node is going away, not the client.
 
 // wsOutQueue is the writer's queue length per connection, in frames.
-const wsOutQueue = 256
+const wsOutQueue = 64
 
 // wsLimit labels a limit hit in presenced_ws_limited_total.
 type wsLimit uint8
@@ -91,6 +91,11 @@ func newWSHub() *wsHub {
 	h.mu.conns = map[*wsConn]struct{}{}
 	h.upgrader = websocket.FastHTTPUpgrader{
 		HandshakeTimeout: 10 * time.Second,
+		// Messages are small: a 1 KB read buffer, and write buffers
+		// borrowed from a pool only while a frame is written, so an idle
+		// socket holds no write buffer.
+		ReadBufferSize:  1024,
+		WriteBufferPool: &sync.Pool{},
 		// Browsers on any origin may connect: heartbeats carry their own
 		// tokens and subscriptions to all rooms need an API token, as for
 		// GET /v1/events, which any origin may read too.
