@@ -101,6 +101,11 @@ func (s *Server) leave(tr transport, user, room, tok []byte, nowMs int64) (int, 
 	}
 	s.clusterLeave(user, room, nowMs)
 	if len(room) > 0 {
+		if s.departed != nil {
+			if _, seen, online := s.m.User(user, nil); online {
+				s.departed.note(string(user), seen)
+			}
+		}
 		if !s.m.Leave(user, room, nowMs) {
 			return 0, o
 		}
@@ -108,6 +113,7 @@ func (s *Server) leave(tr transport, user, room, tok []byte, nowMs int64) (int, 
 		return 1, o
 	}
 	evs := s.m.LeaveAll(user, nowMs, nil)
+	s.departed.noteLeaves(evs)
 	for i := range evs {
 		s.publish(evs[i])
 	}

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 
@@ -67,6 +68,11 @@ func (s *Server) userStatuses(users []string) ([]userStatus, bool) {
 			st.online = st.online || c.Online
 			st.lastSeen = max(st.lastSeen, c.LastSeen)
 			st.rooms = mergeRooms(st.rooms, c.Rooms)
+		}
+		if !st.online && s.departed != nil {
+			if ms, ok := s.departed.get(u, time.Now().UnixMilli()); ok {
+				st.lastSeen = max(st.lastSeen, ms)
+			}
 		}
 		if !st.online && s.store != nil {
 			if ms, ok, err := s.store.LastSeen([]byte(u)); err == nil && ok {
@@ -151,7 +157,10 @@ func (s *Server) hStatus(ctx *fasthttp.RequestCtx) {
 	var req struct {
 		Users []string `json:"users"`
 	}
-	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+	// encoding/json would read invalid UTF-8 and lone surrogate escapes as
+	// U+FFFD, so several bodies would name one user: refuse them instead.
+	body := ctx.PostBody()
+	if err := json.Unmarshal(body, &req); err != nil || !utf8.Valid(body) || hasLoneSurrogate(body) {
 		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"users":[...]} of strings`)
 		return
 	}

@@ -82,7 +82,7 @@ func procStat(b *testing.B, pid int) (cpu time.Duration, rss int64) {
 
 func runConnBench(b *testing.B, bin, mode string, conns int, dur time.Duration) connBenchResult {
 	cmd := exec.Command(bin, "serve", "--http-addr", "127.0.0.1:0", "--udp-addr", "", "--data-dir", "",
-		"--heartbeat-min-gap", "0", "--source-rate", "0", "--http-max-conns", "20000", "--max-ws-conns", "20000",
+		"--heartbeat-min-gap", "0", "--source-rate", "0", "--http-max-conns", "20000", "--http-max-conns-per-ip", "0", "--max-ws-conns", "20000",
 		"--http-idle-timeout", "300s", "--leave-delay", "0")
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {

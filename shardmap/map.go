@@ -40,6 +40,8 @@ type Event struct {
 	Reason     Reason
 	// State is the state the session had when it ended (a copy), or nil.
 	State []byte
+	// LastSeen is, for a leave, the ended session's last heartbeat (unix ms).
+	LastSeen int64
 }
 
 // RoomSession is one of a user's sessions, as User reports it.
@@ -387,7 +389,7 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 		}
 	}
 	if emit {
-		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason, State: bytes.Clone(st.stateOf(i))})
+		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason, LastSeen: s.lastSeen(), State: bytes.Clone(st.stateOf(i))})
 	}
 	dirty := s.ttl&sessDirty != 0
 	if m.track {

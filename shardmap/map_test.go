@@ -109,7 +109,7 @@ func TestLeave(t *testing.T) {
 	}
 	ev := m.LeaveAll(b("alice"), t0+5, nil)
 	sort.Slice(ev, func(i, j int) bool { return ev[i].Room < ev[j].Room })
-	want := []Event{{User: "alice", Room: "", At: t0 + 5, Reason: ReasonLeft}, {User: "alice", Room: "r2", At: t0 + 5, Reason: ReasonLeft}}
+	want := []Event{{User: "alice", Room: "", At: t0 + 5, Reason: ReasonLeft, LastSeen: t0}, {User: "alice", Room: "r2", At: t0 + 5, Reason: ReasonLeft, LastSeen: t0}}
 	if !reflect.DeepEqual(ev, want) {
 		t.Fatalf("LeaveAll = %v, want %v", ev, want)
 	}
@@ -133,7 +133,7 @@ func TestExpiry(t *testing.T) {
 		t.Fatalf("expired before ttl: %v", ev)
 	}
 	ev := m.Expire(t0+150_000, nil)
-	if want := []Event{{User: "a", Room: "r", At: t0 + 150_000, Reason: ReasonTimeout}}; !reflect.DeepEqual(ev, want) {
+	if want := []Event{{User: "a", Room: "r", At: t0 + 150_000, Reason: ReasonTimeout, LastSeen: t0}}; !reflect.DeepEqual(ev, want) {
 		t.Fatalf("Expire at ttl = %v, want %v", ev, want)
 	}
 	if ev[0].Reason.String() != "timeout" || ReasonLeft.String() != "left" {
