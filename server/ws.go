@@ -185,15 +185,24 @@ type wsSub struct {
 
 // hWS upgrades GET /v1/ws.
 func (s *Server) hWS(ctx *fasthttp.RequestCtx) {
-	if n := s.ws.open.Add(1); n > int64(s.cfg.MaxWSConns) {
-		s.ws.open.Add(-1)
+	full := fmt.Sprintf("too many websocket connections (max-ws-conns %d)", s.cfg.MaxWSConns)
+	if s.ws.open.Load() >= int64(s.cfg.MaxWSConns) {
 		s.ws.limited[wsLimitConns].Add(1)
-		jsonError(ctx, fasthttp.StatusServiceUnavailable, fmt.Sprintf("too many websocket connections (max-ws-conns %d)", s.cfg.MaxWSConns))
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, full)
 		return
 	}
 	authAll := s.wsAuthorized(ctx)
-	err := s.ws.upgrader.Upgrade(ctx, func(c *websocket.Conn) {
+	// The count is taken once the connection is ours (fasthttp may never
+	// run the handler when the 101 cannot be written); upgrades racing
+	// past the check above are closed with 1013 (try again later).
+	_ = s.ws.upgrader.Upgrade(ctx, func(c *websocket.Conn) {
 		defer s.ws.open.Add(-1)
+		if s.ws.open.Add(1) > int64(s.cfg.MaxWSConns) {
+			s.ws.limited[wsLimitConns].Add(1)
+			_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, full), time.Now().Add(time.Second))
+			_ = c.Close()
+			return
+		}
 		wc := &wsConn{s: s, c: c, out: make(chan []byte, wsOutQueue), done: make(chan struct{}),
 			authAll: authAll, subs: map[wsSubKey]*wsSub{}, sessions: map[wsSessKey]struct{}{},
 			tokens: float64(wsBurst(s.cfg.WSMessageRate)), last: time.Now()}
@@ -205,9 +214,6 @@ func (s *Server) hWS(ctx *fasthttp.RequestCtx) {
 		defer s.ws.remove(wc)
 		wc.run()
 	})
-	if err != nil {
-		s.ws.open.Add(-1)
-	}
 }
 
 // wsAuthorized reports whether the upgrade request carries an API token

@@ -446,6 +446,7 @@ func TestWSLimits(t *testing.T) {
 	// Connections: the 4th is refused with 503 while 3 are open.
 	eventually(t, 5*time.Second, "the big socket's slot freed", func() bool { return n.metric("presenced_ws_connections") == 2 })
 	c2 := dialWS(t, n, "", nil)
+	c2.mustErr(map[string]any{"op": "unsubscribe", "ref": 1, "room": "x"}, "not subscribed") // c2 is counted now
 	if _, err := tryDialWS(n, "", nil); err == nil || !strings.Contains(err.Error(), "status 503") {
 		t.Fatalf("4th connection: %v, want refused with 503", err)
 	}
