@@ -75,15 +75,18 @@ func (s *Server) stateOp(has bool, raw []byte) (shardmap.StateOp, string) {
 func (s *Server) heartbeatState(tr transport, user, room, tok []byte, nowMs int64, sop shardmap.StateOp) outcome {
 	o := s.checkItem(user, room, tok, nowMs)
 	if o == outOK {
-		joined, changed, prev, err := s.m.TouchState(user, room, nowMs, s.ttlMs, sop)
+		r, err := s.m.TouchState(user, room, nowMs, s.ttlMs, sop)
 		o = mapOutcome(err)
-		if err == nil && !joined {
-			s.met.lateness.ObserveDuration(time.Duration(max(nowMs-prev-s.intervalMs, 0)) * time.Millisecond)
+		if err == nil && !r.Joined {
+			s.met.lateness.ObserveDuration(time.Duration(max(nowMs-r.PrevSeen-s.intervalMs, 0)) * time.Millisecond)
 		}
 		switch {
-		case joined:
+		case r.Joined:
+			if r.Occupied {
+				s.publishRoom(events.Occupied, room, nowMs)
+			}
 			s.publishState(events.Join, user, room, nowMs, sop.State)
-		case changed:
+		case r.Changed:
 			s.publishState(events.Update, user, room, nowMs, sop.State)
 		}
 	}
@@ -106,10 +109,11 @@ func (s *Server) leave(tr transport, user, room, tok []byte, nowMs int64) (int, 
 				s.departed.note(string(user), seen)
 			}
 		}
-		if !s.m.Leave(user, room, nowMs) {
+		evs := s.m.LeaveOne(user, room, nowMs, nil)
+		if len(evs) == 0 {
 			return 0, o
 		}
-		s.publish(shardmap.Event{User: string(user), Room: string(room), At: nowMs, Reason: shardmap.ReasonLeft})
+		s.publish(evs[0])
 		return 1, o
 	}
 	evs := s.m.LeaveAll(user, nowMs, nil)

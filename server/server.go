@@ -316,7 +316,19 @@ func (s *Server) publish(ev shardmap.Event) {
 	if s.cl != nil {
 		return // the event stream carries the cluster-wide events (clusterEvent)
 	}
-	s.deb.Offer(tableEvent(&ev), time.Now().UnixMilli())
+	now := time.Now().UnixMilli()
+	s.deb.Offer(tableEvent(&ev), now)
+	if ev.Vacated {
+		s.deb.Offer(&events.Event{Type: events.Vacated, Room: ev.Room, At: ev.At}, now)
+	}
+}
+
+// publishRoom publishes a room event (occupied) on a single node.
+func (s *Server) publishRoom(t events.Type, room []byte, at int64) {
+	if s.cl != nil {
+		return
+	}
+	s.deb.Offer(&events.Event{Type: t, Room: string(room), At: at, Online: 1}, time.Now().UnixMilli())
 }
 
 // publishState publishes a join or update decided by a heartbeat that may

@@ -465,6 +465,9 @@ func TestEventStream(t *testing.T) {
 				t.Fatal(err)
 			}
 			ev.name = name
+			if name == "occupied" || name == "vacated" {
+				continue // room events: TestEventStreamOccupiedVacated
+			}
 			got = append(got, ev)
 		}
 	}

@@ -110,7 +110,7 @@ func benchMemory(b *testing.B, state []byte) {
 		runtime.ReadMemStats(&before)
 		m := newTestMap(b, Config{})
 		for i := range n {
-			if _, _, _, err := m.TouchState(flat[i*w:(i+1)*w], rooms[i%len(rooms)], t0, 150_000, StateOp{Set: state != nil, State: state}); err != nil {
+			if _, err := m.TouchState(flat[i*w:(i+1)*w], rooms[i%len(rooms)], t0, 150_000, StateOp{Set: state != nil, State: state}); err != nil {
 				b.Fatal(err)
 			}
 		}

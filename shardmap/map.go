@@ -40,6 +40,8 @@ type Event struct {
 	Reason     Reason
 	// State is the state the session had when it ended (a copy), or nil.
 	State []byte
+	// Vacated: this leave emptied the room (its last member left).
+	Vacated bool
 	// LastSeen is, for a leave, the ended session's last heartbeat (unix ms).
 	LastSeen int64
 }
@@ -167,9 +169,19 @@ func (m *Map) TouchSeen(user, room []byte, now, ttlMs int64) (joined bool, prevS
 // counts as a change). The state is copied. A rate-limited heartbeat
 // changes nothing, state included. With op.Set false it allocates nothing,
 // like TouchSeen.
-func (m *Map) TouchState(user, room []byte, now, ttlMs int64, op StateOp) (joined, changed bool, prevSeen int64, err error) {
-	joined, prevSeen, changed, err = m.upsert(user, room, now, now+ttlMs, m.minGapMs.Load(), op)
-	return joined, changed, prevSeen, err
+func (m *Map) TouchState(user, room []byte, now, ttlMs int64, op StateOp) (TouchResult, error) {
+	var r TouchResult
+	var err error
+	r.Joined, r.PrevSeen, r.Changed, err = m.upsertRoom(user, room, now, now+ttlMs, m.minGapMs.Load(), op, &r.Occupied)
+	return r, err
+}
+
+// TouchResult is what TouchState did.
+type TouchResult struct {
+	Joined   bool  // the session is new
+	Changed  bool  // its state changed (a join with a state counts)
+	Occupied bool  // the join created the room (its first member)
+	PrevSeen int64 // the previous heartbeat, 0 on a join
 }
 
 // setStateLocked applies op to session i and reports whether it changed.
@@ -229,6 +241,12 @@ func (m *Map) RestoreState(user, room, state []byte, lastSeen, expiry, now int64
 }
 
 func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64, sop StateOp) (joined bool, prevSeen int64, changed bool, err error) {
+	var created bool
+	return m.upsertRoom(user, room, lastSeen, expiry, minGap, sop, &created)
+}
+
+// upsertRoom is upsert that also sets *created when it created the room.
+func (m *Map) upsertRoom(user, room []byte, lastSeen, expiry, minGap int64, sop StateOp, created *bool) (joined bool, prevSeen int64, changed bool, err error) {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
 		return false, 0, false, ErrBadID
 	}
@@ -292,6 +310,7 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64, sop Stat
 		if ri == 0 {
 			if ri = rs.mu.create(rh, room, m.maxRoomIx); ri != 0 {
 				m.nrooms.Add(1)
+				*created = true
 			}
 		}
 		if ri != 0 {
@@ -337,7 +356,7 @@ func (m *Map) dropUserIfIdle(st *userState, ui uint32) {
 // leaveRoom frees the member slot and, if the room is now empty, the room.
 // If name is not nil, the room id is appended to *name first. The caller
 // holds the user shard lock (lock order: user shard, then room shard).
-func (m *Map) leaveRoom(ref, slot uint32, name *[]byte) {
+func (m *Map) leaveRoom(ref, slot uint32, name *[]byte) (emptied bool) {
 	rs, ri := m.roomOf(ref)
 	rs.mu.Lock()
 	if name != nil {
@@ -346,8 +365,10 @@ func (m *Map) leaveRoom(ref, slot uint32, name *[]byte) {
 	if rs.mu.removeMember(ri, slot) {
 		rs.mu.free(ri)
 		m.nrooms.Add(-1)
+		emptied = true
 	}
 	rs.mu.Unlock()
+	return emptied
 }
 
 // endSession removes session i and, if emit, appends a
@@ -374,10 +395,11 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 		st.endBuf = append(st.endBuf, uid...)
 	}
 	var roomName string
+	var vacated bool
 	if s.room != 0 {
 		if m.track || emit {
 			mark := len(st.endBuf)
-			m.leaveRoom(s.room, s.slot, &st.endBuf)
+			vacated = m.leaveRoom(s.room, s.slot, &st.endBuf)
 			if emit {
 				roomName = string(st.endBuf[mark:])
 			}
@@ -389,7 +411,7 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 		}
 	}
 	if emit {
-		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason, LastSeen: s.lastSeen(), State: bytes.Clone(st.stateOf(i))})
+		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason, LastSeen: s.lastSeen(), State: bytes.Clone(st.stateOf(i)), Vacated: vacated})
 	}
 	dirty := s.ttl&sessDirty != 0
 	if m.track {
@@ -449,6 +471,34 @@ func (m *Map) LeaveReason(user, room []byte, now int64, reason Reason) bool {
 		}
 	}
 	return false
+}
+
+// LeaveOne is Leave that appends the leave event (with Vacated) to dst.
+func (m *Map) LeaveOne(user, room []byte, now int64, dst []Event) []Event {
+	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
+		return dst
+	}
+	h := m.hash(user)
+	sh := &m.shards[h&m.shardMask]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	st := &sh.mu.userState
+	ui := st.findUser(h, user)
+	if ui == 0 {
+		return dst
+	}
+	var ref uint32
+	if len(room) > 0 {
+		if ref = m.lookupRoom(room); ref == 0 {
+			return dst
+		}
+	}
+	for i := st.user(ui).head; i != 0; i = st.session(i).next {
+		if st.session(i).room == ref {
+			return m.endSession(st, i, ReasonLeft, now, true, dst)
+		}
+	}
+	return dst
 }
 
 // LeaveAll ends every session of user with reason left and appends a leave

@@ -109,7 +109,7 @@ func TestLeave(t *testing.T) {
 	}
 	ev := m.LeaveAll(b("alice"), t0+5, nil)
 	sort.Slice(ev, func(i, j int) bool { return ev[i].Room < ev[j].Room })
-	want := []Event{{User: "alice", Room: "", At: t0 + 5, Reason: ReasonLeft, LastSeen: t0}, {User: "alice", Room: "r2", At: t0 + 5, Reason: ReasonLeft, LastSeen: t0}}
+	want := []Event{{User: "alice", Room: "", At: t0 + 5, Reason: ReasonLeft, LastSeen: t0}, {User: "alice", Room: "r2", At: t0 + 5, Reason: ReasonLeft, LastSeen: t0, Vacated: true}}
 	if !reflect.DeepEqual(ev, want) {
 		t.Fatalf("LeaveAll = %v, want %v", ev, want)
 	}

@@ -60,6 +60,9 @@ type evOp struct {
 	// roomDone and emitDone record what was written, so a retry of a
 	// partly failed round (events.go) repeats neither half.
 	roomDone, emitDone bool
+	// occupied and vacated: the room side found the room empty before this
+	// join, or left it empty after this leave (events.go).
+	occupied, vacated bool
 }
 
 func (w *writerState) init(n *Node) {
