@@ -625,8 +625,13 @@ func (c *wsConn) disconnect() {
 		if s.cl != nil {
 			s.cl.OfferDisconnect(user, room, now)
 		}
-		if s.m.LeaveReason(user, room, now, shardmap.ReasonDisconnect) {
-			s.publish(shardmap.Event{User: k.user, Room: k.room, At: now, Reason: shardmap.ReasonDisconnect})
+		if s.departed != nil { // last-seen kept without a data dir, as for a leave
+			if _, seen, online := s.m.User(user, nil); online {
+				s.departed.note(k.user, seen)
+			}
+		}
+		if evs := s.m.LeaveOneReason(user, room, now, shardmap.ReasonDisconnect, nil); len(evs) > 0 {
+			s.publish(evs[0])
 		}
 	}
 	clear(c.sessions)

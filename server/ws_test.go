@@ -64,6 +64,10 @@ func (w *wsClient) read() {
 			w.err = fmt.Errorf("not a JSON text frame: %q", b)
 			return
 		}
+		switch m["type"] {
+		case "occupied", "vacated", "occupancy":
+			continue // room events: these tests follow members
+		}
 		w.in <- m
 	}
 }

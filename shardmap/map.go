@@ -440,12 +440,6 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 // Leave ends the session (user, room) with reason left and reports whether
 // it existed.
 func (m *Map) Leave(user, room []byte, now int64) bool {
-	return m.LeaveReason(user, room, now, ReasonLeft)
-}
-
-// LeaveReason is Leave with the reason the change log records (ReasonLeft
-// or ReasonDisconnect).
-func (m *Map) LeaveReason(user, room []byte, now int64, reason Reason) bool {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
 		return false
 	}
@@ -466,7 +460,7 @@ func (m *Map) LeaveReason(user, room []byte, now int64, reason Reason) bool {
 	}
 	for i := st.user(ui).head; i != 0; i = st.session(i).next {
 		if st.session(i).room == ref {
-			m.endSession(st, i, reason, now, false, nil)
+			m.endSession(st, i, ReasonLeft, now, false, nil)
 			return true
 		}
 	}
@@ -475,6 +469,12 @@ func (m *Map) LeaveReason(user, room []byte, now int64, reason Reason) bool {
 
 // LeaveOne is Leave that appends the leave event (with Vacated) to dst.
 func (m *Map) LeaveOne(user, room []byte, now int64, dst []Event) []Event {
+	return m.LeaveOneReason(user, room, now, ReasonLeft, dst)
+}
+
+// LeaveOneReason is LeaveOne with the reason of the event and of the change
+// log record (ReasonLeft, or ReasonDisconnect when a WebSocket closed).
+func (m *Map) LeaveOneReason(user, room []byte, now int64, reason Reason, dst []Event) []Event {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
 		return dst
 	}
@@ -495,7 +495,7 @@ func (m *Map) LeaveOne(user, room []byte, now int64, dst []Event) []Event {
 	}
 	for i := st.user(ui).head; i != 0; i = st.session(i).next {
 		if st.session(i).room == ref {
-			return m.endSession(st, i, ReasonLeft, now, true, dst)
+			return m.endSession(st, i, reason, now, true, dst)
 		}
 	}
 	return dst
