@@ -22,6 +22,11 @@ command -v promtool >/dev/null || pkgs+=(prometheus)
 command -v systemd-analyze >/dev/null || pkgs+=(systemd)
 command -v python3 >/dev/null || pkgs+=(python3)
 command -v curl >/dev/null || pkgs+=(curl)
+# client/js: node --test (Node 20+) and the headless browser tests.
+if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -lt 20 ]; then
+  pkgs+=(nodejs)
+fi
+command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || pkgs+=(chromium)
 if ((${#pkgs[@]})); then
   echo "installing: ${pkgs[*]}"
   sudo=""
@@ -33,7 +38,7 @@ if ((${#pkgs[@]})); then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" \
     || fail "cannot install ${pkgs[*]}"
 fi
-for t in redis-server redis-cli promtool systemd-analyze python3 curl; do
+for t in redis-server redis-cli promtool systemd-analyze python3 curl node chromium; do
   command -v "$t" >/dev/null || fail "$t is still missing after install"
 done
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || fail "nginx stream module is still missing"
@@ -68,6 +73,16 @@ for pkg in $(go list ./...); do
     go test -run '^$' -fuzz "^$f\$" -fuzztime 5s "$pkg" >/dev/null || fail "fuzz $f in $pkg"
   done
 done
+
+say "client/js: node --test against a real presenced, then headless Chromium"
+[ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] || fail "client/js needs Node 20+, have $(node --version)"
+js_bin=$(mktemp -d)/presenced
+go build -o "$js_bin" . || fail "cannot build presenced for the JS tests"
+export CI_ARTIFACTS="${CI_ARTIFACTS:-$PWD/artifacts}"
+PRESENCED_BIN="$js_bin" timeout 120 node --test client/js/test/presenced.test.mjs client/js/test/visibility.test.mjs \
+  || fail "client/js node tests"
+PRESENCED_BIN="$js_bin" timeout 120 node --test client/js/test/browser.test.mjs || fail "client/js browser tests"
+echo "screenshot of /ui: $CI_ARTIFACTS/ui.png"
 
 say "systemd units"
 bash .ci/checks/systemd.sh

@@ -146,7 +146,7 @@ func (c clusterSink) SetFloor(id events.ID) { c.s.bus.SetFloor(id) }
 func (c clusterSink) Rebase(id events.ID)   { c.s.bus.Rebase(id) }
 
 func (c clusterSink) Append(ev *events.Event) bool {
-	if ev.Type == events.Leave && ev.Reason == events.ReasonLeft {
+	if ev.Type == events.Leave && (ev.Reason == events.ReasonLeft || ev.Reason == events.ReasonDisconnect) {
 		c.s.m.Leave([]byte(ev.User), []byte(ev.Room), time.Now().UnixMilli())
 	}
 	return c.s.bus.Append(ev)

@@ -141,6 +141,25 @@ type Config struct {
 	// APITokenFile holds bearer tokens for the read endpoints and the event
 	// stream, one per line (--api-token-file, empty: reads are open).
 	APITokenFile string
+	// MaxWSConns bounds open WebSocket connections (--max-ws-conns, default
+	// 10000, each about 10 KB plus its subscriptions); more get 503.
+	MaxWSConns int
+	// WSMaxMessageBytes bounds one WebSocket message (--ws-max-message-bytes,
+	// default 8192); a larger one closes the socket with 1009.
+	WSMaxMessageBytes int
+	// WSMessageRate bounds messages per second per WebSocket, with a burst
+	// of twice as many (--ws-message-rate, default 20; 0: no limit); a
+	// socket over it is closed with 1008.
+	WSMessageRate int
+	// WSMaxSubscriptions bounds subscriptions per WebSocket
+	// (--ws-max-subscriptions, default 16); more are refused with an error.
+	WSMaxSubscriptions int
+	// WSMaxSessions bounds the sessions one WebSocket heartbeats
+	// (--ws-max-sessions, default 64); more are refused with an error.
+	WSMaxSessions int
+	// WSPingInterval is how often the server pings each WebSocket
+	// (--ws-ping-interval, default 30s); a peer silent for two intervals is dropped.
+	WSPingInterval time.Duration
 
 	// Map configures the presence table (--shards, --max-rooms-per-user).
 	Map shardmap.Config
@@ -187,6 +206,12 @@ func DefaultConfig() Config {
 		MaxStateBytes:       1024,
 		LeaveDelay:          2 * time.Second,
 		LastSeenMemoryUsers: 100000,
+		MaxWSConns:          10000,
+		WSMaxMessageBytes:   8192,
+		WSMessageRate:       20,
+		WSMaxSubscriptions:  16,
+		WSMaxSessions:       64,
+		WSPingInterval:      30 * time.Second,
 		Map:                 shardmap.DefaultConfig(),
 		Persist:             pc,
 		FsyncMode:           "interval",
@@ -239,6 +264,18 @@ func (c *Config) Validate() error {
 		return errors.New("--event-history must be from 1 to 10000000")
 	case c.LeaveDelay < 0 || c.LeaveDelay > time.Hour:
 		return errors.New("--leave-delay must be from 0 to 1h")
+	case c.MaxWSConns < 0:
+		return errors.New("--max-ws-conns must not be negative")
+	case c.WSMaxMessageBytes < 256 || c.WSMaxMessageBytes > 1<<20:
+		return errors.New("--ws-max-message-bytes must be from 256 to 1048576")
+	case c.WSMessageRate < 0:
+		return errors.New("--ws-message-rate must not be negative")
+	case c.WSMaxSubscriptions < 1:
+		return errors.New("--ws-max-subscriptions must be at least 1")
+	case c.WSMaxSessions < 1:
+		return errors.New("--ws-max-sessions must be at least 1")
+	case c.WSPingInterval < 10*time.Millisecond:
+		return errors.New("--ws-ping-interval must be at least 10ms")
 	case c.RedisMaster != "" && c.Redis == "":
 		return errors.New("--redis-master needs --redis to list the sentinels")
 	}
@@ -319,6 +356,12 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.LastSeenMemoryUsers, "last-seen-memory-users", c.LastSeenMemoryUsers, "without --data-dir, most offline users whose last-seen is kept in memory (0: none)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof profiles on this address (empty: off; keep it on loopback)")
 	fs.StringVar(&c.APITokenFile, "api-token-file", c.APITokenFile, "file of bearer tokens for the read endpoints and the event stream, one per line (empty: open)")
+	fs.IntVar(&c.MaxWSConns, "max-ws-conns", c.MaxWSConns, "most open WebSocket connections (503 beyond)")
+	fs.IntVar(&c.WSMaxMessageBytes, "ws-max-message-bytes", c.WSMaxMessageBytes, "largest WebSocket message in bytes (the socket is closed with 1009 beyond)")
+	fs.IntVar(&c.WSMessageRate, "ws-message-rate", c.WSMessageRate, "WebSocket messages per second per connection, burst twice that (closed with 1008 beyond; 0: no limit)")
+	fs.IntVar(&c.WSMaxSubscriptions, "ws-max-subscriptions", c.WSMaxSubscriptions, "most subscriptions per WebSocket")
+	fs.IntVar(&c.WSMaxSessions, "ws-max-sessions", c.WSMaxSessions, "most sessions one WebSocket heartbeats")
+	fs.DurationVar(&c.WSPingInterval, "ws-ping-interval", c.WSPingInterval, "how often the server pings each WebSocket; a peer silent for 2 intervals is dropped")
 	fs.IntVar(&c.Map.Shards, "shards", c.Map.Shards, "user shards of the presence table (power of two)")
 	fs.IntVar(&c.Map.MaxRoomsPerUser, "max-rooms-per-user", c.Map.MaxRoomsPerUser, "most live rooms per user")
 	fs.StringVar(&c.FsyncMode, "fsync", c.FsyncMode, "write-ahead log sync policy: interval, always or off")

@@ -16,6 +16,8 @@
 //	              │                               ──> Debouncer (--leave-delay) ──> Bus
 //	Redis Stream pd:events ──XREAD (cluster)──────────────────────────────────────> Bus
 //	Bus (ids, ring history --event-history, subscribers by room) ──> SSE streams (stream.go)
+//	                                                               └─> WebSocket subscriptions (ws.go)
+//	WebSocket heartbeat/leave ──> the same checkItem and Map path as HTTP (transport "ws")
 //
 // A heartbeat's own work is the table update under one user-shard lock; it
 // allocates nothing in steady state and never waits on disk or network
@@ -36,6 +38,14 @@
 //   - the debounce loop: hands held leaves to the bus when due;
 //   - without a data dir in cluster mode, the change pump (pumpLoop);
 //   - the pprof listener when --pprof-addr is set.
+//
+// Each WebSocket (ws.go) runs its reader on the goroutine fasthttp hands a
+// hijacked connection to, one writer goroutine (the only one writing data
+// frames, and the pings) and one pump per subscription (bus.Next into the
+// writer's bounded queue); the reader waits for both before it returns.
+// They are tracked by the wsHub, which Shutdown closes (1001) and waits for
+// right after the bus closes; their sessions are kept then. Any other end
+// of a socket ends the sessions it heartbeated with reason disconnect.
 //
 // The persist committer and the cluster node's writer, reaper, health
 // checker, stream reader and event loop are owned by those packages and

@@ -17,10 +17,11 @@ type transport uint8
 const (
 	trUDP transport = iota
 	trHTTP
+	trWS
 	numTransports
 )
 
-var transportLabel = [numTransports]string{"udp", "http"}
+var transportLabel = [numTransports]string{"udp", "http", "ws"}
 
 // checkItem validates ids and the token of one heartbeat or leave. It does
 // not allocate. nowMs is unix milliseconds.

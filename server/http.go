@@ -140,6 +140,11 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) route {
 			s.hEvents(ctx)
 		}
 		return rtEvents
+	case "/v1/ws":
+		if methods(ctx, "GET") {
+			s.hWS(ctx)
+		}
+		return rtWS
 	case "/livez":
 		if methods(ctx, "GET") {
 			jsonBody(ctx, 200, []byte(`{"status":"alive"}`))
@@ -156,6 +161,12 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) route {
 			ctx.SetBody(s.reg.appendText(nil))
 		}
 		return rtMetrics
+	}
+	if rest, ok := bytes.CutPrefix(path, []byte("/ui")); ok && (len(rest) == 0 || rest[0] == '/') {
+		if methods(ctx, "GET", "HEAD") {
+			s.hUI(ctx, string(rest))
+		}
+		return rtUI
 	}
 	if rest, ok := bytes.CutPrefix(path, []byte("/v1/users/")); ok && len(rest) > 0 && bytes.IndexByte(rest, '/') < 0 {
 		if methods(ctx, "GET") && s.queryReady(ctx) {

@@ -55,6 +55,7 @@ type Server struct {
 	bus     *events.Bus
 	deb     *events.Debouncer
 	streams atomic.Int64 // open GET /v1/events streams
+	ws      *wsHub       // open GET /v1/ws connections
 	// sweepDone is closed when the sweeper has returned (nil before Start
 	// starts it); Shutdown waits for it before the log's final drain.
 	sweepDone chan struct{}
@@ -148,7 +149,9 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		s.store = st
 	}
 	s.met = newServerMetrics(&s.reg)
+	s.ws = newWSHub()
 	s.registerGauges()
+	s.registerWSMetrics()
 	if cfg.Redis != "" {
 		if err := s.newClusterNode(); err != nil {
 			return nil, err
@@ -305,6 +308,8 @@ func (s *Server) publish(ev shardmap.Event) {
 		s.met.joins.Inc()
 	case ev.Reason == shardmap.ReasonTimeout:
 		s.met.leavesTimeout.Inc()
+	case ev.Reason == shardmap.ReasonDisconnect:
+		s.met.leavesDisconnect.Inc()
 	default:
 		s.met.leavesLeft.Inc()
 	}
@@ -352,6 +357,8 @@ func tableEvent(ev *shardmap.Event) *events.Event {
 		e.Type = events.Join
 	case ev.Reason == shardmap.ReasonTimeout:
 		e.Reason = events.ReasonTimeout
+	case ev.Reason == shardmap.ReasonDisconnect:
+		e.Reason = events.ReasonDisconnect
 	default:
 		e.Reason = events.ReasonLeft
 	}
@@ -430,6 +437,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		})
 	}
 	s.bus.Close()
+	errs = append(errs, step("close websockets", func() error { return s.closeWS(ctx) }))
 	if s.udp != nil {
 		errs = append(errs, step("stop udp", func() error { return s.udp.stop(ctx) }))
 	}

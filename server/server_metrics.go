@@ -20,7 +20,9 @@ type serverMetrics struct {
 	leavesLeft *counter
 	// leavesTimeout counts expiries.
 	leavesTimeout *counter
-	httpLatency   []*histogram // by route
+	// leavesDisconnect counts sessions ended by their WebSocket closing.
+	leavesDisconnect *counter
+	httpLatency      []*histogram // by route
 	// lateness observes, per refresh, how far past --interval it came.
 	lateness *histogram
 	// httpConnRejected counts connections refused by connLimiter, by connReject.
@@ -46,13 +48,15 @@ const (
 	rtRooms
 	rtStats
 	rtEvents
+	rtWS
+	rtUI
 	rtHealth
 	rtMetrics
 	rtOther
 	numRoutes
 )
 
-var routeLabel = [numRoutes]string{"heartbeat", "heartbeats", "leave", "user", "status", "room", "members", "rooms", "stats", "events", "health", "metrics", "other"}
+var routeLabel = [numRoutes]string{"heartbeat", "heartbeats", "leave", "user", "status", "room", "members", "rooms", "stats", "events", "ws", "ui", "health", "metrics", "other"}
 
 func newServerMetrics(r *registry) *serverMetrics {
 	m := &serverMetrics{}
@@ -83,8 +87,8 @@ func newServerMetrics(r *registry) *serverMetrics {
 	m.httpConnRejected = r.counterVec("presenced_http_rejected_connections_total", "HTTP connections refused on accept, by reason: max_conns (--http-max-conns) or per_ip (--http-max-conns-per-ip).", connRejectLabels...)
 	m.udpAcksDropped = r.counterVec("presenced_udp_acks_dropped_total", "UDP acks not sent under --fsync=always, by reason: queue_full (--udp-max-pending-acks), not_durable (the sync failed) or shutdown.", ackDropLabels...)
 	m.joins = r.counter("presenced_joins_total", "Sessions started (join events).")
-	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit) or timeout (expired).", `{reason="left"}`, `{reason="timeout"}`)
-	m.leavesLeft, m.leavesTimeout = leaves[0], leaves[1]
+	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit), timeout (expired) or disconnect (its WebSocket closed).", `{reason="left"}`, `{reason="timeout"}`, `{reason="disconnect"}`)
+	m.leavesLeft, m.leavesTimeout, m.leavesDisconnect = leaves[0], leaves[1], leaves[2]
 	var rl []string
 	for _, l := range routeLabel {
 		rl = append(rl, `{route="`+l+`"}`)

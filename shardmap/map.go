@@ -15,6 +15,8 @@ const (
 	ReasonLeft Reason = 1
 	// ReasonTimeout is an expiry: no heartbeat for ttl.
 	ReasonTimeout Reason = 2
+	// ReasonDisconnect is the end of a session whose WebSocket closed.
+	ReasonDisconnect Reason = 3
 )
 
 func (r Reason) String() string {
@@ -23,6 +25,8 @@ func (r Reason) String() string {
 		return "left"
 	case ReasonTimeout:
 		return "timeout"
+	case ReasonDisconnect:
+		return "disconnect"
 	}
 	return "unknown"
 }
@@ -465,6 +469,12 @@ func (m *Map) Leave(user, room []byte, now int64) bool {
 
 // LeaveOne is Leave that appends the leave event (with Vacated) to dst.
 func (m *Map) LeaveOne(user, room []byte, now int64, dst []Event) []Event {
+	return m.LeaveOneReason(user, room, now, ReasonLeft, dst)
+}
+
+// LeaveOneReason is LeaveOne with the reason of the event and of the change
+// log record (ReasonLeft, or ReasonDisconnect when a WebSocket closed).
+func (m *Map) LeaveOneReason(user, room []byte, now int64, reason Reason, dst []Event) []Event {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
 		return dst
 	}
@@ -485,7 +495,7 @@ func (m *Map) LeaveOne(user, room []byte, now int64, dst []Event) []Event {
 	}
 	for i := st.user(ui).head; i != 0; i = st.session(i).next {
 		if st.session(i).room == ref {
-			return m.endSession(st, i, ReasonLeft, now, true, dst)
+			return m.endSession(st, i, reason, now, true, dst)
 		}
 	}
 	return dst

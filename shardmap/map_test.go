@@ -430,6 +430,22 @@ func TestChangeLog(t *testing.T) {
 	if got := drain(m); !slices.Equal(got, want) {
 		t.Fatalf("drain = %v, want %v", got, want)
 	}
+	// A WebSocket's close: the change log records reason disconnect.
+	mustTouch(t, m, "w", "wr", t0+3000, 100)
+	drain(m)
+	if evs := m.LeaveOneReason(b("w"), b("wr"), t0+3001, ReasonDisconnect, nil); len(evs) != 1 || evs[0].Reason != ReasonDisconnect || !evs[0].Vacated {
+		t.Fatalf("LeaveOneReason = %+v, want one disconnect leave that vacates wr", evs)
+	}
+	if evs := m.LeaveOneReason(b("w"), b("wr"), t0+3002, ReasonDisconnect, nil); len(evs) != 0 {
+		t.Fatalf("LeaveOneReason of an ended session = %+v", evs)
+	}
+	want = []change{{"w", "wr", t0 + 3000, t0 + 3100, true, ReasonDisconnect}}
+	if got := drain(m); !slices.Equal(got, want) {
+		t.Fatalf("drain = %v, want %v", got, want)
+	}
+	if ReasonDisconnect.String() != "disconnect" {
+		t.Fatalf("ReasonDisconnect = %q", ReasonDisconnect)
+	}
 	off := newTestMap(t, Config{})
 	mustTouch(t, off, "u", "r", t0, 100)
 	if off.Drain(func(*Change) { t.Fatal("change without TrackChanges") }) != 0 {

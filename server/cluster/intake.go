@@ -12,8 +12,11 @@ func (n *Node) Offer(c *shardmap.Change) {
 	kind := changeUpsert
 	if c.Ended {
 		kind = changeLocalExpiry
-		if c.Reason == shardmap.ReasonLeft {
+		switch c.Reason {
+		case shardmap.ReasonLeft:
 			kind = changeLocalLeave
+		case shardmap.ReasonDisconnect:
+			kind = changeLocalDisconnect
 		}
 	}
 	n.offer(kind, c)
@@ -68,6 +71,13 @@ func (n *Node) OfferLeave(user, room []byte, all bool, at int64) {
 		kind, c.Room = changeLeaveAll, nil
 	}
 	n.offer(kind, &c)
+}
+
+// OfferDisconnect is OfferLeave of one room for a session whose WebSocket
+// closed: its leave event carries reason disconnect.
+func (n *Node) OfferDisconnect(user, room []byte, at int64) {
+	c := shardmap.Change{User: user, Room: room, At: at, Ended: true, Reason: shardmap.ReasonDisconnect}
+	n.offer(changeDisconnect, &c)
 }
 
 // swapIntake takes the queued changes, giving back spare (emptied) as the

@@ -1,6 +1,10 @@
 package cluster
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/presenced/presenced/shardmap"
+)
 
 // The writer's byte-buffer records: the intake (changes queued by Offer and
 // OfferLeave) and the deferred-refresh ring. Both are pointer-free byte
@@ -26,7 +30,19 @@ const (
 	// changeRetryTouch: a TOUCH that failed, sent again (before the
 	// re-assert, so a join still gets its event).
 	changeRetryTouch
+	// changeLocalDisconnect: changeLocalLeave whose WebSocket closed (reason disconnect).
+	changeLocalDisconnect
+	// changeDisconnect: changeLeave whose WebSocket closed (OfferDisconnect).
+	changeDisconnect
 )
+
+// leaveReason is the reason of the leave event a leave record emits.
+func (k changeKind) leaveReason() shardmap.Reason {
+	if k == changeLocalDisconnect || k == changeDisconnect {
+		return shardmap.ReasonDisconnect
+	}
+	return shardmap.ReasonLeft
+}
 
 // change is one decoded intake record. user and room alias the buffer.
 type change struct {

@@ -34,6 +34,7 @@ type op struct {
 	// emits an update event.
 	state  string
 	update bool
+	reason shardmap.Reason // opLeave: left or disconnect
 }
 
 type writerState struct {
@@ -131,10 +132,10 @@ func (w *writerState) decode(b []byte, now int64, leaveAll []op) []op {
 			w.upsert(h, c.user, c.room, c.state, c.lastSeen, c.expiry, now)
 		case changeRetryTouch:
 			w.ops = append(w.ops, op{kind: opTouch, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, state: string(c.state)})
-		case changeLocalLeave, changeLeave:
+		case changeLocalLeave, changeLeave, changeLocalDisconnect, changeDisconnect:
 			delete(w.state, h)
 			delete(w.states, h)
-			w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at})
+			w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at, reason: c.kind.leaveReason()})
 		case changeLeaveAll:
 			leaveAll = append(leaveAll, op{kind: opLeave, user: string(c.user), at: c.at, all: true})
 		case changeLocalExpiry:
@@ -177,7 +178,7 @@ func (w *writerState) keepLeaves(b []byte) {
 		var c change
 		c, rest = readChange(rest)
 		switch c.kind {
-		case changeLocalLeave, changeLeave, changeLeaveAll, changeRetryTouch:
+		case changeLocalLeave, changeLeave, changeLeaveAll, changeRetryTouch, changeLocalDisconnect, changeDisconnect:
 			w.retryChange(&c)
 		case changeUpsert:
 			h := sessHash(c.user, c.room)
@@ -199,6 +200,8 @@ func (w *writerState) retryOp(o *op) {
 		k = changeRetryTouch
 	case o.kind == opLeave && o.all:
 		k = changeLeaveAll
+	case o.kind == opLeave && o.reason == shardmap.ReasonDisconnect:
+		k = changeDisconnect
 	case o.kind == opLeave:
 		k = changeLeave
 	default:
@@ -496,7 +499,11 @@ func (w *writerState) sendChunk(chunk []op) error {
 		case opAssert:
 			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room}, silent: true, roomAdd: true})
 		case opLeave:
-			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.at, Reason: shardmap.ReasonLeft}})
+			reason := o.reason
+			if reason == 0 {
+				reason = shardmap.ReasonLeft
+			}
+			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.at, Reason: reason}})
 		}
 	}
 	if err := w.emitHook(ctx); err != nil && first == nil {
