@@ -17,6 +17,7 @@ import (
 	"github.com/presenced/presenced/server/cluster"
 	"github.com/presenced/presenced/server/events"
 	"github.com/presenced/presenced/server/token"
+	"github.com/presenced/presenced/server/webhook"
 	"github.com/presenced/presenced/shardmap"
 )
 
@@ -54,6 +55,7 @@ type Server struct {
 	bus     *events.Bus
 	deb     *events.Debouncer
 	streams atomic.Int64 // open GET /v1/events streams
+	hooks   atomic.Pointer[webhook.Deliverer] // nil without --webhook-url
 	reg     registry
 	met     *serverMetrics
 	start   time.Time
@@ -169,6 +171,17 @@ func (s *Server) Start() error {
 			return err
 		}
 		s.udp = u
+	}
+	if err := s.startWebhooks(); err != nil {
+		s.stopHTTP(context.Background())
+		if s.udp != nil {
+			_ = s.udp.stop(context.Background())
+		}
+		if s.store != nil {
+			_ = s.store.Close()
+		}
+		s.abortCluster()
+		return err
 	}
 	s.goroutine(s.sweepLoop)
 	s.goroutine(s.debounceLoop)
@@ -362,6 +375,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		errs = append(errs, s.stopPprof(ctx))
 	}
 	close(s.quit)
+	if h := s.hooks.Load(); h != nil {
+		_ = step("stop webhooks", func() error { h.Stop(); return nil })
+	}
 	if s.store != nil {
 		errs = append(errs, step("close write-ahead log", s.store.Close))
 	}

@@ -89,9 +89,10 @@ type localSource struct {
 }
 
 // StartLocal starts webhook delivery on a single node: every event the bus
-// publishes from now on is queued in q (nil: in memory) and delivered. It
-// subscribes before it returns, so no event published after it is missed.
-func StartLocal(cfg Config, bus *events.Bus, q *persist.Queue) (*Deliverer, error) {
+// publishes after since (nil: from now on) is queued in q (nil: in memory)
+// and delivered. It subscribes before it returns, so no event published
+// after it is missed.
+func StartLocal(cfg Config, bus *events.Bus, q *persist.Queue, since *events.ID) (*Deliverer, error) {
 	d, err := newDeliverer(cfg)
 	if err != nil {
 		return nil, err
@@ -102,7 +103,7 @@ func StartLocal(cfg Config, bus *events.Bus, q *persist.Queue) (*Deliverer, erro
 	} else {
 		src.q = &memQueue{}
 	}
-	src.sub = bus.Subscribe("", true, nil)
+	src.sub = bus.Subscribe("", true, since)
 	if src.sub == nil {
 		return nil, errors.New("cannot start webhooks: event bus closed")
 	}
