@@ -81,7 +81,7 @@ type localSource struct {
 	sub  *events.Sub
 	q    queue
 	kick chan struct{} // cap 1: the pump appended
-	quit chan time.Time
+	quit chan struct{}
 	wg   sync.WaitGroup
 
 	// Pump-owned.
@@ -97,7 +97,7 @@ func StartLocal(cfg Config, bus *events.Bus, q *persist.Queue, since *events.ID)
 	if err != nil {
 		return nil, err
 	}
-	src := &localSource{cfg: cfg, d: d, bus: bus, kick: make(chan struct{}, 1), quit: make(chan time.Time)}
+	src := &localSource{cfg: cfg, d: d, bus: bus, kick: make(chan struct{}, 1), quit: make(chan struct{})}
 	if q != nil {
 		src.q = q
 	} else {
@@ -130,9 +130,13 @@ func (s *localSource) pump() {
 		evs  []*events.Event
 		recs [][]byte
 	)
+	// The tick wakes Next to see quit, and to queue the reset owed for
+	// dropped events once the queue has room again.
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		var err error
-		evs, err = s.bus.Next(s.sub, evs[:0], 512, s.quit)
+		evs, err = s.bus.Next(s.sub, evs[:0], 512, tick.C)
 		select {
 		case <-s.quit:
 			return
