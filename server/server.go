@@ -54,7 +54,7 @@ type Server struct {
 	// leaves for --leave-delay before they reach it (single node).
 	bus     *events.Bus
 	deb     *events.Debouncer
-	streams atomic.Int64 // open GET /v1/events streams
+	streams atomic.Int64                      // open GET /v1/events streams
 	hooks   atomic.Pointer[webhook.Deliverer] // nil without --webhook-url
 	reg     registry
 	met     *serverMetrics
