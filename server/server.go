@@ -54,11 +54,12 @@ type Server struct {
 	// leaves for --leave-delay before they reach it (single node).
 	bus     *events.Bus
 	deb     *events.Debouncer
-	streams atomic.Int64                      // open GET /v1/events streams
-	hooks   atomic.Pointer[webhook.Deliverer] // nil without --webhook-url
+	streams atomic.Int64 // open GET /v1/events streams
 	reg     registry
 	met     *serverMetrics
 	start   time.Time
+	// hooks delivers events to --webhook-url (nil without it).
+	hooks atomic.Pointer[webhook.Deliverer]
 
 	state    atomic.Int32
 	stopping atomic.Bool
