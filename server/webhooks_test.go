@@ -1,0 +1,153 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/webhook"
+)
+
+const hookSecret = "0123456789abcdef0123456789abcdef-hooks"
+
+// hookReceiver is a webhook receiver on loopback that answers status and
+// records the events of the batches it accepted (signature checked).
+type hookReceiver struct {
+	srv    *httptest.Server
+	status atomic.Int32
+	delay  atomic.Int64 // ns each answer waits
+	reqs   atomic.Int64
+	mu     sync.Mutex
+	evs    []sseEvent
+}
+
+func newHookReceiver(t *testing.T, status int) *hookReceiver {
+	h := &hookReceiver{}
+	h.status.Store(int32(status))
+	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		h.reqs.Add(1)
+		time.Sleep(time.Duration(h.delay.Load()))
+		code := int(h.status.Load())
+		if webhook.Verify([]byte(hookSecret), r.Header.Get(webhook.SignatureHeader), body, time.Now().Unix(), 300) != nil {
+			code = 401
+		}
+		if code/100 == 2 {
+			var b struct{ Events []sseEvent }
+			_ = json.Unmarshal(body, &b)
+			h.mu.Lock()
+			h.evs = append(h.evs, b.Events...)
+			h.mu.Unlock()
+		}
+		w.WriteHeader(code)
+	}))
+	t.Cleanup(h.srv.Close)
+	return h
+}
+
+func (h *hookReceiver) count(typ, user string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, e := range h.evs {
+		if e.Type == typ && e.User == user {
+			n++
+		}
+	}
+	return n
+}
+
+func hookConfig(t *testing.T, cfg *Config, url string) {
+	f := filepath.Join(t.TempDir(), "hook.keys")
+	if err := os.WriteFile(f, []byte("k1 "+hookSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Webhook.URL = url
+	cfg.Webhook.SecretFile = f
+	cfg.Webhook.ClaimAfter = time.Second
+	cfg.Webhook.MaxBackoff = 200 * time.Millisecond
+	cfg.Webhook.Linger = 20 * time.Millisecond
+}
+
+// Two nodes and Redis: the node that decided an event reads it from the
+// consumer group, fails to deliver it and dies; the other node takes over
+// the lease, claims the event after --webhook-claim-after and delivers it.
+func TestWebhookClusterNodeDiesBeforeDelivery(t *testing.T) {
+	r := redistest.Start(t)
+	rec := newHookReceiver(t, 503)
+	cfg := clusterTestConfig(r.Addr())
+	hookConfig(t, &cfg, rec.srv.URL)
+	a := startCluster(t, cfg)
+	waitFor(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })
+	b := startCluster(t, cfg)
+
+	a.heartbeat("decided-by-a", "room")
+	waitFor(t, 5*time.Second, "A tried to deliver", func() bool { return rec.reqs.Load() > 0 })
+	a.kill()
+	rec.status.Store(200)
+	waitFor(t, 15*time.Second, "B delivered A's event", func() bool { return rec.count("join", "decided-by-a") > 0 })
+	hb := b.s.hooks.Load()
+	if !hb.IsLeader() || hb.Stats().Delivered == 0 {
+		t.Fatalf("B leader %v, stats %+v", hb.IsLeader(), hb.Stats())
+	}
+	// B delivers what comes next too, and nothing is dead-lettered.
+	b.heartbeat("after", "room")
+	waitFor(t, 5*time.Second, "B delivered a new event", func() bool { return rec.count("join", "after") == 1 })
+	if st := hb.Stats(); st.DeadLettered != 0 || st.Lost != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func startSingle(t *testing.T, cfg Config) *cnode {
+	t.Helper()
+	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+		testHTTP.CloseIdleConnections()
+	})
+	return &cnode{t: t, s: s, base: "http://" + s.HTTPAddr()}
+}
+
+// A single node with --data-dir restarted while its receiver fails
+// delivers what it had queued once it runs again.
+func TestWebhookSingleNodeRestartMidQueue(t *testing.T) {
+	rec := newHookReceiver(t, 500)
+	cfg := clusterTestConfig("")
+	cfg.DataDir = t.TempDir()
+	hookConfig(t, &cfg, rec.srv.URL)
+	a := startSingle(t, cfg)
+	for _, u := range []string{"u1", "u2", "u3"} {
+		a.heartbeat(u, "room")
+	}
+	waitFor(t, 5*time.Second, "3 events queued", func() bool { return a.s.hooks.Load().Stats().Depth == 3 })
+	waitFor(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec.status.Store(200)
+	b := startSingle(t, cfg)
+	waitFor(t, 10*time.Second, "queued events delivered after the restart", func() bool {
+		return rec.count("join", "u1") > 0 && rec.count("join", "u2") > 0 && rec.count("join", "u3") > 0
+	})
+	waitFor(t, 5*time.Second, "queue empty", func() bool { return b.s.hooks.Load().Stats().Depth == 0 })
+}
