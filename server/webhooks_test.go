@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -150,4 +151,45 @@ func TestWebhookSingleNodeRestartMidQueue(t *testing.T) {
 		return rec.count("join", "u1") > 0 && rec.count("join", "u2") > 0 && rec.count("join", "u3") > 0
 	})
 	waitFor(t, 5*time.Second, "queue empty", func() bool { return b.s.hooks.Load().Stats().Depth == 0 })
+}
+
+// Trimming the event stream past events the webhook group had not read
+// is counted and delivered as a reset, never dropped silently.
+func TestWebhookClusterTrimmedGap(t *testing.T) {
+	r := redistest.Start(t)
+	rec := newHookReceiver(t, 503)
+	cfg := clusterTestConfig(r.Addr())
+	hookConfig(t, &cfg, rec.srv.URL)
+	cfg.Webhook.Batch = 5
+	cfg.Cluster.StreamMaxLen = 10 // MAXLEN ~ trims whole nodes of 100 entries
+	a := startCluster(t, cfg)
+	waitFor(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })
+	a.heartbeat("first", "room")
+	waitFor(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
+	for i := range 300 {
+		a.heartbeat("u"+strconv.Itoa(i), "room")
+	}
+	c := r.Client()
+	defer c.Close()
+	waitFor(t, 10*time.Second, "the stream trimmed", func() bool {
+		n, err := c.XLen(context.Background(), a.s.cl.StreamKey()).Result()
+		return err == nil && n < 300
+	})
+	rec.status.Store(200)
+	hk := a.s.hooks.Load()
+	waitFor(t, 10*time.Second, "a reset delivered", func() bool { return rec.count("reset", "") > 0 })
+	a.heartbeat("after-gap", "room")
+	waitFor(t, 10*time.Second, "an event after the gap delivered", func() bool { return rec.count("join", "after-gap") > 0 })
+	// Every event is delivered or counted lost; one reset stands for the lost.
+	rec.mu.Lock()
+	ids := map[string]bool{}
+	for _, e := range rec.evs {
+		if e.Type != "reset" {
+			ids[e.ID] = true
+		}
+	}
+	rec.mu.Unlock()
+	if st := hk.Stats(); st.Lost == 0 || len(ids)+int(st.Lost) != 302 {
+		t.Fatalf("gap not counted: %+v", st)
+	}
 }

@@ -31,10 +31,11 @@ import (
 //
 // Trimming (XADD MAXLEN ~) may remove entries the group has not read.
 // Before reading new entries (at most once a second) the leader compares
-// the stream's max-deleted-entry-id with the group's last-delivered-id;
-// when entries were trimmed unread it counts them (entries-added - length
-// - entries-read), logs, delivers a reset event (reason history_lost) and
-// moves the group past the gap. Pending entries whose data was trimmed
+// the entries the stream removed (entries-added - length) with the group's
+// entries-read, and its last-delivered-id with the first entry left; when
+// entries were trimmed unread it counts them (removed - entries-read),
+// logs, delivers a reset event (reason history_lost) and moves the group
+// past the gap (XGROUP SETID ... ENTRIESREAD). Pending entries whose data was trimmed
 // are counted the same way. (A trim in the second between the check and
 // the read is not seen: keep --redis-stream-max-len well above what the
 // receiver may fall behind.)
@@ -310,14 +311,21 @@ func (s *redisSource) check(ctx context.Context) (*batch, error) {
 		s.created = false
 		return nil, errors.New("cannot find webhook consumer group")
 	}
+	// Trimming removes the oldest entries: the group missed some when
+	// fewer were read than removed and its position is before the first
+	// entry left.
 	lastDel, _ := events.ParseID(g.LastDeliveredID)
-	maxDel, _ := events.ParseID(info.MaxDeletedEntryID)
-	if lastDel.Less(maxDel) && info.EntriesAdded > 0 {
-		removed := info.EntriesAdded - info.Length
-		lost := max(removed-g.EntriesRead, 1)
+	first, _ := events.ParseID(info.FirstEntry.ID)
+	removed := info.EntriesAdded - info.Length
+	if removed > g.EntriesRead && lastDel.Less(first) {
+		lost := removed - g.EntriesRead
+		maxDel := events.ID{Ms: first.Ms, Seq: first.Seq - 1}
+		if first.Seq == 0 {
+			maxDel = events.ID{Ms: first.Ms - 1, Seq: 1<<63 - 1}
+		}
 		s.d.lost.Add(uint64(lost))
 		s.d.log.Error("event stream trimmed past undelivered webhook events (raise --redis-stream-max-len); receivers get a reset",
-			"lost", lost, "delivered_up_to", g.LastDeliveredID, "trimmed_up_to", info.MaxDeletedEntryID)
+			"lost", lost, "delivered_up_to", g.LastDeliveredID, "stream_starts_at", info.FirstEntry.ID)
 		b := &batch{evs: [][]byte{(&events.Event{ID: maxDel, Type: events.Reset, Reason: events.ReasonHistoryLost}).JSON()},
 			oldest: time.Now()}
 		b.ack = func() error {
