@@ -9,7 +9,9 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,7 +34,7 @@ type hookReceiver struct {
 	evs    []sseEvent
 }
 
-func newHookReceiver(t *testing.T, status int) *hookReceiver {
+func newHookReceiver(t testing.TB, status int) *hookReceiver {
 	h := &hookReceiver{}
 	h.status.Store(int32(status))
 	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -68,7 +70,7 @@ func (h *hookReceiver) count(typ, user string) int {
 	return n
 }
 
-func hookConfig(t *testing.T, cfg *Config, url string) {
+func hookConfig(t testing.TB, cfg *Config, url string) {
 	f := filepath.Join(t.TempDir(), "hook.keys")
 	if err := os.WriteFile(f, []byte("k1 "+hookSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -191,5 +193,87 @@ func TestWebhookClusterTrimmedGap(t *testing.T) {
 	rec.mu.Unlock()
 	if st := hk.Stats(); st.Lost == 0 || len(ids)+int(st.Lost) != 302 {
 		t.Fatalf("gap not counted: %+v", st)
+	}
+}
+
+// heartbeatLatencies sends n HTTP heartbeats of new users (each a join
+// event) and returns their latencies, sorted.
+func heartbeatLatencies(t testing.TB, base string, prefix string, n int) []time.Duration {
+	c := &http.Client{Timeout: 2 * time.Second}
+	out := make([]time.Duration, 0, n)
+	for i := range n {
+		body := `{"user":"` + prefix + strconv.Itoa(i) + `","room":"r` + strconv.Itoa(i%10) + `"}`
+		t0 := time.Now()
+		resp, err := c.Post(base+"/v1/heartbeat", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("heartbeat %d: %v", i, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("heartbeat %d: status %d", i, resp.StatusCode)
+		}
+		out = append(out, time.Since(t0))
+	}
+	slices.Sort(out)
+	c.CloseIdleConnections()
+	return out
+}
+
+// A receiver that takes seconds to answer never holds heartbeats up: they
+// are answered while a batch hangs in flight and the queue grows. (The
+// bound is generous; BenchmarkHeartbeatSlowWebhook compares latencies.)
+func TestWebhookSlowReceiverDoesNotSlowHeartbeats(t *testing.T) {
+	rec := newHookReceiver(t, 200)
+	rec.delay.Store(int64(3 * time.Second))
+	cfg := clusterTestConfig("")
+	cfg.DataDir = t.TempDir()
+	hookConfig(t, &cfg, rec.srv.URL)
+	a := startSingle(t, cfg)
+	a.heartbeat("first", "room")
+	waitFor(t, 5*time.Second, "a batch in flight", func() bool { return rec.reqs.Load() > 0 })
+	lat := heartbeatLatencies(t, a.base, "u", 200)
+	if p := lat[len(lat)-1]; p > time.Second {
+		t.Fatalf("slowest heartbeat took %v with a slow webhook receiver", p)
+	}
+	if d := a.s.hooks.Load().Stats().Depth; d < 100 {
+		t.Fatalf("queue depth %d: the joins were not queued behind the slow batch", d)
+	}
+}
+
+// BenchmarkHeartbeatSlowWebhook reports heartbeat latency (p50, p99) on a
+// single node with --data-dir: without webhooks, and with a receiver that
+// answers after 1 s.
+func BenchmarkHeartbeatSlowWebhook(b *testing.B) {
+	for _, slow := range []bool{false, true} {
+		name := "no-webhook"
+		if slow {
+			name = "slow-receiver"
+		}
+		b.Run(name, func(b *testing.B) {
+			cfg := clusterTestConfig("")
+			cfg.DataDir = b.TempDir()
+			if slow {
+				rec := newHookReceiver(b, 200)
+				rec.delay.Store(int64(time.Second))
+				hookConfig(b, &cfg, rec.srv.URL)
+			}
+			s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_ = s.Shutdown(ctx)
+			}()
+			b.ResetTimer()
+			lat := heartbeatLatencies(b, "http://"+s.HTTPAddr(), "u", b.N)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-us")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-us")
+		})
 	}
 }
