@@ -277,3 +277,22 @@ func BenchmarkHeartbeatSlowWebhook(b *testing.B) {
 		})
 	}
 }
+
+// --leave-delay applies to webhooks as to streams: a leave and a rejoin
+// within it send nothing; a leave with no rejoin is sent, the delay late.
+func TestWebhookLeaveDebounce(t *testing.T) {
+	rec := newHookReceiver(t, 200)
+	cfg := clusterTestConfig("")
+	cfg.LeaveDelay = 500 * time.Millisecond
+	hookConfig(t, &cfg, rec.srv.URL)
+	a := startSingle(t, cfg)
+	a.heartbeat("reload", "room")
+	a.heartbeat("gone", "room")
+	a.do("POST", "/v1/leave", `{"user":"reload","room":"room"}`, nil)
+	a.heartbeat("reload", "room")
+	a.do("POST", "/v1/leave", `{"user":"gone","room":"room"}`, nil)
+	waitFor(t, 5*time.Second, "the leave of gone", func() bool { return rec.count("leave", "gone") == 1 })
+	if j, l := rec.count("join", "reload"), rec.count("leave", "reload"); j != 1 || l != 0 {
+		t.Fatalf("reload: %d joins, %d leaves; want the first join only", j, l)
+	}
+}
