@@ -53,7 +53,8 @@
 //	| 'q' | seq (8 BE)       |   ->   | enqueued ms (8 BE) | record    |
 //	+-----+------------------+        +--------------------+-----------+
 //	Appended (synced) in seq order by the webhook deliverer, deleted with
-//	one range delete once delivered or dead-lettered; Replay ignores it.
+//	one range delete (not synced: a lost delete only redelivers) once
+//	delivered or dead-lettered; Replay ignores it.
 //
 // The sweep walks the whole 'u' range every Config.SweepInterval (in chunks
 // of sweepChunk keys, so commits are never held up for long): its cost is
