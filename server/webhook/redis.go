@@ -116,13 +116,20 @@ func (d *Deliverer) RedisCommands() uint64 {
 	return 0
 }
 
+// stop releases the lease (the next node need not wait for it to expire)
+// and, when this node holds no pending entry, leaves the group, so nodes
+// with random ids do not pile up as consumers.
 func (s *redisSource) stop() {
 	s.cancel()
 	s.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
 	if s.leader.Load() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
 		_ = scriptRelease.Run(ctx, s.c, []string{s.lease}, s.me).Err()
+	}
+	p, err := s.c.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: s.stream, Group: Group, Start: "-", End: "+", Count: 1, Consumer: s.me}).Result()
+	if err == nil && len(p) == 0 {
+		_ = s.c.XGroupDelConsumer(ctx, s.stream, Group, s.me).Err()
 	}
 }
 
