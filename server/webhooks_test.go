@@ -163,7 +163,7 @@ func TestWebhookClusterTrimmedGap(t *testing.T) {
 	cfg := clusterTestConfig(r.Addr())
 	hookConfig(t, &cfg, rec.srv.URL)
 	cfg.Webhook.Batch = 5
-	cfg.Cluster.StreamMaxLen = 10 // MAXLEN ~ trims whole nodes of 100 entries
+	cfg.Cluster.StreamMaxLen = 10                       // MAXLEN ~ trims whole nodes of 100 entries
 	cfg.TTL, cfg.Interval = time.Minute, 20*time.Second // no timeout leaves during the test
 	a := startCluster(t, cfg)
 	waitFor(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })

@@ -25,8 +25,10 @@
 // Config.MaxBackoff, with jitter. So a receiver sees every event at least
 // once and must de-duplicate by id. Not handled: after a claim in a cluster
 // (a node died mid-batch), the claimed batch may arrive after newer events
-// the new lease holder read first; and a single node without --data-dir
-// loses its queue when it stops.
+// the new lease holder read first; a single node without --data-dir
+// loses its queue when it stops; and on a single node, events decided
+// after Shutdown closed the bus (while intake drains) reach neither the
+// streams nor the queue.
 //
 // A single-node queue holds at most Config.MaxQueue events; beyond it new
 // events are dropped, counted (Stats.Lost) and replaced by one reset event

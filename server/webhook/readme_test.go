@@ -61,7 +61,7 @@ func TestReadmeExamples(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := string(py)
-	pyFn := p[strings.Index(p, "def verify(") : strings.Index(p, "\n\n\nif __name__")]
+	pyFn := p[strings.Index(p, "def verify("):strings.Index(p, "\n\n\nif __name__")]
 	// The README shows the function without its docstring.
 	if i := strings.Index(pyFn, `    """`); i >= 0 {
 		j := strings.Index(pyFn[i+7:], `"""`) + i + 7 + 4
