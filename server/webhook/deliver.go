@@ -149,17 +149,25 @@ func (d *Deliverer) Stats() Stats {
 }
 
 func (d *Deliverer) loop(ctx context.Context) {
+	failing := false // log a failure streak once
 	for {
 		b, err := d.src.next(ctx)
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			d.log.Warn("cannot read webhook events; retrying", "err", err)
+			if !failing {
+				d.log.Warn("cannot read webhook events; retrying every second", "err", err)
+				failing = true
+			}
 			if !sleepCtx(ctx, time.Second) {
 				return
 			}
 			continue
+		}
+		if failing {
+			d.log.Info("reading webhook events again")
+			failing = false
 		}
 		if !d.deliver(ctx, b) {
 			return // stopping: the batch stays undelivered
