@@ -5,6 +5,7 @@
 //	presenced token ...         mint a heartbeat token
 //	presenced loadtest ...      run the load generator
 //	presenced config [flags]    print the effective configuration
+//	presenced repair [flags]    move a damaged --data-dir aside, keep what is readable
 //	presenced version           print the version
 package main
 
@@ -18,6 +19,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server"
 )
 
@@ -49,6 +51,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		server.PrintConfig(stdout, cfg)
 		return 0
+	case "repair":
+		return repair(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "presenced", version)
 		return 0
@@ -67,6 +71,7 @@ func usage(w io.Writer) {
        presenced token --secret-file F --user U [--room R] [--valid-for D] [--kid K]
        presenced loadtest [flags]
        presenced config [flags]
+       presenced repair --data-dir D   (with the node stopped)
        presenced version
 
 serve flags (each also PRESENCED_<FLAG> in the environment, or 'flag = value' in --config):
@@ -121,6 +126,37 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("unclean shutdown", "err", err)
 		return 1
 	}
+	return 0
+}
+
+// repair moves a store the node cannot open (exit 1 naming a damaged file)
+// to <data-dir>.damaged-<time> and starts a new one from every record that
+// can still be read (persist.Repair). It takes the serve flags, so the same
+// --config or environment finds the same --data-dir.
+func repair(args []string, stdout, stderr io.Writer) int {
+	cfg, err := server.LoadConfig(args, os.Getenv, stderr)
+	if err != nil {
+		return usageFailure(stderr, err)
+	}
+	if cfg.DataDir == "" {
+		fmt.Fprintln(stderr, "presenced: repair needs --data-dir")
+		return 2
+	}
+	log := server.NewLogger(stderr, cfg, new(slog.LevelVar))
+	st, err := persist.Repair(cfg.Persist)
+	if err != nil {
+		log.Error("cannot repair", "data_dir", cfg.DataDir, "moved_to", st.MovedTo, "err", err)
+		return 1
+	}
+	if st.Unreadable != "" {
+		log.Error("nothing could be read from the damaged store; the new store is empty", "err", st.Unreadable)
+	}
+	fmt.Fprintf(stdout, "damaged store moved to %s\n", st.MovedTo)
+	for _, f := range st.Damaged {
+		fmt.Fprintf(stdout, "damaged file: %s\n", f)
+	}
+	fmt.Fprintf(stdout, "kept %d sessions and %d last-seen records in %s (%d unreadable ranges skipped)\n",
+		st.Sessions, st.LastSeen, cfg.DataDir, st.Skipped)
 	return 0
 }
 

@@ -201,11 +201,19 @@ func TestSubscriberRealServerJoins(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	for _, u := range []string{"ivy", "jack"} {
+	for i, u := range []string{"ivy", "jack"} {
 		start(t, client.Config{UDPAddr: n.udp, User: u, Room: "lobby"})
 		ev, err := sub.Next()
 		if err != nil {
 			t.Fatalf("Next: %v", err)
+		}
+		if i == 0 { // the first member occupies the room
+			if ev.Type != "occupied" || ev.Room != "lobby" {
+				t.Errorf("event = %+v, want lobby occupied", ev)
+			}
+			if ev, err = sub.Next(); err != nil {
+				t.Fatalf("Next: %v", err)
+			}
 		}
 		if ev.Type != "join" || ev.User != u || ev.Room != "lobby" || ev.At.IsZero() {
 			t.Errorf("event = %+v, want %s joining lobby", ev, u)
@@ -232,6 +240,9 @@ func TestSubscriberRealServerBearer(t *testing.T) {
 	}
 	defer sub.Close()
 	start(t, client.Config{UDPAddr: n.udp, User: "kim", Room: "den"})
+	if ev, err := sub.Next(); err != nil || ev.Type != "occupied" {
+		t.Errorf("event = %+v, %v; want den occupied", ev, err)
+	}
 	if ev, err := sub.Next(); err != nil || ev.Type != "join" || ev.User != "kim" || ev.Room != "den" {
 		t.Errorf("event = %+v, %v; want kim joining den", ev, err)
 	}

@@ -158,18 +158,22 @@ func ExampleSubscribe() {
 	}
 	defer h.Close()
 
-	ev, err := sub.Next()
-	if err != nil {
-		log.Fatal(err)
+	for range 2 {
+		ev, err := sub.Next()
+		if err != nil {
+			log.Fatal(err)
+		}
+		switch ev.Type {
+		case "reset":
+			// Events were lost (history_lost): re-read the room with
+			// GET /v1/rooms/{room}/members.
+		default:
+			fmt.Println(ev.Type, ev.User, ev.Room)
+		}
 	}
-	switch ev.Type {
-	case "reset":
-		// Events were lost (history_lost): re-read the room with
-		// GET /v1/rooms/{room}/members.
-	default:
-		fmt.Println(ev.Type, ev.User, ev.Room)
-	}
-	// Output: join dave lobby
+	// Output:
+	// occupied  lobby
+	// join dave lobby
 }
 
 // SetState publishes a small JSON object with the session (sent over HTTP;

@@ -91,6 +91,15 @@ type Config struct {
 	CompareFlood bool    // --compare-flood: run the target without the flood, then with it, and compare p99s
 	APIToken     string  // --api-token: bearer token for POST /v1/status
 
+	// Measuring the server's side (issue 14).
+	FlatOut       bool   // --flat-out: UDP senders send full batches unpaced for each step's duration (--rate only sizes the ack ring)
+	NoAck         bool   // --no-ack: UDP datagrams do not ask for an ack; intake is read from --target-metrics
+	TargetMetrics string // --target-metrics: URL of the target's Prometheus /metrics, read before and after each step
+	Name          string // --name: the target's name in the report (default: --target)
+	CPU           string // --cpu: CPU list this process runs on (e.g. 0 or 0-1); it re-executes itself pinned
+	CPUProfile    string // --cpuprofile: write the generator's own CPU profile here
+	Serve         string // --serve: run this do-nothing target on --udp-addr / --http-addr until SIGTERM instead of generating load
+
 	durationSet bool
 	sourceIPs   []net.IP // parsed --source-ip: socket/connection i binds sourceIPs[i%len]
 }
@@ -172,6 +181,13 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.BoolVar(&cfg.CheckOnline, "check-online", false, "after each run, count the simulated users presenced reports offline (POST /v1/status on --http-addr)")
 	fs.BoolVar(&cfg.CompareFlood, "compare-flood", false, "run the target twice, without then with --flood-rate, and report the p99 ratio")
 	fs.StringVar(&cfg.APIToken, "api-token", "", "bearer token for POST /v1/status (presenced --api-token-file)")
+	fs.BoolVar(&cfg.FlatOut, "flat-out", false, "UDP: send as fast as the generator can for each step's --duration (no pacing)")
+	fs.BoolVar(&cfg.NoAck, "no-ack", false, "UDP: datagrams do not ask for an ack (read the server's intake with --target-metrics)")
+	fs.StringVar(&cfg.TargetMetrics, "target-metrics", "", "URL of the target's /metrics (e.g. http://127.0.0.1:7070/metrics): server-side intake, log records, per step")
+	fs.StringVar(&cfg.Name, "name", "", "the target's name in the report (default: --target)")
+	fs.StringVar(&cfg.CPU, "cpu", "", "run the generator on these CPUs only (a list such as 0 or 0,1 or 0-1; re-executes itself pinned)")
+	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write the generator's own CPU profile to this file (go tool pprof)")
+	fs.StringVar(&cfg.Serve, "serve", "", "run a do-nothing target ("+strings.Join([]string{TargetNullUDP, TargetRawUDP, TargetNullHTTP}, "|")+") on --udp-addr/--http-addr until SIGTERM, with /metrics on --http-addr")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -261,6 +277,19 @@ func (c *Config) Validate() error {
 		return bad("check-online", "applies to --target=presenced only")
 	case c.FloodRate != 0 && c.Target == TargetRedisSetex, c.FloodRate != 0 && c.Target == TargetRedisPipelined:
 		return bad("flood-rate", "floods a UDP target; --target=%s is Redis", c.Target)
+	case (c.FlatOut || c.NoAck) && c.Transport != "udp":
+		return bad("transport", "--flat-out and --no-ack apply to udp only")
+	case c.FlatOut && c.Sweep, c.NoAck && c.Sweep:
+		return bad("sweep", "does not combine with --flat-out or --no-ack (a step's sustainability needs paced, acknowledged requests)")
+	case c.NoAck && c.CompareFlood:
+		return bad("compare-flood", "does not combine with --no-ack (it compares the users' p99)")
+	case c.Serve != "" && !oneOf(c.Serve, TargetNullUDP, TargetRawUDP, TargetNullHTTP):
+		return bad("serve", "%q is not one of %s, %s, %s", c.Serve, TargetNullUDP, TargetRawUDP, TargetNullHTTP)
+	case c.TargetMetrics != "" && !strings.HasPrefix(c.TargetMetrics, "http://"):
+		return bad("target-metrics", "%q is not an http:// URL", c.TargetMetrics)
+	}
+	if _, err := parseCPUList(c.CPU); err != nil {
+		return bad("cpu", "%v", err)
 	}
 	ips, err := parseSourceIPs(c.SourceIP)
 	if err != nil {

@@ -45,7 +45,7 @@ func (c *cpuSampler) end() (float64, string) {
 	if all-c.all0 <= 0 {
 		return -1, "unavailable"
 	}
-	return 100 * (busy - c.busy0) / (all - c.all0), fmt.Sprintf("whole machine incl. the load generator, %% of %d cores", runtime.NumCPU())
+	return 100 * (busy - c.busy0) / (all - c.all0), fmt.Sprintf("whole machine incl. the load generator, %% of %d cores", machineCPUs())
 }
 
 func (c *cpuSampler) read() (busy, all float64, ok bool) {
@@ -82,4 +82,20 @@ func (c *cpuSampler) read() (busy, all float64, ok bool) {
 		all += v[i]
 	}
 	return all - v[3] - v[4], all, true
+}
+
+// machineCPUs counts the machine's CPUs in /proc/stat (runtime.NumCPU is
+// this process's affinity, one core when pinned with --cpu).
+func machineCPUs() int {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return runtime.NumCPU()
+	}
+	n := 0
+	for line := range bytes.SplitSeq(b, []byte("\n")) {
+		if len(line) > 3 && string(line[:3]) == "cpu" && line[3] >= '0' && line[3] <= '9' {
+			n++
+		}
+	}
+	return max(n, 1)
 }

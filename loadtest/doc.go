@@ -22,13 +22,61 @@
 // jobs go through a queue to a fixed pool of workers, so a slow answer
 // delays later jobs in the queue, where their latency keeps counting.
 //
+// # Batches
+//
+// Each UDP socket is a blocking socket of its own, connected to the
+// target. Its sender wakes when the next job is due and sends every job
+// due by then, up to 64, in one sendmmsg(2); its receiver takes whatever
+// acks are queued, up to 64, in one recvmmsg(2) (MSG_WAITFORONE) and
+// matches each by seq. Flat out, one core of the benchmark machine spends
+// 1.2 µs per datagram without acks and 2.3 µs with its ack matched
+// (loadgen_us_per_datagram in the JSON), most of it in the kernel: the
+// generator is not the limit below several hundred thousand a second. At
+// low rates it sends about one datagram per wake-up and costs more per
+// datagram, but a small share of its core. --flat-out drops the schedule: each sender sends full batches
+// for the step's --duration; --no-ack sends datagrams that ask for no
+// ack, so only the server can say what it took in (--target-metrics).
+//
+// # Where the limit is
+//
+// The generator and the server should not share a core. Pin them apart:
+// the server with taskset (taskset -c 1 presenced serve ...), the
+// generator with --cpu 0 (it re-executes itself from a thread pinned to
+// those CPUs; equivalent to taskset -c 0 presenced loadtest ...). Each
+// step then reports, besides its own figures:
+//
+//   - the generator's CPU from getrusage(2) (loadgen_cpu_pct, of one core,
+//     against the cores it may use) and how long its threads waited for a
+//     core (loadgen_wait_pct, /proc/self/task/*/schedstat);
+//   - with --target-pid, the server's CPU from /proc/<pid>/stat, its wait
+//     for a core from /proc/<pid>/task/*/schedstat, and the cores its
+//     affinity allows; the pid is used rather than the server's
+//     process_cpu_seconds_total because presenced does not export one and
+//     the do-nothing targets need no metrics library;
+//   - with --target-metrics, the server's own counts from its /metrics
+//     (presenced_udp_datagrams_total, presenced_udp_replies_total,
+//     presenced_heartbeats_total, presenced_wal_records_total): intake
+//     without acks, log records per heartbeat, CPU per heartbeat;
+//   - the datagrams the server's socket queue dropped (its port in
+//     /proc/net/udp) and all UDP queue drops (/proc/net/snmp);
+//   - limit: which side held the step back, "generator CPU", "server CPU"
+//     or "loss" (dropped with neither side out of CPU), or "none". Busy
+//     time plus time waiting for a core counts as out of CPU: on a shared
+//     machine other processes take the rest, and the report says how much.
+//
+// --serve null-udp|raw-udp|null-http runs a do-nothing target as a process
+// of its own (so it can be pinned like presenced), with /metrics on
+// --http-addr under presenced's counter names. loadtest/bench.sh drives
+// every comparison this way; --name labels a run in the report.
+//
 // # Baselines
 //
 // The same generator can drive do-nothing targets started in-process
 // (a gnet UDP receiver, a raw recvmmsg/sendmmsg receiver, a fasthttp
 // handler) and Redis SET ... EX (plain and pipelined), so presenced's
 // figures can be read as a ratio of what the machine and the generator
-// can do at all.
+// can do at all. In-process targets share the generator's CPUs; for
+// figures about the server's side run them with --serve, pinned.
 //
 // # Abuse scenario
 //

@@ -373,6 +373,12 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--compare-flood"}, "--compare-flood"},
 		{[]string{"--compare-flood", "--flood-rate", "-1", "--sweep"}, "--compare-flood"},
 		{[]string{"--check-online", "--target", "null-udp"}, "--check-online"},
+		{[]string{"--flat-out", "--sweep"}, "--sweep"},
+		{[]string{"--no-ack", "--transport", "http"}, "--transport"},
+		{[]string{"--no-ack", "--flood-rate", "-1", "--compare-flood"}, "--compare-flood"},
+		{[]string{"--serve", "nginx"}, "--serve"},
+		{[]string{"--cpu", "0-"}, "--cpu"},
+		{[]string{"--target-metrics", "127.0.0.1:7070/metrics"}, "--target-metrics"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"stray"}, "stray"},
 	} {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -52,6 +53,13 @@ type nullUDP struct {
 	gnet.BuiltinEventEngine
 	eng  chan gnet.Engine
 	done chan error
+	nullCounters
+}
+
+// nullCounters are a do-nothing UDP target's counts, for --serve's /metrics.
+type nullCounters struct {
+	in  atomic.Int64 // datagrams received
+	out atomic.Int64 // replies sent
 }
 
 func (s *nullUDP) OnBoot(e gnet.Engine) gnet.Action {
@@ -61,8 +69,11 @@ func (s *nullUDP) OnBoot(e gnet.Engine) gnet.Action {
 
 func (s *nullUDP) OnTraffic(c gnet.Conn) gnet.Action {
 	b, _ := c.Next(-1)
+	s.in.Add(1)
 	if n := nullReply(b); n > 0 {
-		_, _ = c.Write(b[:n])
+		if _, err := c.Write(b[:n]); err == nil {
+			s.out.Add(1)
+		}
 	}
 	return gnet.None
 }
@@ -74,14 +85,20 @@ func startNullUDP() (addr string, stop func(), err error) {
 		return "", nil, err
 	}
 	addr = "127.0.0.1:" + strconv.Itoa(port)
-	s := &nullUDP{eng: make(chan gnet.Engine, 1), done: make(chan error, 1)}
+	_, stop, err = startNullUDPAt(addr)
+	return addr, stop, err
+}
+
+// startNullUDPAt starts the receiver on addr.
+func startNullUDPAt(addr string) (s *nullUDP, stop func(), err error) {
+	s = &nullUDP{eng: make(chan gnet.Engine, 1), done: make(chan error, 1)}
 	go func() {
 		s.done <- gnet.Run(s, "udp://"+addr, gnet.WithMulticore(true), gnet.WithReusePort(true),
 			gnet.WithNumEventLoop(runtime.GOMAXPROCS(0)), gnet.WithSocketRecvBuffer(4<<20), gnet.WithLogger(quietLogger{}), gnet.WithLogLevel(logging.ErrorLevel))
 	}()
 	select {
 	case eng := <-s.eng:
-		return addr, func() {
+		return s, func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			_ = eng.Stop(ctx)
@@ -91,9 +108,9 @@ func startNullUDP() (addr string, stop func(), err error) {
 			}
 		}, nil
 	case err := <-s.done:
-		return "", nil, fmt.Errorf("cannot start null-udp on %s: %w", addr, err)
+		return nil, nil, fmt.Errorf("cannot start null-udp on %s: %w", addr, err)
 	case <-time.After(5 * time.Second):
-		return "", nil, fmt.Errorf("cannot start null-udp on %s: no boot after 5s", addr)
+		return nil, nil, fmt.Errorf("cannot start null-udp on %s: no boot after 5s", addr)
 	}
 }
 
@@ -123,18 +140,37 @@ var (
 // startNullHTTP starts a do-nothing fasthttp server on a free loopback
 // port answering /v1/heartbeat and /v1/heartbeats as presenced does.
 func startNullHTTP() (addr string, stop func(), err error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startNullHTTPAt("127.0.0.1:0", nil)
+}
+
+// startNullHTTPAt starts the do-nothing HTTP server on addr. With udp (a
+// do-nothing UDP target served beside it), GET /metrics answers that
+// target's counters under presenced's metric names; otherwise the
+// requests this server answered.
+func startNullHTTPAt(addr string, udp *nullCounters) (string, func(), error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, fmt.Errorf("cannot start null-http: %w", err)
 	}
+	var requests atomic.Int64
 	srv := &fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {
 			ctx.SetContentType("application/json")
 			switch string(ctx.Path()) {
 			case "/v1/heartbeat":
+				requests.Add(1)
 				ctx.SetBody(nullHeartbeatBody)
 			case "/v1/heartbeats":
+				requests.Add(1)
 				ctx.SetBody(nullHeartbeatsBody)
+			case "/metrics":
+				ctx.SetContentType("text/plain; version=0.0.4")
+				if udp != nil {
+					in, out := udp.in.Load(), udp.out.Load()
+					fmt.Fprintf(ctx, "%s %d\n%s %d\n%s %d\n", metricDatagrams, in, metricReplies, out, metricHeartbeats, in)
+				} else {
+					fmt.Fprintf(ctx, "presenced_http_requests_total %d\n", requests.Load())
+				}
 			default:
 				ctx.SetStatusCode(fasthttp.StatusNotFound)
 				ctx.SetBodyString(`{"error":"not found"}`)

@@ -21,6 +21,7 @@ const rawBatch = 64
 // answering them with one sendmmsg(2). It shows what the kernel's UDP path
 // costs without any event-loop library.
 type rawUDP struct {
+	nullCounters
 	fds  []int
 	stop atomic.Bool
 	wg   sync.WaitGroup
@@ -32,12 +33,18 @@ func startRawUDP() (addr string, stop func(), err error) {
 	if err != nil {
 		return "", nil, err
 	}
+	_, stop, err = startRawUDPAt(&unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+	return "127.0.0.1:" + strconv.Itoa(port), stop, err
+}
+
+// startRawUDPAt starts the receiver on sa.
+func startRawUDPAt(sa *unix.SockaddrInet4) (*rawUDP, func(), error) {
 	r := &rawUDP{}
 	for range runtime.GOMAXPROCS(0) {
-		fd, err := rawSocket(port)
+		fd, err := rawSocket(sa)
 		if err != nil {
 			r.close()
-			return "", nil, err
+			return nil, nil, err
 		}
 		r.fds = append(r.fds, fd)
 	}
@@ -48,10 +55,10 @@ func startRawUDP() (addr string, stop func(), err error) {
 			r.loop(fd)
 		}()
 	}
-	return "127.0.0.1:" + strconv.Itoa(port), r.close, nil
+	return r, r.close, nil
 }
 
-func rawSocket(port int) (int, error) {
+func rawSocket(sa *unix.SockaddrInet4) (int, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("cannot open raw-udp socket: %w", err)
@@ -69,7 +76,7 @@ func rawSocket(port int) (int, error) {
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return fail("set SO_RCVTIMEO on", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+	if err := unix.Bind(fd, sa); err != nil {
 		return fail("bind", err)
 	}
 	return fd, nil
@@ -114,6 +121,7 @@ func (r *rawUDP) loop(fd int) {
 		if errno != 0 || n == 0 {
 			continue // EAGAIN on timeout, EINTR
 		}
+		r.in.Add(int64(n))
 		m := 0
 		for i := range int(n) {
 			size := nullReply(bufs[i][:in[i].Len])
@@ -128,12 +136,14 @@ func (r *rawUDP) loop(fd int) {
 			out[m].Hdr.Iovlen = 1
 			m++
 		}
-		for sent := 0; sent < m; {
+		sent := 0
+		for sent < m {
 			k, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&out[sent])), uintptr(m-sent), 0, 0, 0)
 			if errno != 0 || k == 0 {
 				break // a full send buffer drops acks: the generator counts them lost
 			}
 			sent += int(k)
 		}
+		r.out.Add(int64(sent))
 	}
 }

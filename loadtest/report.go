@@ -80,26 +80,35 @@ type Run struct {
 // http-batch request counts its batch); latency is per request, from its
 // intended send time.
 type StepResult struct {
-	OfferedRate   float64          `json:"offered_rate"` // heartbeats/s
-	DurationS     float64          `json:"duration_s"`
-	SendSpanS     float64          `json:"send_span_s"` // how long the schedule took to send
-	Sent          int64            `json:"sent"`
-	Answered      int64            `json:"answered"`
-	Lost          int64            `json:"lost"`
-	Late          int64            `json:"late_answers"`
-	SentPerS      float64          `json:"sent_per_s"`
-	AnsweredPerS  float64          `json:"answered_per_s"`
-	LossPct       float64          `json:"loss_pct"`
-	ErrorCount    int64            `json:"error_count"`
-	ErrorPct      float64          `json:"error_pct"`
-	Errors        map[string]int64 `json:"errors"`
-	Latency       Latency          `json:"latency_ms"`
-	CPUPct        float64          `json:"cpu_pct"` // -1: unknown
-	CPUScope      string           `json:"cpu_scope"`
-	LoadgenCPUPct float64          `json:"loadgen_cpu_pct"` // this process (senders, receivers, flood), % of one core; -1: unknown
-	Flood         *FloodResult     `json:"flood,omitempty"` // the flood beside this step, not in the figures above
-	Sustainable   bool             `json:"sustainable"`
-	Timeline      []Point          `json:"timeline"`
+	OfferedRate    float64          `json:"offered_rate"` // heartbeats/s
+	FlatOut        bool             `json:"flat_out"`     // --flat-out: no schedule; OfferedRate only sized the ack ring
+	DurationS      float64          `json:"duration_s"`
+	SendSpanS      float64          `json:"send_span_s"` // how long the schedule took to send
+	Sent           int64            `json:"sent"`
+	Answered       int64            `json:"answered"`
+	Lost           int64            `json:"lost"`
+	Late           int64            `json:"late_answers"`
+	SentPerS       float64          `json:"sent_per_s"`
+	AnsweredPerS   float64          `json:"answered_per_s"`
+	LossPct        float64          `json:"loss_pct"`
+	ErrorCount     int64            `json:"error_count"`
+	ErrorPct       float64          `json:"error_pct"`
+	Errors         map[string]int64 `json:"errors"`
+	Latency        Latency          `json:"latency_ms"`
+	CPUPct         float64          `json:"cpu_pct"` // -1: unknown
+	CPUScope       string           `json:"cpu_scope"`
+	LoadgenCPUPct  float64          `json:"loadgen_cpu_pct"`  // this process (senders, receivers, flood), % of one core, from getrusage; -1: unknown
+	LoadgenCores   int              `json:"loadgen_cores"`    // CPUs the generator may use (GOMAXPROCS: its affinity)
+	LoadgenWaitPct float64          `json:"loadgen_wait_pct"` // its threads waited runnable for a CPU, % of one core
+	// LoadgenUsPerDatagram is the generator's CPU per datagram sent, its
+	// ack received and matched included: 1e6 / it is what one core of the
+	// generator can drive when nothing else is the limit.
+	LoadgenUsPerDatagram float64      `json:"loadgen_us_per_datagram,omitzero"`
+	Server               *ServerSide  `json:"server,omitempty"` // the target's own counters and CPU (--target-metrics, --target-pid)
+	Limit                string       `json:"limit"`            // what held the step back: generator CPU, server CPU, loss, none
+	Flood                *FloodResult `json:"flood,omitempty"`  // the flood beside this step, not in the figures above
+	Sustainable          bool         `json:"sustainable"`
+	Timeline             []Point      `json:"timeline"`
 }
 
 // Latency is in milliseconds.
@@ -208,11 +217,11 @@ func writeText(w io.Writer, rep *Report) {
 		}
 		if r.Sweep {
 			tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "step\toffered/s\tsent/s\tanswered/s\tloss %\terrors %\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\tCPU %\tok\t")
+			fmt.Fprintln(tw, "step\toffered/s\tsent/s\tanswered/s\tloss %\terrors %\tp50 ms\tp90 ms\tp99 ms\tp99.9 ms\tmax ms\tCPU %\tgen CPU %\tlimit\tok\t")
 			for j, s := range r.Steps {
-				fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%s\t%s\t\n",
+				fmt.Fprintf(tw, "%d\t%.0f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t\n",
 					j+1, s.OfferedRate, s.SentPerS, s.AnsweredPerS, s.LossPct, s.ErrorPct,
-					s.Latency.P50, s.Latency.P90, s.Latency.P99, s.Latency.P999, s.Latency.Max, cpuText(s.CPUPct), okText(s.Sustainable))
+					s.Latency.P50, s.Latency.P90, s.Latency.P99, s.Latency.P999, s.Latency.Max, cpuText(s.CPUPct), cpuText(s.LoadgenCPUPct), s.Limit, okText(s.Sustainable))
 			}
 			tw.Flush()
 			for j, s := range r.Steps {
@@ -266,16 +275,41 @@ func writeText(w io.Writer, rep *Report) {
 }
 
 func writeStepText(w io.Writer, s *StepResult) {
-	fmt.Fprintf(w, "offered %.0f/s  sent %.0f/s  answered %.0f/s  (sent %d, answered %d, lost %d, late %d over %.1fs)\n",
-		s.OfferedRate, s.SentPerS, s.AnsweredPerS, s.Sent, s.Answered, s.Lost, s.Late, s.SendSpanS)
+	offered := fmt.Sprintf("%.0f/s", s.OfferedRate)
+	if s.FlatOut {
+		offered = "flat out"
+	}
+	fmt.Fprintf(w, "offered %s  sent %.0f/s  answered %.0f/s  (sent %d, answered %d, lost %d, late %d over %.1fs)\n",
+		offered, s.SentPerS, s.AnsweredPerS, s.Sent, s.Answered, s.Lost, s.Late, s.SendSpanS)
 	fmt.Fprintf(w, "loss %.3f%%  errors %d (%.3f%%) %s\n", s.LossPct, s.ErrorCount, s.ErrorPct, errorsText(s.Errors))
 	l := s.Latency
 	fmt.Fprintf(w, "latency ms (from intended send, %d requests): p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
 		l.Count, l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean)
-	fmt.Fprintf(w, "CPU %s (%s); load generator %s%% of one core\n", cpuText(s.CPUPct), s.CPUScope, cpuText(s.LoadgenCPUPct))
+	fmt.Fprintf(w, "CPU %s (%s); load generator %s%% of one core (it may use %d; waited %.0f%% for a CPU)\n", cpuText(s.CPUPct), s.CPUScope, cpuText(s.LoadgenCPUPct), s.LoadgenCores, s.LoadgenWaitPct)
+	if v := s.Server; v != nil {
+		writeServerText(w, v)
+	}
+	fmt.Fprintf(w, "limit: %s\n", s.Limit)
 	if s.Flood != nil {
 		writeFloodText(w, s.Flood)
 	}
+}
+
+func writeServerText(w io.Writer, v *ServerSide) {
+	if v.Error != "" {
+		fmt.Fprintf(w, "server: %s\n", v.Error)
+	}
+	var b strings.Builder
+	if v.Heartbeats > 0 || v.DatagramsPerS > 0 {
+		fmt.Fprintf(&b, "took in %.0f datagrams/s, replied %.0f/s, %d heartbeats, %d log records (%.3f per heartbeat); ",
+			v.DatagramsPerS, v.RepliesPerS, v.Heartbeats, v.WALRecords, v.RecordsPerHeartbeat)
+	}
+	if v.CPUSeconds >= 0 {
+		fmt.Fprintf(&b, "CPU %.2fs on %d cores (waited %.2fs for a CPU) = %.2f us per heartbeat; ",
+			v.CPUSeconds, v.CPUCores, v.RunqueueWaitS, v.CPUUsPerHeartbeat)
+	}
+	fmt.Fprintf(&b, "UDP queue drops %d, at the server's port %d", v.KernelDrops, v.ServerQueueDrops)
+	fmt.Fprintf(w, "server: %s\n", b.String())
 }
 
 func writeFloodText(w io.Writer, f *FloodResult) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,7 +25,7 @@ const histShards = 16
 // runStep drives one target at rate heartbeats/s for dur and measures it.
 func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs, rate float64, dur time.Duration, label string, stderr io.Writer) (StepResult, error) {
 	n := int64(math.Round(rate * dur.Seconds()))
-	res := StepResult{OfferedRate: rate, DurationS: dur.Seconds()}
+	res := StepResult{OfferedRate: rate, DurationS: dur.Seconds(), FlatOut: cfg.FlatOut && p.transport == "udp"}
 	var gens []generator
 	var closers []func()
 	defer func() {
@@ -34,7 +35,7 @@ func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs,
 	}()
 	switch p.transport {
 	case "udp":
-		g, err := newUDPGen(cfg, pop, a.udp, rate, n, 1, 0, 0)
+		g, err := newUDPGen(cfg, pop, a.udp, rate, n, dur, 1, 0, 0)
 		if err != nil {
 			return res, err
 		}
@@ -46,7 +47,7 @@ func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs,
 		}
 		gens = append(gens, newHTTPGen(cfg, pop, a.http, rate, n, batch, 1, 0, 0))
 	case "mix":
-		g, err := newUDPGen(cfg, pop, a.udp, rate/2, n/2, 2, 0, 0)
+		g, err := newUDPGen(cfg, pop, a.udp, rate/2, n/2, dur, 2, 0, 0)
 		if err != nil {
 			return res, err
 		}
@@ -79,8 +80,11 @@ func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs,
 		cpu.pid = cfg.TargetPID
 	}
 	cpu.begin()
-	self := cpuSampler{pid: os.Getpid()}
-	self.begin()
+	self0, selfT0, selfWait0 := selfCPUSeconds(), time.Now(), runqueueWait(os.Getpid())
+	var probe *serverProbe
+	if p.target == TargetPresenced {
+		probe = newServerProbe(cfg.TargetMetrics, cfg.TargetPID, udpPort(a.udp))
+	}
 	progressDone := make(chan struct{})
 	progressStop := make(chan struct{})
 	go func() {
@@ -127,11 +131,28 @@ func runStep(ctx context.Context, cfg *Config, pop *population, p plan, a addrs,
 	}
 	wg.Wait()
 	res.CPUPct, res.CPUScope = cpu.end()
-	res.LoadgenCPUPct, _ = self.end()
+	res.LoadgenCPUPct = -1
+	if self1 := selfCPUSeconds(); self0 >= 0 && self1 >= 0 {
+		res.LoadgenCPUPct = 100 * (self1 - self0) / max(time.Since(selfT0).Seconds(), 1e-9)
+	}
+	if w := runqueueWait(os.Getpid()); w >= 0 && selfWait0 >= 0 {
+		res.LoadgenWaitPct = 100 * max(0, w-selfWait0) / max(time.Since(selfT0).Seconds(), 1e-9)
+	}
+	res.LoadgenCores = runtime.GOMAXPROCS(0)
 	close(progressStop)
 	<-progressDone
 	st.collect()
 	res.fill(st, dur)
+	if res.LoadgenCPUPct > 0 && res.Sent > 0 {
+		res.LoadgenUsPerDatagram = res.LoadgenCPUPct / 100 * time.Since(selfT0).Seconds() / float64(res.Sent) * 1e6
+	}
+	if probe != nil {
+		res.Server = probe.end(res.SendSpanS, res.Answered)
+		if cfg.NoAck && res.Server.DatagramsPerS > 0 {
+			res.AnsweredPerS = 0 // nothing asks for an answer; intake is Server.DatagramsPerS
+		}
+	}
+	res.Limit = limitOf(&res, cfg)
 	if fl != nil {
 		res.Flood = fl.result(len(fl.socks))
 	}
@@ -184,9 +205,12 @@ var curveQuantiles = []float64{0, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 92
 // runTarget runs one plan: a fixed step, or a sweep.
 func runTarget(ctx context.Context, cfg *Config, pop *population, p plan, a addrs, stderr io.Writer) Run {
 	run := Run{Target: p.target, Transport: p.transport, Sweep: cfg.Sweep, Best: -1, Flood: p.flood}
-	label := fmt.Sprintf("[%s/%s]", p.target, p.transport)
+	if p.target == cfg.Target && cfg.Name != "" {
+		run.Target = cfg.Name
+	}
+	label := fmt.Sprintf("[%s/%s]", run.Target, p.transport)
 	if p.flood {
-		label = fmt.Sprintf("[%s/%s +flood]", p.target, p.transport)
+		label = fmt.Sprintf("[%s/%s +flood]", run.Target, p.transport)
 	}
 	if !cfg.Sweep {
 		res, err := runStep(ctx, cfg, pop, p, a, cfg.baseRate(), cfg.Duration, label, stderr)

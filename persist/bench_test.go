@@ -89,7 +89,7 @@ func BenchmarkReplay1M(b *testing.B) {
 		var k, v []byte
 		for i := range n {
 			k = appendSessionKey(k[:0], []byte(fmt.Sprintf("user-%07d", i)), []byte(fmt.Sprintf("room-%03d", i%500)))
-			v = appendSessionValue(v[:0], 1000, 1<<60)
+			v = appendSessionValue(v[:0], 1000, 1<<60, nil)
 			batch.Set(k, v, nil)
 			if batch.Count() == 10000 {
 				batch.Commit(pebble.NoSync)

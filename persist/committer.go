@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/presenced/presenced/shardmap"
 )
@@ -43,9 +44,18 @@ type committer struct {
 	sessionDels  uint64
 	lastSeenOps  uint64
 
-	batch    *pebble.Batch // reused after a successful commit
-	broken   bool          // the DB hit a fatal error and must be reopened
-	unsynced bool          // something was committed without fsync since the last sync
+	batch  *pebble.Batch // reused after a successful commit
+	broken bool          // the DB hit a fatal error and must be reopened
+
+	commitSeq uint64    // number of the last committed batch (commitKey)
+	wmSeq     uint64    // last number written to the watermark
+	wmAt      time.Time // when
+	wmFile    vfs.File
+
+	opening     chan openResult // non-nil while a reopen attempt runs
+	nextOpen    time.Time       // no new attempt before
+	openBackoff time.Duration
+	unsynced    bool // something was committed without fsync since the last sync
 
 	failingSince time.Time
 	lastErrLog   time.Time
@@ -132,7 +142,7 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		s.ctr.dropped.Add(1)
 		return
 	}
-	need := int64(2+len(ch.User)+len(ch.Room)+16+1+len(ch.User)+8) + 2*opOverhead
+	need := int64(2+len(ch.User)+len(ch.Room)+16+len(ch.State)+1+len(ch.User)+8) + 2*opOverhead
 	if c.pendingBytes+need > s.cfg.MaxPendingBytes {
 		s.ctr.dropped.Add(1)
 		return
@@ -145,7 +155,7 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		c.ops = append(c.ops, op{kind: opDelete, k0: k0, k1: k1, v1: k1})
 		c.sessionDels++
 	} else {
-		c.arena = appendSessionValue(c.arena, ch.LastSeen, ch.Expiry)
+		c.arena = appendSessionValue(c.arena, ch.LastSeen, ch.Expiry, ch.State)
 		c.ops = append(c.ops, op{kind: opSet, k0: k0, k1: k1, v1: uint32(len(c.arena))})
 		c.sessionSets++
 		// A live session's record holds its last-seen; the user's own
@@ -193,6 +203,9 @@ func (s *Store) commitPending(sync bool) error {
 		}
 	}
 	if len(c.ops) == 0 {
+		if !c.unsynced {
+			s.maybeWatermark() // the last commit was synced: vouch for it once it is a second old
+		}
 		if !sync || !c.unsynced {
 			return nil
 		}
@@ -207,6 +220,13 @@ func (s *Store) commitPending(sync bool) error {
 		c.unsynced = false
 		s.recovered()
 		return nil
+	}
+	if s.db == nil {
+		// A failed reopen; the next cycle tries again.
+		c.broken = true
+		err := fmt.Errorf("cannot commit: %w", ErrUnavailable)
+		s.failed(err, sync)
+		return s.Healthy()
 	}
 	if c.batch == nil {
 		c.batch = s.db.NewBatch()
@@ -223,6 +243,8 @@ func (s *Store) commitPending(sync bool) error {
 			_ = b.Merge(k, v, nil)
 		}
 	}
+	var seq [8]byte
+	_ = b.Set(commitKey, binary.BigEndian.AppendUint64(seq[:0], c.commitSeq+1), nil)
 	opts := pebble.NoSync
 	if sync {
 		opts = pebble.Sync
@@ -242,9 +264,11 @@ func (s *Store) commitPending(sync bool) error {
 	s.ctr.lastSeenWrites.Add(c.lastSeenOps)
 	s.ctr.batches.Add(1)
 	s.ctr.lastCommitNanos.Store(int64(d))
+	c.commitSeq++
 	if sync {
 		s.ctr.observeSync(d)
 		c.unsynced = false
+		s.maybeWatermark()
 	} else {
 		c.unsynced = true
 	}
@@ -269,32 +293,85 @@ func (s *Store) apply(f func(db *pebble.DB) error) (err error) {
 			err = fmt.Errorf("cannot commit batch: pebble failed: %v", r)
 		}
 	}()
+	if s.db == nil {
+		return fmt.Errorf("cannot commit batch: %w", ErrUnavailable)
+	}
 	if err := f(s.db); err != nil {
 		return fmt.Errorf("cannot commit batch: %w", err)
 	}
 	return nil
 }
 
-// reopen closes the broken DB and opens it again from its files.
+// openResult is what an asynchronous reopen brings back.
+type openResult struct {
+	db  *pebble.DB
+	err error
+}
+
+// reopen closes the broken DB and opens it again from its files, without
+// ever making the committer (or a reader) wait for Pebble: the close and the
+// open run on their own goroutine, one attempt at a time, and each cycle
+// only looks whether the attempt is done. While it runs, db is nil: readers
+// get ErrUnavailable at once. A failed attempt is retried after a backoff
+// (reopenBackoffMin doubling to reopenBackoffMax). pebble.Open itself may
+// take as long as the disk stays full (it must flush the log it replays).
 func (s *Store) reopen() error {
-	s.dbMu.Lock()
-	defer s.dbMu.Unlock()
-	if s.db != nil {
-		if err := closeDB(s.db, closeOldDBTimeout); err != nil {
-			s.log.Warn("closing the database after a fatal error", "err", err)
+	c := &s.c
+	if c.opening == nil {
+		if now := time.Now(); now.Before(c.nextOpen) {
+			return fmt.Errorf("cannot commit: %w: next reopen attempt in %v",
+				ErrUnavailable, c.nextOpen.Sub(now).Round(time.Millisecond))
 		}
+		s.dbMu.Lock()
+		old := s.db
 		s.db = nil
+		s.dbMu.Unlock()
+		s.dbDown.Store(true)
+		c.batch = nil
+		ch := make(chan openResult, 1)
+		c.opening = ch
+		// Not tracked by wg on purpose: it may not return while the disk
+		// is full, and must not hold up Close (see closeAbandoned).
+		go func() {
+			if old != nil {
+				if err := closeDB(old, closeOldDBTimeout); err != nil {
+					s.log.Warn("closing the database after a fatal error", "err", errLine(err))
+				}
+			}
+			db, err := s.openDB()
+			ch <- openResult{db, err}
+		}()
 	}
-	s.c.batch = nil
-	db, err := s.openDB()
-	if err != nil {
-		return fmt.Errorf("cannot reopen after fatal error: %w", err)
+	select {
+	case r := <-c.opening:
+		c.opening = nil
+		if r.err != nil {
+			c.openBackoff = min(max(2*c.openBackoff, reopenBackoffMin), reopenBackoffMax)
+			c.nextOpen = time.Now().Add(c.openBackoff)
+			return fmt.Errorf("cannot reopen after fatal error: %w", r.err)
+		}
+		s.dbMu.Lock()
+		s.db = r.db
+		s.dbMu.Unlock()
+		s.dbDown.Store(false)
+		c.broken = false
+		c.openBackoff = 0
+		s.ctr.reopens.Add(1)
+		s.log.Info("database reopened after a fatal error")
+		return nil
+	default:
+		return fmt.Errorf("cannot commit: %w: reopening the database after a fatal error", ErrUnavailable)
 	}
-	s.db = db
-	s.c.broken = false
-	s.ctr.reopens.Add(1)
-	s.log.Info("database reopened after a fatal error")
-	return nil
+}
+
+// closeAbandoned leaves a reopen that is still running to finish on its
+// own, closing the database it opens; Close uses it when time is up.
+func closeAbandoned(ch <-chan openResult) {
+	go func() {
+		if r := <-ch; r.db != nil {
+			_ = closeDB(r.db, closeOldDBTimeout)
+		}
+	}()
 }
 
 func (s *Store) failed(err error, sync bool) {
@@ -311,7 +388,7 @@ func (s *Store) failed(err error, sync bool) {
 	if now.Sub(c.lastErrLog) >= errorLogMinInterval {
 		c.lastErrLog = now
 		s.log.Error("cannot commit changes; retrying next cycle",
-			"err", err, "failing_for", now.Sub(c.failingSince),
+			"err", errLine(err), "failing_for", now.Sub(c.failingSince),
 			"pending_bytes", c.pendingBytes, "dropped_changes", s.ctr.dropped.Load())
 	}
 	s.mu.Lock()
@@ -421,10 +498,15 @@ func (s *Store) maybeCompact() {
 }
 
 // compact compacts the session and last-seen ranges.
+//
+// It does not hold dbMu while compacting (that can take seconds, and a
+// reopen waiting for dbMu would make readers wait behind it); a reopen that
+// closes this DB meanwhile makes Compact fail, which is harmless.
 func (s *Store) compact() (err error) {
 	s.dbMu.RLock()
-	defer s.dbMu.RUnlock()
-	if s.db == nil {
+	db := s.db
+	s.dbMu.RUnlock()
+	if db == nil {
 		return ErrUnavailable
 	}
 	defer func() {
@@ -437,7 +519,7 @@ func (s *Store) compact() (err error) {
 	// freshly flushed table to the bottom level with its tombstones; the
 	// second rewrites the bottom level in place, which drops them.
 	for range 2 {
-		if err := s.db.Compact(s.compactCtx, sessionLower, lastSeenUpper, false); err != nil {
+		if err := db.Compact(s.compactCtx, sessionLower, lastSeenUpper, false); err != nil {
 			return fmt.Errorf("cannot compact: %w", err)
 		}
 	}

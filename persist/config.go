@@ -97,6 +97,12 @@ type Config struct {
 	// Stats.DroppedChanges. The default is 64 MiB.
 	MaxPendingBytes int64
 
+	// OpenTimeout bounds Open: Pebble replays its log by writing it out,
+	// and on a full disk retries that forever. Past the timeout Open fails
+	// with the last storage error and the free space (the server then exits
+	// 1). The default is 1m; a log of a million sessions replays in ~1-2s.
+	OpenTimeout time.Duration
+
 	// Logger receives disk errors, reopen attempts and Pebble's own log.
 	// nil means slog.Default().
 	Logger *slog.Logger
@@ -110,6 +116,7 @@ func DefaultConfig() Config {
 		LastSeenRetention: 30 * 24 * time.Hour,
 		SweepInterval:     time.Hour,
 		MaxPendingBytes:   64 << 20,
+		OpenTimeout:       time.Minute,
 	}
 }
 
@@ -126,6 +133,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("cannot validate persist config: LastSeenRetention %v must be > 0", c.LastSeenRetention)
 	case c.SweepInterval <= 0:
 		return fmt.Errorf("cannot validate persist config: SweepInterval %v must be > 0", c.SweepInterval)
+	case c.OpenTimeout <= 0:
+		return fmt.Errorf("cannot validate persist config: OpenTimeout %v must be > 0", c.OpenTimeout)
 	case c.MaxPendingBytes < 1<<10:
 		return fmt.Errorf("cannot validate persist config: MaxPendingBytes %d must be >= 1024", c.MaxPendingBytes)
 	}

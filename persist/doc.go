@@ -26,16 +26,27 @@
 //	Set (synced) by Open, deleted (synced) by a clean Close. Finding it at
 //	Open means the previous process did not close the store.
 //
+//	commit counter (one key)
+//	+-----+-----------+          +--------------------------+
+//	| 'm' | "commit"  |    ->    | commit number (8 BE)     |
+//	+-----+-----------+          +--------------------------+
+//	Set in every committed batch to that batch's number. Beside Pebble's
+//	files, PRESENCED-WATERMARK holds the last number known synced
+//	(8 BE + CRC32-C, fsynced, rewritten at most once a second and at
+//	Close): see "Damaged files" below.
+//
 //	session record, one per live (user, room)
 //	+-----+------------+---------------+---------------+
 //	| 's' | len(user)  | user          | room          |
 //	|     | 1 byte     | 1..128 bytes  | 0..128 bytes  |
 //	+-----+------------+---------------+---------------+
-//	  ->  +----------------------+----------------------+
-//	      | lastSeen ms (8 BE)   | expiry ms (8 BE)     |
-//	      +----------------------+----------------------+
+//	  ->  +----------------------+----------------------+-----------------+
+//	      | lastSeen ms (8 BE)   | expiry ms (8 BE)     | state (0..max)  |
+//	      +----------------------+----------------------+-----------------+
 //	Set on every upsert, deleted when the session ends (leave or expiry,
-//	including expiries found by Replay).
+//	including expiries found by Replay). The state, the session's JSON
+//	object, fills the rest of the value; a 16-byte value has none (stores
+//	written before state existed read the same way).
 //
 //	last-seen record, one per user seen within the retention
 //	+-----+---------------+          +--------------------------+
@@ -86,34 +97,76 @@
 //
 // # Disk faults
 //
-// A failed commit (write or fsync of the WAL) is logged, counted, and makes
-// Healthy return an error until a commit succeeds again; the changes of the
-// failed cycle stay in the pending backlog and are retried next cycle, ahead
-// of newer ones. Pebble treats a WAL write or sync error as fatal for the DB
+// A failed commit (write or fsync of the WAL) is logged (at most once per
+// errorLogMinInterval), counted, and makes Healthy return an error (State
+// StateFailing) until a commit succeeds again; the changes of the failed
+// cycle stay in the pending backlog and are retried next cycle, ahead of
+// newer ones. Pebble treats a WAL write or sync error as fatal for the DB
 // instance (its commit pipeline is left unusable, and by default it calls
 // os.Exit). persist gives Pebble a Logger whose Fatalf panics; on the
-// committer goroutine that panic is recovered, the DB instance is closed and
-// opened again (replaying its WAL up to the last intact record) and the
-// backlog is applied to the new instance. Records are idempotent final
+// committer goroutine that panic is recovered and the DB instance is closed
+// and opened again (replaying its WAL up to the last intact record); the
+// backlog is then applied to the new instance. Records are idempotent final
 // states, so applying a cycle twice is harmless.
+//
+// The reopen never makes anyone wait on Pebble: the close and pebble.Open
+// run on a goroutine of their own (StateUnavailable meanwhile; db is nil,
+// so LastSeen answers ErrUnavailable and Stats answers at once), the
+// committer only looks each cycle whether the attempt is done, and failed
+// attempts are retried with a backoff (reopenBackoffMin doubling to
+// reopenBackoffMax). This matters on a full disk: pebble.Open flushes the
+// log it replays and retries that flush forever. Pebble retries failed
+// flushes at once, so backoffFS delays the creation of non-WAL files after a
+// failed write (writeBackoffMin doubling to writeBackoffMax), and its error
+// lines are rate-limited. Open gives up after Config.OpenTimeout with the
+// last storage error and the free space; CloseContext gives up at its
+// context's deadline (the unclean marker then stays).
 //
 // If the backlog grows past Config.MaxPendingBytes (default 64 MiB) while
 // the disk keeps failing, further changes are dropped and counted in
 // Stats.DroppedChanges (a dropped session upsert is written again by the
 // next change of that session; a dropped delete leaves a record that Replay
-// will later treat as expired). What is not handled: Pebble's background
-// work (flushes, compactions) calls Fatalf when it cannot write the MANIFEST;
-// that panic is on Pebble's goroutine and ends the process, as Pebble's
-// default logger would. WAL failover to a second disk (Pebble's
-// Options.WALFailover) is not configured.
+// will later treat as expired). A Fatalf on one of Pebble's own goroutines
+// (a flush or compaction that cannot write the MANIFEST) cannot be
+// recovered: it ends the process with status 1 and the reason. WAL
+// failover to a second disk (Pebble's Options.WALFailover) is not
+// configured.
+//
+// # Damaged files
+//
+// Every WAL record and sstable block carries a CRC32-C. A block that fails
+// its checksum is reported by Pebble's DataCorruption event; persist
+// records it (State StateCorrupt) instead of letting Pebble's default end
+// the process, and Open or Replay fail with a *CorruptionError naming the
+// file (errors.Is ErrCorrupt). Repair moves such a store aside and copies
+// every record that can still be read into a new one; around a damaged
+// block it searches for the first key a read succeeds at again, so only
+// the damaged block's key range is lost.
+//
+// A damaged WAL is not visible to Pebble: it reads the last log up to the
+// first record that fails its checksum or is cut off and treats the rest
+// as the torn tail of a crash, so garbage in the middle, a log cut short or
+// an emptied log replay as an older state. The commit counter and the
+// watermark catch this: a log whose counter is below the watermark lost
+// that many synced commits, which Open logs at error level and Damage and
+// Stats.LostCommits report. Not covered: commits of the last second before
+// the damage (the watermark lags by up to watermarkInterval) and a damaged
+// watermark (ignored). Nothing is repaired: what the log lost is gone.
 //
 // # Concurrency
 //
-// Open, Replay and Start are called once, in that order, from one goroutine.
-// WaitDurable, LastSeen, Healthy and Stats are safe for concurrent use at any
-// time. Close may be called once; it stops the committer, runs a final drain
-// and synced commit, clears the unclean marker and closes the database.
+// New builds a Store without I/O; its read methods are safe at once, so a
+// server can publish it before Open. Open, Replay and Start are then called
+// once, in that order, from one goroutine (Open(cfg) is New plus Open).
+// WaitDurable, LastSeen, Healthy, State, Damage and Stats are safe for
+// concurrent use at any time and never wait on a failing disk. Close (or
+// CloseContext) may be called once; it stops the committer, runs a final
+// drain and synced commit, clears the unclean marker and closes the
+// database.
 //
 // Lock order: Store.dbMu (RWMutex: readers and the committer's writes hold it
-// shared, a reopen holds it exclusively) before Store.mu.
+// shared, a reopen holds it exclusively only to swap the pointer, never
+// across a Pebble call) before Store.mu. The goroutines of a reopen, of an
+// open that timed out and of closeDB are not tracked by the WaitGroup on
+// purpose: they may not return while the disk is full.
 package persist

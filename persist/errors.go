@@ -1,6 +1,9 @@
 package persist
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // ErrClosed is returned by calls on a Store after Close.
 var ErrClosed = errors.New("persist: store closed")
@@ -19,3 +22,21 @@ var ErrUnavailable = errors.New("persist: database unavailable")
 // ErrBadRecord is returned by Replay for a key or value that does not match
 // the layout in doc.go.
 var ErrBadRecord = errors.New("persist: malformed record")
+
+// ErrCorrupt marks on-disk corruption found by a checksum (an sstable block,
+// the MANIFEST). The store cannot be used as it is: move it aside and keep
+// what can be read with Repair (presenced repair --data-dir D).
+var ErrCorrupt = errors.New("persist: on-disk corruption")
+
+// CorruptionError names the damaged file. It wraps ErrCorrupt and Pebble's
+// error.
+type CorruptionError struct {
+	Path string // the damaged file, as Pebble named it (under Config.Dir)
+	Err  error
+}
+
+func (e *CorruptionError) Error() string {
+	return fmt.Sprintf("%v: file %s is damaged (%v); move it aside and keep what can be read with: presenced repair --data-dir <dir>", ErrCorrupt, e.Path, e.Err)
+}
+
+func (e *CorruptionError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }

@@ -27,6 +27,9 @@ func checkRecovered(t *testing.T, fs vfs.FS, want []string) {
 	if !st.Unclean {
 		t.Error("crash not reported as unclean")
 	}
+	if d := s.Damage(); d.LostCommits != 0 {
+		t.Errorf("a crash within the promise reported as a damaged log: %v", d)
+	}
 	missing := 0
 	for _, u := range want {
 		if _, ok := live[[2]string{u, "r"}]; !ok {

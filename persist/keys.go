@@ -44,16 +44,22 @@ func decodeSessionKey(k []byte) (user, room []byte, ok bool) {
 	return k[2 : 2+n], k[2+n:], true
 }
 
-func appendSessionValue(dst []byte, lastSeen, expiry int64) []byte {
+// appendSessionValue encodes a session record: last seen and expiry (8
+// bytes each, big-endian), then the session's state, if any (the rest).
+func appendSessionValue(dst []byte, lastSeen, expiry int64, state []byte) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, uint64(lastSeen))
-	return binary.BigEndian.AppendUint64(dst, uint64(expiry))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(expiry))
+	return append(dst, state...)
 }
 
-func decodeSessionValue(v []byte) (lastSeen, expiry int64, ok bool) {
-	if len(v) != 16 {
-		return 0, 0, false
+func decodeSessionValue(v []byte) (lastSeen, expiry int64, state []byte, ok bool) {
+	if len(v) < 16 {
+		return 0, 0, nil, false
 	}
-	return int64(binary.BigEndian.Uint64(v)), int64(binary.BigEndian.Uint64(v[8:])), true
+	if len(v) > 16 {
+		state = v[16:]
+	}
+	return int64(binary.BigEndian.Uint64(v)), int64(binary.BigEndian.Uint64(v[8:])), state, true
 }
 
 func appendLastSeenKey(dst, user []byte) []byte {

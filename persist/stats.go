@@ -37,7 +37,8 @@ type Stats struct {
 	ReplayDuration time.Duration
 	ReplayLive     uint64
 	ReplayExpired  uint64
-	Unclean        bool // the previous process did not close the store
+	Unclean        bool   // the previous process did not close the store
+	LostCommits    uint64 // synced commits found missing from the log at Open (see WALDamage)
 
 	DiskBytes uint64 // on-disk size of the database (Pebble DiskSpaceUsage)
 }
@@ -92,8 +93,9 @@ func (s *Store) Stats() Stats {
 	st.ReplayDuration = s.mu.replay.Duration
 	st.ReplayLive = uint64(s.mu.replay.Live)
 	st.ReplayExpired = uint64(s.mu.replay.Expired)
+	st.LostCommits = s.mu.lost.LostCommits
 	s.mu.Unlock()
-	st.Unclean = s.unclean
+	st.Unclean = s.unclean.Load()
 	s.dbMu.RLock()
 	if s.db != nil {
 		st.DiskBytes = s.db.Metrics().DiskSpaceUsage()

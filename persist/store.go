@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -23,6 +25,8 @@ const (
 	compactMinInterval  = 10 * time.Minute // at most one manual compaction this often
 	closeOldDBTimeout   = 10 * time.Second // a DB that will not close after a fatal error is abandoned
 	errorLogMinInterval = 10 * time.Second // while commits keep failing, log at most this often
+	reopenBackoffMin    = 100 * time.Millisecond
+	reopenBackoffMax    = 10 * time.Second
 )
 
 // Store is the write-ahead store. See doc.go for the concurrency contract.
@@ -38,16 +42,29 @@ type Store struct {
 	dbMu sync.RWMutex
 	db   *pebble.DB
 
-	unclean bool // the marker was found at Open
-	ctr     counters
+	unclean atomic.Bool // the marker was found at Open
+	opened  atomic.Bool // Open succeeded (db may be nil again during a reopen)
+	dbDown  atomic.Bool // db was closed after a fatal error and is not open again yet
+	backoff writeBackoff
+	// Rate limits of Pebble's own error lines (one per errorLogMinInterval).
+	bgErrLog, pebbleErrLog logLimiter
+	// lastStorageErr is the last write error Pebble reported (one line).
+	lastStorageErr atomic.Pointer[string]
+	ctr            counters
+	// corrupt is the first on-disk corruption Pebble reported (nil if none).
+	corrupt atomic.Pointer[CorruptionError]
 
 	mu struct {
 		sync.Mutex
 		waiters []chan error // WaitDurable callers, served by the next cycle
 		health  error        // non-nil while commits fail
 		replay  ReplayStats
-		started bool
-		closed  bool
+		lost    WALDamage // what Open found missing from the log
+		// walStops are Pebble's notes of where it stopped reading each
+		// WAL at open ("stopped reading at offset ...").
+		walStops []string
+		started  bool
+		closed   bool
 	}
 
 	kick          chan struct{} // cap 1: a waiter wants a cycle now
@@ -64,9 +81,10 @@ type Store struct {
 	firstSweepDelay    time.Duration
 }
 
-// Open opens (creating if needed) the store in cfg.Dir and records that it is
-// open, so that a crash before Close is noticed by the next Open.
-func Open(cfg Config) (*Store, error) {
+// New builds a store for cfg without touching the disk: its methods are
+// safe to call at once (LastSeen answers ErrUnavailable, State
+// StateOpening), so a server can publish it before Open. Call Open next.
+func New(cfg Config) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -92,28 +110,125 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.Fsync == FsyncModeOff {
 		s.fs = walNoSyncFS{s.fs}
 	}
+	s.bgErrLog.every, s.pebbleErrLog.every = errorLogMinInterval, errorLogMinInterval
+	s.fs = backoffFS{s.fs, &s.backoff}
 	s.compactCtx, s.compactCancel = context.WithCancel(context.Background())
 	s.c.idx = make(map[uint64]int32)
+	return s, nil
+}
 
-	db, err := s.openDB()
+// Open opens (creating if needed) the store in cfg.Dir and records that it is
+// open, so that a crash before Close is noticed by the next Open. It is
+// New followed by (*Store).Open.
+func Open(cfg Config) (*Store, error) {
+	s, err := New(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if err := s.Open(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Open opens the database of a store made by New. Pebble replays its log
+// first and must write to do so: on a full disk it retries forever, so Open
+// gives up after Config.OpenTimeout with an error naming the last storage
+// error (the attempt goes on in the background and closes what it opened).
+// Call it once; after an error, only Close is useful.
+func (s *Store) Open() error {
+	db, err := s.openDBWithin(s.cfg.OpenTimeout)
+	if err != nil {
+		return err
 	}
 	_, closer, err := db.Get(markerKey)
 	switch {
 	case err == nil:
-		s.unclean = true
+		s.unclean.Store(true)
 		closer.Close()
 	case !errors.Is(err, pebble.ErrNotFound):
-		db.Close()
-		return nil, fmt.Errorf("cannot read unclean-shutdown marker: %w", err)
+		_ = closeDB(db, closeOldDBTimeout)
+		return fmt.Errorf("cannot read unclean-shutdown marker: %w", s.corruption(err))
 	}
-	if err := db.Set(markerKey, appendMillis(nil, s.now()), pebble.Sync); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("cannot write unclean-shutdown marker: %w", err)
+	if err := s.checkWatermark(db); err != nil {
+		_ = closeDB(db, closeOldDBTimeout)
+		return err
 	}
+	if d := s.Damage(); d.LostCommits > 0 {
+		s.mu.Lock()
+		stops := strings.Join(s.mu.walStops, "; ")
+		s.mu.Unlock()
+		s.log.Error("write-ahead log damaged: "+d.String()+"; Pebble stopped reading the log at the first record whose checksum failed or that was cut off, and skipped the rest",
+			"lost_commits", d.LostCommits, "durable_commit", d.Durable, "log_commit", d.InLog, "wal_replay", stops)
+	}
+	if err := s.setMarker(db); err != nil {
+		_ = closeDB(db, closeOldDBTimeout)
+		return fmt.Errorf("cannot write unclean-shutdown marker: %w", err)
+	}
+	s.dbMu.Lock()
 	s.db = db
-	return s, nil
+	s.dbMu.Unlock()
+	s.opened.Store(true)
+	return nil
+}
+
+// setMarker writes the unclean-shutdown marker, turning Pebble's Fatalf on a
+// failed WAL write into an error.
+func (s *Store) setMarker(db *pebble.DB) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("pebble failed: %v", r)
+		}
+	}()
+	return db.Set(markerKey, appendMillis(nil, s.now()), pebble.Sync)
+}
+
+// openDBWithin opens Pebble on another goroutine and waits at most d for
+// it (or until Close). An open that does not come back in time is left to
+// finish in the background and close what it opened.
+func (s *Store) openDBWithin(d time.Duration) (*pebble.DB, error) {
+	type result struct {
+		db  *pebble.DB
+		err error
+	}
+	ch := make(chan result, 1)
+	// Not tracked by wg on purpose: pebble.Open may not return while the
+	// disk is full, and must not hold up Close.
+	go func() {
+		db, err := s.openDB()
+		ch <- result{db, err}
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var err error
+	select {
+	case r := <-ch:
+		return r.db, r.err
+	case <-t.C:
+		err = fmt.Errorf("cannot open pebble database %s: not open after %v (Pebble must write to replay its log): %s; free space on that disk and start again",
+			s.cfg.Dir, d, s.storageHint())
+	case <-s.quit:
+		err = fmt.Errorf("cannot open pebble database %s: %w", s.cfg.Dir, ErrClosed)
+	}
+	go func() {
+		if r := <-ch; r.db != nil {
+			_ = closeDB(r.db, closeOldDBTimeout)
+		}
+	}()
+	return nil, err
+}
+
+// storageHint describes the last storage error and the free space, for
+// messages about a database that will not open or write.
+func (s *Store) storageHint() string {
+	msg := "no storage error seen"
+	if e := s.lastStorageErr.Load(); e != nil {
+		msg = "last storage error: " + *e
+	}
+	if du, err := s.fs.GetDiskUsage(s.cfg.Dir); err == nil {
+		msg += fmt.Sprintf("; %d bytes free on the disk", du.AvailBytes)
+	}
+	return msg
 }
 
 func (s *Store) pebbleOptions() *pebble.Options {
@@ -121,7 +236,7 @@ func (s *Store) pebbleOptions() *pebble.Options {
 		FS:                 s.fs,
 		FormatMajorVersion: pebble.FormatNewest,
 		Merger:             lastSeenMerger,
-		Logger:             pebbleLogger{s.log},
+		Logger:             pebbleLogger{log: s.log, lim: &s.pebbleErrLog, walStop: s.noteWALStop},
 		// 64 MiB memtables: every session is rewritten once per heartbeat
 		// interval, so a memtable that holds several intervals of refreshes
 		// flushes each session once instead of once per refresh (measured:
@@ -130,8 +245,17 @@ func (s *Store) pebbleOptions() *pebble.Options {
 		MemTableSize: 64 << 20,
 		EventListener: &pebble.EventListener{
 			BackgroundError: func(err error) {
-				s.log.Error("pebble background error", "err", err)
+				msg := errLine(err)
+				s.lastStorageErr.Store(&msg)
+				if ok, suppressed := s.bgErrLog.allow(); ok {
+					s.log.Error("pebble background error; retrying with backoff", "err", msg, "suppressed_since_last", suppressed)
+				}
 			},
+			// Pebble's default ends the process (Fatalf) on a bad checksum,
+			// often from a compaction goroutine: exit status 2 without a word
+			// on which file. Record it instead: Replay fails naming the file,
+			// and a running store turns unhealthy.
+			DataCorruption: s.noteCorruption,
 			DiskSlow: func(info pebble.DiskSlowInfo) {
 				s.log.Warn("disk slow", "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
 			},
@@ -142,6 +266,41 @@ func (s *Store) pebbleOptions() *pebble.Options {
 	// blocks); ended sessions are mostly such deletes. A manual compaction
 	// after many deletes (compactMinDeletes) backs them up.
 	return o
+}
+
+// noteWALStop keeps Pebble's notes of where it stopped reading each WAL
+// during the last open (at most 16).
+func (s *Store) noteWALStop(msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.mu.walStops) < 16 {
+		s.mu.walStops = append(s.mu.walStops, oneLine(msg))
+	}
+}
+
+// noteCorruption records the first corruption Pebble reports; it must not
+// block (Pebble calls it on read paths).
+func (s *Store) noteCorruption(info pebble.DataCorruptionInfo) {
+	ce := &CorruptionError{Path: info.Path, Err: info.Details}
+	if s.corrupt.CompareAndSwap(nil, ce) {
+		s.log.Error("on-disk corruption: the store cannot be trusted; run presenced repair",
+			"file", info.Path, "err", info.Details)
+	}
+}
+
+// corruption turns an error carrying Pebble's corruption details into a
+// *CorruptionError naming the file; other errors are returned as they are.
+func (s *Store) corruption(err error) error {
+	if err == nil {
+		return nil
+	}
+	if info := pebble.ExtractDataCorruptionInfo(err); info != nil {
+		return &CorruptionError{Path: info.Path, Err: info.Details}
+	}
+	if ce := s.corrupt.Load(); ce != nil && errors.Is(err, pebble.ErrCorruption) {
+		return ce
+	}
+	return err
 }
 
 // openDB opens Pebble, turning a Fatalf panic during Open into an error.
@@ -181,8 +340,31 @@ func (s *Store) Replay(
 	live func(user, room []byte, lastSeen, expiry int64) error,
 	expired func(user, room []byte, lastSeen, expiry int64),
 ) (ReplayStats, error) {
+	return s.ReplayStates(now, func(user, room, _ []byte, lastSeen, expiry int64) error {
+		return live(user, room, lastSeen, expiry)
+	}, expired)
+}
+
+// ReplayStates is Replay whose live callback also gets the session's state
+// (nil: none), valid only during the call.
+func (s *Store) ReplayStates(
+	now int64,
+	live func(user, room, state []byte, lastSeen, expiry int64) error,
+	expired func(user, room []byte, lastSeen, expiry int64),
+) (st ReplayStats, err error) {
 	start := time.Now()
-	st := ReplayStats{Unclean: s.unclean}
+	st = ReplayStats{Unclean: s.unclean.Load()}
+	defer func() {
+		// A damaged file Pebble could not read, or a panic out of Pebble
+		// (a broken invariant it found in the data), fails the replay with
+		// an error naming what it could, rather than the process.
+		if r := recover(); r != nil {
+			err = fmt.Errorf("cannot replay sessions: pebble panic: %v", r)
+			if ce := s.corrupt.Load(); ce != nil {
+				err = fmt.Errorf("cannot replay sessions: %w", ce)
+			}
+		}
+	}()
 	s.mu.Lock()
 	bad := s.mu.started || s.mu.closed
 	s.mu.Unlock()
@@ -192,7 +374,7 @@ func (s *Store) Replay(
 	db := s.db
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: sessionLower, UpperBound: sessionUpper})
 	if err != nil {
-		return st, fmt.Errorf("cannot replay sessions: %w", err)
+		return st, fmt.Errorf("cannot replay sessions: %w", s.corruption(err))
 	}
 	b := db.NewBatch()
 	var key []byte
@@ -212,15 +394,15 @@ func (s *Store) Replay(
 		v, verr := it.ValueAndErr()
 		if verr != nil {
 			it.Close()
-			return st, fmt.Errorf("cannot replay sessions: %w", verr)
+			return st, fmt.Errorf("cannot replay sessions: %w", s.corruption(verr))
 		}
-		lastSeen, expiry, ok2 := decodeSessionValue(v)
+		lastSeen, expiry, state, ok2 := decodeSessionValue(v)
 		if !ok || !ok2 {
 			it.Close()
 			return st, fmt.Errorf("cannot replay session %q: %w", it.Key(), ErrBadRecord)
 		}
 		if expiry > now {
-			if err := live(user, room, lastSeen, expiry); err != nil {
+			if err := live(user, room, state, lastSeen, expiry); err != nil {
 				it.Close()
 				return st, fmt.Errorf("cannot restore session: %w", err)
 			}
@@ -240,10 +422,14 @@ func (s *Store) Replay(
 		}
 	}
 	if err := it.Close(); err != nil {
-		return st, fmt.Errorf("cannot replay sessions: %w", err)
+		return st, fmt.Errorf("cannot replay sessions: %w", s.corruption(err))
 	}
 	if err := commit(pebble.Sync); err != nil {
 		return st, err
+	}
+	if ce := s.corrupt.Load(); ce != nil {
+		// Found by a background compaction while replaying.
+		return st, fmt.Errorf("cannot replay sessions: %w", ce)
 	}
 	b.Close()
 	s.ctr.sessionDeletes.Add(uint64(st.Expired))
@@ -351,15 +537,25 @@ func (s *Store) LastSeen(user []byte) (ms int64, ok bool, err error) {
 // ErrUnhealthy and the last disk error. The server answers /readyz with 503
 // while it is non-nil.
 func (s *Store) Healthy() error {
+	if ce := s.corrupt.Load(); ce != nil {
+		return fmt.Errorf("%w: %w", ErrUnhealthy, ce)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.mu.health
 }
 
-// Close stops the committer, drains the map one last time and commits with
-// an fsync, clears the unclean marker (only if that commit succeeded) and
-// closes the database. Waiters still queued get the final cycle's result.
-func (s *Store) Close() error {
+// Close is CloseContext without a deadline of its own.
+func (s *Store) Close() error { return s.CloseContext(context.Background()) }
+
+// CloseContext stops the committer, drains the map one last time and
+// commits with an fsync, clears the unclean marker (only if that commit
+// succeeded) and closes the database. Waiters still queued get the final
+// cycle's result. If the database is being reopened after a fatal error,
+// it waits for that until ctx ends; changes it cannot write then are lost
+// (logged), the marker stays, and the next start reports an unclean
+// shutdown and replays the log as of the last good commit.
+func (s *Store) CloseContext(ctx context.Context) error {
 	s.mu.Lock()
 	if s.mu.closed {
 		s.mu.Unlock()
@@ -374,24 +570,80 @@ func (s *Store) Close() error {
 	s.wg.Wait()
 
 	var err error
+	c := &s.c
 	if started {
-		err = s.cycle(true)
+		if c.broken {
+			err = s.reopenFor(ctx)
+		}
+		if err == nil {
+			err = s.cycle(true)
+		} else {
+			s.mu.Lock()
+			waiters := s.mu.waiters
+			s.mu.waiters = nil
+			s.mu.Unlock()
+			for _, w := range waiters {
+				w <- err
+			}
+		}
+		if err != nil {
+			s.log.Error("closing with changes not written; the next start replays the log as of the last good commit",
+				"err", errLine(err), "pending_bytes", c.pendingBytes)
+		}
 	}
-	s.dbMu.Lock()
-	defer s.dbMu.Unlock()
-	if s.db == nil {
-		return errors.Join(err, fmt.Errorf("cannot close store: %w", ErrUnavailable))
+	if started && err == nil && c.commitSeq != c.wmSeq {
+		if werr := s.writeWatermark(c.commitSeq); werr != nil {
+			s.log.Warn("cannot record the durable commit at close", "err", errLine(werr))
+		}
 	}
-	if err == nil && !s.c.broken {
-		if derr := s.db.Delete(markerKey, pebble.Sync); derr != nil {
+	if c.wmFile != nil {
+		_ = c.wmFile.Close()
+		c.wmFile = nil
+	}
+	if s.db != nil && err == nil && !c.broken {
+		if derr := s.apply(func(db *pebble.DB) error { return db.Delete(markerKey, pebble.Sync) }); derr != nil {
 			err = fmt.Errorf("cannot clear unclean-shutdown marker: %w", derr)
 		}
 	}
-	if cerr := closeDB(s.db, closeOldDBTimeout); cerr != nil {
+	if c.opening != nil {
+		closeAbandoned(c.opening)
+		c.opening = nil
+	}
+	s.dbMu.Lock()
+	db := s.db
+	s.db = nil
+	s.dbMu.Unlock()
+	if db == nil {
+		return errors.Join(err, fmt.Errorf("cannot close store: %w", ErrUnavailable))
+	}
+	timeout := closeOldDBTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(min(timeout, time.Until(d)), time.Millisecond)
+	}
+	if cerr := closeDB(db, timeout); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("cannot close pebble database: %w", cerr))
 	}
-	s.db = nil
 	return err
+}
+
+// reopenFor waits for a reopen (starting one at once if none runs) until
+// ctx ends; Close uses it to write the last changes after a fatal error.
+func (s *Store) reopenFor(ctx context.Context) error {
+	c := &s.c
+	c.nextOpen = time.Time{}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		err := s.reopen()
+		if err == nil || c.opening == nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cannot reopen the database before the close deadline: %w (%s)", ctx.Err(), s.storageHint())
+		case <-t.C:
+		}
+	}
 }
 
 // closeDB closes db, turning a panic into an error and giving up (leaking

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -376,18 +375,5 @@ func TestWithShardmap(t *testing.T) {
 	}
 	if ms, ok, _ := s.LastSeen([]byte("userAA")); !ok || ms < now {
 		t.Errorf("LastSeen(userAA) = %d %v", ms, ok)
-	}
-}
-
-// persist must never import server (doc.go, STYLE.md).
-func TestNoServerImport(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
-	if err != nil {
-		t.Skipf("go list: %v\n%s", err, out)
-	}
-	for _, p := range strings.Fields(string(out)) {
-		if strings.HasPrefix(p, "github.com/presenced/presenced/server") {
-			t.Fatalf("persist depends on %s", p)
-		}
 	}
 }

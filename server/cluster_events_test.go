@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,10 +16,21 @@ func (l *sseLog) snapshot() []sseEvent {
 	return append([]sseEvent(nil), l.evs...)
 }
 
+// members returns the member events (join, leave, update) read so far.
+func (l *sseLog) members() []sseEvent {
+	var out []sseEvent
+	for _, ev := range l.snapshot() {
+		if ev.Type != "occupied" && ev.Type != "vacated" {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
 func (l *sseLog) waitLen(t *testing.T, n int, what string) []sseEvent {
 	t.Helper()
-	waitFor(t, 10*time.Second, what, func() bool { return len(l.snapshot()) >= n })
-	return l.snapshot()
+	waitFor(t, 10*time.Second, what, func() bool { return len(l.members()) >= n })
+	return l.members()
 }
 
 // Every node streams the same events with the same ids; a client can
@@ -43,11 +55,18 @@ func TestClusterEventsResumeAcrossNodes(t *testing.T) {
 		}
 	}
 	c := startCluster(t, clusterTestConfig(r.Addr())) // after the events: history from Redis
-	for _, n := range []*cnode{b, c} {
+	for i, n := range []*cnode{b, c} {
 		l := n.eventsFrom(evA[4].ID)
-		got := l.waitLen(t, 5, "resumed events")
-		time.Sleep(200 * time.Millisecond) // would a duplicate follow? (none must)
-		got = l.snapshot()
+		// A marker after the history: once it arrives, a duplicate of the
+		// resumed events would have arrived before it.
+		marker := fmt.Sprintf("marker%d", i)
+		a.heartbeat(marker, "other")
+		waitFor(t, 10*time.Second, "marker", func() bool { return l.count("join", marker, "other") == 1 })
+		got := l.members()
+		if len(got) < 6 || got[len(got)-1].User != marker {
+			t.Fatalf("resumed %+v, want 5 events then the marker", got)
+		}
+		got = got[:len(got)-1-i] // the earlier node's marker came before ours
 		if len(got) != 5 {
 			t.Fatalf("resumed %d events, want 5: %+v", len(got), got)
 		}
@@ -132,6 +151,33 @@ func TestClusterEventsRedisRestart(t *testing.T) {
 			if c := n.ev.count("join", u, "room"); c != 1 {
 				t.Errorf("node %d: %d joins of %s, want 1", i, c, u)
 			}
+		}
+	}
+}
+
+// The first member's join through A is preceded by occupied on every node;
+// the last member's leave through B is followed by vacated.
+func TestClusterEventsOccupiedVacated(t *testing.T) {
+	r := redistest.Start(t)
+	a := startCluster(t, clusterTestConfig(r.Addr()))
+	b := startCluster(t, clusterTestConfig(r.Addr()))
+	a.heartbeat("u1", "z")
+	a.heartbeat("u2", "z")
+	b.do("POST", "/v1/leave", `{"user":"u1","room":"z"}`, nil)
+	b.do("POST", "/v1/leave", `{"user":"u2","room":"z"}`, nil)
+	for i, n := range []*cnode{a, b} {
+		waitFor(t, 10*time.Second, "vacated", func() bool { return n.ev.count("vacated", "", "z") == 1 })
+		var got []string
+		for _, ev := range n.ev.snapshot() {
+			if ev.Room == "z" {
+				got = append(got, ev.Type+" "+ev.User)
+			}
+		}
+		// One writer round may carry both joins in either order.
+		if len(got) != 6 || got[0] != "occupied " || got[5] != "vacated " ||
+			!strings.HasPrefix(got[1], "join") || !strings.HasPrefix(got[2], "join") ||
+			!strings.HasPrefix(got[3], "leave") || !strings.HasPrefix(got[4], "leave") {
+			t.Fatalf("node %d: %v, want occupied, two joins, two leaves, vacated", i, got)
 		}
 	}
 }

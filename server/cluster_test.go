@@ -591,6 +591,13 @@ func TestClusterRedisOutage(t *testing.T) {
 	if a.metricValue("presenced_redis_errors_total") == 0 {
 		t.Error("presenced_redis_errors_total is 0 during an outage")
 	}
+	if a.metricValue(`presenced_redis_master_errors_total{master="`+r.Addr()+`"}`) == 0 {
+		t.Error("presenced_redis_master_errors_total names no failure of the Redis address during an outage")
+	}
+	partialBefore := a.metricValue("presenced_redis_partial_seconds_total")
+	waitFor(t, 5*time.Second, "partial seconds to grow during the outage", func() bool {
+		return a.metricValue("presenced_redis_partial_seconds_total") > partialBefore
+	})
 
 	r.Restart() // empty: no persistence
 	restarted := time.Now()
@@ -616,10 +623,13 @@ func TestClusterRedisOutage(t *testing.T) {
 	if on, _ := b.roomOnline("room-x"); on != 20 {
 		t.Errorf("B room-x after recovery: %d, want 20", on)
 	}
-	// A re-asserts its 100,000 sessions too; its answer is whole once done.
-	waitFor(t, 10*time.Second, "presenced_redis_up 1 on A after recovery", func() bool {
-		return a.metricValue("presenced_redis_up") == 1
-	})
+	// A re-asserts its 100,000 sessions before it answers whole again.
+	waitFor(t, 10*time.Second, "presenced_redis_up 1 on A after recovery", func() bool { return a.metricValue("presenced_redis_up") == 1 })
+	// Whole again: the partial time stops growing.
+	p1 := a.metricValue("presenced_redis_partial_seconds_total")
+	if a.metricValue("presenced_redis_up") == 1 && a.metricValue("presenced_redis_partial_seconds_total") != p1 {
+		t.Error("presenced_redis_partial_seconds_total grows while the node is whole")
+	}
 }
 
 // nginxConfig turns the example systemd/nginx-presenced.conf into a

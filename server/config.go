@@ -42,6 +42,12 @@ type Config struct {
 	NodeID string
 	// SecretFile holds the token keys (--secret-file, empty: open mode).
 	SecretFile string
+	// AllowOpenReload lets a reload (SIGHUP) take a node that verifies
+	// heartbeat tokens or API tokens to open mode, when --secret-file or
+	// --api-token-file was removed from the configuration (--allow-open-reload,
+	// default false: such a reload is refused and logged at error, so a
+	// config edit cannot silently switch authentication off).
+	AllowOpenReload bool
 	// ConfigFile is the optional config file (--config).
 	ConfigFile string
 	// LogLevel is debug, info, warn or error (--log-level, default info).
@@ -58,13 +64,40 @@ type Config struct {
 	// UDPLoops is the number of UDP event loops, each with its own SO_REUSEPORT
 	// socket (--udp-loops, default 0: one per CPU).
 	UDPLoops int
+	// RequireV2 drops v1 UDP datagrams, whose op byte and ids are not
+	// signed (--require-v2, default false; needs --secret-file). HTTP is
+	// unaffected.
+	RequireV2 bool
+	// V2MaxClockSkew is how far a v2 datagram's timestamp may be from this
+	// node's clock (--v2-max-clock-skew, default 30s): older datagrams are
+	// refused as stale, so a captured one can be replayed to another node
+	// for at most this long.
+	V2MaxClockSkew time.Duration
+	// UDPMaxPendingAcks bounds the UDP acks waiting for an fsync under
+	// --fsync=always (--udp-max-pending-acks, default 65536, about 100 bytes
+	// each); beyond it an ack is dropped (the heartbeat is still applied).
+	UDPMaxPendingAcks int
 	// UDPReadBuffer is SO_RCVBUF of each UDP socket in bytes (--udp-read-buffer, default 4 MiB).
 	UDPReadBuffer int
 	// HTTPReadTimeout, HTTPWriteTimeout and HTTPIdleTimeout protect against
 	// slow clients (--http-read-timeout 10s, --http-write-timeout 10s, --http-idle-timeout 60s).
 	HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
 	// HTTPMaxConns bounds concurrent HTTP connections (--http-max-conns, default 10000).
+	// Over it a connection is answered 503 with a JSON body and closed.
 	HTTPMaxConns int
+	// HTTPMaxConnsPerIP bounds concurrent HTTP connections from one address
+	// (--http-max-conns-per-ip, default 1024; 0: no limit), so one client
+	// cannot take every connection; over it, 429 with a JSON body. Trusted
+	// proxies are exempt.
+	HTTPMaxConnsPerIP int
+	// TrustedProxies lists the IPs and CIDRs of load balancers in front of
+	// the node (--trusted-proxies, comma-separated, default empty). From
+	// them, HTTP requests are charged to the client named by
+	// X-Forwarded-For / X-Real-IP, UDP datagrams are not charged to the
+	// per-source limit (each session is still bound by --heartbeat-min-gap
+	// and tokens are still verified), and the per-IP connection cap does
+	// not apply. Headers from any other peer are ignored.
+	TrustedProxies string
 	// DrainDelay is how long /readyz fails before intake stops at shutdown (--drain-delay, default 0s).
 	DrainDelay time.Duration
 	// ShutdownTimeout bounds the whole shutdown (--shutdown-timeout, default 15s).
@@ -86,6 +119,10 @@ type Config struct {
 	SourceTableSlots int
 	// MaxEventStreams bounds concurrent GET /v1/events streams (--max-event-streams, default 1000).
 	MaxEventStreams int
+	// MaxStateBytes bounds a session's state, a JSON object, serialized
+	// compactly (--max-state-bytes, default 1024). A larger one is refused
+	// with 400 and changes nothing.
+	MaxStateBytes int
 	// EventHistory is how many events are kept for streams that resume
 	// (--event-history, default 100000, about 15 MB in memory on a single
 	// node; in a cluster the Redis Stream keeps them, see --redis-stream-max-len).
@@ -97,6 +134,11 @@ type Config struct {
 	// PprofAddr serves Go's net/http/pprof profiles on a separate listener
 	// (--pprof-addr, default empty: off). Bind it to loopback.
 	PprofAddr string
+	// LastSeenMemoryUsers bounds how many offline users' last-seen times a
+	// node without --data-dir keeps in memory (--last-seen-memory-users,
+	// default 100000, about 100 bytes each; 0: last_seen is null once a
+	// user's sessions end). When full, a new user replaces an arbitrary one.
+	LastSeenMemoryUsers int
 	// APITokenFile holds bearer tokens for the read endpoints and the event
 	// stream, one per line (--api-token-file, empty: reads are open).
 	APITokenFile string
@@ -119,35 +161,40 @@ type Config struct {
 func DefaultConfig() Config {
 	pc := persist.DefaultConfig()
 	return Config{
-		HTTPAddr:         "127.0.0.1:7070",
-		UDPAddr:          "127.0.0.1:7070",
-		DataDir:          "presenced-data",
-		TTL:              150 * time.Second,
-		Interval:         60 * time.Second,
-		LogLevel:         "info",
-		LogFormat:        "text",
-		MaxBodyBytes:     1 << 20,
-		MaxBatch:         1000,
-		MaxStatusUsers:   1000,
-		UDPReadBuffer:    4 << 20,
-		HTTPReadTimeout:  10 * time.Second,
-		HTTPWriteTimeout: 10 * time.Second,
-		HTTPIdleTimeout:  60 * time.Second,
-		HTTPMaxConns:     10000,
-		ShutdownTimeout:  15 * time.Second,
-		SweepInterval:    100 * time.Millisecond,
-		HeartbeatMinGap:  time.Second,
-		SourceRate:       2000,
-		SourceBurst:      4000,
-		SourceTableSlots: 65536,
-		MaxEventStreams:  1000,
-		EventHistory:     100000,
-		LeaveDelay:       2 * time.Second,
-		Map:              shardmap.DefaultConfig(),
-		Persist:          pc,
-		FsyncMode:        "interval",
-		Cluster:          cluster.DefaultConfig(),
-		Webhook:          webhook.DefaultConfig(),
+		HTTPAddr:            "127.0.0.1:7070",
+		UDPAddr:             "127.0.0.1:7070",
+		DataDir:             "presenced-data",
+		TTL:                 150 * time.Second,
+		Interval:            60 * time.Second,
+		LogLevel:            "info",
+		LogFormat:           "text",
+		MaxBodyBytes:        1 << 20,
+		MaxBatch:            1000,
+		MaxStatusUsers:      1000,
+		UDPReadBuffer:       4 << 20,
+		UDPMaxPendingAcks:   65536,
+		V2MaxClockSkew:      30 * time.Second,
+		HTTPReadTimeout:     10 * time.Second,
+		HTTPWriteTimeout:    10 * time.Second,
+		HTTPIdleTimeout:     60 * time.Second,
+		HTTPMaxConns:        10000,
+		HTTPMaxConnsPerIP:   1024,
+		ShutdownTimeout:     15 * time.Second,
+		SweepInterval:       100 * time.Millisecond,
+		HeartbeatMinGap:     time.Second,
+		SourceRate:          2000,
+		SourceBurst:         4000,
+		SourceTableSlots:    65536,
+		MaxEventStreams:     1000,
+		EventHistory:        100000,
+		MaxStateBytes:       1024,
+		LeaveDelay:          2 * time.Second,
+		LastSeenMemoryUsers: 100000,
+		Map:                 shardmap.DefaultConfig(),
+		Persist:             pc,
+		FsyncMode:           "interval",
+		Cluster:             cluster.DefaultConfig(),
+		Webhook:             webhook.DefaultConfig(),
 	}
 }
 
@@ -168,6 +215,12 @@ func (c *Config) Validate() error {
 		return errors.New("--max-batch must be at least 1")
 	case c.MaxStatusUsers < 1:
 		return errors.New("--max-status-users must be at least 1")
+	case c.RequireV2 && c.SecretFile == "":
+		return errors.New("--require-v2 needs --secret-file (v2 datagrams are signed with keys derived from it)")
+	case c.V2MaxClockSkew < time.Second:
+		return errors.New("--v2-max-clock-skew must be at least 1s")
+	case c.UDPMaxPendingAcks < 1:
+		return errors.New("--udp-max-pending-acks must be at least 1")
 	case c.UDPLoops < 0:
 		return errors.New("--udp-loops must not be negative")
 	case c.SweepInterval <= 0:
@@ -178,14 +231,23 @@ func (c *Config) Validate() error {
 		return errors.New("--source-rate must not be negative and --source-burst must be at least 1")
 	case c.SourceTableSlots < 1 || c.SourceTableSlots > 1<<24:
 		return errors.New("--source-table-slots must be from 1 to 16777216")
+	case c.HTTPMaxConns < 0 || c.HTTPMaxConnsPerIP < 0:
+		return errors.New("--http-max-conns and --http-max-conns-per-ip must not be negative")
+	case c.LastSeenMemoryUsers < 0:
+		return errors.New("--last-seen-memory-users must not be negative")
 	case c.MaxEventStreams < 0:
 		return errors.New("--max-event-streams must not be negative")
+	case c.MaxStateBytes < 2 || c.MaxStateBytes > 65535:
+		return errors.New("--max-state-bytes must be from 2 to 65535")
 	case c.EventHistory < 1 || c.EventHistory > 10000000:
 		return errors.New("--event-history must be from 1 to 10000000")
 	case c.LeaveDelay < 0 || c.LeaveDelay > time.Hour:
 		return errors.New("--leave-delay must be from 0 to 1h")
 	case c.RedisMaster != "" && c.Redis == "":
 		return errors.New("--redis-master needs --redis to list the sentinels")
+	}
+	if _, err := parseProxySet(c.TrustedProxies); err != nil {
+		return err
 	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {
 		return err
@@ -232,6 +294,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.RedisMaster, "redis-master", c.RedisMaster, "Sentinel master name (--redis lists the sentinels)")
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "this node's name in the cluster (default: hostname:http-port)")
 	fs.StringVar(&c.SecretFile, "secret-file", c.SecretFile, "file of token keys, one '<kid> <secret>' per line (empty: open mode)")
+	fs.BoolVar(&c.AllowOpenReload, "allow-open-reload", c.AllowOpenReload, "let a reload (SIGHUP) that removes --secret-file or --api-token-file switch the node to open mode (default: refused)")
 	fs.StringVar(&c.ConfigFile, "config", c.ConfigFile, "optional config file of 'flag-name = value' lines")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
@@ -239,11 +302,16 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most heartbeats in one POST /v1/heartbeats (413 beyond)")
 	fs.IntVar(&c.MaxStatusUsers, "max-status-users", c.MaxStatusUsers, "most users in one POST /v1/status (413 beyond)")
 	fs.IntVar(&c.UDPLoops, "udp-loops", c.UDPLoops, "UDP event loops, each with its own SO_REUSEPORT socket (0: one per CPU)")
+	fs.BoolVar(&c.RequireV2, "require-v2", c.RequireV2, "drop v1 UDP datagrams (unsigned op and ids); needs --secret-file")
+	fs.DurationVar(&c.V2MaxClockSkew, "v2-max-clock-skew", c.V2MaxClockSkew, "how far a v2 datagram's timestamp may be from this node's clock")
+	fs.IntVar(&c.UDPMaxPendingAcks, "udp-max-pending-acks", c.UDPMaxPendingAcks, "with --fsync=always, most UDP acks waiting for an fsync (more are dropped)")
 	fs.IntVar(&c.UDPReadBuffer, "udp-read-buffer", c.UDPReadBuffer, "SO_RCVBUF of each UDP socket in bytes")
 	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", c.HTTPReadTimeout, "HTTP read timeout")
 	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", c.HTTPWriteTimeout, "HTTP write timeout")
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "HTTP keep-alive idle timeout")
-	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", c.HTTPMaxConns, "most concurrent HTTP connections")
+	fs.IntVar(&c.HTTPMaxConns, "http-max-conns", c.HTTPMaxConns, "most concurrent HTTP connections (503 beyond)")
+	fs.IntVar(&c.HTTPMaxConnsPerIP, "http-max-conns-per-ip", c.HTTPMaxConnsPerIP, "most concurrent HTTP connections from one address, trusted proxies exempt (429 beyond; 0: no limit)")
+	fs.StringVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "comma-separated IPs/CIDRs of load balancers: their X-Forwarded-For/X-Real-IP is believed and their UDP is not charged per source")
 	fs.DurationVar(&c.DrainDelay, "drain-delay", c.DrainDelay, "at shutdown, how long /readyz fails before intake stops")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "upper bound of a graceful shutdown")
 	fs.DurationVar(&c.SweepInterval, "sweep-interval", c.SweepInterval, "how often expired sessions are collected")
@@ -252,8 +320,10 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.SourceBurst, "source-burst", c.SourceBurst, "burst of heartbeats allowed from one source IP")
 	fs.IntVar(&c.SourceTableSlots, "source-table-slots", c.SourceTableSlots, "fixed size of the per-source rate table (8 bytes each)")
 	fs.IntVar(&c.MaxEventStreams, "max-event-streams", c.MaxEventStreams, "most concurrent GET /v1/events streams")
+	fs.IntVar(&c.MaxStateBytes, "max-state-bytes", c.MaxStateBytes, "largest session state (a JSON object, compact) a heartbeat may set")
 	fs.IntVar(&c.EventHistory, "event-history", c.EventHistory, "events kept in memory for streams that resume (single node)")
 	fs.DurationVar(&c.LeaveDelay, "leave-delay", c.LeaveDelay, "hold leave events this long; a rejoin within it cancels both (0: off)")
+	fs.IntVar(&c.LastSeenMemoryUsers, "last-seen-memory-users", c.LastSeenMemoryUsers, "without --data-dir, most offline users whose last-seen is kept in memory (0: none)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof profiles on this address (empty: off; keep it on loopback)")
 	fs.StringVar(&c.APITokenFile, "api-token-file", c.APITokenFile, "file of bearer tokens for the read endpoints and the event stream, one per line (empty: open)")
 	fs.IntVar(&c.Map.Shards, "shards", c.Map.Shards, "user shards of the presence table (power of two)")
@@ -269,6 +339,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.Webhook.MaxBackoff, "webhook-max-backoff", c.Webhook.MaxBackoff, "cap of the exponential backoff between webhook retries")
 	fs.IntVar(&c.Webhook.MaxQueue, "webhook-max-queue", c.Webhook.MaxQueue, "single node: most undelivered webhook events queued (beyond: dropped, counted, a reset follows)")
 	fs.DurationVar(&c.Persist.LastSeenRetention, "last-seen-retention", c.Persist.LastSeenRetention, "how long a user's last-seen is kept after their sessions end")
+	fs.DurationVar(&c.Persist.OpenTimeout, "store-open-timeout", c.Persist.OpenTimeout, "how long start-up waits for the write-ahead log to open (a full disk blocks it) before exiting 1")
 }
 
 // UsageError is a bad command line, environment or config file (exit status 2).
@@ -387,12 +458,36 @@ func PrintConfig(w io.Writer, cfg Config) {
 	bindFlags(fs, &c)
 	var lines []string
 	fs.VisitAll(func(f *flag.Flag) {
-		lines = append(lines, fmt.Sprintf("%s = %q", f.Name, f.Value.String()))
+		v := f.Value.String()
+		if f.Name == "redis" {
+			v = RedactRedis(v)
+		}
+		lines = append(lines, fmt.Sprintf("%s = %q", f.Name, v))
 	})
 	sort.Strings(lines)
 	for _, l := range lines {
 		fmt.Fprintln(w, l)
 	}
+}
+
+// RedactRedis returns a --redis value fit to print or log: the credentials
+// of every address (`redis://user:password@host`, also in a comma-separated
+// list) are replaced by "xxxxx". The key files are paths, not secrets, so
+// --redis is the only flag that can hold one.
+func RedactRedis(v string) string {
+	parts := strings.Split(v, ",")
+	for i, p := range parts {
+		at := strings.LastIndexByte(p, '@')
+		if at < 0 {
+			continue
+		}
+		start := 0
+		if j := strings.Index(p, "://"); j >= 0 && j < at {
+			start = j + len("://")
+		}
+		parts[i] = p[:start] + "xxxxx" + p[at:]
+	}
+	return strings.Join(parts, ",")
 }
 
 // FlagUsage writes the serve flags and their defaults.

@@ -39,6 +39,9 @@ type stream struct {
 	mu     sync.Mutex
 	err    error
 	pings  int
+	// roomEvents: next returns occupied and vacated too (by default it
+	// skips them, so tests of member events read only those).
+	roomEvents bool
 }
 
 var sseClient = &http.Client{} // no timeout: streams last
@@ -114,6 +117,9 @@ func (s *stream) next(t *testing.T, d time.Duration) streamEvent {
 	case ev := <-s.evs:
 		if ev.ID != ev.sseID || ev.Type != ev.name {
 			t.Fatalf("event %+v: id/type lines do not match the data", ev)
+		}
+		if !s.roomEvents && (ev.Type == "occupied" || ev.Type == "vacated") {
+			return s.next(t, d)
 		}
 		return ev
 	case <-s.done:
@@ -289,5 +295,34 @@ func TestEventStreamDebounce(t *testing.T) {
 	}
 	if d := time.Since(t0); d < delay {
 		t.Fatalf("leave arrived after %s, before the %s delay", d, delay)
+	}
+}
+
+// The first member's join is preceded by occupied, the last member's leave
+// followed by vacated; a reload of the only member produces neither.
+func TestEventStreamOccupiedVacated(t *testing.T) {
+	n := startNode(t, func(c *server.Config) { c.LeaveDelay = 300 * time.Millisecond })
+	s := openStream(t, n.base, "?room=r", "")
+	s.roomEvents = true
+	n.heartbeat("a", "r", "")
+	n.heartbeat("b", "r", "")
+	for _, want := range []string{"occupied  r ", "join a r ", "join b r "} {
+		if ev := s.next(t, 5*time.Second); ev.key() != want {
+			t.Fatalf("got %q, want %q", ev.key(), want)
+		}
+	}
+	n.do("POST", "/v1/leave", `{"user":"a","room":"r"}`, nil)
+	n.do("POST", "/v1/leave", `{"user":"b","room":"r"}`, nil)
+	n.heartbeat("b", "r", "") // a reload of the last member: no vacated, no occupied
+	for _, want := range []string{"leave a r left"} {
+		if ev := s.next(t, 5*time.Second); ev.key() != want {
+			t.Fatalf("got %q, want %q", ev.key(), want)
+		}
+	}
+	n.do("POST", "/v1/leave", `{"user":"b","room":"r"}`, nil)
+	for _, want := range []string{"leave b r left", "vacated  r "} {
+		if ev := s.next(t, 5*time.Second); ev.key() != want {
+			t.Fatalf("got %q, want %q", ev.key(), want)
+		}
 	}
 }

@@ -1,8 +1,12 @@
 package server
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
 	"time"
 
+	"github.com/presenced/presenced/server/events"
 	"github.com/presenced/presenced/server/wire"
 	"github.com/presenced/presenced/shardmap"
 )
@@ -41,15 +45,48 @@ func (s *Server) checkItem(user, room, tok []byte, nowMs int64) outcome {
 // heartbeat applies one heartbeat. A refresh of a live session allocates
 // nothing; a join allocates its event.
 func (s *Server) heartbeat(tr transport, user, room, tok []byte, nowMs int64) outcome {
+	return s.heartbeatState(tr, user, room, tok, nowMs, shardmap.StateOp{})
+}
+
+// stateOp turns a heartbeat's "state" field into a table operation: the
+// object compacted (so formatting alone is no change), or a clear for
+// null. It returns a message naming the limit when the state is too large.
+func (s *Server) stateOp(has bool, raw []byte) (shardmap.StateOp, string) {
+	if !has {
+		return shardmap.StateOp{}, ""
+	}
+	if raw == nil {
+		return shardmap.StateOp{Set: true}, ""
+	}
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		return shardmap.StateOp{}, "state must be a JSON object or null"
+	}
+	if b.Len() > s.cfg.MaxStateBytes {
+		return shardmap.StateOp{}, fmt.Sprintf("state exceeds max-state-bytes (%d bytes serialized)", s.cfg.MaxStateBytes)
+	}
+	return shardmap.StateOp{Set: true, State: b.Bytes()}, ""
+}
+
+// heartbeatState is heartbeat that also sets or clears the session's state
+// (sop.Set; the state already checked by checkState). A join carries the
+// state; a change of a live session's state is an update event.
+func (s *Server) heartbeatState(tr transport, user, room, tok []byte, nowMs int64, sop shardmap.StateOp) outcome {
 	o := s.checkItem(user, room, tok, nowMs)
 	if o == outOK {
-		joined, prev, err := s.m.TouchSeen(user, room, nowMs, s.ttlMs)
+		r, err := s.m.TouchState(user, room, nowMs, s.ttlMs, sop)
 		o = mapOutcome(err)
-		if err == nil && !joined {
-			s.met.lateness.ObserveDuration(time.Duration(max(nowMs-prev-s.intervalMs, 0)) * time.Millisecond)
+		if err == nil && !r.Joined {
+			s.met.lateness.ObserveDuration(time.Duration(max(nowMs-r.PrevSeen-s.intervalMs, 0)) * time.Millisecond)
 		}
-		if joined {
-			s.publish(shardmap.Event{User: string(user), Room: string(room), At: nowMs, Join: true})
+		switch {
+		case r.Joined:
+			if r.Occupied {
+				s.publishRoom(events.Occupied, room, nowMs)
+			}
+			s.publishState(events.Join, user, room, nowMs, sop.State)
+		case r.Changed:
+			s.publishState(events.Update, user, room, nowMs, sop.State)
 		}
 	}
 	s.met.count(tr, o)
@@ -66,13 +103,20 @@ func (s *Server) leave(tr transport, user, room, tok []byte, nowMs int64) (int, 
 	}
 	s.clusterLeave(user, room, nowMs)
 	if len(room) > 0 {
-		if !s.m.Leave(user, room, nowMs) {
+		if s.departed != nil {
+			if _, seen, online := s.m.User(user, nil); online {
+				s.departed.note(string(user), seen)
+			}
+		}
+		evs := s.m.LeaveOne(user, room, nowMs, nil)
+		if len(evs) == 0 {
 			return 0, o
 		}
-		s.publish(shardmap.Event{User: string(user), Room: string(room), At: nowMs, Reason: shardmap.ReasonLeft})
+		s.publish(evs[0])
 		return 1, o
 	}
 	evs := s.m.LeaveAll(user, nowMs, nil)
+	s.departed.noteLeaves(evs)
 	for i := range evs {
 		s.publish(evs[i])
 	}

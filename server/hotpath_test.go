@@ -199,6 +199,17 @@ func FuzzUDPHandler(f *testing.F) {
 		f.Add(b[:len(b)-1])
 	}
 	f.Add([]byte{wire.Magic, wire.Version, wire.FlagAck, 1, 0, 0, 0, 1, 1, 1, 'a', 0, 0})
+	// Signed v2 datagrams: the fuzzer mutates them into bad MACs, stale
+	// timestamps and replays, none of which may be answered.
+	key, _ := kr.ClientKey([]byte(tok))
+	for i, items := range [][]wire.Item{
+		{{Op: wire.OpHeartbeat, User: []byte("alice"), Room: []byte("r")}},
+		{{Op: wire.OpHeartbeat, User: []byte("alice")}, {Op: wire.OpLeave, User: []byte("alice")}},
+	} {
+		b, _ := wire.AppendRequestV2(nil, 9, true, uint64(time.Now().UnixMilli())+uint64(i), []byte(tok), key[:], items)
+		f.Add(b)
+		f.Add(b[:len(b)-1])
+	}
 	u := &udpServer{s: s}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		c := &fakeConn{in: in}
@@ -209,6 +220,9 @@ func FuzzUDPHandler(f *testing.F) {
 		var d wire.Datagram
 		if err := d.Decode(in); err != nil || !d.Ack {
 			t.Fatalf("answered a datagram that is invalid (%v) or did not ask (ack=%v)", err, d.Ack)
+		}
+		if d.Version == wire.Version2 && !d.VerifyMAC(key[:]) {
+			t.Fatalf("answered a v2 datagram with a bad MAC: %x", in)
 		}
 		if len(c.last) > len(in) {
 			t.Fatalf("reply of %d bytes to a %d-byte datagram", len(c.last), len(in))

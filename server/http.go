@@ -42,6 +42,9 @@ func (s *Server) startHTTP() error {
 	if err != nil {
 		return fmt.Errorf("cannot listen on --http-addr %s: %w", s.cfg.HTTPAddr, err)
 	}
+	// The connection limits are enforced by connLimiter, which answers in
+	// JSON; fasthttp's own Concurrency is only a backstop above them.
+	ln = newConnLimiter(ln, s.cfg.HTTPMaxConns, s.cfg.HTTPMaxConnsPerIP, s.proxies, s.met.httpConnRejected)
 	s.httpLn = ln
 	s.httpSrv = &fasthttp.Server{
 		Handler:                       s.handleHTTP,
@@ -51,7 +54,7 @@ func (s *Server) startHTTP() error {
 		ReadTimeout:                   s.cfg.HTTPReadTimeout,
 		WriteTimeout:                  s.cfg.HTTPWriteTimeout,
 		IdleTimeout:                   s.cfg.HTTPIdleTimeout,
-		Concurrency:                   s.cfg.HTTPMaxConns,
+		Concurrency:                   max(s.cfg.HTTPMaxConns, 0) + 256,
 		CloseOnShutdown:               true,
 		NoDefaultDate:                 true,
 		DisablePreParseMultipartForm:  true,
@@ -282,13 +285,19 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 		}
 		user, room, tok = sc.hb.user, sc.hb.room, sc.hb.token
 	}
-	now := time.Now().UnixMilli()
-	if !s.src.allow(ctx.RemoteIP(), 1, now) {
+	sop, msg := s.stateOp(sc.hb.hasState && !ctx.IsGet(), sc.hb.state)
+	if msg != "" {
+		s.met.count(trHTTP, outBadRequest)
+		jsonError(ctx, fasthttp.StatusBadRequest, msg)
+		return
+	}
+	now, mono := s.clk.Now()
+	if !s.src.allowAddr(s.httpClientIP(ctx), 1, mono) {
 		s.met.count(trHTTP, outRateLimited)
 		outcomeError(ctx, outRateLimited)
 		return
 	}
-	if o := s.heartbeat(trHTTP, user, room, tok, now); o != outOK {
+	if o := s.heartbeatState(trHTTP, user, room, tok, now, sop); o != outOK {
 		outcomeError(ctx, o)
 		return
 	}
@@ -317,8 +326,8 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"heartbeats":[{"user","room","token"},...]}`)
 		return
 	}
-	now := time.Now().UnixMilli()
-	if !s.src.allow(ctx.RemoteIP(), int64(max(len(items), 1)), now) {
+	now, mono := s.clk.Now()
+	if !s.src.allowAddr(s.httpClientIP(ctx), int64(max(len(items), 1)), mono) {
 		s.met.heartbeats[trHTTP][outRateLimited].Add(uint64(len(items)))
 		outcomeError(ctx, outRateLimited)
 		return
@@ -329,10 +338,14 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 	for i := range items {
 		it := &items[i]
 		var msg string
+		sop, stateMsg := s.stateOp(it.hasState, it.state)
+		if it.fieldErr == "" && stateMsg != "" {
+			it.fieldErr = stateMsg
+		}
 		if it.fieldErr != "" {
 			s.met.count(trHTTP, outBadRequest)
 			msg = it.fieldErr
-		} else if o := s.heartbeat(trHTTP, it.user, it.room, it.token, now); o != outOK {
+		} else if o := s.heartbeatState(trHTTP, it.user, it.room, it.token, now, sop); o != outOK {
 			msg = outcomeInfo[o].msg
 		} else {
 			accepted++
@@ -376,8 +389,8 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 		jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.fieldErr)
 		return
 	}
-	now := time.Now().UnixMilli()
-	if !s.src.allow(ctx.RemoteIP(), 1, now) {
+	now, mono := s.clk.Now()
+	if !s.src.allowAddr(s.httpClientIP(ctx), 1, mono) {
 		s.met.countLeave(trHTTP, outRateLimited)
 		outcomeError(ctx, outRateLimited)
 		return
@@ -423,7 +436,13 @@ func (s *Server) hReady(ctx *fasthttp.RequestCtx) {
 	case st != stateReady:
 		jsonError(ctx, fasthttp.StatusServiceUnavailable, "draining: shutting down")
 	case s.store != nil && s.store.Healthy() != nil:
-		jsonError(ctx, fasthttp.StatusServiceUnavailable, "write-ahead log failing: "+s.store.Healthy().Error())
+		// The state (failing, unavailable, corrupt) is also the metric
+		// presenced_wal_state; the error says why.
+		jsonError(ctx, fasthttp.StatusServiceUnavailable, "write-ahead log "+s.store.State().String()+": "+s.store.Healthy().Error())
+	case s.store != nil && s.store.Damage().LostCommits > 0:
+		// Ready, but say loudly that the log lost acknowledged changes.
+		b := append([]byte(`{"status":"ready","warning":`), appendJSONString(nil, "write-ahead log damaged at start: "+s.store.Damage().String())...)
+		jsonBody(ctx, fasthttp.StatusOK, append(b, '}'))
 	default:
 		jsonBody(ctx, fasthttp.StatusOK, []byte(`{"status":"ready"}`))
 	}

@@ -125,17 +125,21 @@ func (r *jsonReader) strEscaped(start int) ([]byte, error) {
 				return nil, errSyntax
 			}
 			if utf16.IsSurrogate(cp) {
-				cp2 := rune(-1)
-				if r.i+1 < len(r.b) && r.b[r.i] == '\\' && r.b[r.i+1] == 'u' {
-					save := r.i
-					r.i += 2
-					if c2, ok := r.hex4(); ok {
-						cp2 = c2
-					} else {
-						r.i = save
-					}
+				// Only a high surrogate escape directly followed by a low
+				// one is a character. A lone one is refused rather than
+				// replaced by U+FFFD, so two different bodies never name
+				// the same id.
+				if r.i+1 >= len(r.b) || r.b[r.i] != '\\' || r.b[r.i+1] != 'u' {
+					return nil, errSyntax
 				}
-				cp = utf16.DecodeRune(cp, cp2)
+				r.i += 2
+				cp2, ok := r.hex4()
+				if !ok {
+					return nil, errSyntax
+				}
+				if cp = utf16.DecodeRune(cp, cp2); cp == utf8.RuneError {
+					return nil, errSyntax
+				}
 			}
 			r.scratch = utf8.AppendRune(r.scratch, cp)
 		default:
@@ -280,6 +284,11 @@ func (r *jsonReader) number() error {
 type heartbeatFields struct {
 	user, room, token []byte
 	hasUser           bool
+	// state is the raw "state" value (a JSON object) and hasState whether
+	// the key was there: with hasState and a nil state, "state": null
+	// clears it; without hasState the session keeps its state.
+	state    []byte
+	hasState bool
 	// fieldErr names a field of the wrong JSON type; the object is
 	// otherwise well-formed, so a batch can reject just this item.
 	fieldErr string
@@ -305,6 +314,35 @@ func (r *jsonReader) object(hb *heartbeatFields) error {
 		}
 		var dst *[]byte
 		switch string(key) {
+		case "state":
+			hb.hasState = true
+			switch r.peek() {
+			case '{':
+				start := r.i
+				if err := r.skip(0); err != nil {
+					return err
+				}
+				hb.state = r.b[start:r.i]
+			case 'n':
+				if err := r.lit("null"); err != nil {
+					return err
+				}
+				hb.state = nil
+			default:
+				if err := r.skip(0); err != nil {
+					return err
+				}
+				if hb.fieldErr == "" {
+					hb.fieldErr = "state must be a JSON object or null"
+				}
+			}
+			if r.expect(',') {
+				continue
+			}
+			if r.expect('}') {
+				return nil
+			}
+			return errSyntax
 		case "user":
 			dst = &hb.user
 			hb.hasUser = true
@@ -497,3 +535,37 @@ func appendTime(b []byte, ms int64) []byte {
 }
 
 const rfc3339Milli = "2006-01-02T15:04:05.000Z07:00"
+
+// hasLoneSurrogate reports whether a JSON text escapes a UTF-16 surrogate
+// that is not one half of a pair (`"\ud800"`, `"\udc00\u0041"`), which
+// encoding/json would turn into U+FFFD. Bodies read with encoding/json are
+// checked with it so that they refuse what jsonReader refuses. A backslash
+// only occurs inside strings in valid JSON, so no string tracking is needed.
+func hasLoneSurrogate(b []byte) bool {
+	var r jsonReader
+	r.b = b
+	for r.i < len(b) {
+		if b[r.i] != '\\' || r.i+1 >= len(b) {
+			r.i++
+			continue
+		}
+		esc := b[r.i+1]
+		r.i += 2
+		if esc != 'u' {
+			continue
+		}
+		cp, ok := r.hex4()
+		if !ok || !utf16.IsSurrogate(cp) {
+			continue
+		}
+		if r.i+1 >= len(b) || b[r.i] != '\\' || b[r.i+1] != 'u' {
+			return true
+		}
+		r.i += 2
+		cp2, ok := r.hex4()
+		if !ok || utf16.DecodeRune(cp, cp2) == utf8.RuneError {
+			return true
+		}
+	}
+	return false
+}

@@ -31,7 +31,9 @@ func TestParseHeartbeat(t *testing.T) {
 	f(`{"user":1}`, "", "", "", "user must be a string", true)
 	f(`{"user":"a","user":"b"}`, "b", "", "", "", true)
 	f(`{}`, "", "", "", "", true)
-	for _, bad := range []string{``, `{`, `{"user":"a"`, `{"user":"a",}`, `{"user":"a"}x`, `[]`, `{"user":"a` + "\x01" + `"}`, `{"user":"\x"}`, `{"user":"\u12"}`, `{"a":01}`, `{"a":-}`, `{"a":1.}`, `{"a":tru}`, `nul`} {
+	for _, bad := range []string{``, `{`, `{"user":"a"`, `{"user":"a",}`, `{"user":"a"}x`, `[]`, `{"user":"a` + "\x01" + `"}`, `{"user":"\x"}`, `{"user":"\u12"}`, `{"a":01}`, `{"a":-}`, `{"a":1.}`, `{"a":tru}`, `nul`,
+		`{"user":"\ud800"}`, `{"user":"\ud800\u0041"}`, `{"user":"\ud800\u0042"}`, `{"user":"\udc00"}`, `{"user":"\ud800\ud800"}`,
+		`{"user":"a","x":"\ud800x"}`, `{"user":"\ud83d\u12"}`} {
 		f(bad, "", "", "", "", false)
 	}
 }
@@ -125,4 +127,22 @@ func FuzzParseHeartbeat(f *testing.F) {
 // surrogate escapes, where encoding/json substitutes U+FFFD.
 func validUTF8JSON(body []byte) bool {
 	return !bytes.ContainsRune(body, 0xFFFD) && bytes.Equal(bytes.ToValidUTF8(body, []byte("\uFFFD")), body) && !bytes.Contains(body, []byte(`\ud`)) && !bytes.Contains(body, []byte(`\uD`))
+}
+
+func TestHasLoneSurrogate(t *testing.T) {
+	for body, want := range map[string]bool{
+		`{"users":["a"]}`:            false,
+		`{"users":["\ud83d\ude00"]}`: false,
+		`{"users":["\\ud800"]}`:      false, // an escaped backslash, then text
+		`{"users":["\u00e9\n"]}`:     false,
+		`{"users":["\ud800"]}`:       true,
+		`{"users":["\ud800\u0041"]}`: true,
+		`{"users":["\udc00"]}`:       true,
+		`{"users":["\uD800\uD800"]}`: true,
+		`{"users":["x\ud83d"]}`:      true,
+	} {
+		if got := hasLoneSurrogate([]byte(body)); got != want {
+			t.Errorf("%s: %v, want %v", body, got, want)
+		}
+	}
 }

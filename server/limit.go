@@ -2,6 +2,7 @@ package server
 
 import (
 	"hash/maphash"
+	"net/netip"
 	"sync/atomic"
 )
 
@@ -13,7 +14,7 @@ import (
 //
 //	63            40 39                            0
 //	+---------------+-------------------------------+
-//	| tokens (24 b) | last refill, unix ms mod 2^40 |
+//	| tokens (24 b) | last refill, mono ms mod 2^40 |
 //	+---------------+-------------------------------+
 //
 // Behind a proxy (nginx stream, a NAT gateway) every client has the proxy's
@@ -50,8 +51,17 @@ func (l *sourceLimiter) set(rate, burst int64) {
 	l.rate.Store(max(rate, 0))
 }
 
+// allowAddr is allow for an address, in its 16-byte form, so that a
+// client is charged to the same bucket over UDP and HTTP.
+func (l *sourceLimiter) allowAddr(ip netip.Addr, cost int64, nowMs int64) bool {
+	b := ip.As16()
+	return l.allow(b[:], cost, nowMs)
+}
+
 // allow takes cost tokens from src's bucket and reports whether it had them.
-// It does not allocate.
+// nowMs is monotonic time (clock), never wall time: a wall clock stepped
+// back would otherwise refill no bucket until it caught up. It does not
+// allocate.
 func (l *sourceLimiter) allow(src []byte, cost int64, nowMs int64) bool {
 	rate := l.rate.Load()
 	if rate == 0 {

@@ -172,3 +172,46 @@ func TestReloadKeysAndLimits(t *testing.T) {
 		t.Fatalf("restart-only change not reported: %v", changes)
 	}
 }
+
+func TestReloadRefusesKeyedToOpen(t *testing.T) {
+	dir := t.TempDir()
+	keys, api := filepath.Join(dir, "keys"), filepath.Join(dir, "api")
+	os.WriteFile(keys, []byte(testSecret), 0o600)
+	os.WriteFile(api, []byte("reader-token-0123456789\n"), 0o600)
+	var cfg server.Config
+	n := startNode(t, func(c *server.Config) { c.SecretFile, c.APITokenFile = keys, api; cfg = *c })
+	unsigned := func() int { return n.heartbeat("mallory", "r", "") }
+	if code := unsigned(); code != 401 {
+		t.Fatalf("unsigned heartbeat on a keyed node: %d", code)
+	}
+	// The secret-file line is removed from the config: refused, still keyed.
+	noSecret := cfg
+	noSecret.SecretFile = ""
+	if _, err := n.srv.Reload(noSecret); err == nil || !strings.Contains(err.Error(), "--allow-open-reload") {
+		t.Fatalf("reload to open mode: err %v, want a refusal naming --allow-open-reload", err)
+	}
+	if code := unsigned(); code != 401 {
+		t.Fatalf("unsigned heartbeat after a refused reload: %d, want 401", code)
+	}
+	// Same for the API tokens of the read endpoints.
+	noAPI := cfg
+	noAPI.APITokenFile = ""
+	if _, err := n.srv.Reload(noAPI); err == nil {
+		t.Fatal("reload dropping --api-token-file succeeded")
+	}
+	if code := n.do("GET", "/v1/stats", "", nil); code != 401 {
+		t.Fatalf("read without bearer token after a refused reload: %d, want 401", code)
+	}
+	// Asked for explicitly, it goes open.
+	noSecret.AllowOpenReload = true
+	changes, err := n.srv.Reload(noSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(changes, ";"), "open mode") {
+		t.Fatalf("reload to open mode reported %q", changes)
+	}
+	if code := unsigned(); code != 200 {
+		t.Fatalf("unsigned heartbeat after an allowed reload to open mode: %d", code)
+	}
+}

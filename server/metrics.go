@@ -3,10 +3,12 @@ package server
 import (
 	"math"
 	"runtime"
+	"runtime/metrics"
 	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -187,25 +189,49 @@ func (r *registry) appendText(b []byte) []byte {
 }
 
 // registerRuntime adds Go runtime and process metrics an operator needs.
+// Runtime figures come from runtime/metrics, which does not stop the world
+// (runtime.ReadMemStats does); they are read at most once a second.
 func (r *registry) registerRuntime(start time.Time) {
 	var (
-		mu   sync.Mutex
-		ms   runtime.MemStats
-		last time.Time
+		mu      sync.Mutex
+		last    time.Time
+		samples = []metrics.Sample{
+			{Name: "/memory/classes/heap/objects:bytes"},
+			{Name: "/memory/classes/total:bytes"},
+			{Name: "/gc/cycles/total:gc-cycles"},
+			{Name: "/cpu/classes/gc/pause:cpu-seconds"},
+			{Name: "/sched/goroutines:goroutines"},
+		}
 	)
-	read := func() *runtime.MemStats {
+	read := func(i int) float64 {
 		mu.Lock()
 		defer mu.Unlock()
 		if time.Since(last) > time.Second {
-			runtime.ReadMemStats(&ms)
+			metrics.Read(samples)
 			last = time.Now()
 		}
-		return &ms
+		switch v := samples[i].Value; v.Kind() {
+		case metrics.KindUint64:
+			return float64(v.Uint64())
+		case metrics.KindFloat64:
+			return v.Float64()
+		}
+		return 0
 	}
-	r.gaugeFunc("go_goroutines", "Number of goroutines that currently exist.", func() float64 { return float64(runtime.NumGoroutine()) })
-	r.gaugeFunc("go_memstats_heap_alloc_bytes", "Number of heap bytes allocated and still in use.", func() float64 { return float64(read().HeapAlloc) })
-	r.gaugeFunc("go_memstats_sys_bytes", "Number of bytes obtained from the OS.", func() float64 { return float64(read().Sys) })
-	r.counterFunc("go_gc_cycles_total", "Number of completed GC cycles.", func() float64 { return float64(read().NumGC) })
-	r.counterFunc("go_gc_pause_seconds_total", "Total GC stop-the-world pause time in seconds.", func() float64 { return float64(read().PauseTotalNs) / 1e9 })
+	r.gaugeFunc("go_goroutines", "Number of goroutines that currently exist.", func() float64 { return read(4) })
+	r.gaugeFunc("go_memstats_heap_alloc_bytes", "Number of heap bytes allocated and still in use.", func() float64 { return read(0) })
+	r.gaugeFunc("go_memstats_sys_bytes", "Number of bytes obtained from the OS.", func() float64 { return read(1) })
+	r.counterFunc("go_gc_cycles_total", "Number of completed GC cycles.", func() float64 { return read(2) })
+	r.counterFunc("go_gc_pause_seconds_total", "Total GC stop-the-world pause time in seconds.", func() float64 {
+		// The runtime counts pause CPU time as GOMAXPROCS x the pause.
+		return read(3) / float64(runtime.GOMAXPROCS(0))
+	})
+	r.counterFunc("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", func() float64 {
+		var ru syscall.Rusage
+		if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+			return 0
+		}
+		return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+	})
 	r.gaugeFunc("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", func() float64 { return float64(start.Unix()) })
 }

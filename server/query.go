@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 
@@ -68,6 +69,11 @@ func (s *Server) userStatuses(users []string) ([]userStatus, bool) {
 			st.lastSeen = max(st.lastSeen, c.LastSeen)
 			st.rooms = mergeRooms(st.rooms, c.Rooms)
 		}
+		if !st.online && s.departed != nil {
+			if ms, ok := s.departed.get(u, time.Now().UnixMilli()); ok {
+				st.lastSeen = max(st.lastSeen, ms)
+			}
+		}
 		if !st.online && s.store != nil {
 			if ms, ok, err := s.store.LastSeen([]byte(u)); err == nil && ok {
 				st.lastSeen = max(st.lastSeen, ms)
@@ -102,14 +108,40 @@ func appendUserStatus(b []byte, st *userStatus) []byte {
 	b = append(b, `,"online":`...)
 	b = strconv.AppendBool(b, st.online)
 	b = append(b, `,"rooms":[`...)
+	first := true
+	for _, r := range st.rooms {
+		if r.Room == "" {
+			continue // the room-less session, listed for its state
+		}
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = appendJSONString(b, r.Room)
+	}
+	b = append(b, `],"sessions":[`...)
 	for i, r := range st.rooms {
 		if i > 0 {
 			b = append(b, ',')
 		}
+		b = append(b, `{"room":`...)
 		b = appendJSONString(b, r.Room)
+		b = append(b, `,"state":`...)
+		b = appendState(b, r.State)
+		b = append(b, `,"last_seen":`...)
+		b = appendTime(b, r.LastSeen)
+		b = append(b, '}')
 	}
 	b = append(b, `],"last_seen":`...)
 	return appendTime(b, st.lastSeen)
+}
+
+// appendState appends a session state (a compact JSON object) or null.
+func appendState(b, state []byte) []byte {
+	if state == nil {
+		return append(b, "null"...)
+	}
+	return append(b, state...)
 }
 
 func (s *Server) hUser(ctx *fasthttp.RequestCtx, raw []byte) {
@@ -125,7 +157,10 @@ func (s *Server) hStatus(ctx *fasthttp.RequestCtx) {
 	var req struct {
 		Users []string `json:"users"`
 	}
-	if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+	// encoding/json would read invalid UTF-8 and lone surrogate escapes as
+	// U+FFFD, so several bodies would name one user: refuse them instead.
+	body := ctx.PostBody()
+	if err := json.Unmarshal(body, &req); err != nil || !utf8.Valid(body) || hasLoneSurrogate(body) {
 		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"users":[...]} of strings`)
 		return
 	}
@@ -232,6 +267,8 @@ func (s *Server) hMembers(ctx *fasthttp.RequestCtx, raw []byte) {
 		b = appendJSONString(b, mb.User)
 		b = append(b, `,"last_seen":`...)
 		b = appendTime(b, mb.LastSeen)
+		b = append(b, `,"state":`...)
+		b = appendState(b, mb.State)
 		b = append(b, '}')
 	}
 	b = append(b, `],"next_cursor":`...)

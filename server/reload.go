@@ -19,8 +19,10 @@ type reloadState struct {
 // Reload applies what can change without a restart: token keys
 // (--secret-file is re-read; removing a key revokes its tokens), API
 // tokens, --heartbeat-min-gap, --source-rate, --source-burst and
-// --max-batch. It returns a line per change, and one per changed setting
-// that only takes effect after a restart. On error nothing is applied.
+// --max-batch. Removing --secret-file or --api-token-file (keyed to open)
+// is refused unless next.AllowOpenReload is set. It returns a line per
+// change, and one per changed setting that only takes effect after a
+// restart. On error nothing is applied.
 // (The log level is the caller's: it owns the logger.)
 func (s *Server) Reload(next Config) ([]string, error) {
 	if err := next.Validate(); err != nil {
@@ -42,6 +44,25 @@ func (s *Server) Reload(next Config) ([]string, error) {
 			return nil, fmt.Errorf("--api-token-file: %w", err)
 		}
 		api = &toks
+	}
+	// Going from keyed to open is refused unless asked for: a config file
+	// that lost its secret-file line must not switch authentication off.
+	toOpen := func(what, consequence string) error {
+		if !next.AllowOpenReload {
+			return fmt.Errorf("cannot reload: %s was removed, so %s; restore it, or set --allow-open-reload to mean it", what, consequence)
+		}
+		s.log.Warn("reload switches to open mode, as --allow-open-reload allows", "removed", what, "consequence", consequence)
+		return nil
+	}
+	if keys == nil && s.keys.Load() != nil {
+		if err := toOpen("--secret-file", "anyone could mark anyone online"); err != nil {
+			return nil, err
+		}
+	}
+	if api == nil && s.apiTokens.Load() != nil {
+		if err := toOpen("--api-token-file", "anyone could read presence"); err != nil {
+			return nil, err
+		}
 	}
 	var changes []string
 	if old, cur := s.keys.Load(), keys; !sameKeys(old, cur) {
@@ -66,7 +87,7 @@ func (s *Server) Reload(next Config) ([]string, error) {
 	}
 	// Everything else needs a restart; say so rather than ignore it.
 	applied := prev
-	applied.SecretFile, applied.APITokenFile = next.SecretFile, next.APITokenFile
+	applied.SecretFile, applied.APITokenFile, applied.AllowOpenReload = next.SecretFile, next.APITokenFile, next.AllowOpenReload
 	applied.HeartbeatMinGap, applied.SourceRate, applied.SourceBurst, applied.MaxBatch = next.HeartbeatMinGap, next.SourceRate, next.SourceBurst, next.MaxBatch
 	applied.LogLevel, applied.LogFormat, applied.ConfigFile = next.LogLevel, next.LogFormat, next.ConfigFile
 	pv, nv := reflect.ValueOf(applied), reflect.ValueOf(next)

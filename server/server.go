@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -47,17 +48,20 @@ type Server struct {
 	src       *sourceLimiter
 	rl        reloadState
 	stopPprof func(context.Context) error
-	// lastSweep is when the sweeper last finished a pass (unix ns); Alive
-	// reads it for the systemd watchdog.
+	// lastSweep is when the sweeper last finished a pass (monotonic ms,
+	// see clock; 0: never); Alive reads it for the systemd watchdog.
 	lastSweep atomic.Int64
 	// bus holds the event history and the stream subscribers; deb holds
 	// leaves for --leave-delay before they reach it (single node).
 	bus     *events.Bus
 	deb     *events.Debouncer
 	streams atomic.Int64 // open GET /v1/events streams
-	reg     registry
-	met     *serverMetrics
-	start   time.Time
+	// sweepDone is closed when the sweeper has returned (nil before Start
+	// starts it); Shutdown waits for it before the log's final drain.
+	sweepDone chan struct{}
+	reg       registry
+	met       *serverMetrics
+	start     time.Time
 	// hooks delivers events to --webhook-url (nil without it).
 	hooks atomic.Pointer[webhook.Deliverer]
 
@@ -69,6 +73,15 @@ type Server struct {
 	ttlMs, intervalMs int64
 	// hbReply is the precomputed body of a successful heartbeat.
 	hbReply []byte
+	// departed keeps offline users' last-seen when store is nil.
+	departed *departedUsers
+	// replay refuses replayed v2 datagrams.
+	replay *replayTable
+	// proxies is --trusted-proxies (nil: none).
+	proxies *proxySet
+	// clk gives wall time for what is stored, monotonic time for rates
+	// and ages (see clock).
+	clk clock
 
 	httpSrv *fasthttp.Server
 	httpLn  net.Listener
@@ -94,6 +107,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		log:        log,
 		m:          m,
 		start:      time.Now(),
+		clk:        newSystemClock(),
 		quit:       make(chan struct{}),
 		ttlMs:      cfg.TTL.Milliseconds(),
 		intervalMs: cfg.Interval.Milliseconds(),
@@ -101,6 +115,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	m.SetMinRefreshGap(cfg.HeartbeatMinGap)
 	s.rl.maxBatch.Store(int64(cfg.MaxBatch))
 	s.rl.cfg.Store(&cfg)
+	s.proxies, _ = parseProxySet(cfg.TrustedProxies) // Validate checked it
+	s.replay = newReplayTable(cfg.SourceTableSlots)
 	s.src = newSourceLimiter(cfg.SourceTableSlots, int64(cfg.SourceRate), int64(cfg.SourceBurst))
 	if cfg.APITokenFile != "" {
 		toks, err := loadAPITokens(cfg.APITokenFile)
@@ -119,6 +135,21 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.bus = events.New(events.Config{History: cfg.EventHistory, Buffer: eventBuffer, Epoch: uint64(s.start.UnixMilli())})
 	s.deb = events.NewDebouncer(cfg.LeaveDelay.Milliseconds(), s.bus.Publish)
+	if cfg.DataDir == "" {
+		s.departed = newDepartedUsers(cfg.LastSeenMemoryUsers, cfg.Persist.LastSeenRetention.Milliseconds())
+	}
+	if cfg.DataDir != "" {
+		// Built now (no I/O) so the HTTP handlers that run while Start
+		// replays the log see a store that never changes: /metrics read
+		// s.store while Start was still setting it (a data race).
+		pc := cfg.Persist
+		pc.Logger = log
+		st, err := persist.New(pc)
+		if err != nil {
+			return nil, fmt.Errorf("cannot create write-ahead log: %w", err)
+		}
+		s.store = st
+	}
 	s.met = newServerMetrics(&s.reg)
 	s.registerGauges()
 	if cfg.Redis != "" {
@@ -184,7 +215,11 @@ func (s *Server) Start() error {
 		s.abortCluster()
 		return err
 	}
-	s.goroutine(s.sweepLoop)
+	s.sweepDone = make(chan struct{})
+	s.goroutine(func() {
+		defer close(s.sweepDone)
+		s.sweepLoop()
+	})
 	s.goroutine(s.debounceLoop)
 	stopPprof, err := s.startPprof()
 	if err != nil {
@@ -199,20 +234,21 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// openStore opens the write-ahead log and replays it into the map.
+// openStore opens the write-ahead log and replays it into the map. On
+// error the store is closed (a damaged or unopenable store ends Start; the
+// process exits 1 with the message).
 func (s *Server) openStore() error {
-	pc := s.cfg.Persist
-	pc.Logger = s.log.With("component", "persist")
 	t0 := time.Now()
-	st, err := persist.Open(pc)
-	if err != nil {
+	st := s.store
+	if err := st.Open(); err != nil {
+		_ = st.Close()
 		return fmt.Errorf("cannot open write-ahead log in %s: %w", s.cfg.DataDir, err)
 	}
 	now := time.Now().UnixMilli()
 	var restoreErr int
-	rs, err := st.Replay(now,
-		func(user, room []byte, lastSeen, expiry int64) error {
-			if _, err := s.m.Restore(user, room, lastSeen, expiry, now); err != nil {
+	rs, err := st.ReplayStates(now,
+		func(user, room, state []byte, lastSeen, expiry int64) error {
+			if _, err := s.m.RestoreState(user, room, state, lastSeen, expiry, now); err != nil {
 				restoreErr++
 			}
 			return nil
@@ -229,7 +265,6 @@ func (s *Server) openStore() error {
 	}
 	s.log.Info("write-ahead log replayed", "live", rs.Live, "expired_while_down", rs.Expired,
 		"restore_errors", restoreErr, "took", time.Since(t0))
-	s.store = st
 	st.Start(s.drainFunc())
 	return nil
 }
@@ -245,7 +280,9 @@ func (s *Server) sweepLoop() {
 			return
 		case now := <-t.C:
 			evs = s.m.Expire(now.UnixMilli(), evs[:0])
-			s.lastSweep.Store(time.Now().UnixNano())
+			s.departed.noteLeaves(evs)
+			_, mono := s.clk.Now()
+			s.lastSweep.Store(mono)
 			for i := range evs {
 				s.publish(evs[i])
 			}
@@ -288,12 +325,42 @@ func (s *Server) publish(ev shardmap.Event) {
 	if s.cl != nil {
 		return // the event stream carries the cluster-wide events (clusterEvent)
 	}
-	s.deb.Offer(tableEvent(&ev), time.Now().UnixMilli())
+	now := time.Now().UnixMilli()
+	s.deb.Offer(tableEvent(&ev), now)
+	if ev.Vacated {
+		s.deb.Offer(&events.Event{Type: events.Vacated, Room: ev.Room, At: ev.At}, now)
+	}
+}
+
+// publishRoom publishes a room event (occupied) on a single node.
+func (s *Server) publishRoom(t events.Type, room []byte, at int64) {
+	if s.cl != nil {
+		return
+	}
+	s.deb.Offer(&events.Event{Type: t, Room: string(room), At: at, Online: 1}, time.Now().UnixMilli())
+}
+
+// publishState publishes a join or update decided by a heartbeat that may
+// carry a state. On a single node it goes through the debounce like any
+// event; in a cluster the writer carries the state to Redis and the event
+// comes back from the stream.
+func (s *Server) publishState(t events.Type, user, room []byte, at int64, state []byte) {
+	if t == events.Join {
+		s.met.joins.Inc()
+	}
+	if s.cl != nil {
+		return
+	}
+	ev := &events.Event{Type: t, User: string(user), Room: string(room), At: at}
+	if state != nil {
+		ev.State = bytes.Clone(state)
+	}
+	s.deb.Offer(ev, time.Now().UnixMilli())
 }
 
 // tableEvent converts an event of the presence table into a bus event.
 func tableEvent(ev *shardmap.Event) *events.Event {
-	e := &events.Event{Type: events.Leave, User: ev.User, Room: ev.Room, At: ev.At}
+	e := &events.Event{Type: events.Leave, User: ev.User, Room: ev.Room, At: ev.At, State: ev.State}
 	switch {
 	case ev.Join:
 		e.Type = events.Join
@@ -311,7 +378,8 @@ func tableEvent(ev *shardmap.Event) *events.Event {
 // the node.
 func (s *Server) Alive() bool {
 	last := s.lastSweep.Load()
-	return last == 0 || time.Since(time.Unix(0, last)) < 10*time.Second+10*s.cfg.SweepInterval
+	_, mono := s.clk.Now()
+	return last == 0 || mono-last < (10*time.Second+10*s.cfg.SweepInterval).Milliseconds()
 }
 
 // Ready reports whether the server takes traffic.
@@ -323,6 +391,14 @@ func (s *Server) Ready() bool {
 		return false
 	}
 	return true
+}
+
+// storeState is the write-ahead log's state; StateClosed without one.
+func (s *Server) storeState() persist.State {
+	if s.store == nil {
+		return persist.StateClosed
+	}
+	return s.store.State()
 }
 
 // HTTPAddr is the bound HTTP address (useful with port 0).
@@ -379,8 +455,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if h := s.hooks.Load(); h != nil {
 		_ = step("stop webhooks", func() error { h.Stop(); return nil })
 	}
-	if s.store != nil {
-		errs = append(errs, step("close write-ahead log", s.store.Close))
+	if s.sweepDone != nil {
+		// An expiry after the log's final drain would not be written,
+		// and the next start would emit its timeout a second time.
+		errs = append(errs, step("stop sweeper", func() error {
+			select {
+			case <-s.sweepDone:
+				return nil
+			case <-ctx.Done():
+				return fmt.Errorf("cannot stop sweeper: %w", ctx.Err())
+			}
+		}))
+	}
+	if st := s.storeState(); st != persist.StateOpening && st != persist.StateClosed {
+		errs = append(errs, step("close write-ahead log", func() error { return s.store.CloseContext(ctx) }))
 	}
 	if s.cl != nil {
 		errs = append(errs, step("flush and close redis writer", func() error { return s.closeCluster(ctx) }))

@@ -23,6 +23,10 @@ type serverMetrics struct {
 	httpLatency   []*histogram // by route
 	// lateness observes, per refresh, how far past --interval it came.
 	lateness *histogram
+	// httpConnRejected counts connections refused by connLimiter, by connReject.
+	httpConnRejected []*counter
+	// udpAcksDropped counts --fsync=always acks not sent, by ackDrop.
+	udpAcksDropped []*counter
 }
 
 // latenessBuckets are upper bounds in seconds; 0 counts on-time heartbeats.
@@ -76,6 +80,8 @@ func newServerMetrics(r *registry) *serverMetrics {
 	m.udpDropped = r.counterVec("presenced_udp_dropped_datagrams_total", "UDP datagrams dropped without a reply, by reason.", dropLabels...)
 	m.udpReplies = r.counter("presenced_udp_replies_total", "UDP acknowledgements sent.")
 	m.httpTooBig = r.counter("presenced_http_body_too_large_total", "HTTP requests refused with 413 because the body exceeded --max-body-bytes.")
+	m.httpConnRejected = r.counterVec("presenced_http_rejected_connections_total", "HTTP connections refused on accept, by reason: max_conns (--http-max-conns) or per_ip (--http-max-conns-per-ip).", connRejectLabels...)
+	m.udpAcksDropped = r.counterVec("presenced_udp_acks_dropped_total", "UDP acks not sent under --fsync=always, by reason: queue_full (--udp-max-pending-acks), not_durable (the sync failed) or shutdown.", ackDropLabels...)
 	m.joins = r.counter("presenced_joins_total", "Sessions started (join events).")
 	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit) or timeout (expired).", `{reason="left"}`, `{reason="timeout"}`)
 	m.leavesLeft, m.leavesTimeout = leaves[0], leaves[1]
@@ -94,6 +100,13 @@ func (m *serverMetrics) countLeave(tr transport, o outcome) { m.leaves[tr][o].In
 // registerGauges adds the gauges read from the map and the log at scrape time.
 func (s *Server) registerGauges() {
 	r := &s.reg
+	r.gaugeFunc("presenced_last_seen_memory_users", "Offline users whose last-seen a node without --data-dir keeps in memory (--last-seen-memory-users).", func() float64 { return float64(s.departed.len()) })
+	r.counterFunc("presenced_last_seen_memory_evictions_total", "Offline users' last-seen times dropped because --last-seen-memory-users was reached.", func() float64 {
+		if s.departed == nil {
+			return 0
+		}
+		return float64(s.departed.evictions.Load())
+	})
 	r.gaugeFunc("presenced_sessions", "Live sessions (user, room pairs) on this node.", func() float64 { return float64(s.m.Stats().Sessions) })
 	r.gaugeFunc("presenced_online_users", "Users with at least one live session on this node.", func() float64 { return float64(s.m.Stats().OnlineUsers) })
 	r.gaugeFunc("presenced_rooms", "Rooms with at least one live session on this node.", func() float64 { return float64(s.m.Stats().Rooms) })
@@ -150,6 +163,19 @@ func (s *Server) registerPersistMetrics() {
 		}
 		return 0
 	})
+	r.add("presenced_wal_state", "gauge", "State of the write-ahead log, one series per state set to 1 when current: ok, failing (commits fail, retried), unavailable (reopening after a fatal storage error), corrupt (a checksum failed: run presenced repair), opening, closed (also without --data-dir).",
+		func(b []byte, name string) []byte {
+			cur := s.storeState()
+			for _, st := range persist.States() {
+				v := 0.0
+				if st == cur {
+					v = 1
+				}
+				b = appendSample(b, name, `{state="`+st.String()+`"}`, v)
+			}
+			return b
+		})
+	r.gaugeFunc("presenced_wal_lost_commits", "Synced write-ahead log commits found missing at start (a log damaged or cut short after the fact); 0 when intact. See /readyz.", func() float64 { return float64(stats().LostCommits) })
 	r.gaugeFunc("presenced_wal_replay_seconds", "How long replaying the write-ahead log took at start-up.", func() float64 { return stats().ReplayDuration.Seconds() })
 	r.histogramFunc("presenced_wal_sync_duration_seconds", "Write-ahead log commit-with-fsync latency in seconds.", persist.SyncLatencyBounds[:],
 		func() ([]uint64, float64) {

@@ -31,6 +31,8 @@ type node struct {
 	base string
 	udp  string
 	keys *token.Keyring
+	// conns are the raw TCP connections rawConn opened.
+	conns []net.Conn
 }
 
 // startNode runs a server on free loopback ports and stops it when the test ends.
@@ -463,6 +465,9 @@ func TestEventStream(t *testing.T) {
 				t.Fatal(err)
 			}
 			ev.name = name
+			if name == "occupied" || name == "vacated" {
+				continue // room events: TestEventStreamOccupiedVacated
+			}
 			got = append(got, ev)
 		}
 	}
@@ -509,6 +514,12 @@ func TestBadHTTPInputChangesNothing(t *testing.T) {
 		{"leave bad user", "POST", "/v1/leave", `{"user":""}`, 400, "user"},
 		{"status bad id", "POST", "/v1/status", `{"users":["ok",""]}`, 400, "users[1]"},
 		{"status malformed", "POST", "/v1/status", `{"users":[1]}`, 400, "users"},
+		{"lone surrogate", "POST", "/v1/heartbeat", `{"user":"a\ud800\u0041"}`, 400, "JSON"},
+		{"lone low surrogate", "POST", "/v1/heartbeat", `{"user":"a\udc00"}`, 400, "JSON"},
+		{"lone surrogate in batch", "POST", "/v1/heartbeats", `{"heartbeats":[{"user":"\ud800"}]}`, 400, "JSON"},
+		{"lone surrogate in leave", "POST", "/v1/leave", `{"user":"\ud800\u0042"}`, 400, "JSON"},
+		{"lone surrogate in status", "POST", "/v1/status", `{"users":["\ud800"]}`, 400, "JSON"},
+		{"invalid UTF-8 in status", "POST", "/v1/status", "{\"users\":[\"\xff\"]}", 400, "JSON"},
 		{"top over max", "GET", "/v1/rooms?top=1001", "", 400, "top"},
 		{"bad path id", "GET", "/v1/users/%C3%28", "", 400, "user"},
 	}
@@ -643,15 +654,22 @@ func TestTokensUDP(t *testing.T) {
 	// Unauthenticated datagrams get no reply and change nothing.
 	tampered := []byte(good)
 	tampered[len(tampered)-5] ^= 1
-	for _, tok := range []string{"", "garbage", expired, string(tampered)} {
+	for _, tok := range []string{"", "garbage", string(tampered)} {
 		if got := uc.send(uc.request(1, true, hb("alice", "r", tok)), 150*time.Millisecond); got != nil {
 			t.Fatalf("token %q: reply %x", tok, got)
 		}
 	}
+	// A genuine but expired token is answered token_expired: its signature
+	// proves the sender held it, and its expiry is in its text anyway.
+	var er wire.Reply
+	if err := er.Decode(uc.send(uc.request(1, true, hb("alice", "r", expired)), time.Second)); err != nil ||
+		len(er.Statuses()) != 1 || er.Statuses()[0] != wire.StatusTokenExpired {
+		t.Fatalf("expired token: reply %v %v, want token_expired", err, er.Statuses())
+	}
 	if n.stats().Sessions != 0 {
 		t.Fatal("unauthenticated datagrams changed state")
 	}
-	if v := n.metric(`presenced_udp_dropped_datagrams_total{reason="unauthenticated"}`); v != 4 {
+	if v := n.metric(`presenced_udp_dropped_datagrams_total{reason="unauthenticated"}`); v != 3 {
 		t.Fatalf("unauthenticated drops = %v", v)
 	}
 	req := uc.request(2, true, hb("alice", "r", good), hb("bob", "r", good))
@@ -694,5 +712,98 @@ func TestReadyAndHealth(t *testing.T) {
 		if !bytes.Contains(body, []byte(want)) {
 			t.Fatalf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// Without --data-dir, last_seen still survives the session: after a leave of
+// one room, a leave of all rooms and a timeout, it is the last heartbeat.
+func TestLastSeenWithoutDataDir(t *testing.T) {
+	n := startNode(t, func(c *server.Config) {
+		c.TTL = time.Second
+		c.Interval = 200 * time.Millisecond
+		c.SweepInterval = 20 * time.Millisecond
+		c.LastSeenMemoryUsers = 3
+	})
+	before := time.Now().Add(-time.Second)
+	for _, u := range []string{"one", "all", "gone"} {
+		if code := n.heartbeat(u, "lobby", ""); code != 200 {
+			t.Fatalf("heartbeat %s: %d", u, code)
+		}
+	}
+	lastSeen := func(u string) time.Time {
+		t.Helper()
+		us := n.user(u)
+		if us.Online || us.LastSeen == nil {
+			t.Fatalf("%s: online %v, last_seen %v; want offline with a last_seen", u, us.Online, us.LastSeen)
+		}
+		at, err := time.Parse(time.RFC3339, *us.LastSeen)
+		if err != nil || at.Before(before) || at.After(time.Now()) {
+			t.Fatalf("%s: last_seen %s (%v), want the last heartbeat", u, *us.LastSeen, err)
+		}
+		return at
+	}
+	n.do("POST", "/v1/leave", `{"user":"one","room":"lobby"}`, nil)
+	lastSeen("one")
+	n.do("POST", "/v1/leave", `{"user":"all"}`, nil)
+	lastSeen("all")
+	eventually(t, 5*time.Second, "gone to time out", func() bool { return !n.user("gone").Online })
+	lastSeen("gone")
+	// The table is bounded: a fourth user replaces one of the three.
+	n.heartbeat("more", "", "")
+	n.do("POST", "/v1/leave", `{"user":"more"}`, nil)
+	if v := n.metric("presenced_last_seen_memory_users"); v != 3 {
+		t.Fatalf("presenced_last_seen_memory_users = %v, want 3", v)
+	}
+	if v := n.metric("presenced_last_seen_memory_evictions_total"); v != 1 {
+		t.Fatalf("presenced_last_seen_memory_evictions_total = %v, want 1", v)
+	}
+}
+
+// A datagram with one good item does not tell how other users' tokens fail
+// (issue 13 item 14): each of them reads bad_token, as if sent alone it would
+// get silence; only the sender's own user gets the precise reason.
+func TestUDPReplyIsNoTokenOracle(t *testing.T) {
+	n := startNode(t, withSecret(t))
+	uc := n.udpClient()
+	hour := time.Now().Add(time.Hour)
+	good, _ := n.keys.Mint("", "alice", "", false, hour)
+	aliceRoom, _ := n.keys.Mint("", "alice", "lobby", true, hour)
+	bobRoom, _ := n.keys.Mint("", "bob", "lobby", true, hour)
+	carolExpired, _ := n.keys.Mint("", "carol", "", false, time.Now().Add(-time.Minute))
+	unknownKey := strings.Replace(good, "k1.", "k9.", 1)
+	daveUnknown := strings.Replace(unknownKey, "alice", "dave", 1)
+	req := uc.request(5, true,
+		hb("alice", "r", good),
+		hb("alice", "", aliceRoom), // alice's own room-bound token without a room
+		hb("bob", "", bobRoom),     // bob's room-bound token without a room
+		hb("carol", "r", carolExpired),
+		hb("dave", "r", daveUnknown),
+		hb("erin", "r", "garbage"),
+	)
+	var r wire.Reply
+	if err := r.Decode(uc.send(req, time.Second)); err != nil {
+		t.Fatalf("no reply to a datagram with a good item: %v", err)
+	}
+	want := []wire.Status{wire.StatusOK, wire.StatusWrongRoom, wire.StatusBadToken, wire.StatusTokenExpired, wire.StatusBadToken, wire.StatusBadToken}
+	if fmt.Sprint(r.Statuses()) != fmt.Sprint(want) {
+		t.Fatalf("statuses %v, want %v", r.Statuses(), want)
+	}
+}
+
+// With --fsync=always a UDP ack comes once the heartbeat is synced, sent by
+// the ack queue on gnet's socket after the callback returned; shutdown
+// stops the queue before the sockets close.
+func TestUDPAckFsyncAlways(t *testing.T) {
+	n := startNode(t, func(c *server.Config) { c.DataDir = t.TempDir(); c.FsyncMode = "always" })
+	uc := n.udpClient()
+	for seq := range uint32(5) {
+		var r wire.Reply
+		if err := r.Decode(uc.send(uc.request(seq, true, hb(fmt.Sprint("u", seq), "r", "")), 2*time.Second)); err != nil ||
+			r.Seq != seq || r.Statuses()[0] != wire.StatusOK {
+			t.Fatalf("ack %d under fsync=always: %v %+v", seq, err, r)
+		}
+	}
+	if !n.user("u4").Online {
+		t.Fatal("acked heartbeat not applied")
 	}
 }

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server/wire"
@@ -17,24 +20,22 @@ import (
 
 // udpDropReasons labels presenced_udp_dropped_datagrams_total: the codec's
 // reasons, "unauthenticated" for a datagram none of whose items carried a
-// valid token, and "rate_limited" for one over its source's --source-rate.
-var udpDropReasons = append(wire.Reasons(), "unauthenticated", "rate_limited")
+// genuine token (valid or expired), "rate_limited" for one over its
+// source's --source-rate, the v2 reasons of checkV2, and "v1_refused" for
+// a v1 datagram under --require-v2.
+var udpDropReasons = append(wire.Reasons(), "unauthenticated", "rate_limited", "bad_mac", "stale", "replayed", "v1_refused")
 
 func udpDropIndex(reason string) int {
+	other := 0
 	for i, r := range udpDropReasons {
 		if r == reason {
 			return i
 		}
+		if r == "other" {
+			other = i
+		}
 	}
-	return len(udpDropReasons) - 3 // "other"
-}
-
-// udpSourceIP is the datagram's source address for the per-source limit.
-func udpSourceIP(c gnet.Conn) []byte {
-	if a, ok := c.RemoteAddr().(*net.UDPAddr); ok {
-		return a.IP
-	}
-	return nil
+	return other
 }
 
 // wireStatus maps an outcome to the status byte of a UDP reply.
@@ -53,13 +54,39 @@ var wireStatus = [numOutcomes]wire.Status{
 	outBadRequest:   wire.StatusBadID,
 }
 
-// authFailure reports whether o means the item was not authenticated.
-func authFailure(o outcome) bool {
+// unverified reports whether o means the item's token was not shown to be
+// genuine: missing, malformed, wrongly signed, of an unknown key, or
+// room-bound without a room (checked before the signature). An expired
+// token is genuine: its signature verified, so the sender held it.
+func unverified(o outcome) bool {
 	switch o {
-	case outMissingToken, outBadToken, outExpiredToken, outUnknownKey, outWrongRoom:
+	case outMissingToken, outBadToken, outUnknownKey, outWrongRoom:
 		return true
 	}
 	return false
+}
+
+// maskOthers hides how other users' tokens fail (PROTOCOL.md,
+// Acknowledgements): an unverified item whose user has no verified item in
+// the datagram is reported as bad_token, whatever the reason, so a sender
+// with one good token learns no more about other tokens than it would by
+// sending each alone (a reply or silence).
+func maskOthers(items []wire.Item, out []outcome, status []wire.Status) {
+	for i := range items {
+		if !unverified(out[i]) {
+			continue
+		}
+		own := false
+		for j := range items {
+			if !unverified(out[j]) && bytes.Equal(items[j].User, items[i].User) {
+				own = true
+				break
+			}
+		}
+		if !own {
+			status[i] = wire.StatusBadToken
+		}
+	}
 }
 
 // udpServer is the gnet/v2 UDP listener: one event loop per CPU by default,
@@ -79,6 +106,7 @@ type udpServer struct {
 type udpScratch struct {
 	d      wire.Datagram
 	status [wire.MaxItems]wire.Status
+	out    [wire.MaxItems]outcome
 	reply  []byte
 }
 
@@ -91,7 +119,7 @@ func (s *Server) startUDP() (*udpServer, error) {
 	}
 	u := &udpServer{s: s, addr: addr, booted: make(chan struct{}), done: make(chan error, 1)}
 	if s.store != nil && s.cfg.Persist.Fsync == persist.FsyncModeAlways {
-		u.acks = newAckQueue(s)
+		u.acks = newAckQueue(s.cfg.UDPMaxPendingAcks, s.store.WaitDurable, s.met.udpReplies, s.met.udpAcksDropped)
 		s.goroutine(u.acks.loop)
 	}
 	loops := s.numLoops()
@@ -146,9 +174,15 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 	s.met.udpIn.Inc()
 	buf, _ := c.Next(-1)
 	// The source pays for the datagram before it is even decoded, so a
-	// flood from one address costs a hash and a CAS per datagram.
-	src, now := udpSourceIP(c), time.Now().UnixMilli()
-	if !s.src.allow(src, 1, now) {
+	// flood from one address costs a hash and a CAS per datagram. A trusted
+	// proxy (--trusted-proxies) carries many clients: charging it would let
+	// one junk sender starve them all, so its datagrams are not charged;
+	// their items still need genuine tokens, and each session is bound by
+	// --heartbeat-min-gap.
+	src := addrIP(c.RemoteAddr())
+	charge := !s.proxies.contains(src)
+	now, mono := s.clk.Now()
+	if charge && !s.src.allowAddr(src, 1, mono) {
 		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
 		return gnet.None
 	}
@@ -159,18 +193,27 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 		return gnet.None
 	}
 	items := sc.d.Items()
-	if len(items) > 1 && !s.src.allow(src, int64(len(items)-1), now) {
+	if charge && len(items) > 1 && !s.src.allowAddr(src, int64(len(items)-1), mono) {
 		s.met.udpDropped[udpDropIndex("rate_limited")].Inc()
 		return gnet.None
 	}
-	authed := false
+	if sc.d.Version == wire.Version2 {
+		if reason := s.checkV2(&sc.d, now); reason != "" {
+			s.met.udpDropped[udpDropIndex(reason)].Inc()
+			return gnet.None
+		}
+	} else if s.cfg.RequireV2 {
+		s.met.udpDropped[udpDropIndex("v1_refused")].Inc()
+		return gnet.None
+	}
+	verified, masked := 0, false
 	if s.state.Load() == stateStarting {
 		// Not taking heartbeats yet, but the no-reply rule for
 		// unauthenticated datagrams holds while starting too.
 		for i := range items {
 			it := &items[i]
+			sc.out[i] = s.checkItem(it.User, it.Room, it.Token, now)
 			sc.status[i] = wire.StatusUnavailable
-			authed = authed || !authFailure(s.checkItem(it.User, it.Room, it.Token, now))
 		}
 	} else {
 		for i := range items {
@@ -181,13 +224,23 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 			} else {
 				o = s.heartbeat(trUDP, it.User, it.Room, it.Token, now)
 			}
+			sc.out[i] = o
 			sc.status[i] = wireStatus[o]
-			authed = authed || !authFailure(o)
 		}
 	}
-	if !authed {
+	for i := range items {
+		if unverified(sc.out[i]) {
+			masked = true
+		} else {
+			verified++
+		}
+	}
+	if verified == 0 {
 		s.met.udpDropped[udpDropIndex("unauthenticated")].Inc()
 		return gnet.None
+	}
+	if masked {
+		maskOthers(items, sc.out[:len(items)], sc.status[:len(items)])
 	}
 	if !sc.d.Ack {
 		return gnet.None
@@ -208,7 +261,12 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 }
 
 func (u *udpServer) stop(ctx context.Context) error {
-	err := u.eng.Stop(ctx)
+	// The ack queue sends on gnet's sockets: stop it first.
+	var ackErr error
+	if u.acks != nil {
+		ackErr = u.acks.close(ctx)
+	}
+	err := errors.Join(ackErr, u.eng.Stop(ctx))
 	select {
 	case <-u.done:
 	case <-ctx.Done():
@@ -218,27 +276,97 @@ func (u *udpServer) stop(ctx context.Context) error {
 
 // ackQueue holds UDP acks under --fsync=always until the write-ahead log has
 // synced what they acknowledge; all acks queued before a sync share it.
+//
+// It keeps no gnet.Conn: a UDP conn is valid only during OnTraffic. It
+// keeps the listening socket's descriptor and a copy of the peer's address,
+// and sends with sendto(2) itself. The descriptor stays open while gnet
+// runs, and udpServer.stop closes the queue (and waits for its loop) before
+// it stops gnet, so no ack is ever sent on a closed or reused descriptor.
+// At most max acks wait; more, and those queued when the sync fails or
+// the queue closes, are dropped and counted (the client resends, as after
+// any loss).
 type ackQueue struct {
-	s  *Server
-	mu struct {
+	max  int
+	wait func(context.Context) error // the store's WaitDurable
+	send func(fd int, to unix.Sockaddr, b []byte) error
+	// dropped counts acks not sent, by ackDrop.
+	dropped [numAckDrops]*counter
+	sent    *counter
+	mu      struct {
 		sync.Mutex
 		pending []pendingAck
+		closed  bool
 	}
 	kick chan struct{}
+	stop chan struct{} // closed by close
+	done chan struct{} // closed when loop returns
+	// ctx ends a wait for durability when the queue closes.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
+
+type ackDrop uint8
+
+const (
+	ackQueueFull  ackDrop = iota // max acks were already waiting
+	ackNotDurable                // the sync failed or timed out
+	ackShutdown                  // the server stopped first
+	numAckDrops
+)
+
+var ackDropLabels = []string{`{reason="queue_full"}`, `{reason="not_durable"}`, `{reason="shutdown"}`}
 
 type pendingAck struct {
-	c gnet.Conn
-	b []byte
+	fd int
+	to unix.Sockaddr
+	b  []byte
 }
 
-func newAckQueue(s *Server) *ackQueue { return &ackQueue{s: s, kick: make(chan struct{}, 1)} }
+func newAckQueue(max int, wait func(context.Context) error, sent *counter, dropped []*counter) *ackQueue {
+	q := &ackQueue{max: max, wait: wait, send: sendTo, sent: sent,
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	q.ctx, q.cancel = context.WithCancel(context.Background())
+	copy(q.dropped[:], dropped)
+	return q
+}
 
-// add queues a copy of reply for c. Under gnet, writing to a UDP conn after
-// its callback is a sendto(2) on the listener socket to the saved peer.
+func sendTo(fd int, to unix.Sockaddr, b []byte) error { return unix.Sendto(fd, b, 0, to) }
+
+// sockaddr copies a UDP peer address for sendto(2); nil if a is not one.
+func sockaddr(a net.Addr) unix.Sockaddr {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok {
+		return nil
+	}
+	if ip4 := ua.IP.To4(); ip4 != nil {
+		sa := &unix.SockaddrInet4{Port: ua.Port}
+		copy(sa.Addr[:], ip4)
+		return sa
+	}
+	sa := &unix.SockaddrInet6{Port: ua.Port}
+	copy(sa.Addr[:], ua.IP.To16())
+	return sa
+}
+
+// add queues a copy of reply for c's peer. It does not keep c.
 func (q *ackQueue) add(c gnet.Conn, reply []byte) {
+	to := sockaddr(c.RemoteAddr())
+	if to == nil {
+		return
+	}
+	pa := pendingAck{fd: c.Fd(), to: to, b: append([]byte(nil), reply...)}
 	q.mu.Lock()
-	q.mu.pending = append(q.mu.pending, pendingAck{c: c, b: append([]byte(nil), reply...)})
+	switch {
+	case q.mu.closed:
+		q.mu.Unlock()
+		q.drop(ackShutdown, 1)
+		return
+	case len(q.mu.pending) >= q.max:
+		q.mu.Unlock()
+		q.drop(ackQueueFull, 1)
+		return
+	}
+	q.mu.pending = append(q.mu.pending, pa)
 	q.mu.Unlock()
 	select {
 	case q.kick <- struct{}{}:
@@ -246,28 +374,72 @@ func (q *ackQueue) add(c gnet.Conn, reply []byte) {
 	}
 }
 
+func (q *ackQueue) drop(why ackDrop, n int) {
+	if c := q.dropped[why]; c != nil && n > 0 {
+		c.Add(uint64(n))
+	}
+}
+
+// pendingLen returns how many acks wait.
+func (q *ackQueue) pendingLen() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.mu.pending)
+}
+
+// loop sends queued acks once what they acknowledge is durable, until
+// close. A close interrupts a wait for durability.
 func (q *ackQueue) loop() {
+	defer close(q.done)
+	ctx := q.ctx
 	var batch []pendingAck
 	for {
 		select {
-		case <-q.s.quit:
+		case <-q.stop:
+			q.mu.Lock()
+			n := len(q.mu.pending)
+			q.mu.pending = nil
+			q.mu.Unlock()
+			q.drop(ackShutdown, n)
 			return
 		case <-q.kick:
 		}
 		q.mu.Lock()
 		batch, q.mu.pending = q.mu.pending, batch[:0]
 		q.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := q.s.store.WaitDurable(ctx)
-		cancel()
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		err := q.wait(wctx)
+		wcancel()
 		for i := range batch {
-			if err == nil {
-				if q.s.udp != nil && batch[i].c.AsyncWrite(batch[i].b, nil) == nil {
-					q.s.met.udpReplies.Inc()
-				}
+			switch {
+			case err != nil && ctx.Err() != nil:
+				q.drop(ackShutdown, 1)
+			case err != nil:
+				q.drop(ackNotDurable, 1)
+			case q.send(batch[i].fd, batch[i].to, batch[i].b) == nil && q.sent != nil:
+				q.sent.Inc()
 			}
 			batch[i] = pendingAck{}
 		}
+	}
+}
+
+// close stops taking acks, drops those waiting, and returns once loop has
+// stopped sending (or ctx ends). It is safe to call more than once.
+func (q *ackQueue) close(ctx context.Context) error {
+	q.mu.Lock()
+	first := !q.mu.closed
+	q.mu.closed = true
+	q.mu.Unlock()
+	if first {
+		q.cancel()
+		close(q.stop)
+	}
+	select {
+	case <-q.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("cannot stop the UDP ack queue: %w", ctx.Err())
 	}
 }
 

@@ -3,6 +3,7 @@ package shardmap
 import (
 	"fmt"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -83,7 +84,19 @@ func BenchmarkExpire(b *testing.B) {
 // full: its stop-the-world pause (gc-pause-ns) and its wall time
 // (gc-wall-ns, mostly concurrent marking). The ids are generated into one
 // flat buffer so the benchmark's own data adds nothing for the GC to scan.
-func BenchmarkMemory1M(b *testing.B) {
+func BenchmarkMemory1M(b *testing.B) { benchMemory(b, nil) }
+
+// BenchmarkMemory1MState is BenchmarkMemory1M with a 100-byte state on
+// every session.
+func BenchmarkMemory1MState(b *testing.B) {
+	state := []byte(`{"status":"away","device":"ios","v":"` + strings.Repeat("x", 61) + `"}`)
+	if len(state) != 100 {
+		b.Fatalf("state is %d bytes", len(state))
+	}
+	benchMemory(b, state)
+}
+
+func benchMemory(b *testing.B, state []byte) {
 	const n, w = 1_000_000, 16
 	flat := make([]byte, 0, n*w)
 	for i := range n {
@@ -97,7 +110,7 @@ func BenchmarkMemory1M(b *testing.B) {
 		runtime.ReadMemStats(&before)
 		m := newTestMap(b, Config{})
 		for i := range n {
-			if _, err := m.Touch(flat[i*w:(i+1)*w], rooms[i%len(rooms)], t0, 150_000); err != nil {
+			if _, err := m.TouchState(flat[i*w:(i+1)*w], rooms[i%len(rooms)], t0, 150_000, StateOp{Set: state != nil, State: state}); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -1,6 +1,7 @@
 package shardmap
 
 import (
+	"bytes"
 	"hash/maphash"
 	"sync/atomic"
 	"time"
@@ -33,18 +34,36 @@ type Event struct {
 	At         int64 // unix ms
 	Join       bool  // false: leave
 	Reason     Reason
+	// State is the state the session had when it ended (a copy), or nil.
+	State []byte
+	// Vacated: this leave emptied the room (its last member left).
+	Vacated bool
+	// LastSeen is, for a leave, the ended session's last heartbeat (unix ms).
+	LastSeen int64
 }
 
 // RoomSession is one of a user's sessions, as User reports it.
 type RoomSession struct {
 	Room             string
 	LastSeen, Expiry int64
+	// State is the session's state (a copy), or nil.
+	State []byte
 }
 
 // Member is one member of a room, as Members reports it.
 type Member struct {
 	User     string
 	LastSeen int64
+	// State is the member's session state in the room (a copy), or nil.
+	State []byte
+}
+
+// StateOp says what a heartbeat does to a session's state.
+type StateOp struct {
+	// Set: replace the state with State (nil clears it). Without Set the
+	// state is kept.
+	Set   bool
+	State []byte
 }
 
 // Stats are the maintained global counts.
@@ -130,14 +149,65 @@ func (m *Map) lookupRoom(room []byte) uint32 {
 // when it refreshes a session, nor when it starts one and the shard's arenas
 // and tables have room (e.g. after a leave).
 func (m *Map) Touch(user, room []byte, now, ttlMs int64) (joined bool, err error) {
-	joined, _, err = m.upsert(user, room, now, now+ttlMs, m.minGapMs.Load())
+	joined, _, _, err = m.upsert(user, room, now, now+ttlMs, m.minGapMs.Load(), StateOp{})
 	return joined, err
 }
 
 // TouchSeen is Touch that also returns when the session was last seen
 // before this heartbeat (0 on a join), for heartbeat-lateness metrics.
 func (m *Map) TouchSeen(user, room []byte, now, ttlMs int64) (joined bool, prevSeen int64, err error) {
-	return m.upsert(user, room, now, now+ttlMs, m.minGapMs.Load())
+	joined, prevSeen, _, err = m.upsert(user, room, now, now+ttlMs, m.minGapMs.Load(), StateOp{})
+	return joined, prevSeen, err
+}
+
+// TouchState is TouchSeen that also sets or clears the session's state
+// (op.Set) and reports whether the state changed (a join with a state
+// counts as a change). The state is copied. A rate-limited heartbeat
+// changes nothing, state included. With op.Set false it allocates nothing,
+// like TouchSeen.
+func (m *Map) TouchState(user, room []byte, now, ttlMs int64, op StateOp) (TouchResult, error) {
+	var r TouchResult
+	var err error
+	r.Joined, r.PrevSeen, r.Changed, err = m.upsertRoom(user, room, now, now+ttlMs, m.minGapMs.Load(), op, &r.Occupied)
+	return r, err
+}
+
+// TouchResult is what TouchState did.
+type TouchResult struct {
+	Joined   bool  // the session is new
+	Changed  bool  // its state changed (a join with a state counts)
+	Occupied bool  // the join created the room (its first member)
+	PrevSeen int64 // the previous heartbeat, 0 on a join
+}
+
+// setStateLocked applies op to session i and reports whether it changed.
+func (st *userState) setStateLocked(i uint32, op StateOp) bool {
+	if !op.Set {
+		return false
+	}
+	old, had := st.states[i]
+	if op.State == nil {
+		if had {
+			delete(st.states, i)
+		}
+		return had
+	}
+	if had && string(old) == string(op.State) {
+		return false
+	}
+	if st.states == nil {
+		st.states = map[uint32][]byte{}
+	}
+	st.states[i] = append(old[:0:0], op.State...)
+	return true
+}
+
+// stateOf returns session i's state (not a copy), or nil.
+func (st *userState) stateOf(i uint32) []byte {
+	if st.states == nil {
+		return nil
+	}
+	return st.states[i]
 }
 
 // SetMinRefreshGap limits how often one session can be extended: a Touch
@@ -151,19 +221,30 @@ func (m *Map) SetMinRefreshGap(gap time.Duration) { m.minGapMs.Store(gap.Millise
 // lastSeen and expiry, for log replay. If expiry <= now nothing is inserted
 // and Restore reports false; otherwise it reports whether the session is new.
 func (m *Map) Restore(user, room []byte, lastSeen, expiry, now int64) (bool, error) {
+	return m.RestoreState(user, room, nil, lastSeen, expiry, now)
+}
+
+// RestoreState is Restore with the session's state (nil: none).
+func (m *Map) RestoreState(user, room, state []byte, lastSeen, expiry, now int64) (bool, error) {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
 		return false, ErrBadID
 	}
 	if expiry <= now {
 		return false, nil
 	}
-	joined, _, err := m.upsert(user, room, lastSeen, expiry, 0)
+	joined, _, _, err := m.upsert(user, room, lastSeen, expiry, 0, StateOp{Set: true, State: state})
 	return joined, err
 }
 
-func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (joined bool, prevSeen int64, err error) {
+func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64, sop StateOp) (joined bool, prevSeen int64, changed bool, err error) {
+	var created bool
+	return m.upsertRoom(user, room, lastSeen, expiry, minGap, sop, &created)
+}
+
+// upsertRoom is upsert that also sets *created when it created the room.
+func (m *Map) upsertRoom(user, room []byte, lastSeen, expiry, minGap int64, sop StateOp, created *bool) (joined bool, prevSeen int64, changed bool, err error) {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
-		return false, 0, ErrBadID
+		return false, 0, false, ErrBadID
 	}
 	ttl := expiry - lastSeen
 	if ttl < 0 {
@@ -189,26 +270,27 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (joined 
 				s := st.session(i)
 				if s.room == ref {
 					if minGap > 0 && lastSeen-s.lastSeen() < minGap && lastSeen >= s.lastSeen() {
-						return false, s.lastSeen(), ErrRateLimited
+						return false, s.lastSeen(), false, ErrRateLimited
 					}
 					prevSeen = s.lastSeen()
 					st.unlinkWheel(i)
 					s.setTimes(lastSeen, ttl)
 					st.linkWheel(i)
+					changed = st.setStateLocked(i, sop)
 					if m.track {
 						st.logUpsert(i)
 					}
-					return false, prevSeen, nil
+					return false, prevSeen, changed, nil
 				}
 				i = s.next
 			}
 		}
 		if int(st.user(ui).nsess) >= m.maxRooms {
-			return false, 0, ErrTooManyRooms
+			return false, 0, false, ErrTooManyRooms
 		}
 	} else {
 		if ui = st.newUser(h, user); ui == 0 {
-			return false, 0, ErrFull
+			return false, 0, false, ErrFull
 		}
 		m.onlineUsers.Add(1)
 	}
@@ -224,6 +306,7 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (joined 
 		if ri == 0 {
 			if ri = rs.mu.create(rh, room, m.maxRoomIx); ri != 0 {
 				m.nrooms.Add(1)
+				*created = true
 			}
 		}
 		if ri != 0 {
@@ -233,7 +316,7 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (joined 
 		rs.mu.Unlock()
 		if ri == 0 {
 			m.dropUserIfIdle(st, ui)
-			return false, 0, ErrFull
+			return false, 0, false, ErrFull
 		}
 	}
 	i := st.newSession()
@@ -242,7 +325,7 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (joined 
 			m.leaveRoom(ref, slot, nil)
 		}
 		m.dropUserIfIdle(st, ui)
-		return false, 0, ErrFull
+		return false, 0, false, ErrFull
 	}
 	s := st.session(i)
 	s.user, s.room, s.slot = ui, ref, slot
@@ -251,11 +334,12 @@ func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64) (joined 
 	u.head = i
 	u.nsess++
 	st.linkWheel(i)
+	changed = st.setStateLocked(i, sop)
 	if m.track {
 		st.logUpsert(i)
 	}
 	m.sessions.Add(1)
-	return true, 0, nil
+	return true, 0, changed, nil
 }
 
 func (m *Map) dropUserIfIdle(st *userState, ui uint32) {
@@ -268,7 +352,7 @@ func (m *Map) dropUserIfIdle(st *userState, ui uint32) {
 // leaveRoom frees the member slot and, if the room is now empty, the room.
 // If name is not nil, the room id is appended to *name first. The caller
 // holds the user shard lock (lock order: user shard, then room shard).
-func (m *Map) leaveRoom(ref, slot uint32, name *[]byte) {
+func (m *Map) leaveRoom(ref, slot uint32, name *[]byte) (emptied bool) {
 	rs, ri := m.roomOf(ref)
 	rs.mu.Lock()
 	if name != nil {
@@ -277,8 +361,10 @@ func (m *Map) leaveRoom(ref, slot uint32, name *[]byte) {
 	if rs.mu.removeMember(ri, slot) {
 		rs.mu.free(ri)
 		m.nrooms.Add(-1)
+		emptied = true
 	}
 	rs.mu.Unlock()
+	return emptied
 }
 
 // endSession removes session i and, if emit, appends a
@@ -305,10 +391,11 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 		st.endBuf = append(st.endBuf, uid...)
 	}
 	var roomName string
+	var vacated bool
 	if s.room != 0 {
 		if m.track || emit {
 			mark := len(st.endBuf)
-			m.leaveRoom(s.room, s.slot, &st.endBuf)
+			vacated = m.leaveRoom(s.room, s.slot, &st.endBuf)
 			if emit {
 				roomName = string(st.endBuf[mark:])
 			}
@@ -320,7 +407,7 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 		}
 	}
 	if emit {
-		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason})
+		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason, LastSeen: s.lastSeen(), State: bytes.Clone(st.stateOf(i)), Vacated: vacated})
 	}
 	dirty := s.ttl&sessDirty != 0
 	if m.track {
@@ -333,6 +420,9 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 			expiry:   s.expiry(),
 			at:       now,
 		})
+	}
+	if st.states != nil {
+		delete(st.states, i)
 	}
 	st.releaseSession(i, m.track && dirty)
 	m.sessions.Add(-1)
@@ -371,6 +461,34 @@ func (m *Map) Leave(user, room []byte, now int64) bool {
 		}
 	}
 	return false
+}
+
+// LeaveOne is Leave that appends the leave event (with Vacated) to dst.
+func (m *Map) LeaveOne(user, room []byte, now int64, dst []Event) []Event {
+	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
+		return dst
+	}
+	h := m.hash(user)
+	sh := &m.shards[h&m.shardMask]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	st := &sh.mu.userState
+	ui := st.findUser(h, user)
+	if ui == 0 {
+		return dst
+	}
+	var ref uint32
+	if len(room) > 0 {
+		if ref = m.lookupRoom(room); ref == 0 {
+			return dst
+		}
+	}
+	for i := st.user(ui).head; i != 0; i = st.session(i).next {
+		if st.session(i).room == ref {
+			return m.endSession(st, i, ReasonLeft, now, true, dst)
+		}
+	}
+	return dst
 }
 
 // LeaveAll ends every session of user with reason left and appends a leave
@@ -463,7 +581,10 @@ func (m *Map) User(user []byte, dst []RoomSession) (rooms []RoomSession, lastSee
 			rs.mu.Lock()
 			name := string(rs.mu.name(ri))
 			rs.mu.Unlock()
-			dst = append(dst, RoomSession{Room: name, LastSeen: ls, Expiry: s.expiry()})
+			dst = append(dst, RoomSession{Room: name, LastSeen: ls, Expiry: s.expiry(), State: bytes.Clone(st.stateOf(i))})
+		} else if stt := st.stateOf(i); stt != nil {
+			// The room-less session appears only when it carries a state.
+			dst = append(dst, RoomSession{LastSeen: ls, Expiry: s.expiry(), State: bytes.Clone(stt)})
 		}
 		i = s.next
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sort"
 	"testing"
@@ -64,8 +65,8 @@ func TestTouchJoinRefresh(t *testing.T) {
 	}
 	rooms, last, online := m.User(b("alice"), nil)
 	sort.Slice(rooms, func(i, j int) bool { return rooms[i].Room < rooms[j].Room })
-	want := []RoomSession{{"r1", t0 + 1, t0 + 1001}, {"r2", t0 + 2, t0 + 1002}}
-	if !online || last != t0+4 || !slices.Equal(rooms, want) {
+	want := []RoomSession{{Room: "r1", LastSeen: t0 + 1, Expiry: t0 + 1001}, {Room: "r2", LastSeen: t0 + 2, Expiry: t0 + 1002}}
+	if !online || last != t0+4 || !reflect.DeepEqual(rooms, want) {
 		t.Fatalf("User(alice) = %v, %d, %v; want %v, %d, true", rooms, last, online, want, t0+4)
 	}
 }
@@ -108,8 +109,8 @@ func TestLeave(t *testing.T) {
 	}
 	ev := m.LeaveAll(b("alice"), t0+5, nil)
 	sort.Slice(ev, func(i, j int) bool { return ev[i].Room < ev[j].Room })
-	want := []Event{{User: "alice", Room: "", At: t0 + 5, Reason: ReasonLeft}, {User: "alice", Room: "r2", At: t0 + 5, Reason: ReasonLeft}}
-	if !slices.Equal(ev, want) {
+	want := []Event{{User: "alice", Room: "", At: t0 + 5, Reason: ReasonLeft, LastSeen: t0}, {User: "alice", Room: "r2", At: t0 + 5, Reason: ReasonLeft, LastSeen: t0, Vacated: true}}
+	if !reflect.DeepEqual(ev, want) {
 		t.Fatalf("LeaveAll = %v, want %v", ev, want)
 	}
 	checkStats(t, m, Stats{OnlineUsers: 1, Sessions: 1, Rooms: 1})
@@ -132,7 +133,7 @@ func TestExpiry(t *testing.T) {
 		t.Fatalf("expired before ttl: %v", ev)
 	}
 	ev := m.Expire(t0+150_000, nil)
-	if want := []Event{{User: "a", Room: "r", At: t0 + 150_000, Reason: ReasonTimeout}}; !slices.Equal(ev, want) {
+	if want := []Event{{User: "a", Room: "r", At: t0 + 150_000, Reason: ReasonTimeout, LastSeen: t0}}; !reflect.DeepEqual(ev, want) {
 		t.Fatalf("Expire at ttl = %v, want %v", ev, want)
 	}
 	if ev[0].Reason.String() != "timeout" || ReasonLeft.String() != "left" {

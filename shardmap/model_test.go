@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sort"
 	"sync"
@@ -158,13 +159,13 @@ func runModel(t *testing.T, seed uint64, hash func([]byte) uint64, steps int) {
 			sort.Strings(want)
 			md.remove(u, "")
 			delete(md.sess, u)
-			if got := eventKeys(m.LeaveAll(b(u), now, nil), ReasonLeft, t); !slices.Equal(got, want) {
+			if got := eventKeys(m.LeaveAll(b(u), now, nil), ReasonLeft, t); !reflect.DeepEqual(got, want) {
 				t.Fatalf("step %d LeaveAll(%s) = %v want %v", step, u, got, want)
 			}
 		default:
 			now += int64(r.IntN(120))
 			want := md.expire(now)
-			if got := eventKeys(m.Expire(now, nil), ReasonTimeout, t); !slices.Equal(got, want) {
+			if got := eventKeys(m.Expire(now, nil), ReasonTimeout, t); !reflect.DeepEqual(got, want) {
 				t.Fatalf("step %d Expire(%d) = %v want %v", step, now-t0, got, want)
 			}
 		}
@@ -184,11 +185,11 @@ func compareModel(t *testing.T, step int, m *Map, md *model, users, rooms []stri
 			nsess++
 			wantLast = max(wantLast, s[0])
 			if r != "" {
-				want = append(want, RoomSession{r, s[0], s[1]})
+				want = append(want, RoomSession{Room: r, LastSeen: s[0], Expiry: s[1]})
 			}
 		}
 		sort.Slice(want, func(i, j int) bool { return want[i].Room < want[j].Room })
-		if online != (md.sess[u] != nil) || last != wantLast || !slices.Equal(got, want) {
+		if online != (md.sess[u] != nil) || last != wantLast || !reflect.DeepEqual(got, want) {
 			t.Fatalf("step %d User(%s) = %v,%d,%v want %v,%d", step, u, got, last, online, want, wantLast)
 		}
 	}
@@ -204,7 +205,7 @@ func compareModel(t *testing.T, step int, m *Map, md *model, users, rooms []stri
 			}
 		}
 		sort.Strings(want)
-		if got := membersAll(t, m, r, 1+step%5); !slices.Equal(got, want) {
+		if got := membersAll(t, m, r, 1+step%5); !reflect.DeepEqual(got, want) {
 			t.Fatalf("step %d Members(%s) = %v want %v", step, r, got, want)
 		}
 	}

@@ -1,5 +1,7 @@
 package shardmap
 
+import "bytes"
+
 // memberRef is a member slot copied out of a room under its lock.
 type memberRef struct {
 	slot uint32
@@ -62,7 +64,7 @@ func (m *Map) Members(room []byte, cursor uint64, limit int, dst []Member) (memb
 			if u := st.user(ui); u.key != 0 && u.gen&0x7fff == ugen {
 				for j := u.head; j != 0; j = st.session(j).next {
 					if s := st.session(j); s.room == roomRef && s.slot == mr.slot {
-						dst = append(dst, Member{User: string(st.userID(ui)), LastSeen: s.lastSeen()})
+						dst = append(dst, Member{User: string(st.userID(ui)), LastSeen: s.lastSeen(), State: bytes.Clone(st.stateOf(j))})
 						break
 					}
 				}
@@ -174,6 +176,9 @@ type Change struct {
 	// LastSeen and Expiry are the session's times (unix ms); for an end,
 	// those it had when it ended.
 	LastSeen, Expiry int64
+	// State is a live session's state (nil: none), valid only during the
+	// callback like User and Room; nil for an end.
+	State []byte
 	// Ended: the session ended (Reason, At); otherwise it was created or
 	// refreshed and is live with the times above.
 	Ended  bool
@@ -220,7 +225,7 @@ func (m *Map) Drain(fn func(c *Change)) (n int) {
 					st.roomBuf = append(st.roomBuf, rs.mu.name(ri)...)
 					rs.mu.Unlock()
 				}
-				*c = Change{User: st.userID(s.user), Room: st.roomBuf, LastSeen: s.lastSeen(), Expiry: s.expiry()}
+				*c = Change{User: st.userID(s.user), Room: st.roomBuf, LastSeen: s.lastSeen(), Expiry: s.expiry(), State: st.stateOf(e.sess)}
 			}
 			fn(c)
 			n++
@@ -243,9 +248,16 @@ func (m *Map) Drain(fn func(c *Change)) (n int) {
 // is a consistent snapshot; the whole walk is not. fn's byte slices are valid
 // only during the call. Range stops when fn returns false.
 func (m *Map) Range(fn func(user, room []byte, lastSeen, expiry int64) bool) {
+	m.RangeState(func(user, room, _ []byte, lastSeen, expiry int64) bool { return fn(user, room, lastSeen, expiry) })
+}
+
+// RangeState is Range that also passes each session's state (nil: none),
+// valid only during the call.
+func (m *Map) RangeState(fn func(user, room, state []byte, lastSeen, expiry int64) bool) {
 	type entry struct {
 		off              int
 		userLen, roomLen uint8
+		stateLen         uint16
 		lastSeen, expiry int64
 	}
 	var buf []byte
@@ -272,6 +284,9 @@ func (m *Map) Range(fn func(user, room []byte, lastSeen, expiry int64) bool) {
 					e.roomLen = uint8(len(name))
 					rs.mu.Unlock()
 				}
+				stt := st.stateOf(i)
+				buf = append(buf, stt...)
+				e.stateLen = uint16(len(stt))
 				ents = append(ents, e)
 			}
 		}
@@ -279,7 +294,12 @@ func (m *Map) Range(fn func(user, room []byte, lastSeen, expiry int64) bool) {
 		for _, e := range ents {
 			u := buf[e.off : e.off+int(e.userLen)]
 			r := buf[e.off+int(e.userLen) : e.off+int(e.userLen)+int(e.roomLen)]
-			if !fn(u, r, e.lastSeen, e.expiry) {
+			var stt []byte
+			if e.stateLen > 0 {
+				so := e.off + int(e.userLen) + int(e.roomLen)
+				stt = buf[so : so+int(e.stateLen)]
+			}
+			if !fn(u, r, stt, e.lastSeen, e.expiry) {
 				return
 			}
 		}

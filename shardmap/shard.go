@@ -77,6 +77,10 @@ type changeRec struct {
 // needs userShard.mu held. Users and sessions live in chunks of 512 records
 // so growth never copies a big table and overshoots by at most one chunk.
 type userState struct {
+	// states holds the state (a small JSON object) of the sessions that
+	// have one, by session index; nil until the first. Sessions without
+	// state cost nothing here, which keeps the table pointer-free for them.
+	states      map[uint32][]byte
 	index       idIndex
 	arena       arena
 	users       [][]userRec // chunked; index 0 is reserved

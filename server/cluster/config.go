@@ -111,10 +111,15 @@ func (c *Config) Validate() error {
 // options turns Addrs and MasterName into go-redis universal options.
 func (c *Config) options() (*redis.UniversalOptions, error) {
 	o := &redis.UniversalOptions{
-		MasterName:   c.MasterName,
-		DialTimeout:  2 * time.Second,
-		ReadTimeout:  5 * time.Second,
-		WriteTimeout: 5 * time.Second,
+		MasterName:  c.MasterName,
+		DialTimeout: 2 * time.Second,
+		// A reply that takes a second is a fault (Redis answers in
+		// microseconds; the largest script call here is 256 sessions).
+		// It also bounds go-redis's own slot map reload, which has no
+		// deadline of its own: with a hung master picked first, the
+		// reload (and so the switch to a promoted replica) waited 5 s.
+		ReadTimeout:  time.Second,
+		WriteTimeout: time.Second,
 		// No transparent retries: a retried pipeline would run its scripts
 		// twice; the node recovers from a failed round trip itself (it
 		// re-asserts its sessions). Redis Cluster redirects (MOVED, ASK)
@@ -122,6 +127,10 @@ func (c *Config) options() (*redis.UniversalOptions, error) {
 		// did not run; writes are marked so go-redis never resends them
 		// after a network error (see scripts.go).
 		MaxRetries: -1,
+		// One dial attempt: a dead master refuses at once, and go-redis's
+		// own 5 attempts 100 ms apart only delay the fault (and the slot
+		// map reload it triggers).
+		DialerRetries: 1,
 		// Every new connection, to any master old or newly promoted, loads
 		// the scripts first. A failure (e.g. on a sentinel's own
 		// connection, which has no SCRIPT) is left to the NOSCRIPT path.

@@ -22,7 +22,9 @@
 // goroutine that writes sessions. The reaper, the health checker and the
 // subscriber each run in their own goroutine; the queries run on the
 // caller's goroutine. All share one go-redis client, which is safe for
-// concurrent use. Only one lock (the intake mutex) exists.
+// concurrent use. Besides the intake mutex, two small locks guard rare
+// transitions: the health state (partial/whole, what was logged) and the
+// set of cancellable writer and reaper rounds.
 //
 // # Redis layout
 //
@@ -72,6 +74,8 @@
 //	reaper             EVALSHA REAP per bucket per ReapInterval, ROOMREM/XADD/PUBLISH per timeout
 //	health             HEXISTS pd:{u<b>}:c n:<node> per bucket per HealthInterval
 //	re-assert          EVALSHA TOUCHN / ROOMADDN, 256 sessions per call
+//	room sweep         ZRANGE top and member sets, HEXISTS per member, ROOMREM,
+//	                   ROOMSYNC per room (after a fault only)
 //	user, bulk status  HGETALL + GET per user, one pipeline
 //	room count         ZSCORE pd:{r<r>}:top room
 //	members            ZRANGE BYLEX LIMIT, then HGET per member (last seen, liveness)
@@ -90,8 +94,9 @@
 // The heartbeat path is untouched: it updates the presence table, whose
 // change log coalesces every refresh of a session between two drains into
 // one change. The writer keeps, per session (a pointer-free map keyed by a
-// 64-bit hash of user and room), the expiry it last wrote (W) and the
-// latest local one (L). A new session is written at once (a join is
+// 64-bit hash of user and room, seeded per process so clients cannot craft
+// collisions), the expiry it last wrote (W) and the latest local one (L).
+// A new session is written at once (a join is
 // prompt); a refresh is not written until W is within RefreshMargin of now,
 // and then with the latest L. With a 60 s interval and 150 s TTL that is
 // one write per two heartbeats. Explicit leaves are written at once. A
@@ -109,14 +114,53 @@
 // deferred). A clean Close writes every deferred refresh and removes
 // nothing, so a user who goes on heartbeating elsewhere never sees a leave.
 //
-// When Redis cannot be reached, writes are dropped (not queued), queries
-// fail fast and the server answers from its own table with "partial": true.
-// When Redis answers again, or a node's marker is missing from a bucket (a
-// restart without persistence, a Redis Cluster master that lost its data),
-// the node re-asserts every live session from its table (Range) with the
-// batch scripts, without events. Joins, leaves and explicit leaves that
-// happened while Redis was unreachable are not replayed as events; an
-// explicit leave lost that way ends in Redis as a timeout.
+// # Faults, failovers and reshards
+//
+// Any failed round trip is a fault (health.go): Redis unreachable, a reply
+// slower than the 1 s read timeout (a hung master), CLUSTERDOWN or READONLY
+// during a failover, OOM under maxmemory, NOSCRIPT after SCRIPT FLUSH, a
+// redirect beyond 3 hops. On a fault the node stops answering for the
+// whole cluster: the queries fail at once with ErrPartial and the server
+// answers from its own table with "partial": true (presenced_redis_up 0,
+// presenced_redis_partial_seconds_total counts the time). The Redis Cluster
+// client is asked to re-read the slot map then and there (go-redis itself
+// re-reads it only on MOVED, or every 60 s: a failed-over master's slots
+// pointed at the dead address until then, which is why nodes used to stay
+// partial after a failover). A failed health check also cancels the
+// writer's and reaper's rounds in flight. While partial, refreshes and
+// joins are dropped (the re-assert writes them) and explicit leaves, and
+// touches and leaves that failed, are kept (bounded) to be sent again.
+//
+// When the next health check answers, the writer sends what it kept, then
+// re-asserts: every live session of this node (TOUCHN, no events for those
+// Redis lacked), every one of them re-added to its room (ROOMADDN,
+// idempotent: this repairs a room side whose pipeline failed after the
+// user side succeeded), the markers; the node is whole again and logs it
+// once ("redis answers again"). The next round sweeps the rooms: a member
+// without a session (its ROOMREM failed or was lost with a master) is
+// removed, and each room's count is set to its member list (ROOMSYNC); a
+// second ROOMADDN pass, 2 health intervals later, catches a reaper's
+// ROOMREM that was in flight during the re-assert. A missing marker (Redis
+// restarted empty, or a promoted replica that lacks recent writes) is a
+// fault too. Joins and leaves decided while partial are not replayed as
+// events, except the kept ones; an explicit leave dropped past the bound
+// ends in Redis as a timeout.
+//
+// Writes are never resent by go-redis after a network error (a script
+// that ran twice answers "not new" the second time and the join loses its
+// room update and event); MOVED and ASK, which mean the command did not
+// run, are followed, so a live reshard (redis-cli --cluster reshard) costs
+// no fault. Every new connection loads the scripts first (OnConnect), so a
+// restarted or promoted master knows them before its first EVALSHA.
+//
+// The time from a healthy engine (cluster_state:ok, or a Sentinel
+// promotion) to whole answers is decided by: HealthInterval (1 s: the
+// next check that succeeds), the 1 s read timeout and one dial attempt
+// (how long a check against a dead or hung address takes, and the slot map
+// reload that may hit it first), the re-assert (about 1 s per 100,000
+// sessions of the node), and the writer round in flight (cancelled by the
+// failed check). With the defaults that is under 3 s; measured in the
+// failover tests (HealthInterval 200 ms): see BENCHMARKS.md.
 //
 // Nodes must agree on TTL and Prefix and keep their clocks within
 // RefreshMargin of each other (expiries are wall-clock milliseconds).

@@ -44,11 +44,11 @@ var (
 local member = ARGV[2] .. "\0" .. ARGV[3]
 local delay = tonumber(ARGV[9])
 if delay > 0 then
-  if ARGV[1] == "leave" then
-    redis.call("HSET", KEYS[2], member, ARGV[4] .. "\0" .. ARGV[5] .. "\0" .. ARGV[7])
+  if ARGV[1] == "leave" or ARGV[1] == "vacated" then
+    redis.call("HSET", KEYS[2], member, ARGV[4] .. "\0" .. ARGV[5] .. "\0" .. ARGV[7] .. "\0" .. ARGV[1])
     redis.call("ZADD", KEYS[3], tonumber(ARGV[10]) + delay, member)
     return 2
-  elseif ARGV[1] == "join" then
+  elseif ARGV[1] == "join" or ARGV[1] == "occupied" then
     if redis.call("HDEL", KEYS[2], member) == 1 then
       redis.call("ZREM", KEYS[3], member)
       return 3
@@ -69,16 +69,38 @@ for _, m in ipairs(due) do
     local i = string.find(m, "\0", 1, true)
     local a = string.find(v, "\0", 1, true)
     local b = string.find(v, "\0", a + 1, true)
-    redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[2], "*", "type", "leave",
+    local c = string.find(v, "\0", b + 1, true)
+    redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[2], "*", "type", string.sub(v, c + 1),
       "user", string.sub(m, 1, i - 1), "room", string.sub(m, i + 1),
-      "at", string.sub(v, 1, a - 1), "reason", string.sub(v, a + 1, b - 1), "state", "", "node", string.sub(v, b + 1))
+      "at", string.sub(v, 1, a - 1), "reason", string.sub(v, a + 1, b - 1), "state", "", "node", string.sub(v, b + 1, c - 1))
   end
 end
 return #due
 `)
+
+	// ROOMADDC and ROOMREMC are ROOMADD and ROOMREM (keys.go) answering
+	// the room's online count after the change, or -1 when the member was
+	// already there (add) or not there (remove): a 1 after an add is the
+	// room's first member (occupied), a 0 after a remove its last (vacated).
+	scriptRoomAddC = redis.NewScript(`
+if redis.call('ZADD', KEYS[1], 0, ARGV[1]) == 1 then
+  return tonumber(redis.call('ZINCRBY', KEYS[2], 1, ARGV[2]))
+end
+return -1
+`)
+	scriptRoomRemC = redis.NewScript(`
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  local n = tonumber(redis.call('ZINCRBY', KEYS[2], -1, ARGV[2]))
+  if n <= 0 then redis.call('ZREM', KEYS[2], ARGV[2]); n = 0 end
+  return n
+end
+return -1
+`)
 )
 
-func init() { allScripts = append(allScripts, scriptEmit, scriptFlushLeaves) }
+func init() {
+	allScripts = append(allScripts, scriptEmit, scriptFlushLeaves, scriptRoomAddC, scriptRoomRemC)
+}
 
 // emitter is the queue of decided events not yet written.
 type emitter struct {
@@ -122,40 +144,84 @@ func (n *Node) writePendingLocked(ctx context.Context) error {
 	for len(n.em.pending) > 0 {
 		chunk := n.em.pending[:min(len(n.em.pending), max(n.cfg.PipelineSize/2, 1))]
 		roomCmds := make([]*redis.Cmd, len(chunk))
-		emitCmds := make([]*redis.Cmd, len(chunk))
+		emitCmds := make([][]*redis.Cmd, len(chunk))
+		// The room side first: its answer says whether the event also
+		// occupied or vacated the room, and occupied goes before the join.
 		err := n.withScripts(ctx, func() error {
 			p := n.c.Pipeline()
+			queued := false
 			for i := range chunk {
 				e := &chunk[i]
 				if e.ev.Room != "" && !e.roomDone {
 					rb := roomBucket(e.ev.Room)
 					keys := []string{n.k.members(e.ev.Room), n.k.top(rb)}
 					if e.roomAdd {
-						roomCmds[i] = evalSha(ctx, p, scriptRoomAdd, keys, e.ev.User, e.ev.Room)
+						roomCmds[i] = evalSha(ctx, p, scriptRoomAddC, keys, e.ev.User, e.ev.Room)
 					} else {
-						roomCmds[i] = evalSha(ctx, p, scriptRoomRem, keys, e.ev.User, e.ev.Room)
+						roomCmds[i] = evalSha(ctx, p, scriptRoomRemC, keys, e.ev.User, e.ev.Room)
 					}
+					queued = true
 				}
-				if !e.silent && !e.emitDone {
-					typ, reason := "join", ""
-					if !e.ev.Join {
-						typ, reason = "leave", e.ev.Reason.String()
-					}
-					emitCmds[i] = evalSha(ctx, p, scriptEmit, n.eventKeys(), typ, e.ev.User, e.ev.Room,
-						e.ev.At, reason, "", n.cfg.NodeID, n.cfg.StreamMaxLen, delay, now)
-				}
+			}
+			if !queued {
+				return nil
 			}
 			return n.exec(ctx, p)
 		})
-		done := 0
 		for i := range chunk {
 			e := &chunk[i]
 			if c := roomCmds[i]; c != nil && c.Err() == nil {
 				e.roomDone = true
+				v, _ := c.Int64()
+				e.occupied = e.roomAdd && v == 1
+				e.vacated = !e.roomAdd && v == 0
 			}
-			if c := emitCmds[i]; c != nil && c.Err() == nil {
-				e.emitDone = true
+		}
+		if err == nil {
+			err = n.withScripts(ctx, func() error {
+				p := n.c.Pipeline()
+				queued := false
+				emitOne := func(i int, typ, user, reason string, at int64) {
+					emitCmds[i] = append(emitCmds[i], evalSha(ctx, p, scriptEmit, n.eventKeys(), typ, user, chunk[i].ev.Room,
+						at, reason, "", n.cfg.NodeID, n.cfg.StreamMaxLen, delay, now))
+					queued = true
+				}
+				for i := range chunk {
+					e := &chunk[i]
+					if e.silent || e.emitDone || !(e.roomDone || e.ev.Room == "") {
+						continue
+					}
+					if e.ev.Join {
+						if e.occupied {
+							emitOne(i, events.Occupied.String(), "", "", e.ev.At)
+						}
+						emitOne(i, "join", e.ev.User, "", e.ev.At)
+						continue
+					}
+					emitOne(i, "leave", e.ev.User, e.ev.Reason.String(), e.ev.At)
+					if e.vacated {
+						emitOne(i, events.Vacated.String(), "", "", e.ev.At)
+					}
+				}
+				if !queued {
+					return nil
+				}
+				return n.exec(ctx, p)
+			})
+		}
+		for i := range chunk {
+			if len(emitCmds[i]) == 0 {
+				continue
 			}
+			ok := true
+			for _, c := range emitCmds[i] {
+				ok = ok && c.Err() == nil
+			}
+			chunk[i].emitDone = ok
+		}
+		done := 0
+		for i := range chunk {
+			e := &chunk[i]
 			if (e.roomDone || e.ev.Room == "") && (e.emitDone || e.silent) && done == i {
 				done++
 			}
@@ -210,6 +276,9 @@ func decodeEntry(m redis.XMessage) (*events.Event, bool) {
 		return nil, false
 	}
 	ev.At, _ = strconv.ParseInt(str("at"), 10, 64)
+	if ev.Type == events.Occupied {
+		ev.Online = 1
+	}
 	if s := str("state"); s != "" {
 		ev.State = []byte(s)
 	}

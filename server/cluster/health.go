@@ -153,27 +153,23 @@ func faultClass(err error) string {
 	switch {
 	case errors.Is(err, errDataLost):
 		return "data lost"
-	case strings.HasPrefix(s, "WRONGPASS"), strings.HasPrefix(s, "NOAUTH"), strings.Contains(s, "invalid password"), strings.Contains(s, "invalid username-password"):
+	case strings.Contains(s, "WRONGPASS"), strings.Contains(s, "NOAUTH"), strings.Contains(s, "invalid password"), strings.Contains(s, "invalid username-password"):
 		return "authentication"
-	case strings.HasPrefix(s, "NOSCRIPT"):
+	case strings.Contains(s, "NOSCRIPT"):
 		return "scripts missing"
-	case strings.HasPrefix(s, "OOM"):
+	case strings.Contains(s, "OOM"):
 		return "out of memory"
-	case strings.HasPrefix(s, "CLUSTERDOWN"):
+	case strings.Contains(s, "CLUSTERDOWN"):
 		return "cluster down"
-	case strings.HasPrefix(s, "MOVED"), strings.HasPrefix(s, "ASK"), strings.HasPrefix(s, "TRYAGAIN"):
+	case strings.Contains(s, "MOVED "), strings.Contains(s, "ASK "), strings.Contains(s, "TRYAGAIN"):
 		return "resharding"
-	case strings.HasPrefix(s, "READONLY"), strings.HasPrefix(s, "LOADING"), strings.HasPrefix(s, "MASTERDOWN"):
+	case strings.Contains(s, "READONLY"), strings.Contains(s, "LOADING"), strings.Contains(s, "MASTERDOWN"):
 		return "failover"
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	case strings.Contains(s, "connection refused"):
-		return "connection refused"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne), strings.Contains(s, "EOF"), strings.Contains(s, "closed"):
+		// Refused, reset, timed out: one reason, or a dying master would
+		// log a line per alternation.
+		return "unreachable"
 	default:
-		var oe *net.OpError
-		if errors.As(err, &oe) || strings.Contains(s, "EOF") || strings.Contains(s, "closed") {
-			return "connection lost"
-		}
 		return "error"
 	}
 }
@@ -263,6 +259,7 @@ func (n *Node) checkHealth() {
 	}
 	if err := n.exec(ctx, p); err != nil {
 		n.markDown(err)
+		n.cancelRounds()
 		return
 	}
 	if n.scriptsLost.Load() {
@@ -289,4 +286,33 @@ func (n *Node) checkHealth() {
 		default:
 		}
 	}
+}
+
+// roundCtx bounds one round of the writer or reaper (writeTimeout). A
+// failed health check cancels every round in flight, so a hung master
+// holds the writer for at most one health check instead of writeTimeout.
+func (n *Node) roundCtx() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	n.rounds.Lock()
+	if n.rounds.m == nil {
+		n.rounds.m = map[*context.CancelFunc]struct{}{}
+	}
+	key := &cancel
+	n.rounds.m[key] = struct{}{}
+	n.rounds.Unlock()
+	return ctx, func() {
+		cancel()
+		n.rounds.Lock()
+		delete(n.rounds.m, key)
+		n.rounds.Unlock()
+	}
+}
+
+// cancelRounds ends every writer and reaper round in flight.
+func (n *Node) cancelRounds() {
+	n.rounds.Lock()
+	for c := range n.rounds.m {
+		(*c)()
+	}
+	n.rounds.Unlock()
 }

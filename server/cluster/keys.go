@@ -50,7 +50,6 @@ func (k *keys) members(room string) string {
 }
 func (k *keys) top(b int) string { return k.rTag[b] + ":top" }
 func (k *keys) stream() string   { return k.prefix + ":events" }
-func (k *keys) channel() string  { return k.prefix + ":events" }
 
 // sessionMember is a session's member in a bucket's expiry set: ids hold no
 // control characters, so NUL separates them.

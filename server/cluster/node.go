@@ -51,13 +51,17 @@ type Node struct {
 	needAssert  atomic.Bool
 	scriptsLost atomic.Bool // a NOSCRIPT was seen: load on every master
 	h           health
-	errs        atomic.Uint64
-	dropped     atomic.Uint64
-	queued      atomic.Int64
-	lagNs       atomic.Int64
-	asserts     atomic.Uint64
-	cmds        atomic.Uint64
-	hist        latencyHist
+	rounds      struct {
+		sync.Mutex
+		m map[*context.CancelFunc]struct{}
+	}
+	errs    atomic.Uint64
+	dropped atomic.Uint64
+	queued  atomic.Int64
+	lagNs   atomic.Int64
+	asserts atomic.Uint64
+	cmds    atomic.Uint64
+	hist    latencyHist
 
 	// testBeforeEmit, set by tests before Start, fails the room-side
 	// pipeline of a write round when it returns an error.

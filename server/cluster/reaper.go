@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -40,7 +39,7 @@ func (n *Node) reapLoop() {
 // reapOnce runs the reap script on every bucket and publishes the timeouts
 // it won. It reports whether a bucket had more expired sessions.
 func (n *Node) reapOnce() (more bool, err error) {
-	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+	ctx, cancel := n.roundCtx()
 	defer cancel()
 	now := time.Now().UnixMilli()
 	var cmds []*redis.Cmd

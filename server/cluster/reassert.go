@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/presenced/presenced/shardmap"
 )
 
 // reassert writes every live session of this node (after Redis lost them,
@@ -16,7 +14,8 @@ import (
 // missing; re-adds each to its room's member set (idempotent: the room side
 // of a join whose second pipeline failed is repaired here); then removes
 // members without a session and sets each room's count to its member list
-// (repairRooms). Only then does the node answer for the whole cluster.
+// (repairRooms, in the next round). Then the node answers for the whole
+// cluster again.
 func (w *writerState) reassert() error {
 	n := w.n
 	t0 := time.Now()
@@ -46,15 +45,19 @@ func (w *writerState) reassert() error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	ctx, cancel := n.roundCtx()
 	defer cancel()
 	if err := n.setMarkers(ctx); err != nil {
 		return err
 	}
-	if err := w.repairRooms(); err != nil {
-		return err
-	}
-	clear(w.unjoined) // what the re-assert did not create has ended meanwhile
+	// The room sweep (repairRooms) and a second look at this node's own
+	// members follow in the next rounds: this node's sessions are all in
+	// Redis now, and its answers whole.
+	w.repairDue = true
+	// A reaper's or leaver's ROOMREM decided before this re-assert can
+	// still land after it and remove a member it just re-added: look again
+	// once in-flight writes are done.
+	w.roomPassAt = time.Now().Add(2 * n.cfg.HealthInterval).UnixMilli()
 	n.needAssert.Store(false)
 	n.asserts.Add(1)
 	n.whole(total, time.Since(t0))
@@ -66,7 +69,7 @@ func (w *writerState) reassert() error {
 const writeTimeout = 10 * time.Second
 
 func (w *writerState) sendAssertTimed(ops []op) error {
-	ctx, cancel := context.WithTimeout(w.n.ctx, writeTimeout)
+	ctx, cancel := w.n.roundCtx()
 	defer cancel()
 	return w.sendAssert(ctx, ops)
 }
@@ -79,7 +82,7 @@ const assertBatch = 256
 // assertBatch sessions, so 100,000 sessions take a few hundred commands.
 func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 	n := w.n
-	var byUser, byRoom [Buckets][]int
+	var byUser [Buckets][]int
 	for i := range ops {
 		b := userBucket(ops[i].user)
 		byUser[b] = append(byUser[b], i)
@@ -113,30 +116,31 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 	if err != nil {
 		return err
 	}
-	var joins []evOp
 	for _, c := range calls {
 		res, err := c.cmd.Int64Slice()
 		if err != nil {
 			return fmt.Errorf("cannot re-assert sessions: %w", err)
 		}
-		for j := range res {
-			if o := &ops[c.idx[j]]; res[j] == 1 {
-				// A session whose first write failed: its join was never
-				// decided; it is now, with the time it happened.
-				h := sessHash([]byte(o.user), []byte(o.room))
-				if at, ok := w.unjoined[h]; ok {
-					joins = append(joins, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: at, Join: true}, roomDone: true})
-				}
-			}
-			// Every session, new or not: the member set may lack it.
-			if o := &ops[c.idx[j]]; o.room != "" {
-				b := roomBucket(o.room)
-				byRoom[b] = append(byRoom[b], c.idx[j])
-			}
+		if len(res) != len(c.idx) {
+			return fmt.Errorf("cannot re-assert sessions: %d answers for %d", len(res), len(c.idx))
+		}
+	}
+	return w.addMembers(ctx, ops)
+}
+
+// addMembers adds every session of ops to its room's member set (ROOMADDN,
+// idempotent: a member already there is not counted again).
+func (w *writerState) addMembers(ctx context.Context, ops []op) error {
+	n := w.n
+	var byRoom [Buckets][]int
+	for i := range ops {
+		if o := &ops[i]; o.room != "" {
+			b := roomBucket(o.room)
+			byRoom[b] = append(byRoom[b], i)
 		}
 	}
 	var adds []*redis.Cmd
-	err = n.withScripts(ctx, func() error {
+	err := n.withScripts(ctx, func() error {
 		p := n.c.Pipeline()
 		for b, idx := range byRoom {
 			if len(idx) == 0 {
@@ -179,11 +183,11 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 			return fmt.Errorf("cannot re-assert room members: %w", err)
 		}
 	}
-	return n.emit(ctx, joins)
+	return nil
 }
 
 // repairBatch is how many rooms, or member checks, one repair pipeline carries.
-const repairBatch = 1024
+const repairBatch = 4096
 
 // repairRooms makes the room side agree with the user side: a member whose
 // session (user hash field) is gone is removed, and every room's count is
@@ -194,7 +198,7 @@ const repairBatch = 1024
 // cluster, after a fault only.
 func (w *writerState) repairRooms() error {
 	n := w.n
-	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	ctx, cancel := n.roundCtx()
 	defer cancel()
 	p := n.c.Pipeline()
 	tops := make([]*redis.StringSliceCmd, Buckets)
@@ -313,4 +317,32 @@ func (n *Node) setMarkers(ctx context.Context) error {
 		p.HSet(ctx, n.k.counts(b), n.markerField(), 1)
 	}
 	return n.exec(ctx, p)
+}
+
+// roomPass re-adds every live session of this node to its room's member
+// set (the second look after a re-assert).
+func (w *writerState) roomPass() error {
+	n := w.n
+	var ops []op
+	var err error
+	n.rangeFn(func(user, room []byte, lastSeen, expiry int64) bool {
+		ops = append(ops, op{kind: opAssert, user: string(user), room: string(room)})
+		if len(ops) >= 16*n.cfg.PipelineSize {
+			if err = w.addMembersTimed(ops); err != nil {
+				return false
+			}
+			ops = ops[:0]
+		}
+		return true
+	})
+	if err == nil && len(ops) > 0 {
+		err = w.addMembersTimed(ops)
+	}
+	return err
+}
+
+func (w *writerState) addMembersTimed(ops []op) error {
+	ctx, cancel := w.n.roundCtx()
+	defer cancel()
+	return w.addMembers(ctx, ops)
 }

@@ -23,6 +23,9 @@ const (
 	changeLeave
 	// changeLeaveAll: a cluster-wide explicit leave of every room of a user.
 	changeLeaveAll
+	// changeRetryTouch: a TOUCH that failed, sent again (before the
+	// re-assert, so a join still gets its event).
+	changeRetryTouch
 )
 
 // change is one decoded intake record. user and room alias the buffer.

@@ -27,13 +27,6 @@ type noRetryCmd struct{ *redis.Cmd }
 
 func (noRetryCmd) NoRetry() bool { return true }
 
-// once queues a write command on p that go-redis will not resend.
-func once(ctx context.Context, p redis.Pipeliner, args ...any) *redis.Cmd {
-	c := redis.NewCmd(ctx, args...)
-	_ = p.Process(ctx, noRetryCmd{c})
-	return c
-}
-
 // evalSha queues one call of s on p (EVALSHA), not resent by go-redis.
 func evalSha(ctx context.Context, p redis.Pipeliner, s *redis.Script, keys []string, args ...any) *redis.Cmd {
 	a := make([]any, 3+len(keys), 3+len(keys)+len(args))
@@ -51,7 +44,7 @@ func evalSha(ctx context.Context, p redis.Pipeliner, s *redis.Script, keys []str
 }
 
 func isNoScript(err error) bool {
-	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+	return err != nil && strings.Contains(err.Error(), "NOSCRIPT")
 }
 
 // loadScriptsOn loads every script on one connection or client.

@@ -27,17 +27,11 @@ type op struct {
 	lastSeen, expiry int64
 	at               int64
 	all              bool // opLeave of every room of the user (before expandLeaveAll)
-	first            bool // opTouch: the writer's first write of the session (a join, locally)
 }
 
 type writerState struct {
 	n     *Node
 	state map[uint64]sessState
-	// unjoined holds the sessions whose first write failed (Redis
-	// unreachable), by hash, with the time of their first heartbeat: when
-	// the re-assert creates one in Redis, its join is emitted then, with
-	// that time, instead of silently (events.go).
-	unjoined map[uint64]int64
 	// ring holds deferred refreshes by due slot (slotMs wide), as
 	// appendDeferred records.
 	ring     [][]byte
@@ -49,7 +43,12 @@ type writerState struct {
 	// came while Redis was partial, to send after the re-assert. LEAVE is
 	// idempotent, so a leave that did run and is sent again ends nothing.
 	retry []byte
-	evs   []evOp
+	// roomPassAt is when to re-add this node's sessions to their rooms
+	// once more after a re-assert (unix ms, 0: none).
+	roomPassAt int64
+	// repairDue asks for repairRooms in the next round (after a re-assert).
+	repairDue bool
+	evs       []evOp
 }
 
 // evOp is an event this node decided, with its room-side update.
@@ -60,12 +59,14 @@ type evOp struct {
 	// roomDone and emitDone record what was written, so a retry of a
 	// partly failed round (events.go) repeats neither half.
 	roomDone, emitDone bool
+	// occupied and vacated: the room side found the room empty before this
+	// join, or left it empty after this leave (events.go).
+	occupied, vacated bool
 }
 
 func (w *writerState) init(n *Node) {
 	w.n = n
 	w.state = map[uint64]sessState{}
-	w.unjoined = map[uint64]int64{}
 	// A slot is a quarter of the refresh margin, 10ms to 1s: a deferred
 	// refresh is written up to one slot before it is due.
 	w.slotMs = min(max(n.margin/4, 10), 1000)
@@ -86,25 +87,88 @@ func sessHash(user, room []byte) uint64 {
 	return h.Sum64()
 }
 
-// keepLeaves moves the explicit leaves of intake buffer b to the retry
-// list.
+// decode turns intake records into ops (in w.ops) and leaves of all rooms
+// (appended to leaveAll, returned).
+func (w *writerState) decode(b []byte, now int64, leaveAll []op) []op {
+	for rest := b; len(rest) > 0; {
+		var c change
+		c, rest = readChange(rest)
+		h := sessHash(c.user, c.room)
+		switch c.kind {
+		case changeUpsert:
+			w.upsert(h, c.user, c.room, c.lastSeen, c.expiry, now)
+		case changeRetryTouch:
+			w.ops = append(w.ops, op{kind: opTouch, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry})
+		case changeLocalLeave, changeLeave:
+			delete(w.state, h)
+			w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at})
+		case changeLeaveAll:
+			leaveAll = append(leaveAll, op{kind: opLeave, user: string(c.user), at: c.at, all: true})
+		case changeLocalExpiry:
+			// A local expiry writes nothing: Redis expires the session
+			// itself unless another node keeps it alive.
+			delete(w.state, h)
+		}
+	}
+	return leaveAll
+}
+
+// sendAll expands leaveAll into w.ops and sends w.ops. When the expansion
+// fails, nothing is sent and every touch and leave is kept for retry.
+func (w *writerState) sendAll(ctx context.Context, leaveAll []op) error {
+	if len(leaveAll) > 0 {
+		if err := w.expandLeaveAll(ctx, leaveAll); err != nil {
+			for i := range leaveAll {
+				w.retryOp(&leaveAll[i])
+			}
+			for i := range w.ops {
+				w.retryOp(&w.ops[i])
+			}
+			return err
+		}
+	}
+	if len(w.ops) == 0 {
+		return nil
+	}
+	return w.send(ctx, w.ops)
+}
+
+// keepLeaves keeps, from intake buffer b while partial, what the re-assert
+// would not replay as an event: explicit leaves (no longer in the table),
+// failed touches, and joins (sessions the writer does not know yet), so
+// their events still come once Redis answers. Refreshes are dropped: the
+// re-assert writes every live session.
 func (w *writerState) keepLeaves(b []byte) {
 	for rest := b; len(rest) > 0; {
 		var c change
 		c, rest = readChange(rest)
 		switch c.kind {
-		case changeLocalLeave, changeLeave, changeLeaveAll:
+		case changeLocalLeave, changeLeave, changeLeaveAll, changeRetryTouch:
 			w.retryChange(&c)
-		case changeUpsert, changeLocalExpiry:
+		case changeUpsert:
+			h := sessHash(c.user, c.room)
+			if _, ok := w.state[h]; !ok {
+				w.state[h] = sessState{W: c.expiry, L: c.expiry}
+				c.kind = changeRetryTouch
+				w.retryChange(&c)
+			}
+		case changeLocalExpiry:
 		}
 	}
 }
 
-// retryLeave keeps a leave op that failed for the next round.
-func (w *writerState) retryLeave(o *op) {
-	k := changeLeave
-	if o.all {
+// retryOp keeps a touch or leave op that failed for the next round.
+func (w *writerState) retryOp(o *op) {
+	var k changeKind
+	switch {
+	case o.kind == opTouch:
+		k = changeRetryTouch
+	case o.kind == opLeave && o.all:
 		k = changeLeaveAll
+	case o.kind == opLeave:
+		k = changeLeave
+	default:
+		return // a re-assert write: the next re-assert does it again
 	}
 	w.retryChange(&change{kind: k, lastSeen: o.lastSeen, expiry: o.expiry, at: o.at, user: []byte(o.user), room: []byte(o.room)})
 }
@@ -142,69 +206,59 @@ func (n *Node) writeLoop() {
 // writes, and sends them. With final, every deferred refresh is written.
 func (w *writerState) cycle(final bool) {
 	n := w.n
-	ctx, cancel := context.WithTimeout(n.ctx, writeTimeout)
+	ctx, cancel := n.roundCtx()
 	defer cancel()
 	now := time.Now().UnixMilli()
 	if n.needAssert.Load() {
 		if !n.up.Load() {
-			// Partial: refreshes and joins are dropped (the re-assert
-			// writes every live session), explicit leaves are kept for
-			// after it (they are not in the table any more).
+			// Partial: refreshes are dropped (the re-assert writes every
+			// live session); joins and explicit leaves are kept.
 			buf, _, _ := n.swapIntake(w.spare)
 			w.keepLeaves(buf)
-			w.noteJoinsIn(buf)
 			w.spare = buf[:0]
 			return
+		}
+		// What failed goes first, so a join whose TOUCH failed still
+		// gets its event (the re-assert would write it silently).
+		if len(w.retry) > 0 {
+			retry := w.retry
+			w.retry = nil
+			w.ops = w.ops[:0]
+			leaveAll := w.decode(retry, now, nil)
+			if err := w.sendAll(ctx, leaveAll); err != nil {
+				n.markDown(err)
+				return
+			}
 		}
 		if err := w.reassert(); err != nil {
 			n.markDown(err)
 			return
 		}
 	}
-	buf, count, oldest := n.swapIntake(w.spare)
-	w.ops = w.ops[:0]
-	var leaveAll []op
-	// Leaves that failed or waited out a fault go first.
-	retry := w.retry
-	w.retry = nil
-	for _, b := range [][]byte{retry, buf} {
-		for rest := b; len(rest) > 0; {
-			var c change
-			c, rest = readChange(rest)
-			h := sessHash(c.user, c.room)
-			switch c.kind {
-			case changeUpsert:
-				w.upsert(h, c.user, c.room, c.lastSeen, c.expiry, now)
-			case changeLocalLeave, changeLeave:
-				delete(w.state, h)
-				w.ops = append(w.ops, op{kind: opLeave, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, at: c.at})
-			case changeLeaveAll:
-				leaveAll = append(leaveAll, op{kind: opLeave, user: string(c.user), at: c.at, all: true})
-			case changeLocalExpiry:
-				// A local expiry writes nothing: Redis expires the session
-				// itself unless another node keeps it alive.
-				delete(w.state, h)
-			}
-		}
-	}
-	w.spare = buf[:0]
-	if len(leaveAll) > 0 {
-		if err := w.expandLeaveAll(ctx, leaveAll); err != nil {
-			for i := range leaveAll {
-				w.retryLeave(&leaveAll[i])
-			}
+	if w.repairDue {
+		w.repairDue = false
+		if err := w.repairRooms(); err != nil {
 			n.markDown(err)
 			return
 		}
 	}
-	w.due(now, final)
-	if len(w.ops) == 0 {
-		if count > 0 {
-			n.lagNs.Store(time.Now().UnixNano() - oldest)
+	if w.roomPassAt != 0 && now >= w.roomPassAt {
+		w.roomPassAt = 0
+		if err := w.roomPass(); err != nil {
+			n.markDown(err)
+			return
 		}
-		return
 	}
-	if err := w.send(ctx, w.ops); err != nil {
+	buf, count, oldest := n.swapIntake(w.spare)
+	w.ops = w.ops[:0]
+	// Leaves that failed or waited out a fault go first.
+	retry := w.retry
+	w.retry = nil
+	leaveAll := w.decode(retry, now, nil)
+	leaveAll = w.decode(buf, now, leaveAll)
+	w.spare = buf[:0]
+	w.due(now, final)
+	if err := w.sendAll(ctx, leaveAll); err != nil {
 		n.markDown(err)
 		return
 	}
@@ -217,7 +271,7 @@ func (w *writerState) upsert(h uint64, user, room []byte, ls, exp, now int64) {
 	st, ok := w.state[h]
 	if !ok {
 		w.state[h] = sessState{W: exp, L: exp}
-		w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: ls, expiry: exp, first: true})
+		w.ops = append(w.ops, op{kind: opTouch, user: string(user), room: string(room), lastSeen: ls, expiry: exp})
 		return
 	}
 	if exp > st.L {
@@ -252,7 +306,7 @@ func (w *writerState) expandLeaveAll(ctx context.Context, all []op) error {
 	for i, c := range cmds {
 		for _, room := range c.Val() {
 			o := all[i]
-			o.room = room
+			o.room, o.all = room, false
 			w.ops = append(w.ops, o)
 		}
 	}
@@ -362,16 +416,8 @@ func (w *writerState) send(ctx context.Context, ops []op) error {
 				if first == nil {
 					first = fmt.Errorf("cannot write session: %w", err)
 				}
-				if o.kind == opLeave {
-					w.retryLeave(o)
-				}
-				if o.kind == opTouch {
-					w.noteUnjoined(o)
-				}
+				w.retryOp(o)
 				continue
-			}
-			if o.kind == opTouch {
-				delete(w.unjoined, sessHash([]byte(o.user), []byte(o.room)))
 			}
 			if v != 1 {
 				continue
@@ -390,40 +436,6 @@ func (w *writerState) send(ctx context.Context, ops []op) error {
 		}
 	}
 	return first
-}
-
-// noteUnjoined remembers a failed first write of a session, so the
-// re-assert that creates it emits its join.
-func (w *writerState) noteUnjoined(o *op) {
-	h := sessHash([]byte(o.user), []byte(o.room))
-	if _, ok := w.unjoined[h]; ok || !o.first {
-		return // noted already, or a refresh
-	}
-	if len(w.unjoined) >= maxPendingEvents {
-		w.n.em.Lock()
-		w.n.em.lost++
-		w.n.em.Unlock()
-		w.n.eventsLost.Add(1)
-		return
-	}
-	w.unjoined[h] = o.lastSeen
-}
-
-// noteJoinsIn notes, while partial, the sessions of buf this writer has
-// never written: their joins are emitted by the re-assert that creates
-// them.
-func (w *writerState) noteJoinsIn(buf []byte) {
-	for rest := buf; len(rest) > 0; {
-		var c change
-		c, rest = readChange(rest)
-		if c.kind != changeUpsert {
-			continue
-		}
-		if _, ok := w.state[sessHash(c.user, c.room)]; ok {
-			continue
-		}
-		w.noteUnjoined(&op{kind: opTouch, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, first: true})
-	}
 }
 
 // emitHook runs emit for w.evs, unless a test injects a fault between the

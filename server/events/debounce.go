@@ -4,9 +4,11 @@ import (
 	"sync"
 )
 
-// Debouncer holds leaves for a delay (--leave-delay) and drops a leave
+// Debouncer holds leaves (and vacated room events, keyed by the room alone)
+// for a delay (--leave-delay) and drops a leave
 // together with the join that follows it within the delay for the same
-// (user, room): a page reload or a quick reconnect produces no events. A
+// (user, room): a page reload or a quick reconnect produces no events (an
+// update when the rejoin carries another state than the session had). A
 // leave not followed by a join reaches Out the delay late. Other events
 // pass at once. It is safe for concurrent use; Out is called with the
 // debouncer's lock held, so events reach it in one order.
@@ -45,7 +47,7 @@ func (d *Debouncer) Offer(ev *Event, now int64) {
 		return
 	}
 	switch ev.Type {
-	case Leave:
+	case Leave, Vacated:
 		k := debounceKey(ev.User, ev.Room)
 		h := &held{ev: ev, due: now + d.delay}
 		if old := d.mu.pending[k]; old != nil { // cannot happen: a leave needs a join first
@@ -55,12 +57,26 @@ func (d *Debouncer) Offer(ev *Event, now int64) {
 		d.mu.pending[k] = h
 		d.mu.queue = append(d.mu.queue, h)
 		return
+	case Occupied:
+		// A room vacated and occupied again within the delay never emptied.
+		k := debounceKey(ev.User, ev.Room)
+		if h := d.mu.pending[k]; h != nil {
+			h.cancelled = true
+			delete(d.mu.pending, k)
+			return
+		}
 	case Join:
 		k := debounceKey(ev.User, ev.Room)
 		if h := d.mu.pending[k]; h != nil {
 			h.cancelled = true
 			delete(d.mu.pending, k)
-			return // the leave and this join never happened, as far as streams can tell
+			// The leave and this join never happened, as far as streams
+			// can tell; only a state that differs is news.
+			if string(h.ev.State) != string(ev.State) {
+				ev.Type = Update
+				d.out(ev)
+			}
+			return
 		}
 	}
 	d.out(ev)

@@ -309,6 +309,12 @@ func TestPythonMint(t *testing.T) {
 		if got != want {
 			t.Errorf("python %s, go %s", got, want)
 		}
+		out, err = exec.Command(py, append(args, "--client-key")...).Output()
+		lines := strings.Fields(string(out))
+		key, kerr := kr.ClientKey([]byte(want))
+		if err != nil || kerr != nil || len(lines) != 2 || lines[0] != want || lines[1] != b64.EncodeToString(key[:]) {
+			t.Errorf("mint.py --client-key: %q (%v), go key %s (%v)", out, err, b64.EncodeToString(key[:]), kerr)
+		}
 	}
 }
 

@@ -74,7 +74,7 @@ func AppendReply(dst []byte, req *Datagram, statuses []Status, intervalMs, ttlMs
 	if timing {
 		flags |= FlagTiming
 	}
-	dst = append(dst, Magic, Version, flags, byte(req.n))
+	dst = append(dst, Magic, req.Version, flags, byte(req.n))
 	dst = binary.BigEndian.AppendUint32(dst, req.Seq)
 	for _, s := range statuses {
 		dst = append(dst, byte(s))
@@ -115,7 +115,7 @@ func (r *Reply) Decode(b []byte) error {
 	if b[0] != Magic {
 		return ErrBadMagic
 	}
-	if b[1] != Version {
+	if b[1] != Version && b[1] != Version2 {
 		return ErrBadVersion
 	}
 	flags := b[2]

@@ -68,6 +68,13 @@ type Item struct {
 type Datagram struct {
 	Seq uint32 // echoed in the reply
 	Ack bool   // the client wants a reply
+	// Version is the request's version, Version or Version2; a reply
+	// carries the same.
+	Version byte
+	// TimestampMs is a v2 request's client time (unix ms); 0 for v1.
+	TimestampMs uint64
+
+	signed, mac []byte // v2: the MAC'd bytes and the MAC
 
 	n     int // items decoded; 0 unless the last Decode succeeded
 	size  int // length of the decoded datagram
@@ -96,6 +103,9 @@ func (d *Datagram) Decode(b []byte) error {
 	if b[0] != Magic {
 		return ErrBadMagic
 	}
+	if b[1] == Version2 {
+		return d.decodeV2(b)
+	}
 	if b[1] != Version {
 		return ErrBadVersion
 	}
@@ -106,28 +116,21 @@ func (d *Datagram) Decode(b []byte) error {
 	if count == 0 || count > MaxItems {
 		return ErrBadCount
 	}
+	// First the items' structure (lengths only), then their contents, so
+	// that a bad datagram's reason is the first row of PROTOCOL.md's table
+	// that it breaks, whichever item breaks it.
 	p := b[HeaderLen:]
 	for i := range count {
 		if len(p) < 2 {
 			return ErrTruncated
 		}
-		op := Op(p[0])
-		if op != OpHeartbeat && op != OpLeave {
-			return ErrBadOp
-		}
-		ul := int(p[1])
-		if ul == 0 || ul > MaxIDLen {
-			return ErrBadID
-		}
+		op, ul := Op(p[0]), int(p[1])
 		p = p[2:]
 		if len(p) < ul+1 {
 			return ErrTruncated
 		}
 		user := p[:ul:ul]
 		rl := int(p[ul])
-		if rl > MaxIDLen {
-			return ErrBadID
-		}
 		p = p[ul+1:]
 		if len(p) < rl+1 {
 			return ErrTruncated
@@ -138,19 +141,34 @@ func (d *Datagram) Decode(b []byte) error {
 		if len(p) < tl {
 			return ErrTruncated
 		}
-		token := p[:tl:tl]
+		d.items[i] = Item{Op: op, User: user, Room: room, Token: p[:tl:tl]}
 		p = p[tl:]
-		if !ValidID(user, false) || !ValidID(room, true) {
-			return ErrBadID
-		}
-		d.items[i] = Item{Op: op, User: user, Room: room, Token: token}
+	}
+	if err := checkItems(d.items[:count]); err != nil {
+		return err
 	}
 	if len(p) != 0 {
 		return ErrTrailing
 	}
 	d.Seq = binary.BigEndian.Uint32(b[4:8])
 	d.Ack = b[2]&FlagAck != 0
+	d.Version, d.TimestampMs, d.signed, d.mac = Version, 0, nil, nil
 	d.n, d.size = count, len(b)
+	return nil
+}
+
+// checkItems checks the ops, then the ids, of structurally whole items.
+func checkItems(items []Item) error {
+	for i := range items {
+		if items[i].Op != OpHeartbeat && items[i].Op != OpLeave {
+			return ErrBadOp
+		}
+	}
+	for i := range items {
+		if !ValidID(items[i].User, false) || !ValidID(items[i].Room, true) {
+			return ErrBadID
+		}
+	}
 	return nil
 }
 

@@ -342,6 +342,16 @@ func FuzzDecode(f *testing.F) {
 	for _, c := range v.Invalid {
 		f.Add(unhex(f, c.Hex))
 	}
+	data, _ := os.ReadFile("testdata/vectors.json")
+	var v2 v2Vectors
+	if err := json.Unmarshal(data, &v2); err != nil {
+		f.Fatal(err)
+	}
+	for _, c := range v2.RequestsV2 {
+		b := unhex(f, c.Hex)
+		f.Add(b)
+		f.Add(b[:len(b)-1])
+	}
 	var d Datagram
 	var r Reply
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -361,8 +371,13 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
-		again, err := AppendRequest(nil, d.Seq, d.Ack, d.Items())
-		if err != nil || !bytes.Equal(again, b) {
+		if d.Version == Version2 {
+			// Re-encoded with any key, all but the MAC is the same.
+			again, err := AppendRequestV2(nil, d.Seq, d.Ack, d.TimestampMs, d.Items()[0].Token, []byte("k"), d.Items())
+			if err != nil || !bytes.Equal(again[:len(again)-MACLen], b[:len(b)-MACLen]) {
+				t.Fatalf("v2 re-encode = %x, %v; want %x", again, err, b)
+			}
+		} else if again, err := AppendRequest(nil, d.Seq, d.Ack, d.Items()); err != nil || !bytes.Equal(again, b) {
 			t.Fatalf("re-encode = %x, %v; want %x", again, err, b)
 		}
 		statuses := make([]Status, len(d.Items()))
@@ -414,6 +429,21 @@ func BenchmarkAppendReply(b *testing.B) {
 		var err error
 		if out, err = AppendReply(out[:0], &d, statuses, 60000, 150000); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// A reply vector must answer a request that asked for one: the server
+// replies only when the ack flag is set.
+func TestReplyVectorsAnswerAckRequests(t *testing.T) {
+	v := loadVectors(t)
+	ack := map[string]bool{}
+	for _, r := range v.Requests {
+		ack[r.Name] = r.Ack
+	}
+	for _, r := range v.Replies {
+		if !ack[r.Request] {
+			t.Errorf("reply vector %s answers %s, which asks for no ack", r.Name, r.Request)
 		}
 	}
 }

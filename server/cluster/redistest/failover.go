@@ -147,6 +147,10 @@ func clusterNodes(s *Server) (map[string]string, map[string]bool, error) {
 func (c *Cluster) WaitOK(t testing.TB, d time.Duration) time.Time {
 	t.Helper()
 	deadline := time.Now().Add(d)
+	byAddr := map[string]*Server{}
+	for _, s := range c.Nodes {
+		byAddr[s.Addr()] = s
+	}
 	var why string
 	for {
 		ok := true
@@ -169,8 +173,11 @@ func (c *Cluster) WaitOK(t testing.TB, d time.Duration) time.Time {
 				break
 			}
 			for a, f := range flags {
-				if slots[a] && (strings.Contains(f, "fail") || !strings.Contains(f, "master")) {
-					ok, why = false, fmt.Sprintf("%s sees %s %s", s.Addr(), a, f)
+				if !slots[a] {
+					continue
+				}
+				if srv := byAddr[a]; strings.Contains(f, "fail") || !strings.Contains(f, "master") || srv == nil || !srv.Alive() || srv.paused {
+					ok, why = false, fmt.Sprintf("%s sees %s %s serving slots", s.Addr(), a, f)
 				}
 			}
 			if !ok {
@@ -350,4 +357,16 @@ func waitFor(t testing.TB, d time.Duration, what string, f func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// ReplicasInSync counts running, unpaused replicas whose link to their
+// master is up.
+func (c *Cluster) ReplicasInSync() int {
+	n := 0
+	for _, s := range c.Nodes {
+		if s.Alive() && !s.paused && s.Role() == "slave" && s.linkUp() {
+			n++
+		}
+	}
+	return n
 }

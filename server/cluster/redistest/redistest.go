@@ -1,6 +1,8 @@
 // Package redistest starts throwaway redis-server processes for tests: a
-// standalone server or a three-master Redis Cluster, on free loopback ports
-// in temporary directories, stopped by t.Cleanup. A missing redis-server or
+// standalone server, a Redis Cluster (three masters, optionally with
+// replicas) or a Sentinel group, on free loopback ports in temporary
+// directories, stopped by t.Cleanup; and injects faults (kill -9 and
+// restart, SIGSTOP/SIGCONT, a live reshard). A missing redis-server or
 // redis-cli fails the test: CI installs them.
 package redistest
 

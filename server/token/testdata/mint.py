@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Mint a presenced token (see PROTOCOL.md). Standard library only.
 
-usage: mint.py SECRET_FILE USER [ROOM] [--exp UNIX | --valid-for SECONDS]
+usage: mint.py SECRET_FILE USER [ROOM] [--exp UNIX | --valid-for SECONDS] [--client-key]
 
 The first key in SECRET_FILE ("<kid> <secret>" lines) signs. With ROOM the
 token is bound to that room (scope "r"); without it, valid in any room ("u").
+With --client-key, a second line gives the token's client key for signed
+(v2) datagrams, base64url without padding (PROTOCOL.md section 3).
 """
 import argparse, base64, hashlib, hmac, re, time
 
@@ -15,6 +17,12 @@ def mint(kid: str, secret: bytes, user: str, room: str, exp: int) -> str:
     mac = hmac.new(secret, msg.encode("utf-8"), hashlib.sha256).digest()
     sig = base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
     return f"{kid}.{exp}.{scope}.{sig}"
+
+
+def client_key(secret: bytes, token: str) -> str:
+    msg = b"presenced-client-key-v1\n" + token.encode("ascii")
+    mac = hmac.new(secret, msg, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
 
 def first_key(path: str):
@@ -34,7 +42,11 @@ if __name__ == "__main__":
     p.add_argument("room", nargs="?", default="")
     p.add_argument("--exp", type=int)
     p.add_argument("--valid-for", type=int, default=3600)
+    p.add_argument("--client-key", action="store_true")
     a = p.parse_args()
     kid, secret = first_key(a.secret_file)
     exp = a.exp if a.exp is not None else int(time.time()) + a.valid_for
-    print(mint(kid, secret, a.user, a.room, exp))
+    token = mint(kid, secret, a.user, a.room, exp)
+    print(token)
+    if a.client_key:
+        print(client_key(secret, token))

@@ -1,0 +1,65 @@
+// Package server is one presenced node: the HTTP (fasthttp) and UDP (gnet)
+// intake, the checks every heartbeat passes (ids, tokens, limits), the
+// queries, the event streams, and the wiring of the presence table
+// (shardmap), its write-ahead log (persist), the Redis replication
+// (server/cluster) and the event pipeline (server/events).
+//
+// # Data flow
+//
+//	UDP datagram ─┐                       ┌─> change log ──> persist committer ──> Pebble WAL
+//	HTTP request ─┼─> checkItem ─> Map ───┤       (drained by the committer, which
+//	              │   (ids, token,  Touch │        tees each change to the Redis writer;
+//	              │    limits)      State │        without a data dir: pumpLoop, 50 ms)
+//	              │                       │                         └─> cluster writer ──> Redis
+//	              │                       └─> events decided by the table (single node):
+//	              │                             join/update/leave/occupied/vacated
+//	              │                               ──> Debouncer (--leave-delay) ──> Bus
+//	Redis Stream pd:events ──XREAD (cluster)──────────────────────────────────────> Bus
+//	Bus (ids, ring history --event-history, subscribers by room) ──> SSE streams (stream.go)
+//
+// A heartbeat's own work is the table update under one user-shard lock; it
+// allocates nothing in steady state and never waits on disk or network
+// (unless --fsync=always, where the reply waits for the fsync). Everything
+// after the table runs on other goroutines.
+//
+// # Goroutines
+//
+// Started through Server.goroutine (tracked by Server.wg) in Start:
+//   - the fasthttp server (http.go); each request runs on a fasthttp worker;
+//     each event stream has a writer goroutine of fasthttp's (stream.go)
+//     that may outlive the request: it never touches the RequestCtx, only
+//     the connection's write deadline and the bus;
+//   - the gnet engine and its event loops (udp.go), and the --fsync=always
+//     ack queue;
+//   - the sweeper (sweepLoop): expires sessions every --sweep-interval and
+//     publishes their timeouts; closes sweepDone when it returns;
+//   - the debounce loop: hands held leaves to the bus when due;
+//   - without a data dir in cluster mode, the change pump (pumpLoop);
+//   - the pprof listener when --pprof-addr is set.
+//
+// The persist committer and the cluster node's writer, reaper, health
+// checker, stream reader and event loop are owned by those packages and
+// stopped by their Close.
+//
+// # Locks
+//
+// The server itself holds no lock on the heartbeat path: the table has its
+// own (shardmap: user shard, then room shard), the source limiter and the
+// connection caps use atomics. Lock order across packages: a shardmap shard
+// lock is held while the change log is drained into persist and the
+// cluster intake (their own mutexes, taken inside); events.Debouncer's
+// mutex, then events.Bus's. Configuration that SIGHUP reloads (keys,
+// tokens, limits) sits in atomic pointers (reload.go), never behind a lock.
+//
+// # Lifecycle
+//
+// New validates the config and builds everything without I/O (the store
+// object too, so handlers that run during Start see it). Start starts HTTP
+// first (/livez answers, /readyz says 503), connects the cluster, opens and
+// replays the log, starts UDP and the background goroutines, then turns
+// ready. Shutdown runs once: /readyz fails, the drain delay passes, the bus
+// closes (streams end), UDP and HTTP stop, the sweeper stops, the log takes
+// its final drain and closes, the Redis writer flushes, and the remaining
+// goroutines are waited for, each step logged with its duration and the
+// whole bounded by the caller's context (--shutdown-timeout).
+package server

@@ -1,0 +1,139 @@
+package server
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// connLimiter wraps the HTTP listener and refuses a connection over
+// --http-max-conns (503) or over --http-max-conns-per-ip from one address
+// (429) with a JSON error body, as every other error of the API has (the
+// same limits inside fasthttp would answer in plain text). Addresses in
+// --trusted-proxies are exempt from the per-address cap: behind them every
+// client has their address.
+//
+// Accept runs on fasthttp's accept goroutine; Close of a connection may run
+// on any goroutine. The per-address table holds only addresses with open
+// connections, so it is bounded by --http-max-conns.
+type connLimiter struct {
+	net.Listener
+	max, perIP int // 0: no limit
+	trusted    *proxySet
+	rejected   [2]*counter // by connReject
+	mu         struct {
+		sync.Mutex
+		total int
+		byIP  map[netip.Addr]int
+	}
+}
+
+type connReject uint8
+
+const (
+	rejectMaxConns connReject = iota
+	rejectPerIP
+)
+
+var connRejectLabels = []string{`{reason="max_conns"}`, `{reason="per_ip"}`}
+
+func newConnLimiter(ln net.Listener, max, perIP int, trusted *proxySet, rejected []*counter) *connLimiter {
+	l := &connLimiter{Listener: ln, max: max, perIP: perIP, trusted: trusted}
+	copy(l.rejected[:], rejected)
+	l.mu.byIP = make(map[netip.Addr]int)
+	return l
+}
+
+// Accept returns the next connection within the limits, answering and
+// closing those over them.
+func (l *connLimiter) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ip := addrIP(c.RemoteAddr())
+		counted := l.perIP > 0 && !l.trusted.contains(ip)
+		l.mu.Lock()
+		switch {
+		case l.max > 0 && l.mu.total >= l.max:
+			l.mu.Unlock()
+			l.reject(c, rejectMaxConns, 503, fmt.Sprintf("too many connections (http-max-conns %d)", l.max))
+			continue
+		case counted && l.mu.byIP[ip] >= l.perIP:
+			l.mu.Unlock()
+			l.reject(c, rejectPerIP, 429, fmt.Sprintf("too many connections from this address (http-max-conns-per-ip %d)", l.perIP))
+			continue
+		}
+		l.mu.total++
+		if counted {
+			l.mu.byIP[ip]++
+		}
+		l.mu.Unlock()
+		return &limitedConn{Conn: c, l: l, ip: ip, counted: counted}, nil
+	}
+}
+
+// reject writes a minimal HTTP response with a JSON body and closes c. A
+// fresh connection's send buffer is empty, so the write does not block;
+// the deadline bounds it anyway.
+func (l *connLimiter) reject(c net.Conn, reason connReject, status int, msg string) {
+	if l.rejected[reason] != nil {
+		l.rejected[reason].Inc()
+	}
+	body := appendJSONString([]byte(`{"error":`), msg)
+	body = append(body, '}')
+	text := "Service Unavailable"
+	if status == 429 {
+		text = "Too Many Requests"
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nConnection: close\r\nServer: presenced\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", status, text, len(body), body)
+	_ = c.Close()
+}
+
+func (l *connLimiter) release(ip netip.Addr, counted bool) {
+	l.mu.Lock()
+	l.mu.total--
+	if counted {
+		if n := l.mu.byIP[ip] - 1; n > 0 {
+			l.mu.byIP[ip] = n
+		} else {
+			delete(l.mu.byIP, ip)
+		}
+	}
+	l.mu.Unlock()
+}
+
+// limitedConn gives its slot back on the first Close.
+type limitedConn struct {
+	net.Conn
+	l       *connLimiter
+	ip      netip.Addr
+	counted bool
+	closed  atomic.Bool
+}
+
+func (c *limitedConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.l.release(c.ip, c.counted)
+	}
+	return c.Conn.Close()
+}
+
+// addrIP returns the IP of a TCP or UDP address, IPv4-mapped addresses
+// unmapped, or the zero Addr.
+func addrIP(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	case *net.UDPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
+}

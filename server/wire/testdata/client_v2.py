@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""A presenced v2 client (PROTOCOL.md section 3). Standard library only.
+
+usage: client_v2.py HOST PORT TOKEN CLIENT_KEY USER [ROOM] [--leave]
+
+TOKEN and CLIENT_KEY (base64url, as the backend hands them out) come from
+your backend, which derives the key with client_key() below. Sends one
+signed heartbeat (or leave) asking for an ack and prints the reply's
+statuses.
+"""
+import base64, hashlib, hmac, socket, struct, sys, time
+
+OP_HEARTBEAT, OP_LEAVE = 1, 2
+
+
+def client_key(secret: bytes, token: str) -> bytes:
+    """Backend side: the key a client signs with, for one token."""
+    msg = b"presenced-client-key-v1\n" + token.encode("ascii")
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+def request_v2(seq: int, ack: bool, ts_ms: int, token: str, key: bytes, items) -> bytes:
+    """items: (op, user, room) tuples; one token serves them all."""
+    tok = token.encode("ascii")
+    b = bytearray(b"P\x02")
+    b += bytes([1 if ack else 0, len(items)])
+    b += struct.pack(">IQ", seq, ts_ms)
+    b += bytes([len(tok)]) + tok
+    for op, user, room in items:
+        u, r = user.encode("utf-8"), room.encode("utf-8")
+        b += bytes([op, len(u)]) + u + bytes([len(r)]) + r
+    mac = hmac.new(key, bytes(b), hashlib.sha256).digest()[:16]
+    return bytes(b) + mac
+
+
+def main():
+    args = [a for a in sys.argv[1:] if a != "--leave"]
+    op = OP_LEAVE if "--leave" in sys.argv else OP_HEARTBEAT
+    host, port, token, key_text, user = args[:5]
+    room = args[5] if len(args) > 5 else ""
+    key = base64.urlsafe_b64decode(key_text + "=" * (-len(key_text) % 4))
+    seq = int(time.time()) & 0xFFFFFFFF
+    req = request_v2(seq, True, int(time.time() * 1000), token, key, [(op, user, room)])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.sendto(req, (host, int(port)))
+    rep = s.recv(1400)
+    count = rep[3]
+    print("seq", struct.unpack(">I", rep[4:8])[0], "statuses", list(rep[8 : 8 + count]))
+
+
+if __name__ == "__main__":
+    main()
