@@ -113,13 +113,17 @@ func (c *Config) options() (*redis.UniversalOptions, error) {
 	o := &redis.UniversalOptions{
 		MasterName:  c.MasterName,
 		DialTimeout: 2 * time.Second,
-		// A reply that takes a second is a fault (Redis answers in
-		// microseconds; the largest script call here is 256 sessions).
-		// It also bounds go-redis's own slot map reload, which has no
-		// deadline of its own: with a hung master picked first, the
-		// reload (and so the switch to a promoted replica) waited 5 s.
-		ReadTimeout:  time.Second,
-		WriteTimeout: time.Second,
+		// A reply read waits at most 2 s: a read with no deadline of its
+		// own (go-redis's background work on a connection) must not hold a
+		// hung master's slots for long; every reply here takes
+		// milliseconds, and each pipeline of a write round has its own
+		// writeTimeout. Writing a pipeline may wait up to a round for a
+		// Redis starved of CPU. A dead or hung Redis is found by the health
+		// check (deadline HealthInterval + 1 s), which then cancels the
+		// rounds in flight; queries carry their own 250 ms deadline; the
+		// slot map reload is bounded by slotsTimeout.
+		ReadTimeout:  2 * time.Second,
+		WriteTimeout: writeTimeout,
 		// No transparent retries: a retried pipeline would run its scripts
 		// twice; the node recovers from a failed round trip itself (it
 		// re-asserts its sessions). Redis Cluster redirects (MOVED, ASK)
@@ -179,17 +183,21 @@ const clusterStateReload = 5 * time.Second
 
 // newClient builds the go-redis client: Sentinel with MasterName, Redis
 // Cluster with several addresses, a single Redis otherwise.
-func (c *Config) newClient() (redis.UniversalClient, error) {
+// With a Redis Cluster it also returns the slot map source, to close with
+// the client.
+func (c *Config) newClient() (redis.UniversalClient, *slotSource, error) {
 	o, err := c.options()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if o.MasterName == "" && len(o.Addrs) > 1 {
 		co := o.Cluster()
 		// The slot map is reloaded after every failed round trip
-		// (Node.fault); this bounds how stale it gets without errors.
+		// (Node.markDown); this bounds how stale it gets without errors.
 		co.ClusterStateReloadInterval = clusterStateReload
-		return redis.NewClusterClient(co), nil
+		src := newSlotSource(o)
+		co.ClusterSlots = src.slots
+		return redis.NewClusterClient(co), src, nil
 	}
-	return redis.NewUniversalClient(o), nil
+	return redis.NewUniversalClient(o), nil, nil
 }

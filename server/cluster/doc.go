@@ -116,8 +116,9 @@
 //
 // # Faults, failovers and reshards
 //
-// Any failed round trip is a fault (health.go): Redis unreachable, a reply
-// slower than the 1 s read timeout (a hung master), CLUSTERDOWN or READONLY
+// Any failed round trip is a fault (health.go): Redis unreachable, a health
+// check not answered within HealthInterval + 1 s (a hung master), a write
+// round not answered within 10 s, CLUSTERDOWN or READONLY
 // during a failover, OOM under maxmemory, NOSCRIPT after SCRIPT FLUSH, a
 // redirect beyond 3 hops. On a fault the node stops answering for the
 // whole cluster: the queries fail at once with ErrPartial and the server
@@ -126,7 +127,10 @@
 // client is asked to re-read the slot map then and there (go-redis itself
 // re-reads it only on MOVED, or every 60 s: a failed-over master's slots
 // pointed at the dead address until then, which is why nodes used to stay
-// partial after a failover). A failed health check also cancels the
+// partial after a failover), and the slot map comes from CLUSTER SLOTS
+// asked of every known node at once with a 1 s bound (slots.go; go-redis
+// asks one node at a time and waits its whole read timeout on a hung
+// one). A failed health check also cancels the
 // writer's and reaper's rounds in flight. While partial, refreshes and
 // joins are dropped (the re-assert writes them) and explicit leaves, and
 // touches and leaves that failed, are kept (bounded) to be sent again.
@@ -155,12 +159,13 @@
 //
 // The time from a healthy engine (cluster_state:ok, or a Sentinel
 // promotion) to whole answers is decided by: HealthInterval (1 s: the
-// next check that succeeds), the 1 s read timeout and one dial attempt
-// (how long a check against a dead or hung address takes, and the slot map
-// reload that may hit it first), the re-assert (about 1 s per 100,000
-// sessions of the node), and the writer round in flight (cancelled by the
-// failed check). With the defaults that is under 3 s; measured in the
-// failover tests (HealthInterval 200 ms): see BENCHMARKS.md.
+// next check that succeeds), the health check's deadline of
+// HealthInterval + 1 s when the slot map still names a hung master, one
+// dial attempt against a dead one (refused at once), the slot map reload
+// (at most slotsTimeout, 1 s), and the re-assert (about 1 s per 100,000
+// sessions of the node); the writer round in flight is cancelled by the
+// failed check. With the defaults that is at most about 4 s; measured in
+// the failover tests (HealthInterval 200 ms): see BENCHMARKS.md.
 //
 // Nodes must agree on TTL and Prefix and keep their clocks within
 // RefreshMargin of each other (expiries are wall-clock milliseconds).

@@ -156,9 +156,9 @@ func (n *Node) writePendingLocked(ctx context.Context) error {
 					rb := roomBucket(e.ev.Room)
 					keys := []string{n.k.members(e.ev.Room), n.k.top(rb)}
 					if e.roomAdd {
-						roomCmds[i] = evalSha(ctx, p, scriptRoomAddC, keys, e.ev.User, e.ev.Room)
+						roomCmds[i] = n.evalSha(ctx, p, scriptRoomAddC, keys, e.ev.User, e.ev.Room)
 					} else {
-						roomCmds[i] = evalSha(ctx, p, scriptRoomRemC, keys, e.ev.User, e.ev.Room)
+						roomCmds[i] = n.evalSha(ctx, p, scriptRoomRemC, keys, e.ev.User, e.ev.Room)
 					}
 					queued = true
 				}
@@ -182,7 +182,7 @@ func (n *Node) writePendingLocked(ctx context.Context) error {
 				p := n.c.Pipeline()
 				queued := false
 				emitOne := func(i int, typ, user, reason string, at int64) {
-					emitCmds[i] = append(emitCmds[i], evalSha(ctx, p, scriptEmit, n.eventKeys(), typ, user, chunk[i].ev.Room,
+					emitCmds[i] = append(emitCmds[i], n.evalSha(ctx, p, scriptEmit, n.eventKeys(), typ, user, chunk[i].ev.Room,
 						at, reason, "", n.cfg.NodeID, n.cfg.StreamMaxLen, delay, now))
 					queued = true
 				}
@@ -238,7 +238,7 @@ func (n *Node) writePendingLocked(ctx context.Context) error {
 	if n.em.lost > 0 {
 		err := n.withScripts(ctx, func() error {
 			p := n.c.Pipeline()
-			evalSha(ctx, p, scriptEmit, n.eventKeys(), events.Reset.String(), "", "", now,
+			n.evalSha(ctx, p, scriptEmit, n.eventKeys(), events.Reset.String(), "", "", now,
 				events.ReasonHistoryLost, "", n.cfg.NodeID, n.cfg.StreamMaxLen, 0, now)
 			return n.exec(ctx, p)
 		})
@@ -259,7 +259,7 @@ func (n *Node) flushHeldLeaves(ctx context.Context) error {
 	}
 	return n.withScripts(ctx, func() error {
 		p := n.c.Pipeline()
-		evalSha(ctx, p, scriptFlushLeaves, n.eventKeys(), time.Now().UnixMilli(), n.cfg.StreamMaxLen, 1000)
+		n.evalSha(ctx, p, scriptFlushLeaves, n.eventKeys(), time.Now().UnixMilli(), n.cfg.StreamMaxLen, 1000)
 		return n.exec(ctx, p)
 	})
 }

@@ -23,6 +23,8 @@ type Node struct {
 	log     *slog.Logger
 	k       *keys
 	c       redis.UniversalClient
+	slots   *slotSource // Redis Cluster only
+	noRetry bool        // mark writes not to be resent (Redis Cluster only)
 	ttlMs   int64
 	margin  int64
 	sink    EventSink
@@ -118,13 +120,16 @@ func New(cfg Config, rangeFn RangeFunc, sink EventSink) (*Node, error) {
 // subscriber. An unreachable Redis is not an error: the node runs partial
 // and re-asserts its sessions when Redis answers.
 func (n *Node) Start() error {
-	c, err := n.cfg.newClient()
+	c, slots, err := n.cfg.newClient()
 	if err != nil {
 		return err
 	}
-	n.c = c
+	n.c, n.slots = c, slots
+	_, n.noRetry = c.(*redis.ClusterClient)
 	n.hookErrors()
+	n.h.mu.Lock()
 	n.h.partialSince = time.Now()
+	n.h.mu.Unlock()
 	n.w.init(n)
 	n.goroutine(n.writeLoop)
 	n.goroutine(n.reapLoop)
@@ -181,5 +186,8 @@ func (n *Node) stop() error {
 		err = n.c.Close()
 	}
 	n.wg.Wait()
+	if n.slots != nil {
+		n.slots.close()
+	}
 	return err
 }

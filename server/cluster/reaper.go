@@ -47,7 +47,7 @@ func (n *Node) reapOnce() (more bool, err error) {
 		p := n.c.Pipeline()
 		cmds = cmds[:0]
 		for b := range Buckets {
-			cmds = append(cmds, evalSha(ctx, p, scriptReap, []string{n.k.expiry(b), n.k.counts(b)},
+			cmds = append(cmds, n.evalSha(ctx, p, scriptReap, []string{n.k.expiry(b), n.k.counts(b)},
 				now, reapLimit, n.k.uTag[b]+":u:", n.k.uTag[b]+":l:", n.cfg.LastSeenRetention.Milliseconds()))
 		}
 		return n.exec(ctx, p)

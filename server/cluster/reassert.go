@@ -53,11 +53,13 @@ func (w *writerState) reassert() error {
 	// The room sweep (repairRooms) and a second look at this node's own
 	// members follow in the next rounds: this node's sessions are all in
 	// Redis now, and its answers whole.
-	w.repairDue = true
 	// A reaper's or leaver's ROOMREM decided before this re-assert can
 	// still land after it and remove a member it just re-added: look again
-	// once in-flight writes are done.
-	w.roomPassAt = time.Now().Add(2 * n.cfg.HealthInterval).UnixMilli()
+	// once in-flight writes are done. Not at start: nothing failed yet.
+	if n.asserts.Load() > 0 {
+		w.repairDue = true
+		w.roomPassAt = time.Now().Add(2 * n.cfg.HealthInterval).UnixMilli()
+	}
 	n.needAssert.Store(false)
 	n.asserts.Add(1)
 	n.whole(total, time.Since(t0))
@@ -108,7 +110,7 @@ func (w *writerState) sendAssert(ctx context.Context, ops []op) error {
 					keys = append(keys, n.k.user(o.user))
 					args = append(args, o.room, o.expiry, o.lastSeen, sessionMember(o.user, o.room))
 				}
-				calls = append(calls, call{evalSha(ctx, p, scriptTouchN, keys, args...), chunk})
+				calls = append(calls, call{n.evalSha(ctx, p, scriptTouchN, keys, args...), chunk})
 			}
 		}
 		return n.exec(ctx, p)
@@ -151,7 +153,7 @@ func (w *writerState) addMembers(ctx context.Context, ops []op) error {
 			var args []any
 			flush := func() {
 				if len(keys) > 1 {
-					adds = append(adds, evalSha(ctx, p, scriptRoomAddN, keys, args...))
+					adds = append(adds, n.evalSha(ctx, p, scriptRoomAddN, keys, args...))
 				}
 				keys, args = []string{n.k.top(b)}, nil
 			}
@@ -264,7 +266,7 @@ func (w *writerState) repairRooms() error {
 			p := n.c.Pipeline()
 			cmds := make([]*redis.Cmd, len(list))
 			for i, m := range list {
-				cmds[i] = evalSha(ctx, p, s, []string{n.k.members(m.room), n.k.top(roomBucket(m.room))}, m.user, m.room)
+				cmds[i] = n.evalSha(ctx, p, s, []string{n.k.members(m.room), n.k.top(roomBucket(m.room))}, m.user, m.room)
 			}
 			_ = n.withScripts(ctx, func() error { return n.exec(ctx, p) })
 			for _, c := range cmds {
@@ -297,7 +299,7 @@ func (w *writerState) repairRooms() error {
 		p = n.c.Pipeline()
 		syncs := make([]*redis.Cmd, len(chunk))
 		for i, room := range chunk {
-			syncs[i] = evalSha(ctx, p, scriptRoomSync, []string{n.k.members(room), n.k.top(roomBucket(room))}, room)
+			syncs[i] = n.evalSha(ctx, p, scriptRoomSync, []string{n.k.members(room), n.k.top(roomBucket(room))}, room)
 		}
 		_ = n.withScripts(ctx, func() error { return n.exec(ctx, p) })
 		for _, c := range syncs {

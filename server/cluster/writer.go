@@ -130,7 +130,7 @@ func (w *writerState) sendAll(ctx context.Context, leaveAll []op) error {
 	if len(w.ops) == 0 {
 		return nil
 	}
-	return w.send(ctx, w.ops)
+	return w.send(w.ops)
 }
 
 // keepLeaves keeps, from intake buffer b while partial, what the re-assert
@@ -383,57 +383,71 @@ func (n *Node) exec(ctx context.Context, p redis.Pipeliner) error {
 // succeeded goes on to its room side and event, a failed leave is kept
 // for retry, and the first error is returned (a fault: the re-assert then
 // writes what the failed touches did not and repairs the room side).
-func (w *writerState) send(ctx context.Context, ops []op) error {
+func (w *writerState) send(ops []op) error {
 	n := w.n
 	var first error
 	for len(ops) > 0 {
 		k := min(len(ops), n.cfg.PipelineSize)
 		chunk := ops[:k]
 		ops = ops[k:]
-		cmds := make([]*redis.Cmd, 0, len(chunk))
-		p := n.c.Pipeline()
-		for i := range chunk {
-			o := &chunk[i]
-			ub := userBucket(o.user)
-			member := sessionMember(o.user, o.room)
-			switch o.kind {
-			case opTouch, opAssert:
-				cmds = append(cmds, evalSha(ctx, p, scriptTouch,
-					[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub)},
-					o.room, o.expiry, o.lastSeen, member))
-			case opLeave:
-				cmds = append(cmds, evalSha(ctx, p, scriptLeave,
-					[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub), n.k.seen(o.user)},
-					o.room, member, n.cfg.LastSeenRetention.Milliseconds()))
-			}
-		}
-		_ = n.withScripts(ctx, func() error { return n.exec(ctx, p) })
-		w.evs = w.evs[:0]
-		for i, c := range cmds {
-			o := &chunk[i]
-			v, err := c.Int64()
-			if err != nil {
-				if first == nil {
-					first = fmt.Errorf("cannot write session: %w", err)
-				}
-				w.retryOp(o)
-				continue
-			}
-			if v != 1 {
-				continue
-			}
-			switch o.kind {
-			case opTouch:
-				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.lastSeen, Join: true}, roomAdd: true})
-			case opAssert:
-				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room}, silent: true, roomAdd: true})
-			case opLeave:
-				w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.at, Reason: shardmap.ReasonLeft}})
-			}
-		}
-		if err := w.emitHook(ctx); err != nil && first == nil {
+		if err := w.sendChunk(chunk); err != nil && first == nil {
 			first = err
 		}
+	}
+	return first
+}
+
+// sendChunk sends one pipeline of ops and its room side and events, within
+// its own writeTimeout: a round of many pipelines (100,000 joins at once)
+// must not share one deadline.
+func (w *writerState) sendChunk(chunk []op) error {
+	n := w.n
+	ctx, cancel := n.roundCtx()
+	defer cancel()
+	var first error
+	cmds := make([]*redis.Cmd, 0, len(chunk))
+	p := n.c.Pipeline()
+	for i := range chunk {
+		o := &chunk[i]
+		ub := userBucket(o.user)
+		member := sessionMember(o.user, o.room)
+		switch o.kind {
+		case opTouch, opAssert:
+			cmds = append(cmds, n.evalSha(ctx, p, scriptTouch,
+				[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub)},
+				o.room, o.expiry, o.lastSeen, member))
+		case opLeave:
+			cmds = append(cmds, n.evalSha(ctx, p, scriptLeave,
+				[]string{n.k.user(o.user), n.k.expiry(ub), n.k.counts(ub), n.k.seen(o.user)},
+				o.room, member, n.cfg.LastSeenRetention.Milliseconds()))
+		}
+	}
+	_ = n.withScripts(ctx, func() error { return n.exec(ctx, p) })
+	w.evs = w.evs[:0]
+	for i, c := range cmds {
+		o := &chunk[i]
+		v, err := c.Int64()
+		if err != nil {
+			if first == nil {
+				first = fmt.Errorf("cannot write session: %w", err)
+			}
+			w.retryOp(o)
+			continue
+		}
+		if v != 1 {
+			continue
+		}
+		switch o.kind {
+		case opTouch:
+			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.lastSeen, Join: true}, roomAdd: true})
+		case opAssert:
+			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room}, silent: true, roomAdd: true})
+		case opLeave:
+			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.at, Reason: shardmap.ReasonLeft}})
+		}
+	}
+	if err := w.emitHook(ctx); err != nil && first == nil {
+		first = err
 	}
 	return first
 }
