@@ -15,7 +15,7 @@
 //
 // # On-disk key layout
 //
-// Every key starts with a one-byte tag; the tags keep the three kinds in
+// Every key starts with a one-byte tag; the tags keep the four kinds in
 // disjoint, contiguous key ranges, so Replay and the sweep are range scans
 // and the compaction after churn is one range.
 //
@@ -58,6 +58,14 @@
 //	("presenced.lastseen.max.v1"), so the stored value never moves backwards
 //	whatever order sessions of one user are drained in. Deleted by the sweep
 //	once older than Config.LastSeenRetention.
+//
+//	delivery queue record, one per webhook event not yet delivered (queue.go)
+//	+-----+------------------+        +--------------------+-----------+
+//	| 'q' | seq (8 BE)       |   ->   | enqueued ms (8 BE) | record    |
+//	+-----+------------------+        +--------------------+-----------+
+//	Appended (synced) in seq order by the webhook deliverer, deleted with
+//	one range delete (not synced: a lost delete only redelivers) once
+//	delivered or dead-lettered; Replay ignores it.
 //
 // The sweep walks the whole 'u' range every Config.SweepInterval (in chunks
 // of sweepChunk keys, so commits are never held up for long): its cost is

@@ -12,6 +12,7 @@ const (
 	tagMarker   = 'm'
 	tagSession  = 's'
 	tagLastSeen = 'u'
+	tagQueue    = 'q'
 )
 
 var (

@@ -15,6 +15,7 @@ import (
 
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server/cluster"
+	"github.com/presenced/presenced/server/webhook"
 	"github.com/presenced/presenced/shardmap"
 )
 
@@ -171,6 +172,8 @@ type Config struct {
 	// Cluster configures the Redis replication of cluster mode. Addrs,
 	// MasterName, NodeID and TTL are taken from Redis, RedisMaster, NodeID and TTL.
 	Cluster cluster.Config
+	// Webhook configures webhook delivery (--webhook-*; empty URL: off).
+	Webhook webhook.Config
 }
 
 // DefaultConfig returns the embedded defaults: a standalone node on loopback.
@@ -216,6 +219,7 @@ func DefaultConfig() Config {
 		Persist:             pc,
 		FsyncMode:           "interval",
 		Cluster:             cluster.DefaultConfig(),
+		Webhook:             webhook.DefaultConfig(),
 	}
 }
 
@@ -287,6 +291,9 @@ func (c *Config) Validate() error {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("--log-format must be text or json, not %q", c.LogFormat)
+	}
+	if err := c.Webhook.Validate(); err != nil {
+		return err
 	}
 	if err := c.Map.Validate(); err != nil {
 		return fmt.Errorf("invalid map config: %w", err)
@@ -366,6 +373,14 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.Map.MaxRoomsPerUser, "max-rooms-per-user", c.Map.MaxRoomsPerUser, "most live rooms per user")
 	fs.StringVar(&c.FsyncMode, "fsync", c.FsyncMode, "write-ahead log sync policy: interval, always or off")
 	fs.DurationVar(&c.Persist.FsyncInterval, "fsync-interval", c.Persist.FsyncInterval, "group-commit period with --fsync=interval")
+	fs.StringVar(&c.Webhook.URL, "webhook-url", c.Webhook.URL, "POST events in signed batches to this URL (empty: no webhooks)")
+	fs.StringVar(&c.Webhook.SecretFile, "webhook-secret-file", c.Webhook.SecretFile, "keyring ('<kid> <secret>' lines) whose first key signs webhook batches")
+	fs.IntVar(&c.Webhook.Batch, "webhook-batch", c.Webhook.Batch, "most events in one webhook POST")
+	fs.DurationVar(&c.Webhook.MaxAge, "webhook-max-age", c.Webhook.MaxAge, "retry an undelivered webhook batch this long, then dead-letter it")
+	fs.DurationVar(&c.Webhook.Timeout, "webhook-timeout", c.Webhook.Timeout, "timeout of one webhook POST")
+	fs.DurationVar(&c.Webhook.ClaimAfter, "webhook-claim-after", c.Webhook.ClaimAfter, "cluster: another node takes over webhook events a node held this long without delivering")
+	fs.DurationVar(&c.Webhook.MaxBackoff, "webhook-max-backoff", c.Webhook.MaxBackoff, "cap of the exponential backoff between webhook retries")
+	fs.IntVar(&c.Webhook.MaxQueue, "webhook-max-queue", c.Webhook.MaxQueue, "single node: most undelivered webhook events queued (beyond: dropped, counted, a reset follows)")
 	fs.DurationVar(&c.Persist.LastSeenRetention, "last-seen-retention", c.Persist.LastSeenRetention, "how long a user's last-seen is kept after their sessions end")
 	fs.DurationVar(&c.Persist.OpenTimeout, "store-open-timeout", c.Persist.OpenTimeout, "how long start-up waits for the write-ahead log to open (a full disk blocks it) before exiting 1")
 }

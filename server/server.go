@@ -18,6 +18,7 @@ import (
 	"github.com/presenced/presenced/server/cluster"
 	"github.com/presenced/presenced/server/events"
 	"github.com/presenced/presenced/server/token"
+	"github.com/presenced/presenced/server/webhook"
 	"github.com/presenced/presenced/shardmap"
 )
 
@@ -62,6 +63,8 @@ type Server struct {
 	reg       registry
 	met       *serverMetrics
 	start     time.Time
+	// hooks delivers events to --webhook-url (nil without it).
+	hooks atomic.Pointer[webhook.Deliverer]
 
 	state    atomic.Int32
 	stopping atomic.Bool
@@ -203,6 +206,17 @@ func (s *Server) Start() error {
 			return err
 		}
 		s.udp = u
+	}
+	if err := s.startWebhooks(); err != nil {
+		s.stopHTTP(context.Background())
+		if s.udp != nil {
+			_ = s.udp.stop(context.Background())
+		}
+		if s.store != nil {
+			_ = s.store.Close()
+		}
+		s.abortCluster()
+		return err
 	}
 	s.sweepDone = make(chan struct{})
 	s.goroutine(func() {
@@ -446,6 +460,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		errs = append(errs, s.stopPprof(ctx))
 	}
 	close(s.quit)
+	if h := s.hooks.Load(); h != nil {
+		_ = step("stop webhooks", func() error { h.Stop(); return nil })
+	}
 	if s.sweepDone != nil {
 		// An expiry after the log's final drain would not be written,
 		// and the next start would emit its timeout a second time.

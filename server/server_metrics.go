@@ -128,6 +128,7 @@ func (s *Server) registerGauges() {
 	r.gaugeFunc("presenced_leaves_held", "Leave events held for --leave-delay (a rejoin within it cancels both).", func() float64 { return float64(s.deb.Held()) })
 	r.registerRuntime(s.start)
 	s.registerPersistMetrics()
+	s.registerWebhookMetrics()
 }
 
 // registerPersistMetrics adds the write-ahead log's metrics; they read zero

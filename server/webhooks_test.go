@@ -1,0 +1,309 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/webhook"
+)
+
+const hookSecret = "0123456789abcdef0123456789abcdef-hooks"
+
+// hookReceiver is a webhook receiver on loopback that answers status and
+// records the events of the batches it accepted (signature checked).
+type hookReceiver struct {
+	srv    *httptest.Server
+	status atomic.Int32
+	delay  atomic.Int64 // ns each answer waits
+	reqs   atomic.Int64
+	mu     sync.Mutex
+	evs    []sseEvent
+}
+
+func newHookReceiver(t testing.TB, status int) *hookReceiver {
+	h := &hookReceiver{}
+	h.status.Store(int32(status))
+	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		h.reqs.Add(1)
+		time.Sleep(time.Duration(h.delay.Load()))
+		code := int(h.status.Load())
+		if webhook.Verify([]byte(hookSecret), r.Header.Get(webhook.SignatureHeader), body, time.Now().Unix(), 300) != nil {
+			code = 401
+		}
+		if code/100 == 2 {
+			var b struct{ Events []sseEvent }
+			_ = json.Unmarshal(body, &b)
+			h.mu.Lock()
+			h.evs = append(h.evs, b.Events...)
+			h.mu.Unlock()
+		}
+		w.WriteHeader(code)
+	}))
+	t.Cleanup(h.srv.Close)
+	return h
+}
+
+func (h *hookReceiver) count(typ, user string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, e := range h.evs {
+		if e.Type == typ && e.User == user {
+			n++
+		}
+	}
+	return n
+}
+
+func hookConfig(t testing.TB, cfg *Config, url string) {
+	f := filepath.Join(t.TempDir(), "hook.keys")
+	if err := os.WriteFile(f, []byte("k1 "+hookSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Webhook.URL = url
+	cfg.Webhook.SecretFile = f
+	cfg.Webhook.ClaimAfter = time.Second
+	cfg.Webhook.MaxBackoff = 200 * time.Millisecond
+	cfg.Webhook.Linger = 20 * time.Millisecond
+}
+
+// Two nodes and Redis: the node that decided an event reads it from the
+// consumer group, fails to deliver it and dies; the other node takes over
+// the lease, claims the event after --webhook-claim-after and delivers it.
+func TestWebhookClusterNodeDiesBeforeDelivery(t *testing.T) {
+	r := redistest.Start(t)
+	rec := newHookReceiver(t, 503)
+	cfg := clusterTestConfig(r.Addr())
+	hookConfig(t, &cfg, rec.srv.URL)
+	a := startCluster(t, cfg)
+	waitFor(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })
+	b := startCluster(t, cfg)
+
+	a.heartbeat("decided-by-a", "room")
+	waitFor(t, 5*time.Second, "A tried to deliver", func() bool { return rec.reqs.Load() > 0 })
+	a.kill()
+	rec.status.Store(200)
+	waitFor(t, 15*time.Second, "B delivered A's event", func() bool { return rec.count("join", "decided-by-a") > 0 })
+	hb := b.s.hooks.Load()
+	if !hb.IsLeader() || hb.Stats().Delivered == 0 {
+		t.Fatalf("B leader %v, stats %+v", hb.IsLeader(), hb.Stats())
+	}
+	// B delivers what comes next too, and nothing is dead-lettered.
+	b.heartbeat("after", "room")
+	waitFor(t, 5*time.Second, "B delivered a new event", func() bool { return rec.count("join", "after") == 1 })
+	if st := hb.Stats(); st.DeadLettered != 0 || st.Lost != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// singleTestConfig is a single node whose sessions do not time out during
+// a test (no timeout leaves among the events).
+func singleTestConfig() Config {
+	cfg := clusterTestConfig("")
+	cfg.TTL, cfg.Interval = time.Minute, 20*time.Second
+	return cfg
+}
+
+func startSingle(t *testing.T, cfg Config) *cnode {
+	t.Helper()
+	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+		testHTTP.CloseIdleConnections()
+	})
+	return &cnode{t: t, s: s, base: "http://" + s.HTTPAddr()}
+}
+
+// A single node with --data-dir restarted while its receiver fails
+// delivers what it had queued once it runs again.
+func TestWebhookSingleNodeRestartMidQueue(t *testing.T) {
+	rec := newHookReceiver(t, 500)
+	cfg := singleTestConfig()
+	cfg.DataDir = t.TempDir()
+	hookConfig(t, &cfg, rec.srv.URL)
+	a := startSingle(t, cfg)
+	for _, u := range []string{"u1", "u2", "u3"} {
+		a.heartbeat(u, "room")
+	}
+	// 3 joins (and the room's occupied event).
+	waitFor(t, 5*time.Second, "3 events queued", func() bool { return a.s.hooks.Load().Stats().Depth >= 3 })
+	waitFor(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec.status.Store(200)
+	b := startSingle(t, cfg)
+	waitFor(t, 10*time.Second, "queued events delivered after the restart", func() bool {
+		return rec.count("join", "u1") > 0 && rec.count("join", "u2") > 0 && rec.count("join", "u3") > 0
+	})
+	waitFor(t, 5*time.Second, "queue empty", func() bool { return b.s.hooks.Load().Stats().Depth == 0 })
+}
+
+// Trimming the event stream past events the webhook group had not read
+// is counted and delivered as a reset, never dropped silently.
+func TestWebhookClusterTrimmedGap(t *testing.T) {
+	r := redistest.Start(t)
+	rec := newHookReceiver(t, 503)
+	cfg := clusterTestConfig(r.Addr())
+	hookConfig(t, &cfg, rec.srv.URL)
+	cfg.Webhook.Batch = 5
+	cfg.Cluster.StreamMaxLen = 10                       // MAXLEN ~ trims whole nodes of 100 entries
+	cfg.TTL, cfg.Interval = time.Minute, 20*time.Second // no timeout leaves during the test
+	a := startCluster(t, cfg)
+	waitFor(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })
+	a.heartbeat("first", "room")
+	waitFor(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
+	for i := range 300 {
+		a.heartbeat("u"+strconv.Itoa(i), "room")
+	}
+	c := r.Client()
+	defer c.Close()
+	waitFor(t, 10*time.Second, "the stream trimmed", func() bool {
+		n, err := c.XLen(context.Background(), a.s.cl.StreamKey()).Result()
+		return err == nil && n < 300
+	})
+	rec.status.Store(200)
+	hk := a.s.hooks.Load()
+	waitFor(t, 10*time.Second, "a reset delivered", func() bool { return rec.count("reset", "") > 0 })
+	a.heartbeat("after-gap", "room")
+	waitFor(t, 10*time.Second, "an event after the gap delivered", func() bool { return rec.count("join", "after-gap") > 0 })
+	// Every event (302 joins, and the room's occupied event) is delivered
+	// or counted lost; one reset stands for the lost.
+	rec.mu.Lock()
+	ids := map[string]bool{}
+	for _, e := range rec.evs {
+		if e.Type != "reset" {
+			ids[e.ID] = true
+		}
+	}
+	rec.mu.Unlock()
+	if st := hk.Stats(); st.Lost == 0 || len(ids)+int(st.Lost) < 302 || len(ids)+int(st.Lost) > 303 {
+		t.Fatalf("gap not counted: %+v", st)
+	}
+}
+
+// heartbeatLatencies sends n HTTP heartbeats of new users (each a join
+// event) and returns their latencies, sorted.
+func heartbeatLatencies(t testing.TB, base string, prefix string, n int) []time.Duration {
+	c := &http.Client{Timeout: 2 * time.Second}
+	out := make([]time.Duration, 0, n)
+	for i := range n {
+		body := `{"user":"` + prefix + strconv.Itoa(i) + `","room":"r` + strconv.Itoa(i%10) + `"}`
+		t0 := time.Now()
+		resp, err := c.Post(base+"/v1/heartbeat", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("heartbeat %d: %v", i, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("heartbeat %d: status %d", i, resp.StatusCode)
+		}
+		out = append(out, time.Since(t0))
+	}
+	slices.Sort(out)
+	c.CloseIdleConnections()
+	return out
+}
+
+// A receiver that takes seconds to answer never holds heartbeats up: they
+// are answered while a batch hangs in flight and the queue grows. (The
+// bound is generous; BenchmarkHeartbeatSlowWebhook compares latencies.)
+func TestWebhookSlowReceiverDoesNotSlowHeartbeats(t *testing.T) {
+	rec := newHookReceiver(t, 200)
+	rec.delay.Store(int64(3 * time.Second))
+	cfg := singleTestConfig()
+	cfg.DataDir = t.TempDir()
+	hookConfig(t, &cfg, rec.srv.URL)
+	a := startSingle(t, cfg)
+	a.heartbeat("first", "room")
+	waitFor(t, 5*time.Second, "a batch in flight", func() bool { return rec.reqs.Load() > 0 })
+	lat := heartbeatLatencies(t, a.base, "u", 200)
+	if p := lat[len(lat)*99/100]; p > time.Second {
+		t.Fatalf("heartbeat p99 %v with a slow webhook receiver", p)
+	}
+	if d := a.s.hooks.Load().Stats().Depth; d < 100 {
+		t.Fatalf("queue depth %d: the joins were not queued behind the slow batch", d)
+	}
+}
+
+// BenchmarkHeartbeatSlowWebhook reports heartbeat latency (p50, p99) on a
+// single node with --data-dir: without webhooks, and with a receiver that
+// answers after 1 s.
+func BenchmarkHeartbeatSlowWebhook(b *testing.B) {
+	for _, slow := range []bool{false, true} {
+		name := "no-webhook"
+		if slow {
+			name = "slow-receiver"
+		}
+		b.Run(name, func(b *testing.B) {
+			cfg := singleTestConfig()
+			cfg.DataDir = b.TempDir()
+			if slow {
+				rec := newHookReceiver(b, 200)
+				rec.delay.Store(int64(time.Second))
+				hookConfig(b, &cfg, rec.srv.URL)
+			}
+			s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_ = s.Shutdown(ctx)
+			}()
+			b.ResetTimer()
+			lat := heartbeatLatencies(b, "http://"+s.HTTPAddr(), "u", b.N)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-us")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-us")
+		})
+	}
+}
+
+// --leave-delay applies to webhooks as to streams: a leave and a rejoin
+// within it send nothing; a leave with no rejoin is sent, the delay late.
+func TestWebhookLeaveDebounce(t *testing.T) {
+	rec := newHookReceiver(t, 200)
+	cfg := singleTestConfig()
+	cfg.LeaveDelay = 500 * time.Millisecond
+	hookConfig(t, &cfg, rec.srv.URL)
+	a := startSingle(t, cfg)
+	a.heartbeat("reload", "room")
+	a.heartbeat("gone", "room")
+	a.do("POST", "/v1/leave", `{"user":"reload","room":"room"}`, nil)
+	a.heartbeat("reload", "room")
+	a.do("POST", "/v1/leave", `{"user":"gone","room":"room"}`, nil)
+	waitFor(t, 5*time.Second, "the leave of gone", func() bool { return rec.count("leave", "gone") == 1 })
+	if j, l := rec.count("join", "reload"), rec.count("leave", "reload"); j != 1 || l != 0 {
+		t.Fatalf("reload: %d joins, %d leaves; want the first join only", j, l)
+	}
+}
