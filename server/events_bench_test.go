@@ -474,7 +474,7 @@ func ebResume(b *testing.B, gen *ebProc, res func() *ebProc) {
 	select {
 	case since = <-marker:
 	case <-time.After(10 * time.Second):
-		b.Fatal("no marker event")
+		b.Fatalf("no marker event after 10s; server log:\n%s", gen.errb.String())
 	}
 	pub0 := gen.metric(b, "presenced_events_published_total")
 	t0 := time.Now()
