@@ -36,7 +36,7 @@ func (n *Node) offer(kind changeKind, c *shardmap.Change) {
 		return
 	}
 	if n.in.n == 0 {
-		n.in.oldest = time.Now().UnixNano()
+		n.in.oldest = monoNs()
 	}
 	n.in.buf = appendChange(n.in.buf, &change{kind: kind, lastSeen: c.LastSeen, expiry: c.Expiry, at: c.At, user: c.User, room: c.Room, state: c.State})
 	n.in.n++

@@ -53,7 +53,7 @@ func (n *Node) Stats() Stats {
 	lag := time.Duration(n.lagNs.Load())
 	n.in.Lock()
 	if n.in.n > 0 {
-		lag = max(lag, time.Duration(time.Now().UnixNano()-n.in.oldest))
+		lag = max(lag, time.Duration(monoNs()-n.in.oldest))
 	}
 	n.in.Unlock()
 	st.Lag = lag
@@ -66,3 +66,12 @@ func (n *Node) Stats() Stats {
 	}
 	return st
 }
+
+// monoStart anchors monoNs.
+var monoStart = time.Now()
+
+// monoNs is nanoseconds on the monotonic clock (since the process
+// started): the replication lag is measured with it, so a step of the wall
+// clock neither hides nor invents lag (issue 13.10). Wall time is kept only
+// for the expiries stored in Redis.
+func monoNs() int64 { return int64(time.Since(monoStart)) }

@@ -37,7 +37,7 @@ type Node struct {
 		sync.Mutex
 		buf    []byte
 		n      int
-		oldest int64 // unix ns of the oldest queued change
+		oldest int64 // monoNs of the oldest queued change
 		closed bool
 	}
 	kick      chan struct{}

@@ -300,7 +300,7 @@ func (w *writerState) cycle(final bool) {
 		return
 	}
 	if count > 0 {
-		n.lagNs.Store(time.Now().UnixNano() - oldest)
+		n.lagNs.Store(monoNs() - oldest)
 	}
 }
 
