@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"time"
 
 	"github.com/presenced/presenced/shardmap"
 )
