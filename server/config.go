@@ -123,6 +123,14 @@ type Config struct {
 	// compactly (--max-state-bytes, default 1024). A larger one is refused
 	// with 400 and changes nothing.
 	MaxStateBytes int
+	// RoomEventsMax: a room with more members sends one occupancy event
+	// per OccupancyInterval instead of per-member events, until it shrinks
+	// below 90% of it (--room-events-max, default 1000; 0: never). Single
+	// node only; in a cluster every room sends per-member events.
+	RoomEventsMax int
+	// OccupancyInterval is how often a big room's occupancy event is sent
+	// (--occupancy-interval, default 5s).
+	OccupancyInterval time.Duration
 	// EventHistory is how many events are kept for streams that resume
 	// (--event-history, default 100000, about 15 MB in memory on a single
 	// node; in a cluster the Redis Stream keeps them, see --redis-stream-max-len).
@@ -206,6 +214,8 @@ func DefaultConfig() Config {
 		SourceTableSlots:    65536,
 		MaxEventStreams:     1000,
 		EventHistory:        100000,
+		RoomEventsMax:       1000,
+		OccupancyInterval:   5 * time.Second,
 		MaxStateBytes:       1024,
 		LeaveDelay:          2 * time.Second,
 		LastSeenMemoryUsers: 100000,
@@ -264,6 +274,10 @@ func (c *Config) Validate() error {
 		return errors.New("--max-event-streams must not be negative")
 	case c.MaxStateBytes < 2 || c.MaxStateBytes > 65535:
 		return errors.New("--max-state-bytes must be from 2 to 65535")
+	case c.RoomEventsMax < 0:
+		return errors.New("--room-events-max must not be negative")
+	case c.OccupancyInterval < 10*time.Millisecond:
+		return errors.New("--occupancy-interval must be at least 10ms")
 	case c.EventHistory < 1 || c.EventHistory > 10000000:
 		return errors.New("--event-history must be from 1 to 10000000")
 	case c.LeaveDelay < 0 || c.LeaveDelay > time.Hour:
@@ -358,6 +372,8 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.SourceTableSlots, "source-table-slots", c.SourceTableSlots, "fixed size of the per-source rate table (8 bytes each)")
 	fs.IntVar(&c.MaxEventStreams, "max-event-streams", c.MaxEventStreams, "most concurrent GET /v1/events streams")
 	fs.IntVar(&c.MaxStateBytes, "max-state-bytes", c.MaxStateBytes, "largest session state (a JSON object, compact) a heartbeat may set")
+	fs.IntVar(&c.RoomEventsMax, "room-events-max", c.RoomEventsMax, "rooms with more members send periodic occupancy events instead of per-member events (0: never)")
+	fs.DurationVar(&c.OccupancyInterval, "occupancy-interval", c.OccupancyInterval, "how often a big room's occupancy event is sent")
 	fs.IntVar(&c.EventHistory, "event-history", c.EventHistory, "events kept in memory for streams that resume (single node)")
 	fs.DurationVar(&c.LeaveDelay, "leave-delay", c.LeaveDelay, "hold leave events this long; a rejoin within it cancels both (0: off)")
 	fs.IntVar(&c.LastSeenMemoryUsers, "last-seen-memory-users", c.LastSeenMemoryUsers, "without --data-dir, most offline users whose last-seen is kept in memory (0: none)")

@@ -24,6 +24,9 @@ type streamEvent struct {
 	At     string          `json:"at"`
 	Reason string          `json:"reason"`
 	State  json.RawMessage `json:"state"`
+	Online int             `json:"online"`
+	Joined int             `json:"joined"`
+	Left   int             `json:"left"`
 	sseID  string          // the id: line
 	name   string          // the event: line
 }
@@ -324,5 +327,62 @@ func TestEventStreamOccupiedVacated(t *testing.T) {
 		if ev := s.next(t, 5*time.Second); ev.key() != want {
 			t.Fatalf("got %q, want %q", ev.key(), want)
 		}
+	}
+}
+
+// A room above --room-events-max sends occupancy events (online, joined,
+// left per interval) instead of per-member events, and per-member events
+// again once it shrinks below 90% of the limit.
+func TestEventStreamBigRoomOccupancy(t *testing.T) {
+	n := startNode(t, func(c *server.Config) {
+		noDebounce(c)
+		c.RoomEventsMax = 3
+		c.OccupancyInterval = 200 * time.Millisecond
+	})
+	s := openStream(t, n.base, "?room=big", "")
+	for i := range 6 {
+		n.heartbeat(fmt.Sprintf("u%d", i), "big", "")
+	}
+	for i := range 3 { // up to the limit: per-member events
+		if ev := s.next(t, 5*time.Second); ev.Type != "join" || ev.User != fmt.Sprintf("u%d", i) {
+			t.Fatalf("event %d = %+v", i, ev)
+		}
+	}
+	s.roomEvents = true
+	joined := 0
+	for joined < 3 { // the three joins past the limit, counted in occupancy events
+		ev := s.next(t, 5*time.Second)
+		switch {
+		case ev.Type == "occupied":
+		case ev.Type == "occupancy" && ev.Online > 3 && ev.Online <= 6 && ev.Left == 0:
+			joined += ev.Joined
+		default:
+			t.Fatalf("after the limit: %+v, want occupancy only", ev)
+		}
+	}
+	if joined != 3 {
+		t.Fatalf("occupancy events counted %d joins, want 3", joined)
+	}
+	for i := range 4 { // down to 2 members: below 90% of 3
+		n.do("POST", "/v1/leave", fmt.Sprintf(`{"user":"u%d","room":"big"}`, i), nil)
+	}
+	// After the next occupancy tick the room is small again.
+	for {
+		ev := s.next(t, 5*time.Second)
+		if ev.Type == "occupancy" {
+			break
+		}
+		t.Fatalf("while big: %+v", ev)
+	}
+	n.do("POST", "/v1/leave", `{"user":"u4","room":"big"}`, nil)
+	for {
+		ev := s.next(t, 5*time.Second)
+		if ev.Type == "occupancy" {
+			continue // a tick may fall between the leaves
+		}
+		if ev.Type != "leave" || ev.User != "u4" {
+			t.Fatalf("small again: %+v, want u4's leave", ev)
+		}
+		break
 	}
 }

@@ -55,6 +55,7 @@ type Server struct {
 	// leaves for --leave-delay before they reach it (single node).
 	bus     *events.Bus
 	deb     *events.Debouncer
+	big     *bigRooms    // --room-events-max (occupancy.go)
 	streams atomic.Int64 // open GET /v1/events streams
 	ws      *wsHub       // open GET /v1/ws connections
 	// sweepDone is closed when the sweeper has returned (nil before Start
@@ -136,6 +137,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.bus = events.New(events.Config{History: cfg.EventHistory, Buffer: eventBuffer, Epoch: uint64(s.start.UnixMilli())})
 	s.deb = events.NewDebouncer(cfg.LeaveDelay.Milliseconds(), s.bus.Publish)
+	s.big = newBigRooms(cfg.RoomEventsMax)
 	if cfg.DataDir == "" {
 		s.departed = newDepartedUsers(cfg.LastSeenMemoryUsers, cfg.Persist.LastSeenRetention.Milliseconds())
 	}
@@ -224,6 +226,7 @@ func (s *Server) Start() error {
 		s.sweepLoop()
 	})
 	s.goroutine(s.debounceLoop)
+	s.goroutine(s.occupancyLoop)
 	stopPprof, err := s.startPprof()
 	if err != nil {
 		s.log.Error("profiles not served", "err", err)
@@ -331,7 +334,7 @@ func (s *Server) publish(ev shardmap.Event) {
 		return // the event stream carries the cluster-wide events (clusterEvent)
 	}
 	now := time.Now().UnixMilli()
-	s.deb.Offer(tableEvent(&ev), now)
+	s.offerMember(tableEvent(&ev), now)
 	if ev.Vacated {
 		s.deb.Offer(&events.Event{Type: events.Vacated, Room: ev.Room, At: ev.At}, now)
 	}
@@ -360,7 +363,7 @@ func (s *Server) publishState(t events.Type, user, room []byte, at int64, state 
 	if state != nil {
 		ev.State = bytes.Clone(state)
 	}
-	s.deb.Offer(ev, time.Now().UnixMilli())
+	s.offerMember(ev, time.Now().UnixMilli())
 }
 
 // tableEvent converts an event of the presence table into a bus event.

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-
 	"github.com/presenced/presenced/shardmap"
 )
 
