@@ -47,6 +47,9 @@ type writerState struct {
 	// appendDeferred records.
 	ring     [][]byte
 	slotMs   int64
+	// now is the writer's wall clock in unix ms (time.Now by default;
+	// tests inject one). Expiries are wall-clock times shared with Redis.
+	now func() int64
 	ringNext int64 // next slot to process
 	spare    []byte
 	ops      []op
@@ -98,6 +101,9 @@ type evOp struct {
 
 func (w *writerState) init(n *Node) {
 	w.n = n
+	if w.now == nil {
+		w.now = func() int64 { return time.Now().UnixMilli() }
+	}
 	w.state = map[uint64]sessState{}
 	w.states = map[uint64]string{}
 	// A slot is a quarter of the refresh margin, 10ms to 1s: a deferred
@@ -245,7 +251,7 @@ func (w *writerState) cycle(final bool) {
 	n := w.n
 	ctx, cancel := n.roundCtx()
 	defer cancel()
-	now := time.Now().UnixMilli()
+	now := w.now()
 	if n.needAssert.Load() {
 		if !n.up.Load() {
 			// Partial: refreshes are dropped (the re-assert writes every
@@ -369,7 +375,7 @@ func (w *writerState) expandLeaveAll(ctx context.Context, all []op) error {
 func (w *writerState) schedule(h uint64, due int64, user, room []byte) {
 	sec := due/w.slotMs - 1
 	if w.ringNext == 0 {
-		w.ringNext = time.Now().UnixMilli() / w.slotMs
+		w.ringNext = w.now() / w.slotMs
 	}
 	if sec < w.ringNext {
 		sec = w.ringNext
