@@ -45,11 +45,11 @@ type writerState struct {
 	states map[uint64]string
 	// ring holds deferred refreshes by due slot (slotMs wide), as
 	// appendDeferred records.
-	ring     [][]byte
-	slotMs   int64
+	ring   [][]byte
+	slotMs int64
 	// now is the writer's wall clock in unix ms (time.Now by default;
 	// tests inject one). Expiries are wall-clock times shared with Redis.
-	now func() int64
+	now      func() int64
 	ringNext int64 // next slot to process
 	spare    []byte
 	ops      []op
