@@ -316,14 +316,25 @@ func (c *Config) Validate() error {
 	if err != nil {
 		return fmt.Errorf("--fsync: %w", err)
 	}
-	c.Persist.Fsync = mode
-	c.Persist.Dir = c.DataDir
 	if c.DataDir != "" {
-		if err := c.Persist.Validate(); err != nil {
+		pc := c.Persist
+		pc.Fsync, pc.Dir = mode, c.DataDir
+		if err := pc.Validate(); err != nil {
 			return fmt.Errorf("invalid persistence config: %w", err)
 		}
 	}
 	return nil
+}
+
+// derive fills the fields that follow from others (Persist.Fsync from
+// FsyncMode, Persist.Dir from DataDir); Validate only checks, like
+// shardmap.Config's. A FsyncMode that does not parse is left for Validate
+// to report.
+func (c *Config) derive() {
+	if mode, err := persist.ParseFsyncMode(c.FsyncMode); err == nil {
+		c.Persist.Fsync = mode
+	}
+	c.Persist.Dir = c.DataDir
 }
 
 func parseLogLevel(s string) (slog.Level, error) {
@@ -470,6 +481,7 @@ func LoadConfig(args []string, getenv func(string) string, stderr io.Writer) (Co
 			return Config{}, &UsageError{fmt.Errorf("--%s: %w", name, err)}
 		}
 	}
+	cfg.derive()
 	if err := cfg.Validate(); err != nil {
 		return Config{}, &UsageError{err}
 	}

@@ -92,6 +92,7 @@ type Server struct {
 
 // New builds a server from a validated config. It opens nothing; Start does.
 func New(cfg Config, log *slog.Logger) (*Server, error) {
+	cfg.derive()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

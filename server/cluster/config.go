@@ -100,12 +100,19 @@ func (c *Config) Validate() error {
 		return errors.New("cluster refresh margin must be positive")
 	case c.MaxQueue < 1024 || c.PipelineSize < 64:
 		return errors.New("cluster queue must hold 1024 changes and pipelines 64 commands")
-	}
-	if c.RefreshMargin > c.TTL/4 {
-		c.RefreshMargin = c.TTL / 4
+	case c.RefreshMargin > c.TTL/4:
+		return fmt.Errorf("cluster refresh margin %s must be at most a quarter of the TTL (%s)", c.RefreshMargin, c.TTL)
 	}
 	_, err := c.options()
 	return err
+}
+
+// derive caps RefreshMargin at a quarter of the TTL (the default margin is
+// for the default TTL); Validate only checks.
+func (c *Config) derive() {
+	if c.TTL > 0 && c.RefreshMargin > c.TTL/4 {
+		c.RefreshMargin = c.TTL / 4
+	}
 }
 
 // options turns Addrs and MasterName into go-redis universal options.

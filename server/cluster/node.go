@@ -90,6 +90,7 @@ var setRedisLogger sync.Once
 
 // New validates cfg and builds a node; Start connects it.
 func New(cfg Config, rangeFn RangeFunc, sink EventSink) (*Node, error) {
+	cfg.derive()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
