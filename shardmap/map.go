@@ -440,31 +440,8 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 // Leave ends the session (user, room) with reason left and reports whether
 // it existed.
 func (m *Map) Leave(user, room []byte, now int64) bool {
-	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
-		return false
-	}
-	h := m.hash(user)
-	sh := &m.shards[h&m.shardMask]
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	st := &sh.mu.userState
-	ui := st.findUser(h, user)
-	if ui == 0 {
-		return false
-	}
-	var ref uint32
-	if len(room) > 0 {
-		if ref = m.lookupRoom(room); ref == 0 {
-			return false
-		}
-	}
-	for i := st.user(ui).head; i != 0; i = st.session(i).next {
-		if st.session(i).room == ref {
-			m.endSession(st, i, ReasonLeft, now, false, nil)
-			return true
-		}
-	}
-	return false
+	_, ended := m.leaveOne(user, room, now, ReasonLeft, false, nil)
+	return ended
 }
 
 // LeaveOne is Leave that appends the leave event (with Vacated) to dst.
@@ -475,8 +452,15 @@ func (m *Map) LeaveOne(user, room []byte, now int64, dst []Event) []Event {
 // LeaveOneReason is LeaveOne with the reason of the event and of the change
 // log record (ReasonLeft, or ReasonDisconnect when a WebSocket closed).
 func (m *Map) LeaveOneReason(user, room []byte, now int64, reason Reason, dst []Event) []Event {
+	dst, _ = m.leaveOne(user, room, now, reason, true, dst)
+	return dst
+}
+
+// leaveOne ends the session (user, room) with reason, appending its event
+// to dst when emit, and reports whether it existed.
+func (m *Map) leaveOne(user, room []byte, now int64, reason Reason, emit bool, dst []Event) ([]Event, bool) {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
-		return dst
+		return dst, false
 	}
 	h := m.hash(user)
 	sh := &m.shards[h&m.shardMask]
@@ -485,20 +469,20 @@ func (m *Map) LeaveOneReason(user, room []byte, now int64, reason Reason, dst []
 	st := &sh.mu.userState
 	ui := st.findUser(h, user)
 	if ui == 0 {
-		return dst
+		return dst, false
 	}
 	var ref uint32
 	if len(room) > 0 {
 		if ref = m.lookupRoom(room); ref == 0 {
-			return dst
+			return dst, false
 		}
 	}
 	for i := st.user(ui).head; i != 0; i = st.session(i).next {
 		if st.session(i).room == ref {
-			return m.endSession(st, i, reason, now, true, dst)
+			return m.endSession(st, i, reason, now, emit, dst), true
 		}
 	}
-	return dst
+	return dst, false
 }
 
 // LeaveAll ends every session of user with reason left and appends a leave
