@@ -84,11 +84,26 @@ func New(cfg Config) *Bus {
 // SetFloor declares that the history begins after id (cluster: the stream's
 // last entry when the node started reading it). Only valid before the first
 // Append.
+//
+// Subscribers that came before it start at the epoch ({Epoch, 0}, "from
+// when this node started"); the events between that and id are history
+// now, so they are marked behind and read them from the Source.
 func (b *Bus) SetFloor(id ID) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.mu.n == 0 {
-		b.mu.floor, b.mu.last = id, id
+	if b.mu.n != 0 {
+		return
+	}
+	b.mu.floor, b.mu.last = id, id
+	for s := range b.mu.all {
+		s.behind.Store(true)
+		s.wakeLocked()
+	}
+	for _, m := range b.mu.byRoom {
+		for s := range m {
+			s.behind.Store(true)
+			s.wakeLocked()
+		}
 	}
 }
 

@@ -146,3 +146,29 @@ func TestIDParse(t *testing.T) {
 		}
 	}
 }
+
+type fakeSource struct{ evs []*Event }
+
+func (f fakeSource) Range(after ID, n int) ([]*Event, bool, error) {
+	var out []*Event
+	for _, ev := range f.evs {
+		if after.Less(ev.ID) && len(out) < n {
+			out = append(out, ev)
+		}
+	}
+	return out, false, nil
+}
+
+// A subscriber that came before the cluster floor was known gets the
+// events the stream took between the node's start and the floor.
+func TestSubscribeBeforeFloor(t *testing.T) {
+	early := &Event{ID: ID{120, 0}, Type: Join, User: "early", Room: "r"}
+	b := New(Config{History: 10, Epoch: 100, Source: fakeSource{[]*Event{{ID: ID{90, 0}, Type: Join, User: "old", Room: "r"}, early}}})
+	s := b.Subscribe("r", false, nil)
+	b.SetFloor(ID{120, 0})
+	b.Append(&Event{ID: ID{130, 0}, Type: Join, User: "late", Room: "r"})
+	got := drain(t, b, s, 2)
+	if got[0].User != "early" || got[1].User != "late" {
+		t.Fatalf("got %s, %s; want early, late", got[0].User, got[1].User)
+	}
+}
