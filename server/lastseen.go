@@ -8,8 +8,9 @@ import (
 )
 
 // departedUsers remembers when users whose sessions all ended were last
-// seen, so GET /v1/users answers last_seen after a leave or a timeout on a
-// node without a write-ahead log (with one, persist keeps it on disk). It
+// seen, so GET /v1/users answers last_seen after a leave or a timeout: on a
+// node without a write-ahead log it is the only copy; with one it covers
+// the time until the log's next commit (persist keeps it on disk). It
 // holds at most max users (--last-seen-memory-users): when full, a new user
 // replaces an arbitrary one (Go's map order, so clients cannot choose whom),
 // counted in presenced_last_seen_memory_evictions_total. An entry older than

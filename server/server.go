@@ -75,7 +75,8 @@ type Server struct {
 	ttlMs, intervalMs int64
 	// hbReply is the precomputed body of a successful heartbeat.
 	hbReply []byte
-	// departed keeps offline users' last-seen when store is nil.
+	// departed keeps offline users' last-seen in memory (the only copy
+	// without a data dir; with one, until the log has committed it).
 	departed *departedUsers
 	// replay refuses replayed v2 datagrams.
 	replay *replayTable
@@ -139,9 +140,9 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.bus = events.New(events.Config{History: cfg.EventHistory, Buffer: eventBuffer, Epoch: uint64(s.start.UnixMilli())})
 	s.deb = events.NewDebouncer(cfg.LeaveDelay.Milliseconds(), s.bus.Publish)
 	s.big = newBigRooms(cfg.RoomEventsMax)
-	if cfg.DataDir == "" {
-		s.departed = newDepartedUsers(cfg.LastSeenMemoryUsers, cfg.Persist.LastSeenRetention.Milliseconds())
-	}
+	// With a data dir too: the log writes an offline user's last-seen at
+	// its next commit, and a query right after a leave must not say null.
+	s.departed = newDepartedUsers(cfg.LastSeenMemoryUsers, cfg.Persist.LastSeenRetention.Milliseconds())
 	if cfg.DataDir != "" {
 		// Built now (no I/O) so the HTTP handlers that run while Start
 		// replays the log see a store that never changes: /metrics read

@@ -104,7 +104,7 @@ func (m *serverMetrics) countLeave(tr transport, o outcome) { m.leaves[tr][o].In
 // registerGauges adds the gauges read from the map and the log at scrape time.
 func (s *Server) registerGauges() {
 	r := &s.reg
-	r.gaugeFunc("presenced_last_seen_memory_users", "Offline users whose last-seen a node without --data-dir keeps in memory (--last-seen-memory-users).", func() float64 { return float64(s.departed.len()) })
+	r.gaugeFunc("presenced_last_seen_memory_users", "Offline users whose last-seen is kept in memory (--last-seen-memory-users): the only copy without --data-dir, until the next commit with one.", func() float64 { return float64(s.departed.len()) })
 	r.counterFunc("presenced_last_seen_memory_evictions_total", "Offline users' last-seen times dropped because --last-seen-memory-users was reached.", func() float64 {
 		if s.departed == nil {
 			return 0

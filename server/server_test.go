@@ -717,6 +717,25 @@ func TestReadyAndHealth(t *testing.T) {
 
 // Without --data-dir, last_seen still survives the session: after a leave of
 // one room, a leave of all rooms and a timeout, it is the last heartbeat.
+// With a data dir the last-seen of a user who just left is answered at
+// once, not only after the log's next commit.
+func TestLastSeenRightAfterLeaveWithDataDir(t *testing.T) {
+	n := startNode(t, func(c *server.Config) {
+		c.DataDir = t.TempDir()
+		c.Persist.FsyncInterval = time.Hour // no commit during the test
+	})
+	for i := range 20 {
+		u := fmt.Sprint("left-", i)
+		if code := n.heartbeat(u, "lobby", ""); code != 200 {
+			t.Fatalf("heartbeat: %d", code)
+		}
+		n.do("POST", "/v1/leave", `{"user":"`+u+`","room":"lobby"}`, nil)
+		if us := n.user(u); us.Online || us.LastSeen == nil {
+			t.Fatalf("%s right after its leave: online %v, last_seen %v; want offline with a last_seen", u, us.Online, us.LastSeen)
+		}
+	}
+}
+
 func TestLastSeenWithoutDataDir(t *testing.T) {
 	n := startNode(t, func(c *server.Config) {
 		c.TTL = time.Second
