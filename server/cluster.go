@@ -175,6 +175,8 @@ func (s *Server) registerClusterMetrics() {
 	})
 	r.counterFunc("presenced_redis_partial_seconds_total", "Seconds this node answered from its own table only (Redis unreachable or a fault not yet repaired), since start.", func() float64 { return s.cl.Stats().Partial.Seconds() })
 	r.counterFunc("presenced_redis_commands_total", "Commands sent to Redis in pipelines.", func() float64 { return float64(s.cl.Stats().Commands) })
+	r.gaugeFunc("presenced_redis_events_waiting", "Events this node decided that wait for Redis to take them (kept in order, written with their original time).", func() float64 { return float64(s.cl.Stats().EventsWaiting) })
+	r.counterFunc("presenced_redis_events_lost_total", "Decided events dropped beyond the waiting bound (100,000); the stream gets a reset entry instead.", func() float64 { return float64(s.cl.Stats().EventsLost) })
 	r.counterFunc("presenced_redis_dropped_changes_total", "Changes dropped because the Redis writer's queue was full (a re-assert follows).", func() float64 { return float64(s.cl.Stats().Dropped) })
 	r.counterFunc("presenced_redis_reasserts_total", "Times this node re-asserted all its sessions in Redis and repaired the room side (after start and after every fault).", func() float64 { return float64(s.cl.Stats().Reasserts) })
 	r.gaugeFunc("presenced_redis_queue_depth", "Changes waiting for the Redis writer.", func() float64 { return float64(s.cl.Stats().QueueDepth) })

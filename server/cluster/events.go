@@ -98,10 +98,6 @@ return -1
 `)
 )
 
-func init() {
-	allScripts = append(allScripts, scriptEmit, scriptFlushLeaves, scriptRoomAddC, scriptRoomRemC)
-}
-
 // emitter is the queue of decided events not yet written.
 type emitter struct {
 	sync.Mutex

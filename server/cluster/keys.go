@@ -234,5 +234,6 @@ local n = redis.call('ZCARD', KEYS[1])
 if n == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) else redis.call('ZADD', KEYS[2], n, ARGV[1]) end
 return n
 `)
-	allScripts = []*redis.Script{scriptTouch, scriptLeave, scriptReap, scriptRoomAdd, scriptRoomRem, scriptTouchN, scriptRoomAddN, scriptRoomSync}
+	allScripts = []*redis.Script{scriptTouch, scriptLeave, scriptReap, scriptRoomAdd, scriptRoomRem, scriptTouchN, scriptRoomAddN, scriptRoomSync,
+		scriptEmit, scriptFlushLeaves, scriptRoomAddC, scriptRoomRemC} // the last four: events.go
 )

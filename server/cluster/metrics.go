@@ -31,14 +31,19 @@ type Stats struct {
 	MasterErrors map[string]uint64
 	// Partial is the time spent not answering for the whole cluster since
 	// Start (including the start until the first re-assert).
-	Partial     time.Duration
-	Dropped     uint64 // changes dropped because the queue was full
-	Commands    uint64 // commands sent in pipelines
-	Reasserts   uint64
-	QueueDepth  int64
-	Lag         time.Duration
-	PipelineSum float64  // seconds
-	Pipelines   []uint64 // per bucket of PipelineBounds, plus +Inf
+	Partial time.Duration
+	Dropped uint64 // changes dropped because the queue was full
+	// EventsWaiting are decided events not yet written to the stream
+	// (Redis unreachable); EventsLost those dropped beyond the bound
+	// (maxPendingEvents), replaced by a reset entry.
+	EventsWaiting int64
+	EventsLost    uint64
+	Commands      uint64 // commands sent in pipelines
+	Reasserts     uint64
+	QueueDepth    int64
+	Lag           time.Duration
+	PipelineSum   float64  // seconds
+	Pipelines     []uint64 // per bucket of PipelineBounds, plus +Inf
 }
 
 // Stats returns the node's metrics. Lag is the time from a change entering
@@ -48,6 +53,7 @@ func (n *Node) Stats() Stats {
 	st := Stats{
 		Up: n.Up(), Partial: n.partialTime(), MasterErrors: map[string]uint64{}, Errors: n.errs.Load(), Dropped: n.dropped.Load(), Commands: n.cmds.Load(),
 		Reasserts: n.asserts.Load(), QueueDepth: n.queued.Load(),
+		EventsWaiting: n.pendingEvents.Load(), EventsLost: n.eventsLost.Load(),
 		PipelineSum: float64(n.hist.sumNs.Load()) / 1e9,
 	}
 	lag := time.Duration(n.lagNs.Load())

@@ -95,14 +95,20 @@ func (b *Bus) SetFloor(id ID) {
 		return
 	}
 	b.mu.floor, b.mu.last = id, id
-	for s := range b.mu.all {
+	b.eachSubLocked(func(s *Sub) {
 		s.behind.Store(true)
 		s.wakeLocked()
+	})
+}
+
+// eachSubLocked calls f for every subscriber, of all rooms and of one.
+func (b *Bus) eachSubLocked(f func(*Sub)) {
+	for s := range b.mu.all {
+		f(s)
 	}
 	for _, m := range b.mu.byRoom {
 		for s := range m {
-			s.behind.Store(true)
-			s.wakeLocked()
+			f(s)
 		}
 	}
 }
@@ -115,16 +121,10 @@ func (b *Bus) Rebase(id ID) {
 	clear(b.mu.ring)
 	b.mu.ring, b.mu.start, b.mu.n = b.mu.ring[:0], 0, 0
 	b.mu.floor, b.mu.last = id, id
-	for s := range b.mu.all {
+	b.eachSubLocked(func(s *Sub) {
 		s.rebased.Store(true)
 		s.wakeLocked()
-	}
-	for _, m := range b.mu.byRoom {
-		for s := range m {
-			s.rebased.Store(true)
-			s.wakeLocked()
-		}
-	}
+	})
 }
 
 // SetSource sets where history older than the ring comes from. Only valid
@@ -217,14 +217,7 @@ func (b *Bus) Close() {
 		return
 	}
 	b.mu.closed = true
-	for s := range b.mu.all {
-		close(s.done)
-	}
-	for _, m := range b.mu.byRoom {
-		for s := range m {
-			close(s.done)
-		}
-	}
+	b.eachSubLocked(func(s *Sub) { close(s.done) })
 }
 
 // Sub is one subscription: a room (or all rooms) and a cursor. Its methods

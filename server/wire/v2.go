@@ -40,22 +40,12 @@ func (d *Datagram) decodeV2(b []byte) error {
 	token := p[1 : 1+tl : 1+tl]
 	p = p[1+tl:]
 	for i := range count {
-		if len(p) < 2 {
-			return ErrTruncated
+		op, user, room, rest, err := readItemIDs(p)
+		if err != nil {
+			return err
 		}
-		op, ul := Op(p[0]), int(p[1])
-		p = p[2:]
-		if len(p) < ul+1 {
-			return ErrTruncated
-		}
-		user := p[:ul:ul]
-		rl := int(p[ul])
-		p = p[ul+1:]
-		if len(p) < rl {
-			return ErrTruncated
-		}
-		d.items[i] = Item{Op: op, User: user, Room: p[:rl:rl], Token: token}
-		p = p[rl:]
+		d.items[i] = Item{Op: op, User: user, Room: room, Token: token}
+		p = rest
 	}
 	if len(p) < MACLen {
 		return ErrTruncated

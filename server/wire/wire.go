@@ -121,28 +121,16 @@ func (d *Datagram) Decode(b []byte) error {
 	// that it breaks, whichever item breaks it.
 	p := b[HeaderLen:]
 	for i := range count {
-		if len(p) < 2 {
+		op, user, room, rest, err := readItemIDs(p)
+		if err != nil {
+			return err
+		}
+		if len(rest) < 1 || len(rest) < 1+int(rest[0]) {
 			return ErrTruncated
 		}
-		op, ul := Op(p[0]), int(p[1])
-		p = p[2:]
-		if len(p) < ul+1 {
-			return ErrTruncated
-		}
-		user := p[:ul:ul]
-		rl := int(p[ul])
-		p = p[ul+1:]
-		if len(p) < rl+1 {
-			return ErrTruncated
-		}
-		room := p[:rl:rl]
-		tl := int(p[rl])
-		p = p[rl+1:]
-		if len(p) < tl {
-			return ErrTruncated
-		}
-		d.items[i] = Item{Op: op, User: user, Room: room, Token: p[:tl:tl]}
-		p = p[tl:]
+		tl := int(rest[0])
+		d.items[i] = Item{Op: op, User: user, Room: room, Token: rest[1 : 1+tl : 1+tl]}
+		p = rest[1+tl:]
 	}
 	if err := checkItems(d.items[:count]); err != nil {
 		return err
@@ -155,6 +143,27 @@ func (d *Datagram) Decode(b []byte) error {
 	d.Version, d.TimestampMs, d.signed, d.mac = Version, 0, nil, nil
 	d.n, d.size = count, len(b)
 	return nil
+}
+
+// readItemIDs reads the part of an item both versions share: op, user
+// length, user, room length, room. It checks lengths only and returns the
+// rest of p; the slices alias p.
+func readItemIDs(p []byte) (op Op, user, room, rest []byte, err error) {
+	if len(p) < 2 {
+		return 0, nil, nil, nil, ErrTruncated
+	}
+	op, ul := Op(p[0]), int(p[1])
+	p = p[2:]
+	if len(p) < ul+1 {
+		return 0, nil, nil, nil, ErrTruncated
+	}
+	user = p[:ul:ul]
+	rl := int(p[ul])
+	p = p[ul+1:]
+	if len(p) < rl {
+		return 0, nil, nil, nil, ErrTruncated
+	}
+	return op, user, p[:rl:rl], p[rl:], nil
 }
 
 // checkItems checks the ops, then the ids, of structurally whole items.
