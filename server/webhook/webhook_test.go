@@ -237,6 +237,9 @@ func TestSignatureVerifies(t *testing.T) {
 	if ev := r.events()[0]; ev.Type != "join" || ev.User != "u0" || ev.Room != "room0" {
 		t.Fatalf("first event %+v", ev)
 	}
+	// The deliverer counts a batch once the receiver's answer is back,
+	// which may be just after the receiver recorded it.
+	waitFor(t, 5*time.Second, "5 events counted delivered", func() bool { return d.Stats().Delivered >= 5 })
 	if st := d.Stats(); st.Delivered != 5 || st.Attempts[Class2xx] == 0 {
 		t.Fatalf("stats %+v", st)
 	}
