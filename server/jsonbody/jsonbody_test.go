@@ -110,10 +110,10 @@ func TestParseBatch(t *testing.T) {
 	}
 }
 
-// TestScratchReused checks the promise of the package doc: ids decoded
+// TestParserReuseAllocs checks the promise of the package doc: ids decoded
 // into the scratch buffer stay valid for the whole body, and a Parser
 // reuses its scratch buffer across bodies.
-func TestScratchReused(t *testing.T) {
+func TestParserReuseAllocs(t *testing.T) {
 	var p Parser
 	var items []Heartbeat
 	body := []byte(`{"heartbeats":[{"user":"\u00e9a","room":"r\/1"},{"user":"\u00e9b","room":"r\/2"}]}`)
