@@ -8,7 +8,8 @@ import (
 
 // TestDependencyDirection keeps the one-way dependencies of STYLE.md:
 // main -> server -> {shardmap, persist}; shardmap and the wire codec use
-// only the standard library; persist never imports server; loadtest speaks
+// only the standard library; persist never imports server (its tests only
+// the stdlib-only poll helper server/testkit); loadtest speaks
 // the protocol through the codec packages only.
 func TestDependencyDirection(t *testing.T) {
 	const mod = "github.com/presenced/presenced"
@@ -26,9 +27,10 @@ func TestDependencyDirection(t *testing.T) {
 		return d
 	}
 	allowed := map[string][]string{
-		mod + "/shardmap":     nil,
-		mod + "/server/wire":  nil,
-		mod + "/server/token": {mod + "/server/wire"},
+		mod + "/shardmap":       nil,
+		mod + "/server/wire":    nil,
+		mod + "/server/token":   {mod + "/server/wire"},
+		mod + "/server/testkit": nil,
 	}
 	for pkg, ok := range allowed {
 		for _, d := range deps(pkg) {
@@ -40,6 +42,17 @@ func TestDependencyDirection(t *testing.T) {
 	for _, d := range deps(mod + "/persist") {
 		if strings.HasPrefix(d, mod+"/server") {
 			t.Errorf("persist imports %s", d)
+		}
+	}
+	// persist's tests may import the stdlib-only poll helper, nothing else
+	// of server: a test-only import of server code would hide the cycle.
+	out, err := exec.Command("go", "list", "-f", `{{join .TestImports " "}} {{join .XTestImports " "}}`, mod+"/persist").Output()
+	if err != nil {
+		t.Fatalf("go list persist test imports: %v", err)
+	}
+	for _, d := range strings.Fields(string(out)) {
+		if strings.HasPrefix(d, mod+"/server") && d != mod+"/server/testkit" {
+			t.Errorf("persist's tests import %s; only %s/server/testkit is allowed", d, mod)
 		}
 	}
 	for _, d := range deps(mod + "/loadtest") {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/presenced/presenced/client"
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/token"
 )
 
@@ -82,7 +83,7 @@ func TestHeartbeatsOverUDP(t *testing.T) {
 	}
 	// With the default 60 s interval a fifth ack would take minutes: it
 	// comes in about a second only if the client follows interval_ms.
-	eventually(t, 10*time.Second, "5 acks at the server's interval", func() bool { return h.Status().Acked >= 5 })
+	testkit.Eventually(t, 10*time.Second, "5 acks at the server's interval", func() bool { return h.Status().Acked >= 5 })
 	st := h.Status()
 	if st.Transport != client.TransportUDP || st.Interval != 200*time.Millisecond || st.TTL != 3*time.Second {
 		t.Errorf("status = %+v, want transport udp, interval 200ms, ttl 3s", st)
@@ -149,12 +150,12 @@ func TestFallbackToHTTPAndBackToUDP(t *testing.T) {
 		t.Fatalf("carol not online over the HTTP fallback: %+v", n.user("carol"))
 	}
 	// While UDP stays black-holed, probes fall back again and the session lives.
-	eventually(t, 10*time.Second, "a second fallback after a UDP probe", func() bool { return h.Status().Fallbacks >= 2 })
+	testkit.Eventually(t, 10*time.Second, "a second fallback after a UDP probe", func() bool { return h.Status().Fallbacks >= 2 })
 	if !n.online("carol", "lobby") {
 		t.Fatalf("carol offline while on HTTP: %+v", n.user("carol"))
 	}
 	p.Blackhole.Store(false)
-	eventually(t, 10*time.Second, "heartbeats back on UDP", func() bool {
+	testkit.Eventually(t, 10*time.Second, "heartbeats back on UDP", func() bool {
 		st := h.Status()
 		return st.Transport == client.TransportUDP && p.Forwarded.Load() > 0
 	})
@@ -185,7 +186,7 @@ func TestTokenRefreshWhenExpired(t *testing.T) {
 	if h.Status().TokenRefreshes != 0 {
 		t.Fatalf("token refreshed before it expired")
 	}
-	eventually(t, 10*time.Second, "a token refresh", func() bool { return h.Status().TokenRefreshes >= 1 })
+	testkit.Eventually(t, 10*time.Second, "a token refresh", func() bool { return h.Status().TokenRefreshes >= 1 })
 	mu.Lock()
 	got := append([]error(nil), reasons...)
 	mu.Unlock()
@@ -193,7 +194,7 @@ func TestTokenRefreshWhenExpired(t *testing.T) {
 		t.Errorf("TokenFunc reasons = %v, want token expired", got)
 	}
 	acked := h.Status().Acked
-	eventually(t, 10*time.Second, "acks with the new token", func() bool { return h.Status().Acked >= acked+3 })
+	testkit.Eventually(t, 10*time.Second, "acks with the new token", func() bool { return h.Status().Acked >= acked+3 })
 	if st := h.Status(); st.TokenRefreshes != 1 || st.Transport != client.TransportUDP {
 		t.Errorf("status = %+v, want one refresh and udp", st)
 	}
@@ -247,7 +248,7 @@ func TestTokenRefreshWhenServerRefusesKey(t *testing.T) {
 			if tc.udp != "" {
 				// The refusal explained the silence: back to UDP at once,
 				// not after UDPRetryAfter (an hour).
-				eventually(t, 10*time.Second, "heartbeats on UDP", func() bool {
+				testkit.Eventually(t, 10*time.Second, "heartbeats on UDP", func() bool {
 					return h.Status().Transport == client.TransportUDP
 				})
 			}
@@ -314,7 +315,7 @@ func TestStateGoesOverHTTP(t *testing.T) {
 	})
 	waitAck(t, h)
 	// The first heartbeat sets the state over HTTP, the next go over UDP.
-	eventually(t, 10*time.Second, "3 UDP acks", func() bool {
+	testkit.Eventually(t, 10*time.Second, "3 UDP acks", func() bool {
 		st := h.Status()
 		return st.Acked >= 4 && st.Transport == client.TransportUDP
 	})
@@ -324,11 +325,11 @@ func TestStateGoesOverHTTP(t *testing.T) {
 	if err := h.SetState(json.RawMessage(`{"status":"away"}`)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the new state over HTTP", func() bool { return len(got()) == 2 })
+	testkit.Eventually(t, 10*time.Second, "the new state over HTTP", func() bool { return len(got()) == 2 })
 	if err := h.SetState(nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the cleared state over HTTP", func() bool { return len(got()) == 3 })
+	testkit.Eventually(t, 10*time.Second, "the cleared state over HTTP", func() bool { return len(got()) == 3 })
 	b := got()
 	if string(b[1]["state"]) != `{"status":"away"}` || string(b[2]["state"]) != "null" {
 		t.Errorf("states sent = %s, %s; want the away object, then null", b[1]["state"], b[2]["state"])
@@ -352,9 +353,9 @@ func TestCancelEndsGoroutineAndUnblocksRead(t *testing.T) {
 	}
 	defer h.Close()
 	// The heartbeater now waits up to a minute for an ack that never comes.
-	eventually(t, 10*time.Second, "the first datagram", func() bool { return p.Received.Load() == 1 })
+	testkit.Eventually(t, 10*time.Second, "the first datagram", func() bool { return p.Received.Load() == 1 })
 	cancel()
-	eventually(t, 10*time.Second, "the heartbeat goroutine to end", func() bool { return runtime.NumGoroutine() <= before })
+	testkit.Eventually(t, 10*time.Second, "the heartbeat goroutine to end", func() bool { return runtime.NumGoroutine() <= before })
 	done := make(chan error, 1)
 	go func() { done <- h.Close() }()
 	select {
@@ -430,7 +431,7 @@ func TestStateRefusedOrHTTPDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	acked := h.Status().Acked
-	eventually(t, 10*time.Second, "the state retried while UDP acks", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the state retried while UDP acks", func() bool {
 		return count("down") >= 3 && h.Status().Acked >= acked+3
 	})
 	if !errs.has(client.ErrUnavailable) || !n.online("ivan", "lobby") {
@@ -448,7 +449,7 @@ func TestSetStateRespectsMinGap(t *testing.T) {
 	if err := h.SetState(map[string]string{"status": "away"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the state heartbeat accepted over HTTP", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the state heartbeat accepted over HTTP", func() bool {
 		st := h.Status()
 		return st.Acked == 2 && st.Transport == client.TransportHTTP
 	})

@@ -124,18 +124,6 @@ func (n *node) online(u, room string) bool {
 	return false
 }
 
-// eventually polls f every 10 ms until it is true or d has passed.
-func eventually(t *testing.T, d time.Duration, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // udpProxy forwards datagrams between one client and a server, dropping the
 // first Drop client datagrams, and all of them while Blackhole is set.
 type udpProxy struct {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // checkRecovered reopens fs, replays it, and checks that every session in
@@ -198,7 +199,7 @@ func TestDiskFaults(t *testing.T) {
 				src.upsert(fmt.Sprintf("during%d", i), "r", 2, 1<<60)
 				time.Sleep(time.Millisecond)
 			}
-			waitFor(t, "unhealthy", func() bool { return s.Healthy() != nil })
+			testkit.Eventually(t, 10*time.Second, "unhealthy", func() bool { return s.Healthy() != nil })
 			if err := s.WaitDurable(context.Background()); err == nil {
 				t.Error("WaitDurable succeeded while the WAL fails")
 			}
@@ -208,7 +209,7 @@ func TestDiskFaults(t *testing.T) {
 			}
 
 			faults.on.Store(false)
-			waitFor(t, "healthy again", func() bool { return s.Healthy() == nil })
+			testkit.Eventually(t, 10*time.Second, "healthy again", func() bool { return s.Healthy() == nil })
 			src.upsert("after", "r", 3, 1<<60)
 			if err := s.WaitDurable(context.Background()); err != nil {
 				t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // snapshot returns a copy of the events read so far.
@@ -30,7 +31,7 @@ func (l *sseLog) members() []sseEvent {
 
 func (l *sseLog) waitLen(t *testing.T, n int, what string) []sseEvent {
 	t.Helper()
-	waitFor(t, 10*time.Second, what, func() bool { return len(l.members()) >= n })
+	testkit.Eventually(t, 10*time.Second, what, func() bool { return len(l.members()) >= n })
 	return l.members()
 }
 
@@ -62,7 +63,7 @@ func TestClusterEventsResumeAcrossNodes(t *testing.T) {
 		// resumed events would have arrived before it.
 		marker := fmt.Sprintf("marker%d", i)
 		a.heartbeat(marker, "other")
-		waitFor(t, 10*time.Second, "marker", func() bool { return l.count("join", marker, "other") == 1 })
+		testkit.Eventually(t, 10*time.Second, "marker", func() bool { return l.count("join", marker, "other") == 1 })
 		got := l.members()
 		if len(got) < 6 || got[len(got)-1].User != marker {
 			t.Fatalf("resumed %+v, want 5 events then the marker", got)
@@ -78,7 +79,7 @@ func TestClusterEventsResumeAcrossNodes(t *testing.T) {
 		}
 	}
 	a.heartbeat("live", "room")
-	waitFor(t, 5*time.Second, "live join on C", func() bool { return c.ev.count("join", "live", "room") == 1 })
+	testkit.Eventually(t, 5*time.Second, "live join on C", func() bool { return c.ev.count("join", "live", "room") == 1 })
 }
 
 // A leave through A followed within --leave-delay by a rejoin through B is
@@ -91,14 +92,14 @@ func TestClusterEventsDebounceAcrossNodes(t *testing.T) {
 	b := startCluster(t, cfg)
 	a.heartbeat("u", "room")
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 5*time.Second, "join", func() bool { return n.ev.count("join", "u", "room") == 1 })
+		testkit.Eventually(t, 5*time.Second, "join", func() bool { return n.ev.count("join", "u", "room") == 1 })
 	}
 	a.do("POST", "/v1/leave", `{"user":"u","room":"room"}`, nil)
 	time.Sleep(100 * time.Millisecond) // the leave is decided in Redis
 	b.heartbeat("u", "room")           // the reload lands on another node
 	a.heartbeat("marker", "room")
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 5*time.Second, "marker", func() bool { return n.ev.count("join", "marker", "room") == 1 })
+		testkit.Eventually(t, 5*time.Second, "marker", func() bool { return n.ev.count("join", "marker", "room") == 1 })
 	}
 	time.Sleep(cfg.LeaveDelay + 300*time.Millisecond)
 	for i, n := range []*cnode{a, b} {
@@ -109,7 +110,7 @@ func TestClusterEventsDebounceAcrossNodes(t *testing.T) {
 	t0 := time.Now()
 	b.do("POST", "/v1/leave", `{"user":"u","room":"room"}`, nil)
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 5*time.Second, "held leave", func() bool { return n.ev.count("leave:left", "u", "room") == 1 })
+		testkit.Eventually(t, 5*time.Second, "held leave", func() bool { return n.ev.count("leave:left", "u", "room") == 1 })
 	}
 	if d := time.Since(t0); d < cfg.LeaveDelay {
 		t.Fatalf("leave after %s, before the %s delay", d, cfg.LeaveDelay)
@@ -124,16 +125,16 @@ func TestClusterEventsRedisRestart(t *testing.T) {
 	b := startCluster(t, clusterTestConfig(r.Addr()))
 	a.heartbeat("before", "room")
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 5*time.Second, "join before", func() bool { return n.ev.count("join", "before", "room") == 1 })
+		testkit.Eventually(t, 5*time.Second, "join before", func() bool { return n.ev.count("join", "before", "room") == 1 })
 	}
 	r.Stop()
-	waitFor(t, 5*time.Second, "redis down on A", func() bool { return a.metricValue("presenced_redis_up") == 0 })
+	testkit.Eventually(t, 5*time.Second, "redis down on A", func() bool { return a.metricValue("presenced_redis_up") == 0 })
 	joinedAt := time.Now()
 	a.heartbeat("during", "room")
 	time.Sleep(300 * time.Millisecond)
 	r.Restart()
 	for i, n := range []*cnode{a, b} {
-		waitFor(t, 15*time.Second, "join of the outage user", func() bool { return n.ev.count("join", "during", "room") == 1 })
+		testkit.Eventually(t, 15*time.Second, "join of the outage user", func() bool { return n.ev.count("join", "during", "room") == 1 })
 		for _, ev := range n.ev.snapshot() {
 			if ev.User == "during" {
 				at, err := time.Parse(time.RFC3339, ev.At)
@@ -145,7 +146,7 @@ func TestClusterEventsRedisRestart(t *testing.T) {
 	}
 	a.heartbeat("after", "room")
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 5*time.Second, "join after", func() bool { return n.ev.count("join", "after", "room") == 1 })
+		testkit.Eventually(t, 5*time.Second, "join after", func() bool { return n.ev.count("join", "after", "room") == 1 })
 	}
 	for i, n := range []*cnode{a, b} {
 		for _, u := range []string{"before", "during", "after"} {
@@ -167,7 +168,7 @@ func TestClusterEventsOccupiedVacated(t *testing.T) {
 	b.do("POST", "/v1/leave", `{"user":"u1","room":"z"}`, nil)
 	b.do("POST", "/v1/leave", `{"user":"u2","room":"z"}`, nil)
 	for i, n := range []*cnode{a, b} {
-		waitFor(t, 10*time.Second, "vacated", func() bool { return n.ev.count("vacated", "", "z") == 1 })
+		testkit.Eventually(t, 10*time.Second, "vacated", func() bool { return n.ev.count("vacated", "", "z") == 1 })
 		var got []string
 		for _, ev := range n.ev.snapshot() {
 			if ev.Room == "z" {
@@ -211,7 +212,7 @@ func TestClusterState(t *testing.T) {
 		}
 		return string(out.Members[0].State)
 	}
-	waitFor(t, 5*time.Second, "state on B", func() bool { return memberState() == `{"status":"away"}` })
+	testkit.Eventually(t, 5*time.Second, "state on B", func() bool { return memberState() == `{"status":"away"}` })
 	var u struct {
 		Sessions []struct {
 			Room  string          `json:"room"`
@@ -225,7 +226,7 @@ func TestClusterState(t *testing.T) {
 	post(`{"user":"s","room":"r"}`) // keeps it
 	post(`{"user":"s","room":"r","state":{"status":"online"}}`)
 	for i, n := range []*cnode{a, b} {
-		waitFor(t, 5*time.Second, "update", func() bool { return n.ev.count("update", "s", "r") == 1 })
+		testkit.Eventually(t, 5*time.Second, "update", func() bool { return n.ev.count("update", "s", "r") == 1 })
 		for _, ev := range n.ev.members() {
 			want := map[string]string{"join": `{"status":"away"}`, "update": `{"status":"online"}`}[ev.Type]
 			if string(ev.State) != want {
@@ -236,5 +237,5 @@ func TestClusterState(t *testing.T) {
 			t.Fatalf("node %d: %d joins", i, c)
 		}
 	}
-	waitFor(t, 5*time.Second, "new state on B", func() bool { return memberState() == `{"status":"online"}` })
+	testkit.Eventually(t, 5*time.Second, "new state on B", func() bool { return memberState() == `{"status":"online"}` })
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/wire"
 )
 
@@ -85,7 +86,7 @@ func startCluster(t *testing.T, cfg Config) *cnode {
 	})
 	n := &cnode{t: t, s: s, base: "http://" + s.HTTPAddr()}
 	n.ev = n.events()
-	waitFor(t, 5*time.Second, "cluster node ready", s.cl.Ready)
+	testkit.Eventually(t, 5*time.Second, "cluster node ready", s.cl.Ready)
 	return n
 }
 
@@ -96,17 +97,6 @@ func (n *cnode) kill() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = n.s.Shutdown(ctx)
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 var (
@@ -317,7 +307,7 @@ func TestClusterReplicatesAndEventsOnce(t *testing.T) {
 			nodes := []*cnode{a, b}
 
 			a.heartbeat("alice", "lobby")
-			waitFor(t, 2*time.Second, "alice visible on B", func() bool {
+			testkit.Eventually(t, 2*time.Second, "alice visible on B", func() bool {
 				u := b.user("alice")
 				return u.Online && len(u.Rooms) == 1 && u.Rooms[0] == "lobby" && !u.Partial
 			})
@@ -368,7 +358,7 @@ func TestClusterReplicatesAndEventsOnce(t *testing.T) {
 				t.Fatalf("leave: %d", c)
 			}
 			for _, n := range nodes {
-				waitFor(t, 2*time.Second, "leave event", func() bool { return n.ev.count("leave:left", "alice", "lobby") >= 1 })
+				testkit.Eventually(t, 2*time.Second, "leave event", func() bool { return n.ev.count("leave:left", "alice", "lobby") >= 1 })
 			}
 			time.Sleep(300 * time.Millisecond) // let duplicates, if any, arrive
 			for i, n := range nodes {
@@ -389,13 +379,13 @@ func TestClusterReplicatesAndEventsOnce(t *testing.T) {
 			a.heartbeat("carol", "lobby")
 			a.heartbeat("dave", "r1")
 			a.heartbeat("dave", "r2")
-			waitFor(t, 2*time.Second, "carol and dave on B", func() bool {
+			testkit.Eventually(t, 2*time.Second, "carol and dave on B", func() bool {
 				return b.user("carol").Online && len(b.user("dave").Rooms) == 2
 			})
 			b.do("POST", "/v1/leave", `{"user":"carol","room":"lobby"}`, nil)
 			b.do("POST", "/v1/leave", `{"user":"dave"}`, nil) // all rooms
 			for i, n := range nodes {
-				waitFor(t, 2*time.Second, fmt.Sprintf("node %d: leaves of carol and dave", i), func() bool {
+				testkit.Eventually(t, 2*time.Second, fmt.Sprintf("node %d: leaves of carol and dave", i), func() bool {
 					return n.ev.count("leave:left", "carol", "lobby") == 1 &&
 						n.ev.count("leave:left", "dave", "r1") == 1 && n.ev.count("leave:left", "dave", "r2") == 1
 				})
@@ -444,7 +434,7 @@ func TestClusterNoGhosts(t *testing.T) {
 		lastStops = time.Now()
 		a.heartbeat("stops", "room")
 	}
-	waitFor(t, 2*time.Second, "both visible on C", func() bool {
+	testkit.Eventually(t, 2*time.Second, "both visible on C", func() bool {
 		on, _ := c.roomOnline("room")
 		return on == 2
 	})
@@ -470,7 +460,7 @@ func TestClusterNoGhosts(t *testing.T) {
 
 	deadline := lastStops.Add(ttl + time.Second)
 	for _, n := range []*cnode{b, c} {
-		waitFor(t, time.Until(deadline)+50*time.Millisecond, "timeout leave of stops", func() bool {
+		testkit.Eventually(t, time.Until(deadline)+50*time.Millisecond, "timeout leave of stops", func() bool {
 			return n.ev.count("leave:timeout", "stops", "room") == 1
 		})
 	}
@@ -543,11 +533,11 @@ func TestClusterRedisOutage(t *testing.T) {
 	// its room update and event (400,000 commands), which under -race on a
 	// loaded 2-core CI machine has taken 7-30 s.
 	tj := time.Now()
-	waitFor(t, 60*time.Second, "100k sessions on B", func() bool { return b.stats().Sessions == sessions })
+	testkit.Eventually(t, 60*time.Second, "100k sessions on B", func() bool { return b.stats().Sessions == sessions })
 	t.Logf("100k joins visible on B in %s", time.Since(tj))
 
 	r.Stop()
-	waitFor(t, 3*time.Second, "redis down on A", func() bool { return a.metricValue("presenced_redis_up") == 0 })
+	testkit.Eventually(t, 3*time.Second, "redis down on A", func() bool { return a.metricValue("presenced_redis_up") == 0 })
 	t0 := time.Now()
 	for i := range 20 {
 		a.heartbeat(fmt.Sprintf("outage-%d", i), "room-x")
@@ -601,13 +591,13 @@ func TestClusterRedisOutage(t *testing.T) {
 		t.Error("presenced_redis_master_errors_total names no failure of the Redis address during an outage")
 	}
 	partialBefore := a.metricValue("presenced_redis_partial_seconds_total")
-	waitFor(t, 5*time.Second, "partial seconds to grow during the outage", func() bool {
+	testkit.Eventually(t, 5*time.Second, "partial seconds to grow during the outage", func() bool {
 		return a.metricValue("presenced_redis_partial_seconds_total") > partialBefore
 	})
 
 	r.Restart() // empty: no persistence
 	restarted := time.Now()
-	waitFor(t, 5*time.Second, "cluster view to converge after Redis came back empty", func() bool {
+	testkit.Eventually(t, 5*time.Second, "cluster view to converge after Redis came back empty", func() bool {
 		st := b.stats()
 		if st.Partial || st.Sessions != sessions+20 || st.Rooms != 101 {
 			return false
@@ -630,7 +620,7 @@ func TestClusterRedisOutage(t *testing.T) {
 		t.Errorf("B room-x after recovery: %d, want 20", on)
 	}
 	// A re-asserts its 100,000 sessions before it answers whole again.
-	waitFor(t, 10*time.Second, "presenced_redis_up 1 on A after recovery", func() bool { return a.metricValue("presenced_redis_up") == 1 })
+	testkit.Eventually(t, 10*time.Second, "presenced_redis_up 1 on A after recovery", func() bool { return a.metricValue("presenced_redis_up") == 1 })
 	// Whole again: the partial time stops growing.
 	p1 := a.metricValue("presenced_redis_partial_seconds_total")
 	if a.metricValue("presenced_redis_up") == 1 && a.metricValue("presenced_redis_partial_seconds_total") != p1 {
@@ -731,7 +721,7 @@ func TestClusterBehindNginx(t *testing.T) {
 		}
 	})
 	lb := &cnode{t: t, base: fmt.Sprintf("http://127.0.0.1:%d", httpPort)}
-	waitFor(t, 5*time.Second, "nginx to proxy /livez", func() bool {
+	testkit.Eventually(t, 5*time.Second, "nginx to proxy /livez", func() bool {
 		select {
 		case <-exited:
 			log, _ := os.ReadFile(dir + "/error.log")
@@ -777,7 +767,7 @@ func TestClusterBehindNginx(t *testing.T) {
 	}
 	body, _ := json.Marshal(map[string][]string{"users": users})
 	for i, n := range nodes {
-		waitFor(t, 3*time.Second, fmt.Sprintf("node %d to see all %d users", i, len(users)), func() bool {
+		testkit.Eventually(t, 3*time.Second, fmt.Sprintf("node %d to see all %d users", i, len(users)), func() bool {
 			var st struct {
 				Users   []cUser `json:"users"`
 				Partial bool    `json:"partial"`
@@ -982,7 +972,7 @@ func TestClusterSentinel(t *testing.T) {
 	a := startCluster(t, cfg)
 	b := startCluster(t, cfg)
 	a.heartbeat("sam", "s-room")
-	waitFor(t, 2*time.Second, "sam visible on B through Sentinel", func() bool {
+	testkit.Eventually(t, 2*time.Second, "sam visible on B through Sentinel", func() bool {
 		u := b.user("sam")
 		return u.Online && !u.Partial
 	})

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // rawConn opens an idle TCP connection to the node's HTTP port from local
@@ -97,7 +98,7 @@ func TestHTTPConnectionCaps(t *testing.T) {
 	for _, c := range n.conns {
 		c.Close()
 	}
-	eventually(t, 5*time.Second, "the connections to close", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the connections to close", func() bool {
 		code, _ := get(t, n.rawConn("127.0.0.1"), "/livez")
 		return code == 200
 	})

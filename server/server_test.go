@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/token"
 	"github.com/presenced/presenced/server/wire"
 )
@@ -226,18 +227,6 @@ func hb(user, room, tok string) wire.Item {
 	return wire.Item{Op: wire.OpHeartbeat, User: []byte(user), Room: []byte(room), Token: []byte(tok)}
 }
 
-// eventually polls f until it returns true or the deadline passes.
-func eventually(t *testing.T, d time.Duration, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestHeartbeatsAndQueries(t *testing.T) {
 	n := startNode(t, nil)
 	// HTTP POST, HTTP GET and UDP heartbeats for several users and rooms.
@@ -269,7 +258,7 @@ func TestHeartbeatsAndQueries(t *testing.T) {
 	if got := uc.send(uc.request(8, false, hb("gina", "lobby", "")), 200*time.Millisecond); got != nil {
 		t.Fatalf("reply to a datagram that did not ask: %x", got)
 	}
-	eventually(t, 2*time.Second, "gina online", func() bool { return n.user("gina").Online })
+	testkit.Eventually(t, 2*time.Second, "gina online", func() bool { return n.user("gina").Online })
 
 	alice := n.user("alice")
 	sort.Strings(alice.Rooms)
@@ -765,7 +754,7 @@ func TestLastSeenWithoutDataDir(t *testing.T) {
 	lastSeen("one")
 	n.do("POST", "/v1/leave", `{"user":"all"}`, nil)
 	lastSeen("all")
-	eventually(t, 5*time.Second, "gone to time out", func() bool { return !n.user("gone").Online })
+	testkit.Eventually(t, 5*time.Second, "gone to time out", func() bool { return !n.user("gone").Online })
 	lastSeen("gone")
 	// The table is bounded: a fourth user replaces one of the three.
 	n.heartbeat("more", "", "")

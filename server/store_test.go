@@ -16,6 +16,7 @@ import (
 
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // storeConfig is a node config with a write-ahead log in dir.
@@ -106,7 +107,7 @@ func TestScrapeDuringStart(t *testing.T) {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	eventually(t, 10*time.Second, "scrapes answered after start", func() bool { return answered.Load() > 20 })
+	testkit.Eventually(t, 10*time.Second, "scrapes answered after start", func() bool { return answered.Load() > 20 })
 	stop.Store(true)
 	wg.Wait()
 	n2 := &node{t: t, srv: srv, base: "http://" + addr}

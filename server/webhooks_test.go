@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/webhook"
 )
 
@@ -91,21 +92,21 @@ func TestWebhookClusterNodeDiesBeforeDelivery(t *testing.T) {
 	cfg := clusterTestConfig(r.Addr())
 	hookConfig(t, &cfg, rec.srv.URL)
 	a := startCluster(t, cfg)
-	waitFor(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })
+	testkit.Eventually(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })
 	b := startCluster(t, cfg)
 
 	a.heartbeat("decided-by-a", "room")
-	waitFor(t, 5*time.Second, "A tried to deliver", func() bool { return rec.reqs.Load() > 0 })
+	testkit.Eventually(t, 5*time.Second, "A tried to deliver", func() bool { return rec.reqs.Load() > 0 })
 	a.kill()
 	rec.status.Store(200)
-	waitFor(t, 15*time.Second, "B delivered A's event", func() bool { return rec.count("join", "decided-by-a") > 0 })
+	testkit.Eventually(t, 15*time.Second, "B delivered A's event", func() bool { return rec.count("join", "decided-by-a") > 0 })
 	hb := b.s.hooks.Load()
 	if !hb.IsLeader() || hb.Stats().Delivered == 0 {
 		t.Fatalf("B leader %v, stats %+v", hb.IsLeader(), hb.Stats())
 	}
 	// B delivers what comes next too, and nothing is dead-lettered.
 	b.heartbeat("after", "room")
-	waitFor(t, 5*time.Second, "B delivered a new event", func() bool { return rec.count("join", "after") == 1 })
+	testkit.Eventually(t, 5*time.Second, "B delivered a new event", func() bool { return rec.count("join", "after") == 1 })
 	if st := hb.Stats(); st.DeadLettered != 0 || st.Lost != 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -149,8 +150,8 @@ func TestWebhookSingleNodeRestartMidQueue(t *testing.T) {
 		a.heartbeat(u, "room")
 	}
 	// 3 joins (and the room's occupied event).
-	waitFor(t, 5*time.Second, "3 events queued", func() bool { return a.s.hooks.Load().Stats().Depth >= 3 })
-	waitFor(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
+	testkit.Eventually(t, 5*time.Second, "3 events queued", func() bool { return a.s.hooks.Load().Stats().Depth >= 3 })
+	testkit.Eventually(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := a.s.Shutdown(ctx); err != nil {
@@ -158,10 +159,10 @@ func TestWebhookSingleNodeRestartMidQueue(t *testing.T) {
 	}
 	rec.status.Store(200)
 	b := startSingle(t, cfg)
-	waitFor(t, 10*time.Second, "queued events delivered after the restart", func() bool {
+	testkit.Eventually(t, 10*time.Second, "queued events delivered after the restart", func() bool {
 		return rec.count("join", "u1") > 0 && rec.count("join", "u2") > 0 && rec.count("join", "u3") > 0
 	})
-	waitFor(t, 5*time.Second, "queue empty", func() bool { return b.s.hooks.Load().Stats().Depth == 0 })
+	testkit.Eventually(t, 5*time.Second, "queue empty", func() bool { return b.s.hooks.Load().Stats().Depth == 0 })
 }
 
 // Trimming the event stream past events the webhook group had not read
@@ -175,23 +176,23 @@ func TestWebhookClusterTrimmedGap(t *testing.T) {
 	cfg.Cluster.StreamMaxLen = 10                       // MAXLEN ~ trims whole nodes of 100 entries
 	cfg.TTL, cfg.Interval = time.Minute, 20*time.Second // no timeout leaves during the test
 	a := startCluster(t, cfg)
-	waitFor(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })
+	testkit.Eventually(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })
 	a.heartbeat("first", "room")
-	waitFor(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
+	testkit.Eventually(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
 	for i := range 300 {
 		a.heartbeat("u"+strconv.Itoa(i), "room")
 	}
 	c := r.Client()
 	defer c.Close()
-	waitFor(t, 10*time.Second, "the stream trimmed", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the stream trimmed", func() bool {
 		n, err := c.XLen(context.Background(), a.s.cl.StreamKey()).Result()
 		return err == nil && n < 300
 	})
 	rec.status.Store(200)
 	hk := a.s.hooks.Load()
-	waitFor(t, 10*time.Second, "a reset delivered", func() bool { return rec.count("reset", "") > 0 })
+	testkit.Eventually(t, 10*time.Second, "a reset delivered", func() bool { return rec.count("reset", "") > 0 })
 	a.heartbeat("after-gap", "room")
-	waitFor(t, 10*time.Second, "an event after the gap delivered", func() bool { return rec.count("join", "after-gap") > 0 })
+	testkit.Eventually(t, 10*time.Second, "an event after the gap delivered", func() bool { return rec.count("join", "after-gap") > 0 })
 	// Every event (302 joins, and the room's occupied event) is delivered
 	// or counted lost; one reset stands for the lost.
 	rec.mu.Lock()
@@ -242,7 +243,7 @@ func TestWebhookSlowReceiverDoesNotSlowHeartbeats(t *testing.T) {
 	hookConfig(t, &cfg, rec.srv.URL)
 	a := startSingle(t, cfg)
 	a.heartbeat("first", "room")
-	waitFor(t, 5*time.Second, "a batch in flight", func() bool { return rec.reqs.Load() > 0 })
+	testkit.Eventually(t, 5*time.Second, "a batch in flight", func() bool { return rec.reqs.Load() > 0 })
 	lat := heartbeatLatencies(t, a.base, "u", 200)
 	if p := lat[len(lat)*99/100]; p > time.Second {
 		t.Fatalf("heartbeat p99 %v with a slow webhook receiver", p)
@@ -302,7 +303,7 @@ func TestWebhookLeaveDebounce(t *testing.T) {
 	a.do("POST", "/v1/leave", `{"user":"reload","room":"room"}`, nil)
 	a.heartbeat("reload", "room")
 	a.do("POST", "/v1/leave", `{"user":"gone","room":"room"}`, nil)
-	waitFor(t, 5*time.Second, "the leave of gone", func() bool { return rec.count("leave", "gone") == 1 })
+	testkit.Eventually(t, 5*time.Second, "the leave of gone", func() bool { return rec.count("leave", "gone") == 1 })
 	if j, l := rec.count("join", "reload"), rec.count("leave", "reload"); j != 1 || l != 0 {
 		t.Fatalf("reload: %d joins, %d leaves; want the first join only", j, l)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // In a cluster, a socket closing on A is one disconnect leave on every
@@ -30,17 +31,17 @@ func TestClusterWSDisconnect(t *testing.T) {
 		t.Fatalf("heartbeat answer %s, %v", msg, err)
 	}
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 10*time.Second, "join", func() bool { return n.ev.count("join", "u", "room") == 1 })
+		testkit.Eventually(t, 10*time.Second, "join", func() bool { return n.ev.count("join", "u", "room") == 1 })
 	}
 	c.Close()
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 10*time.Second, "disconnect leave", func() bool { return n.ev.count("leave:disconnect", "u", "room") == 1 })
+		testkit.Eventually(t, 10*time.Second, "disconnect leave", func() bool { return n.ev.count("leave:disconnect", "u", "room") == 1 })
 	}
 	// Both leave writes (the local one and the cluster-wide one) are in
 	// Redis before a later marker's join; only one may have emitted.
 	a.heartbeat("marker", "room")
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 10*time.Second, "marker join", func() bool { return n.ev.count("join", "marker", "room") == 1 })
+		testkit.Eventually(t, 10*time.Second, "marker join", func() bool { return n.ev.count("join", "marker", "room") == 1 })
 		if n.ev.count("leave:disconnect", "u", "room") != 1 {
 			t.Fatalf("disconnect leaves: %+v", n.ev.snapshot())
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // wsClient is one test WebSocket read by a goroutine into a channel.
@@ -336,7 +337,7 @@ func TestWSDisconnectLeave(t *testing.T) {
 	}
 	t0 := time.Now()
 	a.close()
-	eventually(t, 5*time.Second, "a offline after its socket closed", func() bool { return !n.user("a").Online })
+	testkit.Eventually(t, 5*time.Second, "a offline after its socket closed", func() bool { return !n.user("a").Online })
 	ev := s.next(t, 5*time.Second)
 	if ev.key() != "leave a r disconnect" {
 		t.Fatalf("got %+v, want leave a r disconnect", ev)
@@ -352,7 +353,7 @@ func TestWSDisconnectLeave(t *testing.T) {
 		t.Fatalf("got %+v", ev)
 	}
 	b.close()
-	eventually(t, 5*time.Second, "b offline after its socket closed", func() bool { return !n.user("b").Online })
+	testkit.Eventually(t, 5*time.Second, "b offline after its socket closed", func() bool { return !n.user("b").Online })
 	b2 := dialWS(t, n, "", nil)
 	b2.mustOK(map[string]any{"op": "heartbeat", "ref": 1, "user": "b", "room": "r"})
 	// The marker comes after the reload: had the reload produced events,
@@ -401,7 +402,7 @@ func TestWSPingTimeout(t *testing.T) {
 		t.Fatalf("silent peer dropped after %s, want within 2 x %s (plus slack)", d, ping)
 	}
 	wantEvent(t, alive.next(5*time.Second), "leave silent r disconnect")
-	eventually(t, 2*time.Second, "ping timeout counted", func() bool {
+	testkit.Eventually(t, 2*time.Second, "ping timeout counted", func() bool {
 		return n.metric(`presenced_ws_closed_total{reason="ping_timeout"}`) == 1
 	})
 	// The answering socket outlived 10 ping intervals and still gets events.
@@ -448,7 +449,7 @@ func TestWSLimits(t *testing.T) {
 	}
 
 	// Connections: the 4th is refused with 503 while 3 are open.
-	eventually(t, 5*time.Second, "the big socket's slot freed", func() bool { return n.metric("presenced_ws_connections") == 2 })
+	testkit.Eventually(t, 5*time.Second, "the big socket's slot freed", func() bool { return n.metric("presenced_ws_connections") == 2 })
 	c2 := dialWS(t, n, "", nil)
 	c2.mustErr(map[string]any{"op": "unsubscribe", "ref": 1, "room": "x"}, "not subscribed") // c2 is counted now
 	if _, err := tryDialWS(n, "", nil); err == nil || !strings.Contains(err.Error(), "status 503") {
@@ -460,7 +461,7 @@ func TestWSLimits(t *testing.T) {
 	}
 	resp.Body.Close()
 	w.close()
-	eventually(t, 5*time.Second, "a slot freed", func() bool { return n.metric("presenced_ws_connections") == 2 })
+	testkit.Eventually(t, 5*time.Second, "a slot freed", func() bool { return n.metric("presenced_ws_connections") == 2 })
 
 	// Message rate: a flood closes the socket with 1008 naming the flag.
 	for i := 0; i < 40; i++ {

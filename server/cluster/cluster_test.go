@@ -14,6 +14,7 @@ import (
 
 	"github.com/presenced/presenced/server/cluster/redistest"
 	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/shardmap"
 )
 
@@ -125,13 +126,7 @@ func startNode(t *testing.T, addrs string, mod func(*Config)) *testNode {
 		defer cancel()
 		_ = n.Close(ctx)
 	})
-	deadline := time.Now().Add(5 * time.Second)
-	for !n.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatal("node did not connect")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "the node to connect", n.Ready)
 	return tn
 }
 
@@ -164,17 +159,6 @@ func (tn *testNode) count(join bool, reason shardmap.Reason) int {
 		}
 	}
 	return c
-}
-
-func waitUntil(t *testing.T, d time.Duration, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // TestRedisClusterLayout runs joins, queries, paging and reaping on a
@@ -238,7 +222,7 @@ func TestRedisClusterLayout(t *testing.T) {
 		t.Fatalf("users %+v %v", us, err)
 	}
 	// Nobody heartbeats again: both nodes reap, each session times out once.
-	waitUntil(t, 15*time.Second, "300 timeouts", func() bool { return a.count(false, shardmap.ReasonTimeout) == users })
+	testkit.Eventually(t, 15*time.Second, "300 timeouts", func() bool { return a.count(false, shardmap.ReasonTimeout) == users })
 	time.Sleep(300 * time.Millisecond)
 	for i, n := range []*testNode{a, b} {
 		if got := n.count(false, shardmap.ReasonTimeout); got != users {
