@@ -76,10 +76,10 @@ func (l *errorLog) has(target error) bool {
 
 func TestHeartbeatsOverUDP(t *testing.T) {
 	n := startNode(t, fastTiming)
-	h := start(t, client.Config{UDPAddr: n.udp, User: "alice", Room: "lobby"})
+	h := start(t, client.Config{UDPAddr: n.UDP, User: "alice", Room: "lobby"})
 	waitAck(t, h)
-	if !n.online("alice", "lobby") {
-		t.Fatalf("alice not online in lobby after an acknowledged heartbeat: %+v", n.user("alice"))
+	if !onlineIn(n, "alice", "lobby") {
+		t.Fatalf("alice not online in lobby after an acknowledged heartbeat: %+v", n.User("alice"))
 	}
 	// With the default 60 s interval a fifth ack would take minutes: it
 	// comes in about a second only if the client follows interval_ms.
@@ -101,10 +101,10 @@ func TestHeartbeatsOverUDP(t *testing.T) {
 
 func TestResendAfterDroppedDatagrams(t *testing.T) {
 	n := startNode(t, nil)
-	p := startProxy(t, n.udp)
+	p := startProxy(t, n.UDP)
 	p.Drop.Store(2)
 	h := start(t, client.Config{
-		UDPAddr: p.Addr(), BaseURL: n.base, User: "bob", Room: "lobby",
+		UDPAddr: p.Addr(), BaseURL: n.Base, User: "bob", Room: "lobby",
 		AckTimeout: 100 * time.Millisecond, FallbackAfter: 5,
 	})
 	waitAck(t, h)
@@ -117,18 +117,18 @@ func TestResendAfterDroppedDatagrams(t *testing.T) {
 	if got := p.Received.Load(); got < 3 || uint64(got) != st.Sent {
 		t.Errorf("proxy saw %d datagrams, client sent %d; want 3 or more (2 dropped)", got, st.Sent)
 	}
-	if !n.online("bob", "lobby") {
-		t.Errorf("bob not online: %+v", n.user("bob"))
+	if !onlineIn(n, "bob", "lobby") {
+		t.Errorf("bob not online: %+v", n.User("bob"))
 	}
 }
 
 func TestFallbackToHTTPAndBackToUDP(t *testing.T) {
 	n := startNode(t, fastTiming)
-	p := startProxy(t, n.udp)
+	p := startProxy(t, n.UDP)
 	p.Blackhole.Store(true)
 	var errs errorLog
 	h := start(t, client.Config{
-		UDPAddr: p.Addr(), BaseURL: n.base, User: "carol", Room: "lobby",
+		UDPAddr: p.Addr(), BaseURL: n.Base, User: "carol", Room: "lobby",
 		AckTimeout: 20 * time.Millisecond, MaxAckTimeout: 50 * time.Millisecond, FallbackAfter: 3,
 		UDPRetryAfter: time.Second, OnError: errs.add,
 	})
@@ -146,13 +146,13 @@ func TestFallbackToHTTPAndBackToUDP(t *testing.T) {
 	if got := p.Received.Load(); got != 3 {
 		t.Errorf("%d datagrams before the fallback, want FallbackAfter = 3", got)
 	}
-	if !n.online("carol", "lobby") {
-		t.Fatalf("carol not online over the HTTP fallback: %+v", n.user("carol"))
+	if !onlineIn(n, "carol", "lobby") {
+		t.Fatalf("carol not online over the HTTP fallback: %+v", n.User("carol"))
 	}
 	// While UDP stays black-holed, probes fall back again and the session lives.
 	testkit.Eventually(t, 10*time.Second, "a second fallback after a UDP probe", func() bool { return h.Status().Fallbacks >= 2 })
-	if !n.online("carol", "lobby") {
-		t.Fatalf("carol offline while on HTTP: %+v", n.user("carol"))
+	if !onlineIn(n, "carol", "lobby") {
+		t.Fatalf("carol offline while on HTTP: %+v", n.User("carol"))
 	}
 	p.Blackhole.Store(false)
 	testkit.Eventually(t, 10*time.Second, "heartbeats back on UDP", func() bool {
@@ -164,7 +164,7 @@ func TestFallbackToHTTPAndBackToUDP(t *testing.T) {
 func TestTokenRefreshWhenExpired(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { fastTiming(c); withSecret(t)(c) })
 	mint := func(valid time.Duration) string {
-		tok, err := n.keys.Mint("", "dave", "", false, time.Now().Add(valid))
+		tok, err := n.Keys.Mint("", "dave", "", false, time.Now().Add(valid))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,7 +174,7 @@ func TestTokenRefreshWhenExpired(t *testing.T) {
 	var mu sync.Mutex
 	var reasons []error
 	h := start(t, client.Config{
-		UDPAddr: n.udp, BaseURL: n.base, User: "dave", Room: "lobby", Token: first,
+		UDPAddr: n.UDP, BaseURL: n.Base, User: "dave", Room: "lobby", Token: first,
 		TokenFunc: func(ctx context.Context, reason error) (string, error) {
 			mu.Lock()
 			reasons = append(reasons, reason)
@@ -198,8 +198,8 @@ func TestTokenRefreshWhenExpired(t *testing.T) {
 	if st := h.Status(); st.TokenRefreshes != 1 || st.Transport != client.TransportUDP {
 		t.Errorf("status = %+v, want one refresh and udp", st)
 	}
-	if !n.online("dave", "lobby") {
-		t.Errorf("dave offline after the refresh: %+v", n.user("dave"))
+	if !onlineIn(n, "dave", "lobby") {
+		t.Errorf("dave offline after the refresh: %+v", n.User("dave"))
 	}
 }
 
@@ -219,19 +219,19 @@ func TestTokenRefreshWhenServerRefusesKey(t *testing.T) {
 		mu.Lock()
 		reasons = append(reasons, reason)
 		mu.Unlock()
-		return n.keys.Mint("", "erin", "", false, time.Now().Add(time.Hour))
+		return n.Keys.Mint("", "erin", "", false, time.Now().Add(time.Hour))
 	}
 	for _, tc := range []struct {
 		name string
 		udp  string
 	}{
 		{"http", ""},   // 401 "token key id is unknown"
-		{"udp", n.udp}, // silence, then the HTTP fallback says why
+		{"udp", n.UDP}, // silence, then the HTTP fallback says why
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reasons = nil
 			h := start(t, client.Config{
-				UDPAddr: tc.udp, BaseURL: n.base, User: "erin", Room: tc.name, Token: stale,
+				UDPAddr: tc.udp, BaseURL: n.Base, User: "erin", Room: tc.name, Token: stale,
 				TokenFunc: tokenFunc, AckTimeout: 20 * time.Millisecond, FallbackAfter: 2,
 				UDPRetryAfter: time.Hour,
 			})
@@ -242,8 +242,8 @@ func TestTokenRefreshWhenServerRefusesKey(t *testing.T) {
 			if len(got) != 1 || !errors.Is(got[0], client.ErrUnknownKey) {
 				t.Errorf("TokenFunc reasons = %v, want one unknown key", got)
 			}
-			if !n.online("erin", tc.name) {
-				t.Errorf("erin not online in %s: %+v", tc.name, n.user("erin"))
+			if !onlineIn(n, "erin", tc.name) {
+				t.Errorf("erin not online in %s: %+v", tc.name, n.User("erin"))
 			}
 			if tc.udp != "" {
 				// The refusal explained the silence: back to UDP at once,
@@ -262,20 +262,20 @@ func TestLeave(t *testing.T) {
 		name         string
 		udp, baseURL string
 	}{
-		{"udp", n.udp, ""},
-		{"http", "", n.base},
+		{"udp", n.UDP, ""},
+		{"http", "", n.Base},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := start(t, client.Config{UDPAddr: tc.udp, BaseURL: tc.baseURL, User: "frank", Room: tc.name})
 			waitAck(t, h)
-			if !n.online("frank", tc.name) {
+			if !onlineIn(n, "frank", tc.name) {
 				t.Fatalf("frank not online in %s", tc.name)
 			}
 			if err := h.Leave(context.Background()); err != nil {
 				t.Fatalf("Leave: %v", err)
 			}
-			if n.online("frank", tc.name) {
-				t.Errorf("frank still in %s after Leave: %+v", tc.name, n.user("frank"))
+			if onlineIn(n, "frank", tc.name) {
+				t.Errorf("frank still in %s after Leave: %+v", tc.name, n.User("frank"))
 			}
 			if err := h.Leave(context.Background()); !errors.Is(err, client.ErrClosed) {
 				t.Errorf("second Leave = %v, want ErrClosed", err)
@@ -310,7 +310,7 @@ func TestStateGoesOverHTTP(t *testing.T) {
 		return append([]map[string]json.RawMessage(nil), bodies...)
 	}
 	h := start(t, client.Config{
-		UDPAddr: n.udp, BaseURL: fake.URL, User: "gina", Room: "lobby",
+		UDPAddr: n.UDP, BaseURL: fake.URL, User: "gina", Room: "lobby",
 		State: map[string]string{"status": "online"},
 	})
 	waitAck(t, h)
@@ -341,7 +341,7 @@ func TestStateGoesOverHTTP(t *testing.T) {
 
 func TestCancelEndsGoroutineAndUnblocksRead(t *testing.T) {
 	n := startNode(t, nil)
-	p := startProxy(t, n.udp)
+	p := startProxy(t, n.UDP)
 	p.Blackhole.Store(true)
 	before := runtime.NumGoroutine()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -417,7 +417,7 @@ func TestStateRefusedOrHTTPDown(t *testing.T) {
 	}
 	var errs errorLog
 	h := start(t, client.Config{
-		UDPAddr: n.udp, BaseURL: fake.URL, User: "ivan", Room: "lobby",
+		UDPAddr: n.UDP, BaseURL: fake.URL, User: "ivan", Room: "lobby",
 		State: map[string]string{"x": "big"}, OnError: errs.add,
 	})
 	// A refused state is dropped (the server applied nothing), and the
@@ -434,8 +434,8 @@ func TestStateRefusedOrHTTPDown(t *testing.T) {
 	testkit.Eventually(t, 10*time.Second, "the state retried while UDP acks", func() bool {
 		return count("down") >= 3 && h.Status().Acked >= acked+3
 	})
-	if !errs.has(client.ErrUnavailable) || !n.online("ivan", "lobby") {
-		t.Errorf("errors %v, online %v: want unavailable reported and ivan online", errs.list(), n.online("ivan", "lobby"))
+	if !errs.has(client.ErrUnavailable) || !onlineIn(n, "ivan", "lobby") {
+		t.Errorf("errors %v, online %v: want unavailable reported and ivan online", errs.list(), onlineIn(n, "ivan", "lobby"))
 	}
 }
 
@@ -444,7 +444,7 @@ func TestSetStateRespectsMinGap(t *testing.T) {
 		c.Interval, c.TTL, c.HeartbeatMinGap = 10*time.Second, 30*time.Second, time.Second
 	})
 	var errs errorLog
-	h := start(t, client.Config{UDPAddr: n.udp, BaseURL: n.base, User: "judy", Room: "lobby", OnError: errs.add})
+	h := start(t, client.Config{UDPAddr: n.UDP, BaseURL: n.Base, User: "judy", Room: "lobby", OnError: errs.add})
 	waitAck(t, h)
 	if err := h.SetState(map[string]string{"status": "away"}); err != nil {
 		t.Fatal(err)
