@@ -153,7 +153,7 @@ func TestEventStreamOutlivesWriteTimeout(t *testing.T) {
 		if ev := s.next(t, 5*time.Second); ev.Type != "join" || ev.User != fmt.Sprintf("u%d", i) {
 			t.Fatalf("event %d = %+v", i, ev)
 		}
-		time.Sleep(wt / 4 * 5 / 2)
+		time.Sleep(wt / 4 * 5 / 2) // a real clock: the stream must outlive its write timeout
 	}
 	time.Sleep(2 * wt) // idle past the timeout, then one more
 	n.PostHeartbeat("late", "r", "")

@@ -203,7 +203,7 @@ func TestExpiryAndLeave(t *testing.T) {
 	stop := time.Now().Add(2500 * time.Millisecond)
 	for time.Now().Before(stop) {
 		n.PostHeartbeat("c", "r1", "")
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // a real clock: c heartbeats past a's 1 s TTL
 	}
 	if got, _ := n.RoomOnline("r1"); got != 1 {
 		t.Fatalf("r1 after a's expiry = %d, want 1", got)

@@ -89,7 +89,7 @@ func TestScrapeDuringStart(t *testing.T) {
 			for i := 0; i < 100000 && !stop.Load(); i++ {
 				resp, err := client.Get("http://" + addr + path)
 				if err != nil {
-					time.Sleep(time.Millisecond)
+					time.Sleep(time.Millisecond) // paces retries until the server listens
 					continue
 				}
 				io.Copy(io.Discard, resp.Body)

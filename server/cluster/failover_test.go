@@ -526,7 +526,7 @@ func TestFailoverHungMaster(t *testing.T) {
 		t.Errorf("want one %q line per node", wholeAgain)
 	}
 	f.converge(15*time.Second, "while the old master hangs")
-	time.Sleep(time.Until(hungAt.Add(10 * time.Second)))
+	time.Sleep(time.Until(hungAt.Add(10 * time.Second))) // a real clock: the master hangs for 10 s
 	victim.Resume()
 	testkit.Eventually(t, 30*time.Second, "the old master to continue as a replica", func() bool { return victim.Role() == "slave" })
 	f.converge(15*time.Second, "after the old master continued")
@@ -608,7 +608,7 @@ func TestFailoverChaos(t *testing.T) {
 			ms[rng.IntN(len(ms))].Kill()
 			kills++
 		}
-		time.Sleep(time.Duration(1500+rng.IntN(2000)) * time.Millisecond)
+		time.Sleep(time.Duration(1500+rng.IntN(2000)) * time.Millisecond) // paces the chaos: kills 1.5-3.5 s apart
 	}
 	for _, s := range rc.Nodes {
 		if !s.Alive() {

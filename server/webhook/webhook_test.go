@@ -85,7 +85,7 @@ func (r *receiver) up() {
 		if ln, err = net.Listen("tcp", r.addr); err == nil {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // paces the retries of a bind
 	}
 	if err != nil {
 		r.t.Fatal(err)
@@ -119,7 +119,7 @@ func (r *receiver) handle(w http.ResponseWriter, req *http.Request) {
 		r.mu.evs = append(r.mu.evs, b.Events...)
 	}
 	r.mu.Unlock()
-	time.Sleep(delay)
+	time.Sleep(delay) // a slow receiver, by design
 	w.WriteHeader(code)
 }
 
@@ -277,7 +277,7 @@ func TestReceiverDownThenBack(t *testing.T) {
 	// Events keep coming for the 10 s the receiver is down.
 	for i := 0; i < 10; i++ {
 		publish(bus, 20+i*30, 30, 4)
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // paces the load over the real 10 s outage
 	}
 	if st := d.Stats(); st.Depth == 0 || st.Attempts[ClassError] == 0 {
 		t.Fatalf("receiver down, yet nothing queued or failed: %+v", st)
