@@ -481,6 +481,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}))
 	}
 	if st := s.storeState(); st != persist.StateOpening && st != persist.StateClosed {
+		if s.cfg.Persist.RefreshMargin > 0 {
+			// The log skipped refreshes (--wal-refresh-margin): the final
+			// drain writes every session's current times, so a clean
+			// restart restores them exactly.
+			s.m.Relog()
+		}
 		errs = append(errs, step("close write-ahead log", func() error { return s.store.CloseContext(ctx) }))
 	}
 	if s.cl != nil {
