@@ -9,8 +9,9 @@ import (
 // TestDependencyDirection keeps the one-way dependencies of STYLE.md:
 // main -> server -> {shardmap, persist}; shardmap, the wire codec and the
 // heartbeat body parser (server/jsonbody) use only the standard library;
-// persist never imports server; loadtest speaks the protocol through the
-// codec packages only.
+// persist never imports server (its tests only the stdlib-only poll helper
+// server/testkit); loadtest speaks the protocol through the codec packages
+// only.
 func TestDependencyDirection(t *testing.T) {
 	const mod = "github.com/presenced/presenced"
 	deps := func(pkg string) []string {
@@ -31,6 +32,7 @@ func TestDependencyDirection(t *testing.T) {
 		mod + "/server/wire":     nil,
 		mod + "/server/jsonbody": nil,
 		mod + "/server/token":    {mod + "/server/wire"},
+		mod + "/server/testkit":  nil,
 	}
 	for pkg, ok := range allowed {
 		for _, d := range deps(pkg) {
@@ -42,6 +44,17 @@ func TestDependencyDirection(t *testing.T) {
 	for _, d := range deps(mod + "/persist") {
 		if strings.HasPrefix(d, mod+"/server") {
 			t.Errorf("persist imports %s", d)
+		}
+	}
+	// persist's tests may import the stdlib-only poll helper, nothing else
+	// of server: a test-only import of server code would hide the cycle.
+	out, err := exec.Command("go", "list", "-f", `{{join .TestImports " "}} {{join .XTestImports " "}}`, mod+"/persist").Output()
+	if err != nil {
+		t.Fatalf("go list persist test imports: %v", err)
+	}
+	for _, d := range strings.Fields(string(out)) {
+		if strings.HasPrefix(d, mod+"/server") && d != mod+"/server/testkit" {
+			t.Errorf("persist's tests import %s; only %s/server/testkit is allowed", d, mod)
 		}
 	}
 	for _, d := range deps(mod + "/loadtest") {

@@ -196,13 +196,13 @@ func TestSubscriberRealServerJoins(t *testing.T) {
 	n := startNode(t, fastTiming)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	sub, err := client.Subscribe(ctx, client.SubscriberConfig{BaseURL: n.base, Room: "lobby"})
+	sub, err := client.Subscribe(ctx, client.SubscriberConfig{BaseURL: n.Base, Room: "lobby"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Close()
 	for i, u := range []string{"ivy", "jack"} {
-		start(t, client.Config{UDPAddr: n.udp, User: u, Room: "lobby"})
+		start(t, client.Config{UDPAddr: n.UDP, User: u, Room: "lobby"})
 		ev, err := sub.Next()
 		if err != nil {
 			t.Fatalf("Next: %v", err)
@@ -231,15 +231,15 @@ func TestSubscriberRealServerBearer(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, err := client.Subscribe(ctx, client.SubscriberConfig{BaseURL: n.base}); !errors.Is(err, client.ErrUnauthorized) {
+	if _, err := client.Subscribe(ctx, client.SubscriberConfig{BaseURL: n.Base}); !errors.Is(err, client.ErrUnauthorized) {
 		t.Fatalf("Subscribe without the bearer token = %v, want ErrUnauthorized", err)
 	}
-	sub, err := client.Subscribe(ctx, client.SubscriberConfig{BaseURL: n.base, BearerToken: "reader-token-0123456789"})
+	sub, err := client.Subscribe(ctx, client.SubscriberConfig{BaseURL: n.Base, BearerToken: "reader-token-0123456789"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	start(t, client.Config{UDPAddr: n.udp, User: "kim", Room: "den"})
+	start(t, client.Config{UDPAddr: n.UDP, User: "kim", Room: "den"})
 	if ev, err := sub.Next(); err != nil || ev.Type != "occupied" {
 		t.Errorf("event = %+v, %v; want den occupied", ev, err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/presenced/presenced/client"
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/servertest"
 	"github.com/presenced/presenced/server/token"
 )
 
@@ -24,7 +25,11 @@ type exampleNode struct {
 }
 
 func startExampleServer(mod func(*server.Config)) *exampleNode {
-	srv, err := newServer(mod)
+	cfg := servertest.Config()
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := servertest.Run(cfg)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -32,7 +37,9 @@ func startExampleServer(mod func(*server.Config)) *exampleNode {
 }
 
 func (n *exampleNode) stop() {
-	if err := stopServer(n.srv); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.srv.Shutdown(ctx); err != nil {
 		log.Fatal(err)
 	}
 }

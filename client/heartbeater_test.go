@@ -15,6 +15,7 @@ import (
 
 	"github.com/presenced/presenced/client"
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/token"
 )
 
@@ -75,14 +76,14 @@ func (l *errorLog) has(target error) bool {
 
 func TestHeartbeatsOverUDP(t *testing.T) {
 	n := startNode(t, fastTiming)
-	h := start(t, client.Config{UDPAddr: n.udp, User: "alice", Room: "lobby"})
+	h := start(t, client.Config{UDPAddr: n.UDP, User: "alice", Room: "lobby"})
 	waitAck(t, h)
-	if !n.online("alice", "lobby") {
-		t.Fatalf("alice not online in lobby after an acknowledged heartbeat: %+v", n.user("alice"))
+	if !onlineIn(n, "alice", "lobby") {
+		t.Fatalf("alice not online in lobby after an acknowledged heartbeat: %+v", n.User("alice"))
 	}
 	// With the default 60 s interval a fifth ack would take minutes: it
 	// comes in about a second only if the client follows interval_ms.
-	eventually(t, 10*time.Second, "5 acks at the server's interval", func() bool { return h.Status().Acked >= 5 })
+	testkit.Eventually(t, 10*time.Second, "5 acks at the server's interval", func() bool { return h.Status().Acked >= 5 })
 	st := h.Status()
 	if st.Transport != client.TransportUDP || st.Interval != 200*time.Millisecond || st.TTL != 3*time.Second {
 		t.Errorf("status = %+v, want transport udp, interval 200ms, ttl 3s", st)
@@ -100,10 +101,10 @@ func TestHeartbeatsOverUDP(t *testing.T) {
 
 func TestResendAfterDroppedDatagrams(t *testing.T) {
 	n := startNode(t, nil)
-	p := startProxy(t, n.udp)
+	p := startProxy(t, n.UDP)
 	p.Drop.Store(2)
 	h := start(t, client.Config{
-		UDPAddr: p.Addr(), BaseURL: n.base, User: "bob", Room: "lobby",
+		UDPAddr: p.Addr(), BaseURL: n.Base, User: "bob", Room: "lobby",
 		AckTimeout: 100 * time.Millisecond, FallbackAfter: 5,
 	})
 	waitAck(t, h)
@@ -116,18 +117,18 @@ func TestResendAfterDroppedDatagrams(t *testing.T) {
 	if got := p.Received.Load(); got < 3 || uint64(got) != st.Sent {
 		t.Errorf("proxy saw %d datagrams, client sent %d; want 3 or more (2 dropped)", got, st.Sent)
 	}
-	if !n.online("bob", "lobby") {
-		t.Errorf("bob not online: %+v", n.user("bob"))
+	if !onlineIn(n, "bob", "lobby") {
+		t.Errorf("bob not online: %+v", n.User("bob"))
 	}
 }
 
 func TestFallbackToHTTPAndBackToUDP(t *testing.T) {
 	n := startNode(t, fastTiming)
-	p := startProxy(t, n.udp)
+	p := startProxy(t, n.UDP)
 	p.Blackhole.Store(true)
 	var errs errorLog
 	h := start(t, client.Config{
-		UDPAddr: p.Addr(), BaseURL: n.base, User: "carol", Room: "lobby",
+		UDPAddr: p.Addr(), BaseURL: n.Base, User: "carol", Room: "lobby",
 		AckTimeout: 20 * time.Millisecond, MaxAckTimeout: 50 * time.Millisecond, FallbackAfter: 3,
 		UDPRetryAfter: time.Second, OnError: errs.add,
 	})
@@ -145,16 +146,16 @@ func TestFallbackToHTTPAndBackToUDP(t *testing.T) {
 	if got := p.Received.Load(); got != 3 {
 		t.Errorf("%d datagrams before the fallback, want FallbackAfter = 3", got)
 	}
-	if !n.online("carol", "lobby") {
-		t.Fatalf("carol not online over the HTTP fallback: %+v", n.user("carol"))
+	if !onlineIn(n, "carol", "lobby") {
+		t.Fatalf("carol not online over the HTTP fallback: %+v", n.User("carol"))
 	}
 	// While UDP stays black-holed, probes fall back again and the session lives.
-	eventually(t, 10*time.Second, "a second fallback after a UDP probe", func() bool { return h.Status().Fallbacks >= 2 })
-	if !n.online("carol", "lobby") {
-		t.Fatalf("carol offline while on HTTP: %+v", n.user("carol"))
+	testkit.Eventually(t, 10*time.Second, "a second fallback after a UDP probe", func() bool { return h.Status().Fallbacks >= 2 })
+	if !onlineIn(n, "carol", "lobby") {
+		t.Fatalf("carol offline while on HTTP: %+v", n.User("carol"))
 	}
 	p.Blackhole.Store(false)
-	eventually(t, 10*time.Second, "heartbeats back on UDP", func() bool {
+	testkit.Eventually(t, 10*time.Second, "heartbeats back on UDP", func() bool {
 		st := h.Status()
 		return st.Transport == client.TransportUDP && p.Forwarded.Load() > 0
 	})
@@ -163,7 +164,7 @@ func TestFallbackToHTTPAndBackToUDP(t *testing.T) {
 func TestTokenRefreshWhenExpired(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { fastTiming(c); withSecret(t)(c) })
 	mint := func(valid time.Duration) string {
-		tok, err := n.keys.Mint("", "dave", "", false, time.Now().Add(valid))
+		tok, err := n.Keys.Mint("", "dave", "", false, time.Now().Add(valid))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,7 +174,7 @@ func TestTokenRefreshWhenExpired(t *testing.T) {
 	var mu sync.Mutex
 	var reasons []error
 	h := start(t, client.Config{
-		UDPAddr: n.udp, BaseURL: n.base, User: "dave", Room: "lobby", Token: first,
+		UDPAddr: n.UDP, BaseURL: n.Base, User: "dave", Room: "lobby", Token: first,
 		TokenFunc: func(ctx context.Context, reason error) (string, error) {
 			mu.Lock()
 			reasons = append(reasons, reason)
@@ -185,7 +186,7 @@ func TestTokenRefreshWhenExpired(t *testing.T) {
 	if h.Status().TokenRefreshes != 0 {
 		t.Fatalf("token refreshed before it expired")
 	}
-	eventually(t, 10*time.Second, "a token refresh", func() bool { return h.Status().TokenRefreshes >= 1 })
+	testkit.Eventually(t, 10*time.Second, "a token refresh", func() bool { return h.Status().TokenRefreshes >= 1 })
 	mu.Lock()
 	got := append([]error(nil), reasons...)
 	mu.Unlock()
@@ -193,12 +194,12 @@ func TestTokenRefreshWhenExpired(t *testing.T) {
 		t.Errorf("TokenFunc reasons = %v, want token expired", got)
 	}
 	acked := h.Status().Acked
-	eventually(t, 10*time.Second, "acks with the new token", func() bool { return h.Status().Acked >= acked+3 })
+	testkit.Eventually(t, 10*time.Second, "acks with the new token", func() bool { return h.Status().Acked >= acked+3 })
 	if st := h.Status(); st.TokenRefreshes != 1 || st.Transport != client.TransportUDP {
 		t.Errorf("status = %+v, want one refresh and udp", st)
 	}
-	if !n.online("dave", "lobby") {
-		t.Errorf("dave offline after the refresh: %+v", n.user("dave"))
+	if !onlineIn(n, "dave", "lobby") {
+		t.Errorf("dave offline after the refresh: %+v", n.User("dave"))
 	}
 }
 
@@ -218,19 +219,19 @@ func TestTokenRefreshWhenServerRefusesKey(t *testing.T) {
 		mu.Lock()
 		reasons = append(reasons, reason)
 		mu.Unlock()
-		return n.keys.Mint("", "erin", "", false, time.Now().Add(time.Hour))
+		return n.Keys.Mint("", "erin", "", false, time.Now().Add(time.Hour))
 	}
 	for _, tc := range []struct {
 		name string
 		udp  string
 	}{
 		{"http", ""},   // 401 "token key id is unknown"
-		{"udp", n.udp}, // silence, then the HTTP fallback says why
+		{"udp", n.UDP}, // silence, then the HTTP fallback says why
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			reasons = nil
 			h := start(t, client.Config{
-				UDPAddr: tc.udp, BaseURL: n.base, User: "erin", Room: tc.name, Token: stale,
+				UDPAddr: tc.udp, BaseURL: n.Base, User: "erin", Room: tc.name, Token: stale,
 				TokenFunc: tokenFunc, AckTimeout: 20 * time.Millisecond, FallbackAfter: 2,
 				UDPRetryAfter: time.Hour,
 			})
@@ -241,13 +242,13 @@ func TestTokenRefreshWhenServerRefusesKey(t *testing.T) {
 			if len(got) != 1 || !errors.Is(got[0], client.ErrUnknownKey) {
 				t.Errorf("TokenFunc reasons = %v, want one unknown key", got)
 			}
-			if !n.online("erin", tc.name) {
-				t.Errorf("erin not online in %s: %+v", tc.name, n.user("erin"))
+			if !onlineIn(n, "erin", tc.name) {
+				t.Errorf("erin not online in %s: %+v", tc.name, n.User("erin"))
 			}
 			if tc.udp != "" {
 				// The refusal explained the silence: back to UDP at once,
 				// not after UDPRetryAfter (an hour).
-				eventually(t, 10*time.Second, "heartbeats on UDP", func() bool {
+				testkit.Eventually(t, 10*time.Second, "heartbeats on UDP", func() bool {
 					return h.Status().Transport == client.TransportUDP
 				})
 			}
@@ -261,20 +262,20 @@ func TestLeave(t *testing.T) {
 		name         string
 		udp, baseURL string
 	}{
-		{"udp", n.udp, ""},
-		{"http", "", n.base},
+		{"udp", n.UDP, ""},
+		{"http", "", n.Base},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := start(t, client.Config{UDPAddr: tc.udp, BaseURL: tc.baseURL, User: "frank", Room: tc.name})
 			waitAck(t, h)
-			if !n.online("frank", tc.name) {
+			if !onlineIn(n, "frank", tc.name) {
 				t.Fatalf("frank not online in %s", tc.name)
 			}
 			if err := h.Leave(context.Background()); err != nil {
 				t.Fatalf("Leave: %v", err)
 			}
-			if n.online("frank", tc.name) {
-				t.Errorf("frank still in %s after Leave: %+v", tc.name, n.user("frank"))
+			if onlineIn(n, "frank", tc.name) {
+				t.Errorf("frank still in %s after Leave: %+v", tc.name, n.User("frank"))
 			}
 			if err := h.Leave(context.Background()); !errors.Is(err, client.ErrClosed) {
 				t.Errorf("second Leave = %v, want ErrClosed", err)
@@ -309,12 +310,12 @@ func TestStateGoesOverHTTP(t *testing.T) {
 		return append([]map[string]json.RawMessage(nil), bodies...)
 	}
 	h := start(t, client.Config{
-		UDPAddr: n.udp, BaseURL: fake.URL, User: "gina", Room: "lobby",
+		UDPAddr: n.UDP, BaseURL: fake.URL, User: "gina", Room: "lobby",
 		State: map[string]string{"status": "online"},
 	})
 	waitAck(t, h)
 	// The first heartbeat sets the state over HTTP, the next go over UDP.
-	eventually(t, 10*time.Second, "3 UDP acks", func() bool {
+	testkit.Eventually(t, 10*time.Second, "3 UDP acks", func() bool {
 		st := h.Status()
 		return st.Acked >= 4 && st.Transport == client.TransportUDP
 	})
@@ -324,11 +325,11 @@ func TestStateGoesOverHTTP(t *testing.T) {
 	if err := h.SetState(json.RawMessage(`{"status":"away"}`)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the new state over HTTP", func() bool { return len(got()) == 2 })
+	testkit.Eventually(t, 10*time.Second, "the new state over HTTP", func() bool { return len(got()) == 2 })
 	if err := h.SetState(nil); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the cleared state over HTTP", func() bool { return len(got()) == 3 })
+	testkit.Eventually(t, 10*time.Second, "the cleared state over HTTP", func() bool { return len(got()) == 3 })
 	b := got()
 	if string(b[1]["state"]) != `{"status":"away"}` || string(b[2]["state"]) != "null" {
 		t.Errorf("states sent = %s, %s; want the away object, then null", b[1]["state"], b[2]["state"])
@@ -340,7 +341,7 @@ func TestStateGoesOverHTTP(t *testing.T) {
 
 func TestCancelEndsGoroutineAndUnblocksRead(t *testing.T) {
 	n := startNode(t, nil)
-	p := startProxy(t, n.udp)
+	p := startProxy(t, n.UDP)
 	p.Blackhole.Store(true)
 	before := runtime.NumGoroutine()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -352,9 +353,9 @@ func TestCancelEndsGoroutineAndUnblocksRead(t *testing.T) {
 	}
 	defer h.Close()
 	// The heartbeater now waits up to a minute for an ack that never comes.
-	eventually(t, 10*time.Second, "the first datagram", func() bool { return p.Received.Load() == 1 })
+	testkit.Eventually(t, 10*time.Second, "the first datagram", func() bool { return p.Received.Load() == 1 })
 	cancel()
-	eventually(t, 10*time.Second, "the heartbeat goroutine to end", func() bool { return runtime.NumGoroutine() <= before })
+	testkit.Eventually(t, 10*time.Second, "the heartbeat goroutine to end", func() bool { return runtime.NumGoroutine() <= before })
 	done := make(chan error, 1)
 	go func() { done <- h.Close() }()
 	select {
@@ -416,7 +417,7 @@ func TestStateRefusedOrHTTPDown(t *testing.T) {
 	}
 	var errs errorLog
 	h := start(t, client.Config{
-		UDPAddr: n.udp, BaseURL: fake.URL, User: "ivan", Room: "lobby",
+		UDPAddr: n.UDP, BaseURL: fake.URL, User: "ivan", Room: "lobby",
 		State: map[string]string{"x": "big"}, OnError: errs.add,
 	})
 	// A refused state is dropped (the server applied nothing), and the
@@ -430,11 +431,11 @@ func TestStateRefusedOrHTTPDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	acked := h.Status().Acked
-	eventually(t, 10*time.Second, "the state retried while UDP acks", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the state retried while UDP acks", func() bool {
 		return count("down") >= 3 && h.Status().Acked >= acked+3
 	})
-	if !errs.has(client.ErrUnavailable) || !n.online("ivan", "lobby") {
-		t.Errorf("errors %v, online %v: want unavailable reported and ivan online", errs.list(), n.online("ivan", "lobby"))
+	if !errs.has(client.ErrUnavailable) || !onlineIn(n, "ivan", "lobby") {
+		t.Errorf("errors %v, online %v: want unavailable reported and ivan online", errs.list(), onlineIn(n, "ivan", "lobby"))
 	}
 }
 
@@ -443,12 +444,12 @@ func TestSetStateRespectsMinGap(t *testing.T) {
 		c.Interval, c.TTL, c.HeartbeatMinGap = 10*time.Second, 30*time.Second, time.Second
 	})
 	var errs errorLog
-	h := start(t, client.Config{UDPAddr: n.udp, BaseURL: n.base, User: "judy", Room: "lobby", OnError: errs.add})
+	h := start(t, client.Config{UDPAddr: n.UDP, BaseURL: n.Base, User: "judy", Room: "lobby", OnError: errs.add})
 	waitAck(t, h)
 	if err := h.SetState(map[string]string{"status": "away"}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the state heartbeat accepted over HTTP", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the state heartbeat accepted over HTTP", func() bool {
 		st := h.Status()
 		return st.Acked == 2 && st.Transport == client.TransportHTTP
 	})

@@ -1,139 +1,37 @@
 package client_test
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"net"
-	"net/http"
-	"net/url"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/token"
+	"github.com/presenced/presenced/server/servertest"
 )
 
 const testSecret = "k1 0123456789abcdef0123456789abcdef-client-test-secret\n"
 
-// node is one in-process presenced for a test.
-type node struct {
-	t    *testing.T
-	base string // http://host:port
-	udp  string // host:port
-	keys *token.Keyring
-}
+// node is one in-process presenced for a test (the server's black-box harness).
+type node = servertest.Node
 
-// newServer starts a server on free loopback ports, in memory, with the
-// per-session min gap off (resends in these tests come faster than 1 s).
-func newServer(mod func(*server.Config)) (*server.Server, error) {
-	cfg := server.DefaultConfig()
-	cfg.HTTPAddr = "127.0.0.1:0"
-	cfg.UDPAddr = "127.0.0.1:0"
-	cfg.DataDir = ""
-	cfg.UDPLoops = 1
-	cfg.LogLevel = "error"
-	cfg.HeartbeatMinGap = 0
-	if mod != nil {
-		mod(&cfg)
-	}
-	srv, err := server.New(cfg, server.NewLogger(io.Discard, cfg, nil))
-	if err != nil {
-		return nil, err
-	}
-	if err := srv.Start(); err != nil {
-		return nil, err
-	}
-	return srv, nil
-}
-
-func stopServer(srv *server.Server) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return srv.Shutdown(ctx)
-}
-
-// startNode runs a server for t and stops it when t ends.
-func startNode(t *testing.T, mod func(*server.Config)) *node {
-	t.Helper()
-	var secretFile string
-	srv, err := newServer(func(c *server.Config) {
-		if mod != nil {
-			mod(c)
-		}
-		secretFile = c.SecretFile
-	})
-	if err != nil {
-		t.Fatalf("cannot start server: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := stopServer(srv); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	})
-	n := &node{t: t, base: "http://" + srv.HTTPAddr(), udp: srv.UDPAddr()}
-	if secretFile != "" {
-		if n.keys, err = token.LoadKeyring(secretFile); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return n
-}
+// startNode runs a server for t on free loopback ports, in memory, and
+// stops it when t ends.
+func startNode(t *testing.T, mod func(*server.Config)) *node { return servertest.Start(t, mod) }
 
 // withSecret writes a keyring for t and points the server at it.
-func withSecret(t *testing.T) func(*server.Config) {
-	path := filepath.Join(t.TempDir(), "keys")
-	if err := os.WriteFile(path, []byte(testSecret), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return func(c *server.Config) { c.SecretFile = path }
-}
+func withSecret(t *testing.T) func(*server.Config) { return servertest.WithSecret(t, testSecret) }
 
-// userStatus is GET /v1/users/{user}.
-type userStatus struct {
-	Online bool     `json:"online"`
-	Rooms  []string `json:"rooms"`
-}
-
-func (n *node) user(u string) userStatus {
-	n.t.Helper()
-	resp, err := http.Get(n.base + "/v1/users/" + url.PathEscape(u))
-	if err != nil {
-		n.t.Fatalf("GET user %s: %v", u, err)
-	}
-	defer resp.Body.Close()
-	var us userStatus
-	if err := json.NewDecoder(resp.Body).Decode(&us); err != nil || resp.StatusCode != 200 {
-		n.t.Fatalf("GET user %s: %d %v", u, resp.StatusCode, err)
-	}
-	return us
-}
-
-func (n *node) online(u, room string) bool {
-	us := n.user(u)
+// onlineIn reports whether u has a session in room on n.
+func onlineIn(n *node, u, room string) bool {
+	us := n.User(u)
 	for _, r := range us.Rooms {
 		if r == room {
 			return us.Online
 		}
 	}
 	return false
-}
-
-// eventually polls f every 10 ms until it is true or d has passed.
-func eventually(t *testing.T, d time.Duration, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // udpProxy forwards datagrams between one client and a server, dropping the

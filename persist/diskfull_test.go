@@ -14,6 +14,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // diskFull fails writes with ENOSPC while on, as a full
@@ -79,7 +80,7 @@ func TestDiskFullNeverWaits(t *testing.T) {
 
 	faults.on.Store(true)
 	src.upsert("during", "r", 2, 1<<60)
-	waitFor(t, "state unavailable", func() bool { return s.State() == StateUnavailable })
+	testkit.Eventually(t, 10*time.Second, "state unavailable", func() bool { return s.State() == StateUnavailable })
 	if err := s.Healthy(); err == nil {
 		t.Error("Healthy is nil while the database is down")
 	}
@@ -104,7 +105,7 @@ func TestDiskFullNeverWaits(t *testing.T) {
 	}
 
 	faults.on.Store(false)
-	waitFor(t, "state ok after space freed", func() bool { return s.State() == StateOK })
+	testkit.Eventually(t, 10*time.Second, "state ok after space freed", func() bool { return s.State() == StateOK })
 	src.upsert("after", "r", 3, 1<<60)
 	if err := s.WaitDurable(context.Background()); err != nil {
 		t.Fatal(err)
@@ -139,7 +140,7 @@ func TestDiskFullCloseKeepsDeadline(t *testing.T) {
 	}
 	faults.on.Store(true)
 	src.upsert("during", "r", 2, 1<<60)
-	waitFor(t, "state unavailable", func() bool { return s.State() == StateUnavailable })
+	testkit.Eventually(t, 10*time.Second, "state unavailable", func() bool { return s.State() == StateUnavailable })
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	err := within(t, 15*time.Second, "CloseContext", func() error { return s.CloseContext(ctx) })

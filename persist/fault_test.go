@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // checkRecovered reopens fs, replays it, and checks that every session in
@@ -79,7 +80,7 @@ func TestCrashAlways(t *testing.T) {
 					}
 				}()
 			}
-			time.Sleep(time.Duration(20+rng.IntN(60)) * time.Millisecond)
+			time.Sleep(time.Duration(20+rng.IntN(60)) * time.Millisecond) // a random crash point while writers run
 			var want []string
 			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
 				mu.Lock()
@@ -130,11 +131,11 @@ func TestCrashInterval(t *testing.T) {
 					log = append(log, queued{u, c})
 					mu.Unlock()
 					if i%64 == 0 {
-						time.Sleep(100 * time.Microsecond)
+						time.Sleep(100 * time.Microsecond) // paces the writer so the syncer keeps up
 					}
 				}
 			}()
-			time.Sleep(time.Duration(20+rng.IntN(60)) * time.Millisecond)
+			time.Sleep(time.Duration(20+rng.IntN(60)) * time.Millisecond) // a random crash point while writers run
 			// A change queued when n cycles had synced is drained by cycle
 			// n+1 at the latest (n+1 may have drained just before it), so
 			// it is on disk once n+2 cycles have synced. On a loaded machine
@@ -196,9 +197,9 @@ func TestDiskFaults(t *testing.T) {
 			faults.on.Store(true)
 			for i := range 50 {
 				src.upsert(fmt.Sprintf("during%d", i), "r", 2, 1<<60)
-				time.Sleep(time.Millisecond)
+				time.Sleep(time.Millisecond) // paces the writes over several commit cycles
 			}
-			waitFor(t, "unhealthy", func() bool { return s.Healthy() != nil })
+			testkit.Eventually(t, 10*time.Second, "unhealthy", func() bool { return s.Healthy() != nil })
 			if err := s.WaitDurable(context.Background()); err == nil {
 				t.Error("WaitDurable succeeded while the WAL fails")
 			}
@@ -208,7 +209,7 @@ func TestDiskFaults(t *testing.T) {
 			}
 
 			faults.on.Store(false)
-			waitFor(t, "healthy again", func() bool { return s.Healthy() == nil })
+			testkit.Eventually(t, 10*time.Second, "healthy again", func() bool { return s.Healthy() == nil })
 			src.upsert("after", "r", 3, 1<<60)
 			if err := s.WaitDurable(context.Background()); err != nil {
 				t.Fatal(err)

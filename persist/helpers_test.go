@@ -105,14 +105,3 @@ func countKeys(t testing.TB, db *pebble.DB, lower, upper []byte) int {
 	}
 	return n
 }
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}

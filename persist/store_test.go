@@ -11,6 +11,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/shardmap"
 )
 
@@ -279,7 +280,7 @@ func TestOffModeSurvivesProcessCrash(t *testing.T) {
 	var src source
 	s.Start(src.drain)
 	src.upsert("u", "r", 1, 1e12)
-	waitFor(t, "a batch", func() bool { return s.Stats().Batches > 0 })
+	testkit.Eventually(t, 10*time.Second, "a batch", func() bool { return s.Stats().Batches > 0 })
 	cfg.FS = fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 100, RNG: rand.New(rand.NewPCG(1, 1))})
 	s2 := mustOpen(t, cfg)
 	defer s2.Close()
@@ -307,7 +308,7 @@ func TestSweep(t *testing.T) {
 	if err := s.WaitDurable(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "sweep", func() bool { return s.Stats().SweepDeletes >= 3*sweepChunk })
+	testkit.Eventually(t, 10*time.Second, "sweep", func() bool { return s.Stats().SweepDeletes >= 3*sweepChunk })
 	if _, ok, _ := s.LastSeen([]byte("recent")); !ok {
 		t.Error("recent user swept")
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // lockedBuffer is a log sink safe for the store's goroutines.
@@ -61,7 +63,7 @@ func TestDamagedWALIsReported(t *testing.T) {
 				}
 			}
 			// The watermark vouches for commits a second old: wait for it.
-			waitFor(t, "watermark", func() bool {
+			testkit.Eventually(t, 10*time.Second, "watermark", func() bool {
 				wm, ok, _ := readWatermark(s.fs, dir)
 				return ok && wm >= n
 			})
@@ -125,7 +127,7 @@ func TestIntactWALNoDamage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "watermark", func() bool { wm, ok, _ := readWatermark(s.fs, dir); return ok && wm >= 50 })
+	testkit.Eventually(t, 10*time.Second, "watermark", func() bool { wm, ok, _ := readWatermark(s.fs, dir); return ok && wm >= 50 })
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}

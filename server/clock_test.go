@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/wire"
 )
 
@@ -97,13 +98,7 @@ func TestAliveUsesMonotonicTime(t *testing.T) {
 		}
 	}
 	t.Cleanup(stop)
-	deadline := time.Now().Add(5 * time.Second)
-	for s.lastSweep.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the sweeper never finished a pass")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "the sweeper to finish a pass", func() bool { return s.lastSweep.Load() != 0 })
 	clk.step(time.Hour)
 	if !s.Alive() {
 		t.Fatal("a 1 h wall step forward made a sweeping node not alive")

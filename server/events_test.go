@@ -147,16 +147,16 @@ func noDebounce(c *server.Config) { c.LeaveDelay = 0 }
 func TestEventStreamOutlivesWriteTimeout(t *testing.T) {
 	const wt = 300 * time.Millisecond
 	n := startNode(t, func(c *server.Config) { noDebounce(c); c.HTTPWriteTimeout = wt })
-	s := openStream(t, n.base, "?room=r", "")
+	s := openStream(t, n.Base, "?room=r", "")
 	for i := range 6 { // spread over 5x the write timeout
-		n.heartbeat(fmt.Sprintf("u%d", i), "r", "")
+		n.PostHeartbeat(fmt.Sprintf("u%d", i), "r", "")
 		if ev := s.next(t, 5*time.Second); ev.Type != "join" || ev.User != fmt.Sprintf("u%d", i) {
 			t.Fatalf("event %d = %+v", i, ev)
 		}
-		time.Sleep(wt / 4 * 5 / 2)
+		time.Sleep(wt / 4 * 5 / 2) // a real clock: the stream must outlive its write timeout
 	}
 	time.Sleep(2 * wt) // idle past the timeout, then one more
-	n.heartbeat("late", "r", "")
+	n.PostHeartbeat("late", "r", "")
 	if ev := s.next(t, 5*time.Second); ev.User != "late" {
 		t.Fatalf("late event = %+v", ev)
 	}
@@ -168,17 +168,17 @@ func TestEventStreamResumeProperty(t *testing.T) {
 	n := startNode(t, noDebounce)
 	const total = 600
 	rng := rand.New(rand.NewSource(1))
-	s := openStream(t, n.base, "", "") // subscribed before the first event
+	s := openStream(t, n.Base, "", "") // subscribed before the first event
 	go func() {
 		for i := range total {
-			n.do("POST", "/v1/heartbeat", fmt.Sprintf(`{"user":"u%d","room":"r%d"}`, i, i%3), nil)
+			n.Do("POST", "/v1/heartbeat", fmt.Sprintf(`{"user":"u%d","room":"r%d"}`, i, i%3), nil)
 		}
 	}()
 	var got []streamEvent
 	last := ""
 	for len(got) < total {
 		if s == nil {
-			s = openStream(t, n.base, "", last)
+			s = openStream(t, n.Base, "", last)
 		}
 		take := 1 + rng.Intn(120)
 		for range take {
@@ -206,7 +206,7 @@ func TestEventStreamResumeProperty(t *testing.T) {
 		}
 	}
 	// ?since= resumes like the header does.
-	s = openStream(t, n.base, "?since="+got[total-2].ID, "")
+	s = openStream(t, n.Base, "?since="+got[total-2].ID, "")
 	if ev := s.next(t, 5*time.Second); ev.User != got[total-1].User {
 		t.Fatalf("?since resumed at %+v, want %s", ev, got[total-1].User)
 	}
@@ -215,29 +215,29 @@ func TestEventStreamResumeProperty(t *testing.T) {
 // A client whose last id has left the history gets a reset, then live events.
 func TestEventStreamHistoryOverflowResets(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { noDebounce(c); c.EventHistory = 10 })
-	s := openStream(t, n.base, "", "")
-	n.heartbeat("first", "r", "")
+	s := openStream(t, n.Base, "", "")
+	n.PostHeartbeat("first", "r", "")
 	first := s.next(t, 5*time.Second)
 	s.close()
 	for i := range 20 {
-		n.heartbeat(fmt.Sprintf("u%d", i), "r", "")
+		n.PostHeartbeat(fmt.Sprintf("u%d", i), "r", "")
 	}
-	s = openStream(t, n.base, "", first.ID)
+	s = openStream(t, n.Base, "", first.ID)
 	ev := s.next(t, 5*time.Second)
 	if ev.Type != "reset" || ev.Reason != "history_lost" || ev.ID == "" {
 		t.Fatalf("first event after an overflowed history = %+v, want reset history_lost", ev)
 	}
-	n.heartbeat("after", "r", "")
+	n.PostHeartbeat("after", "r", "")
 	if ev = s.next(t, 5*time.Second); ev.User != "after" {
 		t.Fatalf("after reset got %+v, want the live join of after", ev)
 	}
 	// Within the history: no reset.
-	s2 := openStream(t, n.base, "", ev.ID)
-	n.heartbeat("after2", "r", "")
+	s2 := openStream(t, n.Base, "", ev.ID)
+	n.PostHeartbeat("after2", "r", "")
 	if ev := s2.next(t, 5*time.Second); ev.User != "after2" {
 		t.Fatalf("resume within history got %+v", ev)
 	}
-	if v := n.metric("presenced_event_resets_total"); v < 1 {
+	if v := n.Metric("presenced_event_resets_total"); v < 1 {
 		t.Fatalf("presenced_event_resets_total = %v", v)
 	}
 }
@@ -247,22 +247,22 @@ func TestEventStreamRestartResets(t *testing.T) {
 	dir := t.TempDir()
 	cfg := func(c *server.Config) { noDebounce(c); c.DataDir = dir }
 	n := startNode(t, cfg)
-	s := openStream(t, n.base, "", "")
-	n.heartbeat("a", "r", "")
+	s := openStream(t, n.Base, "", "")
+	n.PostHeartbeat("a", "r", "")
 	old := s.next(t, 5*time.Second)
 	s.close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := n.srv.Shutdown(ctx); err != nil {
+	if err := n.Srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Millisecond) // a new epoch (ms)
 	n2 := startNode(t, cfg)
-	s2 := openStream(t, n2.base, "", old.ID)
+	s2 := openStream(t, n2.Base, "", old.ID)
 	if ev := s2.next(t, 5*time.Second); ev.Type != "reset" {
 		t.Fatalf("old id after restart: %+v, want reset", ev)
 	}
-	if n2.user("a").Online != true {
+	if n2.User("a").Online != true {
 		t.Fatal("session lost across restart")
 	}
 }
@@ -273,22 +273,22 @@ func TestEventStreamRestartResets(t *testing.T) {
 func TestEventStreamDebounce(t *testing.T) {
 	const delay = 400 * time.Millisecond
 	n := startNode(t, func(c *server.Config) { c.LeaveDelay = delay })
-	s := openStream(t, n.base, "?room=r", "")
-	n.heartbeat("a", "r", "")
+	s := openStream(t, n.Base, "?room=r", "")
+	n.PostHeartbeat("a", "r", "")
 	if ev := s.next(t, 5*time.Second); ev.Type != "join" {
 		t.Fatalf("got %+v", ev)
 	}
 	// A reload: leave and rejoin within the delay.
-	n.do("POST", "/v1/leave", `{"user":"a","room":"r"}`, nil)
-	if n.user("a").Online {
+	n.Do("POST", "/v1/leave", `{"user":"a","room":"r"}`, nil)
+	if n.User("a").Online {
 		t.Fatal("query delayed: user still online right after leave")
 	}
-	n.heartbeat("a", "r", "")
+	n.PostHeartbeat("a", "r", "")
 	// A real leave, then a marker join: the leave comes delay late, after
 	// the marker; nothing of the reload appears.
 	t0 := time.Now()
-	n.do("POST", "/v1/leave", `{"user":"a","room":"r"}`, nil)
-	n.heartbeat("marker", "r", "")
+	n.Do("POST", "/v1/leave", `{"user":"a","room":"r"}`, nil)
+	n.PostHeartbeat("marker", "r", "")
 	if ev := s.next(t, 5*time.Second); ev.key() != "join marker r " {
 		t.Fatalf("got %+v, want join of marker (the reload must produce nothing)", ev)
 	}
@@ -305,24 +305,24 @@ func TestEventStreamDebounce(t *testing.T) {
 // followed by vacated; a reload of the only member produces neither.
 func TestEventStreamOccupiedVacated(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { c.LeaveDelay = 300 * time.Millisecond })
-	s := openStream(t, n.base, "?room=r", "")
+	s := openStream(t, n.Base, "?room=r", "")
 	s.roomEvents = true
-	n.heartbeat("a", "r", "")
-	n.heartbeat("b", "r", "")
+	n.PostHeartbeat("a", "r", "")
+	n.PostHeartbeat("b", "r", "")
 	for _, want := range []string{"occupied  r ", "join a r ", "join b r "} {
 		if ev := s.next(t, 5*time.Second); ev.key() != want {
 			t.Fatalf("got %q, want %q", ev.key(), want)
 		}
 	}
-	n.do("POST", "/v1/leave", `{"user":"a","room":"r"}`, nil)
-	n.do("POST", "/v1/leave", `{"user":"b","room":"r"}`, nil)
-	n.heartbeat("b", "r", "") // a reload of the last member: no vacated, no occupied
+	n.Do("POST", "/v1/leave", `{"user":"a","room":"r"}`, nil)
+	n.Do("POST", "/v1/leave", `{"user":"b","room":"r"}`, nil)
+	n.PostHeartbeat("b", "r", "") // a reload of the last member: no vacated, no occupied
 	for _, want := range []string{"leave a r left"} {
 		if ev := s.next(t, 5*time.Second); ev.key() != want {
 			t.Fatalf("got %q, want %q", ev.key(), want)
 		}
 	}
-	n.do("POST", "/v1/leave", `{"user":"b","room":"r"}`, nil)
+	n.Do("POST", "/v1/leave", `{"user":"b","room":"r"}`, nil)
 	for _, want := range []string{"leave b r left", "vacated  r "} {
 		if ev := s.next(t, 5*time.Second); ev.key() != want {
 			t.Fatalf("got %q, want %q", ev.key(), want)
@@ -339,9 +339,9 @@ func TestEventStreamBigRoomOccupancy(t *testing.T) {
 		c.RoomEventsMax = 3
 		c.OccupancyInterval = 200 * time.Millisecond
 	})
-	s := openStream(t, n.base, "?room=big", "")
+	s := openStream(t, n.Base, "?room=big", "")
 	for i := range 6 {
-		n.heartbeat(fmt.Sprintf("u%d", i), "big", "")
+		n.PostHeartbeat(fmt.Sprintf("u%d", i), "big", "")
 	}
 	for i := range 3 { // up to the limit: per-member events
 		if ev := s.next(t, 5*time.Second); ev.Type != "join" || ev.User != fmt.Sprintf("u%d", i) {
@@ -364,7 +364,7 @@ func TestEventStreamBigRoomOccupancy(t *testing.T) {
 		t.Fatalf("occupancy events counted %d joins, want 3", joined)
 	}
 	for i := range 4 { // down to 2 members: below 90% of 3
-		n.do("POST", "/v1/leave", fmt.Sprintf(`{"user":"u%d","room":"big"}`, i), nil)
+		n.Do("POST", "/v1/leave", fmt.Sprintf(`{"user":"u%d","room":"big"}`, i), nil)
 	}
 	// After the next occupancy tick the room is small again.
 	for {
@@ -374,7 +374,7 @@ func TestEventStreamBigRoomOccupancy(t *testing.T) {
 		}
 		t.Fatalf("while big: %+v", ev)
 	}
-	n.do("POST", "/v1/leave", `{"user":"u4","room":"big"}`, nil)
+	n.Do("POST", "/v1/leave", `{"user":"u4","room":"big"}`, nil)
 	for {
 		ev := s.next(t, 5*time.Second)
 		if ev.Type == "occupancy" {

@@ -12,19 +12,19 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // rawConn opens an idle TCP connection to the node's HTTP port from local
 // (e.g. "127.0.0.2"), closed at the end of the test.
-func (n *node) rawConn(local string) net.Conn {
-	n.t.Helper()
+func rawConn(n *node, local string) net.Conn {
+	n.T.Helper()
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}, Timeout: 2 * time.Second}
-	c, err := d.Dial("tcp", strings.TrimPrefix(n.base, "http://"))
+	c, err := d.Dial("tcp", strings.TrimPrefix(n.Base, "http://"))
 	if err != nil {
-		n.t.Fatal(err)
+		n.T.Fatal(err)
 	}
-	n.t.Cleanup(func() { c.Close() })
-	n.conns = append(n.conns, c)
+	n.T.Cleanup(func() { c.Close() })
 	return c
 }
 
@@ -49,9 +49,14 @@ func get(t *testing.T, c net.Conn, path string) (int, []byte) {
 // 503, and both come with a JSON error body.
 func TestHTTPConnectionCaps(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { c.HTTPMaxConnsPerIP = 3; c.HTTPMaxConns = 5 })
-	var idle []net.Conn
+	var idle, opened []net.Conn
+	conn := func(local string) net.Conn {
+		c := rawConn(n, local)
+		opened = append(opened, c)
+		return c
+	}
 	for range 3 {
-		c := n.rawConn("127.0.0.1")
+		c := conn("127.0.0.1")
 		if code, _ := get(t, c, "/livez"); code != 200 {
 			t.Fatalf("connection within the cap: %d", code)
 		}
@@ -64,44 +69,37 @@ func TestHTTPConnectionCaps(t *testing.T) {
 			t.Fatalf("body %q: want a JSON error naming %s (%v)", body, want, err)
 		}
 	}
-	code, body := get(t, n.rawConn("127.0.0.1"), "/livez")
+	code, body := get(t, conn("127.0.0.1"), "/livez")
 	if code != 429 {
 		t.Fatalf("4th connection from one address: %d %q, want 429", code, body)
 	}
 	jsonErr(body, "http-max-conns-per-ip")
 	// Another client is still served.
-	other := n.rawConn("127.0.0.2")
+	other := conn("127.0.0.2")
 	if code, body := get(t, other, "/livez"); code != 200 {
 		t.Fatalf("other client while the first is at its cap: %d %q", code, body)
 	}
 	// A slot freed is a slot usable again.
 	idle[0].Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		code, _ := get(t, n.rawConn("127.0.0.1"), "/livez")
-		if code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("closed connection never freed its slot: %d", code)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "the closed connection's slot to be usable again", func() bool {
+		code, _ := get(t, conn("127.0.0.1"), "/livez")
+		return code == 200
+	})
 	// 3 + 1 + 1 open now; the 6th anyone opens gets 503.
-	n.rawConn("127.0.0.3")
-	code, body = get(t, n.rawConn("127.0.0.4"), "/livez")
+	conn("127.0.0.3")
+	code, body = get(t, conn("127.0.0.4"), "/livez")
 	if code != 503 {
 		t.Fatalf("connection over http-max-conns: %d %q, want 503", code, body)
 	}
 	jsonErr(body, "http-max-conns")
-	for _, c := range n.conns {
+	for _, c := range opened {
 		c.Close()
 	}
-	eventually(t, 5*time.Second, "the connections to close", func() bool {
-		code, _ := get(t, n.rawConn("127.0.0.1"), "/livez")
+	testkit.Eventually(t, 5*time.Second, "the connections to close", func() bool {
+		code, _ := get(t, conn("127.0.0.1"), "/livez")
 		return code == 200
 	})
-	if v := n.metric(`presenced_http_rejected_connections_total{reason="per_ip"}`); v < 1 {
+	if v := n.Metric(`presenced_http_rejected_connections_total{reason="per_ip"}`); v < 1 {
 		t.Fatalf("per_ip rejections = %v", v)
 	}
 }
@@ -111,7 +109,7 @@ func TestHTTPConnectionCaps(t *testing.T) {
 func TestTrustedProxiesHTTP(t *testing.T) {
 	hbFrom := func(n *node, local, xff, xri string) int {
 		t.Helper()
-		c := n.rawConn(local)
+		c := rawConn(n, local)
 		body := `{"user":"u` + xff + xri + `"}`
 		req := "POST /v1/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " + itoa(len(body)) + "\r\n"
 		if xff != "" {

@@ -16,25 +16,25 @@ import (
 
 func TestPerSessionFloodDoesNotExtend(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { c.HeartbeatMinGap = 2 * time.Second })
-	if code := n.heartbeat("flood", "r", ""); code != 200 {
+	if code := n.PostHeartbeat("flood", "r", ""); code != 200 {
 		t.Fatalf("first heartbeat: %d", code)
 	}
-	first := *n.user("flood").LastSeen
+	first := *n.User("flood").LastSeen
 	for i := range 20 {
-		if code := n.heartbeat("flood", "r", ""); code != 429 {
+		if code := n.PostHeartbeat("flood", "r", ""); code != 429 {
 			t.Fatalf("flood heartbeat %d: %d, want 429", i, code)
 		}
 	}
-	uc := n.udpClient()
-	got := uc.send(uc.request(1, true, hb("flood", "r", "")), time.Second)
+	uc := n.UDPClient()
+	got := uc.Send(uc.Request(1, true, hb("flood", "r", "")), time.Second)
 	var r wire.Reply
 	if err := r.Decode(got); err != nil || r.Statuses()[0] != wire.StatusRateLimited {
 		t.Fatalf("udp flood reply %x: %v", got, err)
 	}
-	if last := *n.user("flood").LastSeen; last != first {
+	if last := *n.User("flood").LastSeen; last != first {
 		t.Fatalf("flood moved last_seen from %s to %s", first, last)
 	}
-	if v := n.metric(`presenced_heartbeats_total{outcome="rate_limited",transport="http"}`); v != 20 {
+	if v := n.Metric(`presenced_heartbeats_total{outcome="rate_limited",transport="http"}`); v != 20 {
 		t.Fatalf("rate_limited metric = %v, want 20", v)
 	}
 }
@@ -43,7 +43,7 @@ func TestPerSourceLimit(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { c.SourceRate = 5; c.SourceBurst = 10 })
 	ok, limited := 0, 0
 	for i := range 30 {
-		switch code := n.heartbeat(fmt.Sprintf("u%d", i), "r", ""); code {
+		switch code := n.PostHeartbeat(fmt.Sprintf("u%d", i), "r", ""); code {
 		case 200:
 			ok++
 		case 429:
@@ -56,15 +56,15 @@ func TestPerSourceLimit(t *testing.T) {
 	if ok < 10 || ok > 15 || limited != 30-ok {
 		t.Fatalf("%d accepted, %d limited; want the burst of 10 (+ refill) accepted", ok, limited)
 	}
-	if s := n.stats(); s.Sessions != ok {
+	if s := n.Stats(); s.Sessions != ok {
 		t.Fatalf("limited heartbeats changed state: %d sessions for %d accepted", s.Sessions, ok)
 	}
 	// UDP from the same address shares the bucket: dropped without a reply.
-	uc := n.udpClient()
-	if got := uc.send(uc.request(1, true, hb("udp-user", "r", "")), 200*time.Millisecond); got != nil {
+	uc := n.UDPClient()
+	if got := uc.Send(uc.Request(1, true, hb("udp-user", "r", "")), 200*time.Millisecond); got != nil {
 		t.Fatalf("rate-limited datagram got a reply %x", got)
 	}
-	if v := n.metric(`presenced_udp_dropped_datagrams_total{reason="rate_limited"}`); v < 1 {
+	if v := n.Metric(`presenced_udp_dropped_datagrams_total{reason="rate_limited"}`); v < 1 {
 		t.Fatalf("udp rate_limited drops = %v", v)
 	}
 }
@@ -73,11 +73,11 @@ func TestAPITokenGuardsReads(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "api")
 	os.WriteFile(path, []byte("# readers\nreader-token-0123456789\n"), 0o600)
 	n := startNode(t, func(c *server.Config) { c.APITokenFile = path; c.MaxEventStreams = 1 })
-	if code := n.heartbeat("alice", "r", ""); code != 200 {
+	if code := n.PostHeartbeat("alice", "r", ""); code != 200 {
 		t.Fatalf("heartbeats need no API token: %d", code)
 	}
 	get := func(path, tok string) int {
-		req, _ := http.NewRequest("GET", n.base+path, nil)
+		req, _ := http.NewRequest("GET", n.Base+path, nil)
 		if tok != "" {
 			req.Header.Set("Authorization", "Bearer "+tok)
 		}
@@ -105,7 +105,7 @@ func TestAPITokenGuardsReads(t *testing.T) {
 		t.Errorf("/livez needs no token: %d", code)
 	}
 	// --max-event-streams 1: the second concurrent stream is refused.
-	req, _ := http.NewRequest("GET", n.base+"/v1/events", nil)
+	req, _ := http.NewRequest("GET", n.Base+"/v1/events", nil)
 	req.Header.Set("Authorization", "Bearer reader-token-0123456789")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil || resp.StatusCode != 200 {
@@ -125,13 +125,13 @@ func TestReloadKeysAndLimits(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { c.SecretFile = keys; c.MaxBatch = 2; cfg = *c })
 	oldKeys, _ := token.LoadKeyring(keys)
 	oldTok, _ := oldKeys.Mint("", "alice", "", false, time.Now().Add(time.Hour))
-	if code := n.heartbeat("alice", "r", oldTok); code != 200 {
+	if code := n.PostHeartbeat("alice", "r", oldTok); code != 200 {
 		t.Fatalf("old key before reload: %d", code)
 	}
 	// Rotate: the new key signs, the old one is removed; raise max-batch.
 	os.WriteFile(keys, []byte("new fedcba9876543210fedcba9876543210-new-key\n"), 0o600)
 	cfg.MaxBatch = 3
-	changes, err := n.srv.Reload(cfg)
+	changes, err := n.Srv.Reload(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,33 +141,33 @@ func TestReloadKeysAndLimits(t *testing.T) {
 	}
 	newKeys, _ := token.LoadKeyring(keys)
 	newTok, _ := newKeys.Mint("", "alice", "", false, time.Now().Add(time.Hour))
-	if code := n.heartbeat("alice", "r", oldTok); code != 401 {
+	if code := n.PostHeartbeat("alice", "r", oldTok); code != 401 {
 		t.Fatalf("rotated-out key after reload: %d, want 401", code)
 	}
-	if code := n.heartbeat("alice", "r", newTok); code != 200 {
+	if code := n.PostHeartbeat("alice", "r", newTok); code != 200 {
 		t.Fatalf("new key after reload: %d", code)
 	}
-	if !n.user("alice").Online || n.stats().Sessions != 1 {
+	if !n.User("alice").Online || n.Stats().Sessions != 1 {
 		t.Fatal("reload dropped sessions")
 	}
 	tb, _ := newKeys.Mint("", "b", "", false, time.Now().Add(time.Hour))
 	tc, _ := newKeys.Mint("", "c", "", false, time.Now().Add(time.Hour))
 	body := fmt.Sprintf(`{"heartbeats":[{"user":"alice","token":%q},{"user":"b","token":%q},{"user":"c","token":%q}]}`, newTok, tb, tc)
-	if code := n.do("POST", "/v1/heartbeats", body, nil); code != 200 {
+	if code := n.Do("POST", "/v1/heartbeats", body, nil); code != 200 {
 		t.Fatalf("batch of 3 after max-batch 3: %d", code)
 	}
 	// A bad reload changes nothing.
 	cfg.SecretFile = filepath.Join(dir, "missing")
-	if _, err := n.srv.Reload(cfg); err == nil {
+	if _, err := n.Srv.Reload(cfg); err == nil {
 		t.Fatal("reload with a missing secret file succeeded")
 	}
-	if code := n.heartbeat("b", "r", tb); code != 200 {
+	if code := n.PostHeartbeat("b", "r", tb); code != 200 {
 		t.Fatalf("failed reload disturbed the keys: %d", code)
 	}
 	// Settings that need a restart are named, not silently ignored.
 	cfg.SecretFile = keys
 	cfg.TTL = time.Hour
-	changes, _ = n.srv.Reload(cfg)
+	changes, _ = n.Srv.Reload(cfg)
 	if !strings.Contains(strings.Join(changes, ";"), "TTL changed: needs a restart") {
 		t.Fatalf("restart-only change not reported: %v", changes)
 	}
@@ -180,14 +180,14 @@ func TestReloadRefusesKeyedToOpen(t *testing.T) {
 	os.WriteFile(api, []byte("reader-token-0123456789\n"), 0o600)
 	var cfg server.Config
 	n := startNode(t, func(c *server.Config) { c.SecretFile, c.APITokenFile = keys, api; cfg = *c })
-	unsigned := func() int { return n.heartbeat("mallory", "r", "") }
+	unsigned := func() int { return n.PostHeartbeat("mallory", "r", "") }
 	if code := unsigned(); code != 401 {
 		t.Fatalf("unsigned heartbeat on a keyed node: %d", code)
 	}
 	// The secret-file line is removed from the config: refused, still keyed.
 	noSecret := cfg
 	noSecret.SecretFile = ""
-	if _, err := n.srv.Reload(noSecret); err == nil || !strings.Contains(err.Error(), "--allow-open-reload") {
+	if _, err := n.Srv.Reload(noSecret); err == nil || !strings.Contains(err.Error(), "--allow-open-reload") {
 		t.Fatalf("reload to open mode: err %v, want a refusal naming --allow-open-reload", err)
 	}
 	if code := unsigned(); code != 401 {
@@ -196,15 +196,15 @@ func TestReloadRefusesKeyedToOpen(t *testing.T) {
 	// Same for the API tokens of the read endpoints.
 	noAPI := cfg
 	noAPI.APITokenFile = ""
-	if _, err := n.srv.Reload(noAPI); err == nil {
+	if _, err := n.Srv.Reload(noAPI); err == nil {
 		t.Fatal("reload dropping --api-token-file succeeded")
 	}
-	if code := n.do("GET", "/v1/stats", "", nil); code != 401 {
+	if code := n.Do("GET", "/v1/stats", "", nil); code != 401 {
 		t.Fatalf("read without bearer token after a refused reload: %d, want 401", code)
 	}
 	// Asked for explicitly, it goes open.
 	noSecret.AllowOpenReload = true
-	changes, err := n.srv.Reload(noSecret)
+	changes, err := n.Srv.Reload(noSecret)
 	if err != nil {
 		t.Fatal(err)
 	}

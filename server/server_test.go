@@ -3,246 +3,43 @@ package server_test
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/servertest"
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/token"
 	"github.com/presenced/presenced/server/wire"
 )
 
 const testSecret = "k1 0123456789abcdef0123456789abcdef-test-secret-one\nk2 fedcba9876543210fedcba9876543210-test-secret-two\n"
 
-// node is one running server for a test.
-type node struct {
-	t    *testing.T
-	srv  *server.Server
-	base string
-	udp  string
-	keys *token.Keyring
-	// conns are the raw TCP connections rawConn opened.
-	conns []net.Conn
-}
+// node is the black-box harness's running server.
+type node = servertest.Node
 
 // startNode runs a server on free loopback ports and stops it when the test ends.
-func startNode(t *testing.T, mod func(*server.Config)) *node {
-	t.Helper()
-	cfg := server.DefaultConfig()
-	cfg.HTTPAddr = "127.0.0.1:0"
-	cfg.UDPAddr = "127.0.0.1:0"
-	cfg.DataDir = ""
-	cfg.UDPLoops = 2
-	cfg.LogLevel = "warn"
-	cfg.HeartbeatMinGap = 0 // tests that check the limit set it
-	if mod != nil {
-		mod(&cfg)
-	}
-	srv, err := server.New(cfg, server.NewLogger(io.Discard, cfg, nil))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-	})
-	n := &node{t: t, srv: srv, base: "http://" + srv.HTTPAddr(), udp: srv.UDPAddr()}
-	if cfg.SecretFile != "" {
-		kr, err := token.LoadKeyring(cfg.SecretFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.keys = kr
-	}
-	return n
-}
+func startNode(t *testing.T, mod func(*server.Config)) *node { return servertest.Start(t, mod) }
 
 // withSecret writes the test keyring and points the config at it.
-func withSecret(t *testing.T) func(*server.Config) {
-	path := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(path, []byte(testSecret), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return func(c *server.Config) { c.SecretFile = path }
-}
-
-// do sends one request and decodes a JSON answer into out (when non-nil).
-func (n *node) do(method, path, body string, out any) int {
-	n.t.Helper()
-	req, err := http.NewRequest(method, n.base+path, strings.NewReader(body))
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		n.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			n.t.Fatalf("%s %s: status %d, cannot decode %q: %v", method, path, resp.StatusCode, data, err)
-		}
-	}
-	return resp.StatusCode
-}
-
-func (n *node) heartbeat(user, room, tok string) int {
-	n.t.Helper()
-	b, _ := json.Marshal(map[string]string{"user": user, "room": room, "token": tok})
-	return n.do("POST", "/v1/heartbeat", string(b), nil)
-}
-
-type userStatus struct {
-	User     string   `json:"user"`
-	Online   bool     `json:"online"`
-	Rooms    []string `json:"rooms"`
-	LastSeen *string  `json:"last_seen"`
-}
-
-func (n *node) user(u string) userStatus {
-	n.t.Helper()
-	var us userStatus
-	if code := n.do("GET", "/v1/users/"+url.PathEscape(u), "", &us); code != 200 {
-		n.t.Fatalf("GET user %q: %d", u, code)
-	}
-	return us
-}
-
-func (n *node) roomOnline(r string) int {
-	n.t.Helper()
-	var out struct {
-		Room   string `json:"room"`
-		Online int    `json:"online"`
-	}
-	if code := n.do("GET", "/v1/rooms/"+url.PathEscape(r), "", &out); code != 200 {
-		n.t.Fatalf("GET room %q: %d", r, code)
-	}
-	return out.Online
-}
-
-type stats struct {
-	OnlineUsers int `json:"online_users"`
-	Sessions    int `json:"sessions"`
-	Rooms       int `json:"rooms"`
-}
-
-func (n *node) stats() stats {
-	n.t.Helper()
-	var s stats
-	if code := n.do("GET", "/v1/stats", "", &s); code != 200 {
-		n.t.Fatalf("GET stats: %d", code)
-	}
-	return s
-}
-
-// metric returns the value of one sample line of /metrics, or -1.
-func (n *node) metric(sample string) float64 {
-	n.t.Helper()
-	resp, err := http.Get(n.base + "/metrics")
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, sample+" ") {
-			var v float64
-			fmt.Sscan(line[len(sample)+1:], &v)
-			return v
-		}
-	}
-	return -1
-}
-
-// udpClient sends datagrams from one socket and reads replies.
-type udpClient struct {
-	t *testing.T
-	c *net.UDPConn
-}
-
-func (n *node) udpClient() *udpClient {
-	n.t.Helper()
-	raddr, err := net.ResolveUDPAddr("udp", n.udp)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	c, err := net.DialUDP("udp", nil, raddr)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	n.t.Cleanup(func() { c.Close() })
-	return &udpClient{t: n.t, c: c}
-}
-
-// send writes b and returns the reply, or nil when none comes within wait.
-func (u *udpClient) send(b []byte, wait time.Duration) []byte {
-	u.t.Helper()
-	if _, err := u.c.Write(b); err != nil {
-		u.t.Fatal(err)
-	}
-	if wait == 0 {
-		return nil
-	}
-	buf := make([]byte, 2048)
-	u.c.SetReadDeadline(time.Now().Add(wait))
-	n, err := u.c.Read(buf)
-	if err != nil {
-		return nil
-	}
-	return buf[:n]
-}
-
-func (u *udpClient) request(seq uint32, ack bool, items ...wire.Item) []byte {
-	u.t.Helper()
-	b, err := wire.AppendRequest(nil, seq, ack, items)
-	if err != nil {
-		u.t.Fatal(err)
-	}
-	return b
-}
+func withSecret(t *testing.T) func(*server.Config) { return servertest.WithSecret(t, testSecret) }
 
 func hb(user, room, tok string) wire.Item {
 	return wire.Item{Op: wire.OpHeartbeat, User: []byte(user), Room: []byte(room), Token: []byte(tok)}
-}
-
-// eventually polls f until it returns true or the deadline passes.
-func eventually(t *testing.T, d time.Duration, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestHeartbeatsAndQueries(t *testing.T) {
 	n := startNode(t, nil)
 	// HTTP POST, HTTP GET and UDP heartbeats for several users and rooms.
 	for _, u := range []string{"alice", "bob", "carol"} {
-		if code := n.heartbeat(u, "lobby", ""); code != 200 {
+		if code := n.PostHeartbeat(u, "lobby", ""); code != 200 {
 			t.Fatalf("heartbeat %s: %d", u, code)
 		}
 	}
@@ -250,11 +47,11 @@ func TestHeartbeatsAndQueries(t *testing.T) {
 		IntervalMs int64 `json:"interval_ms"`
 		TTLMs      int64 `json:"ttl_ms"`
 	}
-	if code := n.do("GET", "/v1/heartbeat?user=dave&room=game%2F1", "", &hbResp); code != 200 || hbResp.IntervalMs != 60000 || hbResp.TTLMs != 150000 {
+	if code := n.Do("GET", "/v1/heartbeat?user=dave&room=game%2F1", "", &hbResp); code != 200 || hbResp.IntervalMs != 60000 || hbResp.TTLMs != 150000 {
 		t.Fatalf("GET heartbeat: %d %+v", code, hbResp)
 	}
-	uc := n.udpClient()
-	reply := uc.send(uc.request(7, true, hb("erin", "game/1", ""), hb("alice", "game/1", ""), hb("frank", "", "")), time.Second)
+	uc := n.UDPClient()
+	reply := uc.Send(uc.Request(7, true, hb("erin", "game/1", ""), hb("alice", "game/1", ""), hb("frank", "", "")), time.Second)
 	var r wire.Reply
 	if err := r.Decode(reply); err != nil {
 		t.Fatalf("udp reply %x: %v", reply, err)
@@ -266,12 +63,12 @@ func TestHeartbeatsAndQueries(t *testing.T) {
 		t.Fatalf("udp reply timing: %+v", r)
 	}
 	// A datagram without the ack flag is applied and not answered.
-	if got := uc.send(uc.request(8, false, hb("gina", "lobby", "")), 200*time.Millisecond); got != nil {
+	if got := uc.Send(uc.Request(8, false, hb("gina", "lobby", "")), 200*time.Millisecond); got != nil {
 		t.Fatalf("reply to a datagram that did not ask: %x", got)
 	}
-	eventually(t, 2*time.Second, "gina online", func() bool { return n.user("gina").Online })
+	testkit.Eventually(t, 2*time.Second, "gina online", func() bool { return n.User("gina").Online })
 
-	alice := n.user("alice")
+	alice := n.User("alice")
 	sort.Strings(alice.Rooms)
 	if !alice.Online || strings.Join(alice.Rooms, ",") != "game/1,lobby" || alice.LastSeen == nil {
 		t.Fatalf("alice: %+v", alice)
@@ -279,20 +76,20 @@ func TestHeartbeatsAndQueries(t *testing.T) {
 	if _, err := time.Parse(time.RFC3339, *alice.LastSeen); err != nil || !strings.HasSuffix(*alice.LastSeen, "Z") {
 		t.Fatalf("last_seen %q: %v", *alice.LastSeen, err)
 	}
-	if nobody := n.user("nobody"); nobody.Online || nobody.LastSeen != nil || len(nobody.Rooms) != 0 {
+	if nobody := n.User("nobody"); nobody.Online || nobody.LastSeen != nil || len(nobody.Rooms) != 0 {
 		t.Fatalf("nobody: %+v", nobody)
 	}
-	var bulk struct{ Users []userStatus }
-	if code := n.do("POST", "/v1/status", `{"users":["alice","nobody","frank"]}`, &bulk); code != 200 || len(bulk.Users) != 3 {
+	var bulk struct{ Users []servertest.User }
+	if code := n.Do("POST", "/v1/status", `{"users":["alice","nobody","frank"]}`, &bulk); code != 200 || len(bulk.Users) != 3 {
 		t.Fatalf("bulk status: %d %+v", code, bulk)
 	}
 	if !bulk.Users[0].Online || bulk.Users[1].Online || !bulk.Users[2].Online || bulk.Users[2].User != "frank" {
 		t.Fatalf("bulk status: %+v", bulk)
 	}
-	if got := n.roomOnline("lobby"); got != 4 {
+	if got, _ := n.RoomOnline("lobby"); got != 4 {
 		t.Fatalf("lobby online = %d, want 4", got)
 	}
-	if got := n.roomOnline("game/1"); got != 3 {
+	if got, _ := n.RoomOnline("game/1"); got != 3 {
 		t.Fatalf("game/1 online = %d, want 3", got)
 	}
 	var top struct {
@@ -301,13 +98,13 @@ func TestHeartbeatsAndQueries(t *testing.T) {
 			Online int
 		}
 	}
-	if code := n.do("GET", "/v1/rooms?top=2", "", &top); code != 200 || len(top.Rooms) != 2 || top.Rooms[0].Room != "lobby" || top.Rooms[0].Online != 4 || top.Rooms[1].Room != "game/1" {
+	if code := n.Do("GET", "/v1/rooms?top=2", "", &top); code != 200 || len(top.Rooms) != 2 || top.Rooms[0].Room != "lobby" || top.Rooms[0].Online != 4 || top.Rooms[1].Room != "game/1" {
 		t.Fatalf("top rooms: %d %+v", code, top)
 	}
-	if s := n.stats(); s.OnlineUsers != 7 || s.Sessions != 8 || s.Rooms != 2 {
+	if s := n.Stats(); s.OnlineUsers != 7 || s.Sessions != 8 || s.Rooms != 2 {
 		t.Fatalf("stats: %+v", s)
 	}
-	if v := n.metric(`presenced_heartbeats_total{outcome="ok",transport="udp"}`); v != 4 {
+	if v := n.Metric(`presenced_heartbeats_total{outcome="ok",transport="udp"}`); v != 4 {
 		t.Fatalf("udp ok heartbeats metric = %v, want 4", v)
 	}
 }
@@ -328,7 +125,7 @@ func TestMembersPagingEveryMemberOnce(t *testing.T) {
 		Accepted int
 		Rejected []any
 	}
-	if code := n.do("POST", "/v1/heartbeats", batch.String(), &res); code != 200 || res.Accepted != users || len(res.Rejected) != 0 {
+	if code := n.Do("POST", "/v1/heartbeats", batch.String(), &res); code != 200 || res.Accepted != users || len(res.Rejected) != 0 {
 		t.Fatalf("batch: %d %+v", code, res)
 	}
 	seen := map[string]int{}
@@ -348,7 +145,7 @@ func TestMembersPagingEveryMemberOnce(t *testing.T) {
 		if cursor != "" {
 			path += "&cursor=" + url.QueryEscape(cursor)
 		}
-		if code := n.do("GET", path, "", &page); code != 200 {
+		if code := n.Do("GET", path, "", &page); code != 200 {
 			t.Fatalf("members: %d", code)
 		}
 		if len(page.Members) > 40 {
@@ -358,8 +155,8 @@ func TestMembersPagingEveryMemberOnce(t *testing.T) {
 			seen[m.User]++
 		}
 		// Churn between pages: others join and leave; they may or may not show.
-		n.heartbeat(fmt.Sprintf("churn%d", pages), "big", "")
-		n.do("POST", "/v1/leave", fmt.Sprintf(`{"user":"churn%d","room":"big"}`, pages-1), nil)
+		n.PostHeartbeat(fmt.Sprintf("churn%d", pages), "big", "")
+		n.Do("POST", "/v1/leave", fmt.Sprintf(`{"user":"churn%d","room":"big"}`, pages-1), nil)
 		if page.NextCursor == nil {
 			break
 		}
@@ -370,10 +167,10 @@ func TestMembersPagingEveryMemberOnce(t *testing.T) {
 			t.Fatalf("%s seen %d times, want exactly once", u, seen[u])
 		}
 	}
-	if code := n.do("GET", "/v1/rooms/big/members?cursor=!!", "", nil); code != 400 {
+	if code := n.Do("GET", "/v1/rooms/big/members?cursor=!!", "", nil); code != 400 {
 		t.Fatalf("bad cursor: %d, want 400", code)
 	}
-	if code := n.do("GET", "/v1/rooms/big/members?limit=1001", "", nil); code != 400 {
+	if code := n.Do("GET", "/v1/rooms/big/members?limit=1001", "", nil); code != 400 {
 		t.Fatalf("limit over max: %d, want 400", code)
 	}
 }
@@ -384,40 +181,40 @@ func TestExpiryAndLeave(t *testing.T) {
 		c.Interval = 200 * time.Millisecond
 		c.SweepInterval = 20 * time.Millisecond
 	})
-	n.heartbeat("a", "r1", "")
-	n.heartbeat("a", "r2", "")
-	n.heartbeat("b", "r1", "")
-	n.heartbeat("c", "r1", "")
-	if got := n.roomOnline("r1"); got != 3 {
+	n.PostHeartbeat("a", "r1", "")
+	n.PostHeartbeat("a", "r2", "")
+	n.PostHeartbeat("b", "r1", "")
+	n.PostHeartbeat("c", "r1", "")
+	if got, _ := n.RoomOnline("r1"); got != 3 {
 		t.Fatalf("r1 = %d", got)
 	}
 	// Explicit leave of one room, then of all rooms.
 	var left struct{ Left int }
-	if code := n.do("POST", "/v1/leave", `{"user":"a","room":"r2"}`, &left); code != 200 || left.Left != 1 {
+	if code := n.Do("POST", "/v1/leave", `{"user":"a","room":"r2"}`, &left); code != 200 || left.Left != 1 {
 		t.Fatalf("leave one: %d %+v", code, left)
 	}
-	if code := n.do("POST", "/v1/leave", `{"user":"b"}`, &left); code != 200 || left.Left != 1 {
+	if code := n.Do("POST", "/v1/leave", `{"user":"b"}`, &left); code != 200 || left.Left != 1 {
 		t.Fatalf("leave all: %d %+v", code, left)
 	}
-	if got := n.roomOnline("r1"); got != 2 {
+	if got, _ := n.RoomOnline("r1"); got != 2 {
 		t.Fatalf("r1 after leave = %d, want 2", got)
 	}
 	// Keep c alive; a stops heartbeating and expires.
 	stop := time.Now().Add(2500 * time.Millisecond)
 	for time.Now().Before(stop) {
-		n.heartbeat("c", "r1", "")
-		time.Sleep(100 * time.Millisecond)
+		n.PostHeartbeat("c", "r1", "")
+		time.Sleep(100 * time.Millisecond) // a real clock: c heartbeats past a's 1 s TTL
 	}
-	if got := n.roomOnline("r1"); got != 1 {
+	if got, _ := n.RoomOnline("r1"); got != 1 {
 		t.Fatalf("r1 after a's expiry = %d, want 1", got)
 	}
-	if n.user("a").Online || !n.user("c").Online {
+	if n.User("a").Online || !n.User("c").Online {
 		t.Fatalf("a should be offline and c online")
 	}
-	if v := n.metric(`presenced_leaves_total{reason="timeout"}`); v != 1 {
+	if v := n.Metric(`presenced_leaves_total{reason="timeout"}`); v != 1 {
 		t.Fatalf("timeout leaves = %v, want 1", v)
 	}
-	if v := n.metric(`presenced_leaves_total{reason="left"}`); v != 2 {
+	if v := n.Metric(`presenced_leaves_total{reason="left"}`); v != 2 {
 		t.Fatalf("left leaves = %v, want 2", v)
 	}
 }
@@ -429,7 +226,7 @@ func TestEventStream(t *testing.T) {
 		c.Interval = 100 * time.Millisecond
 		c.SweepInterval = 20 * time.Millisecond
 	})
-	resp, err := http.Get(n.base + "/v1/events?room=r1")
+	resp, err := http.Get(n.Base + "/v1/events?room=r1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -437,10 +234,10 @@ func TestEventStream(t *testing.T) {
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
 		t.Fatalf("content type %q", ct)
 	}
-	n.heartbeat("a", "r1", "")
-	n.heartbeat("a", "other", "")
-	n.do("POST", "/v1/leave", `{"user":"a","room":"r1"}`, nil)
-	n.heartbeat("b", "r1", "")
+	n.PostHeartbeat("a", "r1", "")
+	n.PostHeartbeat("a", "other", "")
+	n.Do("POST", "/v1/leave", `{"user":"a","room":"r1"}`, nil)
+	n.PostHeartbeat("b", "r1", "")
 	type event struct {
 		name                   string
 		User, Room, At, Reason string
@@ -484,8 +281,8 @@ func TestEventStream(t *testing.T) {
 
 func TestBadHTTPInputChangesNothing(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { c.MaxBatch = 3; c.MaxBodyBytes = 4096 })
-	n.heartbeat("keep", "lobby", "")
-	before := n.stats()
+	n.PostHeartbeat("keep", "lobby", "")
+	before := n.Stats()
 	long := strings.Repeat("x", 129)
 	cases := []struct {
 		name, method, path, body string
@@ -530,14 +327,14 @@ func TestBadHTTPInputChangesNothing(t *testing.T) {
 			if tc.code == 200 {
 				dst = nil
 			}
-			code := n.do(tc.method, tc.path, tc.body, dst)
+			code := n.Do(tc.method, tc.path, tc.body, dst)
 			if code != tc.code {
 				t.Fatalf("status %d, want %d (%+v)", code, tc.code, out)
 			}
 			if tc.code != 200 && !strings.Contains(out.Error, tc.errHas) {
 				t.Fatalf("error %q does not name %q", out.Error, tc.errHas)
 			}
-			if after := n.stats(); after != before {
+			if after := n.Stats(); after != before {
 				t.Fatalf("state changed: %+v -> %+v", before, after)
 			}
 		})
@@ -550,16 +347,16 @@ func TestBadHTTPInputChangesNothing(t *testing.T) {
 			Error string
 		}
 	}
-	code := n.do("POST", "/v1/heartbeats", `{"heartbeats":[{"user":"g1","room":"r"},{"user":""},{"user":"g2","room":"`+long+`"},{"user":"g3"}]}`, nil)
+	code := n.Do("POST", "/v1/heartbeats", `{"heartbeats":[{"user":"g1","room":"r"},{"user":""},{"user":"g2","room":"`+long+`"},{"user":"g3"}]}`, nil)
 	if code != 413 {
 		t.Fatalf("4 items with max-batch 3: %d", code)
 	}
-	code = n.do("POST", "/v1/heartbeats", `{"heartbeats":[{"user":"g1","room":"r"},{"user":""},{"user":"g2","room":7}]}`, &res)
+	code = n.Do("POST", "/v1/heartbeats", `{"heartbeats":[{"user":"g1","room":"r"},{"user":""},{"user":"g2","room":7}]}`, &res)
 	if code != 200 || res.Accepted != 1 || len(res.Rejected) != 2 || res.Rejected[0].Index != 1 || res.Rejected[1].Index != 2 ||
 		!strings.Contains(res.Rejected[0].Error, "user") || !strings.Contains(res.Rejected[1].Error, "room") {
 		t.Fatalf("mixed batch: %d %+v", code, res)
 	}
-	if !n.user("g1").Online {
+	if !n.User("g1").Online {
 		t.Fatal("good item of a mixed batch was not applied")
 	}
 }
@@ -567,16 +364,16 @@ func TestBadHTTPInputChangesNothing(t *testing.T) {
 func TestStatusLimit(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { c.MaxStatusUsers = 2 })
 	var out struct{ Error string }
-	if code := n.do("POST", "/v1/status", `{"users":["a","b","c"]}`, &out); code != 413 || !strings.Contains(out.Error, "max-status-users") {
+	if code := n.Do("POST", "/v1/status", `{"users":["a","b","c"]}`, &out); code != 413 || !strings.Contains(out.Error, "max-status-users") {
 		t.Fatalf("status over limit: %d %q", code, out.Error)
 	}
 }
 
 func TestTokensHTTP(t *testing.T) {
 	n := startNode(t, withSecret(t))
-	good, _ := n.keys.Mint("", "alice", "", false, time.Now().Add(time.Hour))
-	roomTok, _ := n.keys.Mint("k2", "alice", "r1", true, time.Now().Add(time.Hour))
-	expired, _ := n.keys.Mint("", "alice", "", false, time.Now().Add(-time.Minute))
+	good, _ := n.Keys.Mint("", "alice", "", false, time.Now().Add(time.Hour))
+	roomTok, _ := n.Keys.Mint("k2", "alice", "r1", true, time.Now().Add(time.Hour))
+	expired, _ := n.Keys.Mint("", "alice", "", false, time.Now().Add(-time.Minute))
 	other, err := token.ParseKeyring([]byte("k9 zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -599,24 +396,24 @@ func TestTokensHTTP(t *testing.T) {
 		{"room-bound", "alice", "r1", roomTok, 200},
 	}
 	for _, tc := range cases {
-		before := n.stats()
-		if code := n.heartbeat(tc.user, tc.room, tc.tok); code != tc.code {
+		before := n.Stats()
+		if code := n.PostHeartbeat(tc.user, tc.room, tc.tok); code != tc.code {
 			t.Fatalf("%s: %d, want %d", tc.name, code, tc.code)
 		}
-		if tc.code != 200 && n.stats() != before {
+		if tc.code != 200 && n.Stats() != before {
 			t.Fatalf("%s changed state", tc.name)
 		}
 	}
-	if code := n.do("POST", "/v1/leave", `{"user":"alice"}`, nil); code != 401 {
+	if code := n.Do("POST", "/v1/leave", `{"user":"alice"}`, nil); code != 401 {
 		t.Fatalf("leave without token: %d", code)
 	}
 }
 
 func TestUDPBadDatagramsDroppedAndCounted(t *testing.T) {
 	n := startNode(t, nil)
-	uc := n.udpClient()
-	good := uc.request(1, true, hb("u", "r", ""))
-	oversized := append(uc.request(2, true, hb("u", "r", "")), make([]byte, wire.MaxDatagram)...)
+	uc := n.UDPClient()
+	good := uc.Request(1, true, hb("u", "r", ""))
+	oversized := append(uc.Request(2, true, hb("u", "r", "")), make([]byte, wire.MaxDatagram)...)
 	wrongVersion := append([]byte(nil), good...)
 	wrongVersion[1] = 9
 	random := []byte{0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9}
@@ -629,51 +426,51 @@ func TestUDPBadDatagramsDroppedAndCounted(t *testing.T) {
 		"empty-ish":     {0x50},
 		"trailing byte": append(append([]byte(nil), good...), 0),
 	} {
-		if got := uc.send(b, 150*time.Millisecond); got != nil {
+		if got := uc.Send(b, 150*time.Millisecond); got != nil {
 			t.Fatalf("%s: got a reply %x", name, got)
 		}
 	}
-	if s := n.stats(); s.Sessions != 0 {
+	if s := n.Stats(); s.Sessions != 0 {
 		t.Fatalf("bad datagrams changed state: %+v", s)
 	}
 	for _, reason := range []string{"truncated", "too_large", "bad_version", "bad_magic", "too_short", "trailing"} {
-		if v := n.metric(`presenced_udp_dropped_datagrams_total{reason="` + reason + `"}`); v < 1 {
+		if v := n.Metric(`presenced_udp_dropped_datagrams_total{reason="` + reason + `"}`); v < 1 {
 			t.Fatalf("drop reason %s counted %v", reason, v)
 		}
 	}
-	if got := uc.send(good, time.Second); len(got) == 0 || len(got) > len(good) {
+	if got := uc.Send(good, time.Second); len(got) == 0 || len(got) > len(good) {
 		t.Fatalf("good datagram: reply %x (request %d bytes)", got, len(good))
 	}
 }
 
 func TestTokensUDP(t *testing.T) {
 	n := startNode(t, withSecret(t))
-	uc := n.udpClient()
-	good, _ := n.keys.Mint("", "alice", "", false, time.Now().Add(time.Hour))
-	expired, _ := n.keys.Mint("", "alice", "", false, time.Now().Add(-time.Minute))
+	uc := n.UDPClient()
+	good, _ := n.Keys.Mint("", "alice", "", false, time.Now().Add(time.Hour))
+	expired, _ := n.Keys.Mint("", "alice", "", false, time.Now().Add(-time.Minute))
 	// Unauthenticated datagrams get no reply and change nothing.
 	tampered := []byte(good)
 	tampered[len(tampered)-5] ^= 1
 	for _, tok := range []string{"", "garbage", string(tampered)} {
-		if got := uc.send(uc.request(1, true, hb("alice", "r", tok)), 150*time.Millisecond); got != nil {
+		if got := uc.Send(uc.Request(1, true, hb("alice", "r", tok)), 150*time.Millisecond); got != nil {
 			t.Fatalf("token %q: reply %x", tok, got)
 		}
 	}
 	// A genuine but expired token is answered token_expired: its signature
 	// proves the sender held it, and its expiry is in its text anyway.
 	var er wire.Reply
-	if err := er.Decode(uc.send(uc.request(1, true, hb("alice", "r", expired)), time.Second)); err != nil ||
+	if err := er.Decode(uc.Send(uc.Request(1, true, hb("alice", "r", expired)), time.Second)); err != nil ||
 		len(er.Statuses()) != 1 || er.Statuses()[0] != wire.StatusTokenExpired {
 		t.Fatalf("expired token: reply %v %v, want token_expired", err, er.Statuses())
 	}
-	if n.stats().Sessions != 0 {
+	if n.Stats().Sessions != 0 {
 		t.Fatal("unauthenticated datagrams changed state")
 	}
-	if v := n.metric(`presenced_udp_dropped_datagrams_total{reason="unauthenticated"}`); v != 3 {
+	if v := n.Metric(`presenced_udp_dropped_datagrams_total{reason="unauthenticated"}`); v != 3 {
 		t.Fatalf("unauthenticated drops = %v", v)
 	}
-	req := uc.request(2, true, hb("alice", "r", good), hb("bob", "r", good))
-	got := uc.send(req, time.Second)
+	req := uc.Request(2, true, hb("alice", "r", good), hb("bob", "r", good))
+	got := uc.Send(req, time.Second)
 	var r wire.Reply
 	if err := r.Decode(got); err != nil || r.Statuses()[0] != wire.StatusOK || r.Statuses()[1] != wire.StatusBadToken {
 		t.Fatalf("mixed datagram reply %x: %v %v", got, err, r.Statuses())
@@ -681,28 +478,28 @@ func TestTokensUDP(t *testing.T) {
 	if len(got) > len(req) {
 		t.Fatalf("reply %d bytes > request %d", len(got), len(req))
 	}
-	if !n.user("alice").Online || n.user("bob").Online {
+	if !n.User("alice").Online || n.User("bob").Online {
 		t.Fatal("token for alice must refresh alice only")
 	}
 	// Leave over UDP.
 	leave := wire.Item{Op: wire.OpLeave, User: []byte("alice"), Token: []byte(good)}
-	if got := uc.send(uc.request(3, true, leave), time.Second); got == nil {
+	if got := uc.Send(uc.Request(3, true, leave), time.Second); got == nil {
 		t.Fatal("no ack for leave")
 	}
-	if n.user("alice").Online {
+	if n.User("alice").Online {
 		t.Fatal("alice still online after UDP leave")
 	}
 }
 
 func TestReadyAndHealth(t *testing.T) {
 	n := startNode(t, nil)
-	if code := n.do("GET", "/livez", "", nil); code != 200 {
+	if code := n.Do("GET", "/livez", "", nil); code != 200 {
 		t.Fatalf("livez %d", code)
 	}
-	if code := n.do("GET", "/readyz", "", nil); code != 200 {
+	if code := n.Do("GET", "/readyz", "", nil); code != 200 {
 		t.Fatalf("readyz %d", code)
 	}
-	resp, err := http.Get(n.base + "/metrics")
+	resp, err := http.Get(n.Base + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -726,11 +523,11 @@ func TestLastSeenRightAfterLeaveWithDataDir(t *testing.T) {
 	})
 	for i := range 20 {
 		u := fmt.Sprint("left-", i)
-		if code := n.heartbeat(u, "lobby", ""); code != 200 {
+		if code := n.PostHeartbeat(u, "lobby", ""); code != 200 {
 			t.Fatalf("heartbeat: %d", code)
 		}
-		n.do("POST", "/v1/leave", `{"user":"`+u+`","room":"lobby"}`, nil)
-		if us := n.user(u); us.Online || us.LastSeen == nil {
+		n.Do("POST", "/v1/leave", `{"user":"`+u+`","room":"lobby"}`, nil)
+		if us := n.User(u); us.Online || us.LastSeen == nil {
 			t.Fatalf("%s right after its leave: online %v, last_seen %v; want offline with a last_seen", u, us.Online, us.LastSeen)
 		}
 	}
@@ -745,13 +542,13 @@ func TestLastSeenWithoutDataDir(t *testing.T) {
 	})
 	before := time.Now().Add(-time.Second)
 	for _, u := range []string{"one", "all", "gone"} {
-		if code := n.heartbeat(u, "lobby", ""); code != 200 {
+		if code := n.PostHeartbeat(u, "lobby", ""); code != 200 {
 			t.Fatalf("heartbeat %s: %d", u, code)
 		}
 	}
 	lastSeen := func(u string) time.Time {
 		t.Helper()
-		us := n.user(u)
+		us := n.User(u)
 		if us.Online || us.LastSeen == nil {
 			t.Fatalf("%s: online %v, last_seen %v; want offline with a last_seen", u, us.Online, us.LastSeen)
 		}
@@ -761,19 +558,19 @@ func TestLastSeenWithoutDataDir(t *testing.T) {
 		}
 		return at
 	}
-	n.do("POST", "/v1/leave", `{"user":"one","room":"lobby"}`, nil)
+	n.Do("POST", "/v1/leave", `{"user":"one","room":"lobby"}`, nil)
 	lastSeen("one")
-	n.do("POST", "/v1/leave", `{"user":"all"}`, nil)
+	n.Do("POST", "/v1/leave", `{"user":"all"}`, nil)
 	lastSeen("all")
-	eventually(t, 5*time.Second, "gone to time out", func() bool { return !n.user("gone").Online })
+	testkit.Eventually(t, 5*time.Second, "gone to time out", func() bool { return !n.User("gone").Online })
 	lastSeen("gone")
 	// The table is bounded: a fourth user replaces one of the three.
-	n.heartbeat("more", "", "")
-	n.do("POST", "/v1/leave", `{"user":"more"}`, nil)
-	if v := n.metric("presenced_last_seen_memory_users"); v != 3 {
+	n.PostHeartbeat("more", "", "")
+	n.Do("POST", "/v1/leave", `{"user":"more"}`, nil)
+	if v := n.Metric("presenced_last_seen_memory_users"); v != 3 {
 		t.Fatalf("presenced_last_seen_memory_users = %v, want 3", v)
 	}
-	if v := n.metric("presenced_last_seen_memory_evictions_total"); v != 1 {
+	if v := n.Metric("presenced_last_seen_memory_evictions_total"); v != 1 {
 		t.Fatalf("presenced_last_seen_memory_evictions_total = %v, want 1", v)
 	}
 }
@@ -783,15 +580,15 @@ func TestLastSeenWithoutDataDir(t *testing.T) {
 // get silence; only the sender's own user gets the precise reason.
 func TestUDPReplyIsNoTokenOracle(t *testing.T) {
 	n := startNode(t, withSecret(t))
-	uc := n.udpClient()
+	uc := n.UDPClient()
 	hour := time.Now().Add(time.Hour)
-	good, _ := n.keys.Mint("", "alice", "", false, hour)
-	aliceRoom, _ := n.keys.Mint("", "alice", "lobby", true, hour)
-	bobRoom, _ := n.keys.Mint("", "bob", "lobby", true, hour)
-	carolExpired, _ := n.keys.Mint("", "carol", "", false, time.Now().Add(-time.Minute))
+	good, _ := n.Keys.Mint("", "alice", "", false, hour)
+	aliceRoom, _ := n.Keys.Mint("", "alice", "lobby", true, hour)
+	bobRoom, _ := n.Keys.Mint("", "bob", "lobby", true, hour)
+	carolExpired, _ := n.Keys.Mint("", "carol", "", false, time.Now().Add(-time.Minute))
 	unknownKey := strings.Replace(good, "k1.", "k9.", 1)
 	daveUnknown := strings.Replace(unknownKey, "alice", "dave", 1)
-	req := uc.request(5, true,
+	req := uc.Request(5, true,
 		hb("alice", "r", good),
 		hb("alice", "", aliceRoom), // alice's own room-bound token without a room
 		hb("bob", "", bobRoom),     // bob's room-bound token without a room
@@ -800,7 +597,7 @@ func TestUDPReplyIsNoTokenOracle(t *testing.T) {
 		hb("erin", "r", "garbage"),
 	)
 	var r wire.Reply
-	if err := r.Decode(uc.send(req, time.Second)); err != nil {
+	if err := r.Decode(uc.Send(req, time.Second)); err != nil {
 		t.Fatalf("no reply to a datagram with a good item: %v", err)
 	}
 	want := []wire.Status{wire.StatusOK, wire.StatusWrongRoom, wire.StatusBadToken, wire.StatusTokenExpired, wire.StatusBadToken, wire.StatusBadToken}
@@ -814,15 +611,15 @@ func TestUDPReplyIsNoTokenOracle(t *testing.T) {
 // stops the queue before the sockets close.
 func TestUDPAckFsyncAlways(t *testing.T) {
 	n := startNode(t, func(c *server.Config) { c.DataDir = t.TempDir(); c.FsyncMode = "always" })
-	uc := n.udpClient()
+	uc := n.UDPClient()
 	for seq := range uint32(5) {
 		var r wire.Reply
-		if err := r.Decode(uc.send(uc.request(seq, true, hb(fmt.Sprint("u", seq), "r", "")), 2*time.Second)); err != nil ||
+		if err := r.Decode(uc.Send(uc.Request(seq, true, hb(fmt.Sprint("u", seq), "r", "")), 2*time.Second)); err != nil ||
 			r.Seq != seq || r.Statuses()[0] != wire.StatusOK {
 			t.Fatalf("ack %d under fsync=always: %v %+v", seq, err, r)
 		}
 	}
-	if !n.user("u4").Online {
+	if !n.User("u4").Online {
 		t.Fatal("acked heartbeat not applied")
 	}
 }

@@ -45,7 +45,9 @@ func TestExpiryAcrossShutdownCountedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Setup, not a measure: committing 100,000 sessions under -race has
+	// taken more than 10 s on a loaded 2-core machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := s.store.WaitDurable(ctx); err != nil {
 		t.Fatal(err)

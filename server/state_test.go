@@ -29,8 +29,8 @@ func TestSessionState(t *testing.T) {
 	dir := t.TempDir()
 	cfg := func(c *server.Config) { noDebounce(c); c.DataDir = dir; c.MaxStateBytes = 64 }
 	n := startNode(t, cfg)
-	s := openStream(t, n.base, "?room=r", "")
-	post := func(body string) int { return n.do("POST", "/v1/heartbeat", body, nil) }
+	s := openStream(t, n.Base, "?room=r", "")
+	post := func(body string) int { return n.Do("POST", "/v1/heartbeat", body, nil) }
 	if c := post(`{"user":"a","room":"r","state":{"status":"away", "device":"ios"}}`); c != 200 {
 		t.Fatalf("heartbeat with state: %d", c)
 	}
@@ -45,7 +45,7 @@ func TestSessionState(t *testing.T) {
 				State json.RawMessage `json:"state"`
 			} `json:"members"`
 		}
-		n.do("GET", "/v1/rooms/r/members", "", &out)
+		n.Do("GET", "/v1/rooms/r/members", "", &out)
 		if len(out.Members) != 1 {
 			t.Fatalf("members %+v", out)
 		}
@@ -60,10 +60,10 @@ func TestSessionState(t *testing.T) {
 	// Too large, or not an object: 400 naming the limit, nothing changes.
 	big := `{"user":"a","room":"r","state":{"x":"` + strings.Repeat("y", 80) + `"}}`
 	var e struct{ Error string }
-	if c := n.do("POST", "/v1/heartbeat", big, &e); c != 400 || !strings.Contains(e.Error, "max-state-bytes") {
+	if c := n.Do("POST", "/v1/heartbeat", big, &e); c != 400 || !strings.Contains(e.Error, "max-state-bytes") {
 		t.Fatalf("oversized state: %d %q", c, e.Error)
 	}
-	if c := n.do("POST", "/v1/heartbeat", `{"user":"a","room":"r","state":[1]}`, &e); c != 400 || !strings.Contains(e.Error, "state") {
+	if c := n.Do("POST", "/v1/heartbeat", `{"user":"a","room":"r","state":[1]}`, &e); c != 400 || !strings.Contains(e.Error, "state") {
 		t.Fatalf("array state: %d %q", c, e.Error)
 	}
 	var batch struct {
@@ -73,7 +73,7 @@ func TestSessionState(t *testing.T) {
 			Error string `json:"error"`
 		} `json:"rejected"`
 	}
-	n.do("POST", "/v1/heartbeats", `{"heartbeats":[{"user":"b","room":"r","state":{"k":1}},{"user":"a","room":"r","state":"no"}]}`, &batch)
+	n.Do("POST", "/v1/heartbeats", `{"heartbeats":[{"user":"b","room":"r","state":{"k":1}},{"user":"a","room":"r","state":"no"}]}`, &batch)
 	if batch.Accepted != 1 || len(batch.Rejected) != 1 || batch.Rejected[0].Index != 1 {
 		t.Fatalf("batch %+v", batch)
 	}
@@ -86,38 +86,38 @@ func TestSessionState(t *testing.T) {
 		t.Fatalf("want a's update, got %+v (state %s)", ev, ev.State)
 	}
 	var u userWithSessions
-	n.do("GET", "/v1/users/a", "", &u)
+	n.Do("GET", "/v1/users/a", "", &u)
 	if !u.Online || len(u.Sessions) != 1 || u.Sessions[0].Room != "r" || string(u.Sessions[0].State) != `{"status":"online"}` || u.Sessions[0].LastSeen == "" {
 		t.Fatalf("user a: %+v", u)
 	}
 	var bulk struct{ Users []userWithSessions }
-	n.do("POST", "/v1/status", `{"users":["a","b"]}`, &bulk)
+	n.Do("POST", "/v1/status", `{"users":["a","b"]}`, &bulk)
 	if len(bulk.Users) != 2 || string(bulk.Users[1].Sessions[0].State) != `{"k":1}` {
 		t.Fatalf("bulk: %+v", bulk)
 	}
 	// A UDP heartbeat keeps the state.
-	uc := n.udpClient()
-	uc.send(uc.request(1, true, hb("a", "r", "")), 2*time.Second)
-	n.do("GET", "/v1/users/a", "", &u)
+	uc := n.UDPClient()
+	uc.Send(uc.Request(1, true, hb("a", "r", "")), 2*time.Second)
+	n.Do("GET", "/v1/users/a", "", &u)
 	if string(u.Sessions[0].State) != `{"status":"online"}` {
 		t.Fatalf("state after a UDP heartbeat: %s", u.Sessions[0].State)
 	}
 	// Survives a restart.
-	if err := n.srv.Shutdown(t.Context()); err != nil {
+	if err := n.Srv.Shutdown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	n2 := startNode(t, cfg)
-	n2.do("GET", "/v1/users/a", "", &u)
+	n2.Do("GET", "/v1/users/a", "", &u)
 	if !u.Online || string(u.Sessions[0].State) != `{"status":"online"}` {
 		t.Fatalf("after restart: %+v", u)
 	}
 	// null clears it: an update with state null.
-	s2 := openStream(t, n2.base, "?room=r", "")
-	n2.do("POST", "/v1/heartbeat", `{"user":"a","room":"r","state":null}`, nil)
+	s2 := openStream(t, n2.Base, "?room=r", "")
+	n2.Do("POST", "/v1/heartbeat", `{"user":"a","room":"r","state":null}`, nil)
 	if ev := s2.next(t, 5*time.Second); ev.Type != "update" || string(ev.State) != "null" {
 		t.Fatalf("clear: %+v", ev)
 	}
-	n2.do("GET", "/v1/users/a", "", &u)
+	n2.Do("GET", "/v1/users/a", "", &u)
 	if string(u.Sessions[0].State) != "null" {
 		t.Fatalf("after clear: %s", u.Sessions[0].State)
 	}

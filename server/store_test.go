@@ -16,6 +16,8 @@ import (
 
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/servertest"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // storeConfig is a node config with a write-ahead log in dir.
@@ -52,13 +54,13 @@ func TestScrapeDuringStart(t *testing.T) {
 	dir := t.TempDir()
 	n := startNode(t, func(c *server.Config) { *c = storeConfig(dir) })
 	for b := range 10 {
-		if code := n.do("POST", "/v1/heartbeats", batchBody("u", b*1000, 1000), nil); code != 200 {
+		if code := n.Do("POST", "/v1/heartbeats", batchBody("u", b*1000, 1000), nil); code != 200 {
 			t.Fatalf("heartbeats: %d", code)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := n.srv.Shutdown(ctx); err != nil {
+	if err := n.Srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 
@@ -87,7 +89,7 @@ func TestScrapeDuringStart(t *testing.T) {
 			for i := 0; i < 100000 && !stop.Load(); i++ {
 				resp, err := client.Get("http://" + addr + path)
 				if err != nil {
-					time.Sleep(time.Millisecond)
+					time.Sleep(time.Millisecond) // paces retries until the server listens
 					continue
 				}
 				io.Copy(io.Discard, resp.Body)
@@ -106,14 +108,14 @@ func TestScrapeDuringStart(t *testing.T) {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	eventually(t, 10*time.Second, "scrapes answered after start", func() bool { return answered.Load() > 20 })
+	testkit.Eventually(t, 10*time.Second, "scrapes answered after start", func() bool { return answered.Load() > 20 })
 	stop.Store(true)
 	wg.Wait()
-	n2 := &node{t: t, srv: srv, base: "http://" + addr}
-	if v := n2.metric(`presenced_wal_state{state="ok"}`); v != 1 {
+	n2 := servertest.Attach(t, srv)
+	if v := n2.Metric(`presenced_wal_state{state="ok"}`); v != 1 {
 		t.Errorf(`presenced_wal_state{state="ok"} = %v after start, want 1`, v)
 	}
-	if st := n2.stats(); st.Sessions != 10000 {
+	if st := n2.Stats(); st.Sessions != 10000 {
 		t.Errorf("%d sessions after restart, want 10000", st.Sessions)
 	}
 }
@@ -130,13 +132,13 @@ func TestDamagedWALReported(t *testing.T) {
 	}
 	n := startNode(t, mod)
 	for i := range 100 {
-		if code := n.heartbeat(fmt.Sprint("user", i), "r", ""); code != 200 {
+		if code := n.PostHeartbeat(fmt.Sprint("user", i), "r", ""); code != 200 {
 			t.Fatalf("heartbeat: %d", code)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := n.srv.Shutdown(ctx); err != nil {
+	if err := n.Srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
@@ -169,15 +171,15 @@ func TestDamagedWALReported(t *testing.T) {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	n2 := &node{t: t, srv: srv, base: "http://" + srv.HTTPAddr()}
-	if st := n2.stats(); st.Sessions >= 100 {
+	n2 := servertest.Attach(t, srv)
+	if st := n2.Stats(); st.Sessions >= 100 {
 		t.Fatalf("%d sessions after cutting the log in half: the test proves nothing", st.Sessions)
 	}
 	var ready struct{ Status, Warning string }
-	if code := n2.do("GET", "/readyz", "", &ready); code != 200 || !strings.Contains(ready.Warning, "write-ahead log damaged") {
+	if code := n2.Do("GET", "/readyz", "", &ready); code != 200 || !strings.Contains(ready.Warning, "write-ahead log damaged") {
 		t.Errorf("/readyz %d %+v, want 200 with a warning about the damaged log", code, ready)
 	}
-	if v := n2.metric("presenced_wal_lost_commits"); v <= 0 {
+	if v := n2.Metric("presenced_wal_lost_commits"); v <= 0 {
 		t.Errorf("presenced_wal_lost_commits = %v", v)
 	}
 	if log := logBuf.String(); !strings.Contains(log, "level=ERROR") || !strings.Contains(log, "write-ahead log damaged") {
@@ -204,26 +206,26 @@ func TestCleanRestartKeepsSkippedRefreshes(t *testing.T) {
 	}
 	n := startNode(t, func(c *server.Config) { *c = storeConfig(dir) })
 	for i := range 2 {
-		if code := n.do("POST", "/v1/heartbeat", `{"user":"alice","room":"r"}`, nil); code != 200 {
+		if code := n.Do("POST", "/v1/heartbeat", `{"user":"alice","room":"r"}`, nil); code != 200 {
 			t.Fatalf("heartbeat: %d", code)
 		}
 		if i == 0 { // the join is written first, else both are one change
-			eventually(t, 10*time.Second, "the join written", func() bool { return n.metric("presenced_wal_records_total") == 1 })
+			testkit.Eventually(t, 10*time.Second, "the join written", func() bool { return n.Metric("presenced_wal_records_total") == 1 })
 		}
 	}
-	eventually(t, 10*time.Second, "the second heartbeat skipped by the log", func() bool {
-		return n.metric("presenced_wal_refreshes_skipped_total") == 1
+	testkit.Eventually(t, 10*time.Second, "the second heartbeat skipped by the log", func() bool {
+		return n.Metric("presenced_wal_refreshes_skipped_total") == 1
 	})
 	var before user
-	n.do("GET", "/v1/users/alice", "", &before)
+	n.Do("GET", "/v1/users/alice", "", &before)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := n.srv.Shutdown(ctx); err != nil {
+	if err := n.Srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 	n2 := startNode(t, func(c *server.Config) { *c = storeConfig(dir) })
 	var after user
-	n2.do("GET", "/v1/users/alice", "", &after)
+	n2.Do("GET", "/v1/users/alice", "", &after)
 	if !after.Online || !after.LastSeen.Equal(before.LastSeen) {
 		t.Fatalf("after a clean restart alice is %+v, want online with last_seen %v (the skipped refresh)", after, before.LastSeen)
 	}

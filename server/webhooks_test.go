@@ -1,10 +1,9 @@
-package server
+package server_test
 
 import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/server"
 	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/servertest"
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/webhook"
 )
 
@@ -31,7 +33,7 @@ type hookReceiver struct {
 	delay  atomic.Int64 // ns each answer waits
 	reqs   atomic.Int64
 	mu     sync.Mutex
-	evs    []sseEvent
+	evs    []servertest.Event
 }
 
 func newHookReceiver(t testing.TB, status int) *hookReceiver {
@@ -40,13 +42,13 @@ func newHookReceiver(t testing.TB, status int) *hookReceiver {
 	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		h.reqs.Add(1)
-		time.Sleep(time.Duration(h.delay.Load()))
+		time.Sleep(time.Duration(h.delay.Load())) // a slow receiver, by design
 		code := int(h.status.Load())
 		if webhook.Verify([]byte(hookSecret), r.Header.Get(webhook.SignatureHeader), body, time.Now().Unix(), 300) != nil {
 			code = 401
 		}
 		if code/100 == 2 {
-			var b struct{ Events []sseEvent }
+			var b struct{ Events []servertest.Event }
 			_ = json.Unmarshal(body, &b)
 			h.mu.Lock()
 			h.evs = append(h.evs, b.Events...)
@@ -70,7 +72,7 @@ func (h *hookReceiver) count(typ, user string) int {
 	return n
 }
 
-func hookConfig(t testing.TB, cfg *Config, url string) {
+func hookConfig(t testing.TB, cfg *server.Config, url string) {
 	f := filepath.Join(t.TempDir(), "hook.keys")
 	if err := os.WriteFile(f, []byte("k1 "+hookSecret+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -91,21 +93,21 @@ func TestWebhookClusterNodeDiesBeforeDelivery(t *testing.T) {
 	cfg := clusterTestConfig(r.Addr())
 	hookConfig(t, &cfg, rec.srv.URL)
 	a := startCluster(t, cfg)
-	waitFor(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })
+	testkit.Eventually(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.Srv.HooksForTest().IsLeader() })
 	b := startCluster(t, cfg)
 
-	a.heartbeat("decided-by-a", "room")
-	waitFor(t, 5*time.Second, "A tried to deliver", func() bool { return rec.reqs.Load() > 0 })
+	a.Heartbeat("decided-by-a", "room")
+	testkit.Eventually(t, 5*time.Second, "A tried to deliver", func() bool { return rec.reqs.Load() > 0 })
 	a.kill()
 	rec.status.Store(200)
-	waitFor(t, 15*time.Second, "B delivered A's event", func() bool { return rec.count("join", "decided-by-a") > 0 })
-	hb := b.s.hooks.Load()
+	testkit.Eventually(t, 15*time.Second, "B delivered A's event", func() bool { return rec.count("join", "decided-by-a") > 0 })
+	hb := b.Srv.HooksForTest()
 	if !hb.IsLeader() || hb.Stats().Delivered == 0 {
 		t.Fatalf("B leader %v, stats %+v", hb.IsLeader(), hb.Stats())
 	}
 	// B delivers what comes next too, and nothing is dead-lettered.
-	b.heartbeat("after", "room")
-	waitFor(t, 5*time.Second, "B delivered a new event", func() bool { return rec.count("join", "after") == 1 })
+	b.Heartbeat("after", "room")
+	testkit.Eventually(t, 5*time.Second, "B delivered a new event", func() bool { return rec.count("join", "after") == 1 })
 	if st := hb.Stats(); st.DeadLettered != 0 || st.Lost != 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -113,28 +115,15 @@ func TestWebhookClusterNodeDiesBeforeDelivery(t *testing.T) {
 
 // singleTestConfig is a single node whose sessions do not time out during
 // a test (no timeout leaves among the events).
-func singleTestConfig() Config {
+func singleTestConfig() server.Config {
 	cfg := clusterTestConfig("")
 	cfg.TTL, cfg.Interval = time.Minute, 20*time.Second
 	return cfg
 }
 
-func startSingle(t *testing.T, cfg Config) *cnode {
+func startSingle(t *testing.T, cfg server.Config) *cnode {
 	t.Helper()
-	s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = s.Shutdown(ctx)
-		testHTTP.CloseIdleConnections()
-	})
-	return &cnode{t: t, s: s, base: "http://" + s.HTTPAddr()}
+	return &cnode{Node: servertest.StartConfig(t, cfg)}
 }
 
 // A single node with --data-dir restarted while its receiver fails
@@ -146,22 +135,22 @@ func TestWebhookSingleNodeRestartMidQueue(t *testing.T) {
 	hookConfig(t, &cfg, rec.srv.URL)
 	a := startSingle(t, cfg)
 	for _, u := range []string{"u1", "u2", "u3"} {
-		a.heartbeat(u, "room")
+		a.Heartbeat(u, "room")
 	}
 	// 3 joins (and the room's occupied event).
-	waitFor(t, 5*time.Second, "3 events queued", func() bool { return a.s.hooks.Load().Stats().Depth >= 3 })
-	waitFor(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
+	testkit.Eventually(t, 5*time.Second, "3 events queued", func() bool { return a.Srv.HooksForTest().Stats().Depth >= 3 })
+	testkit.Eventually(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := a.s.Shutdown(ctx); err != nil {
+	if err := a.Srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 	rec.status.Store(200)
 	b := startSingle(t, cfg)
-	waitFor(t, 10*time.Second, "queued events delivered after the restart", func() bool {
+	testkit.Eventually(t, 10*time.Second, "queued events delivered after the restart", func() bool {
 		return rec.count("join", "u1") > 0 && rec.count("join", "u2") > 0 && rec.count("join", "u3") > 0
 	})
-	waitFor(t, 5*time.Second, "queue empty", func() bool { return b.s.hooks.Load().Stats().Depth == 0 })
+	testkit.Eventually(t, 5*time.Second, "queue empty", func() bool { return b.Srv.HooksForTest().Stats().Depth == 0 })
 }
 
 // Trimming the event stream past events the webhook group had not read
@@ -175,23 +164,23 @@ func TestWebhookClusterTrimmedGap(t *testing.T) {
 	cfg.Cluster.StreamMaxLen = 10                       // MAXLEN ~ trims whole nodes of 100 entries
 	cfg.TTL, cfg.Interval = time.Minute, 20*time.Second // no timeout leaves during the test
 	a := startCluster(t, cfg)
-	waitFor(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.s.hooks.Load().IsLeader() })
-	a.heartbeat("first", "room")
-	waitFor(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
+	testkit.Eventually(t, 5*time.Second, "A holds the delivery lease", func() bool { return a.Srv.HooksForTest().IsLeader() })
+	a.Heartbeat("first", "room")
+	testkit.Eventually(t, 5*time.Second, "a failed attempt", func() bool { return rec.reqs.Load() > 0 })
 	for i := range 300 {
-		a.heartbeat("u"+strconv.Itoa(i), "room")
+		a.Heartbeat("u"+strconv.Itoa(i), "room")
 	}
 	c := r.Client()
 	defer c.Close()
-	waitFor(t, 10*time.Second, "the stream trimmed", func() bool {
-		n, err := c.XLen(context.Background(), a.s.cl.StreamKey()).Result()
+	testkit.Eventually(t, 10*time.Second, "the stream trimmed", func() bool {
+		n, err := c.XLen(context.Background(), a.Srv.ClusterForTest().StreamKey()).Result()
 		return err == nil && n < 300
 	})
 	rec.status.Store(200)
-	hk := a.s.hooks.Load()
-	waitFor(t, 10*time.Second, "a reset delivered", func() bool { return rec.count("reset", "") > 0 })
-	a.heartbeat("after-gap", "room")
-	waitFor(t, 10*time.Second, "an event after the gap delivered", func() bool { return rec.count("join", "after-gap") > 0 })
+	hk := a.Srv.HooksForTest()
+	testkit.Eventually(t, 10*time.Second, "a reset delivered", func() bool { return rec.count("reset", "") > 0 })
+	a.Heartbeat("after-gap", "room")
+	testkit.Eventually(t, 10*time.Second, "an event after the gap delivered", func() bool { return rec.count("join", "after-gap") > 0 })
 	// Every event (302 joins, and the room's occupied event) is delivered
 	// or counted lost; one reset stands for the lost.
 	rec.mu.Lock()
@@ -241,13 +230,13 @@ func TestWebhookSlowReceiverDoesNotSlowHeartbeats(t *testing.T) {
 	cfg.DataDir = t.TempDir()
 	hookConfig(t, &cfg, rec.srv.URL)
 	a := startSingle(t, cfg)
-	a.heartbeat("first", "room")
-	waitFor(t, 5*time.Second, "a batch in flight", func() bool { return rec.reqs.Load() > 0 })
-	lat := heartbeatLatencies(t, a.base, "u", 200)
+	a.Heartbeat("first", "room")
+	testkit.Eventually(t, 5*time.Second, "a batch in flight", func() bool { return rec.reqs.Load() > 0 })
+	lat := heartbeatLatencies(t, a.Base, "u", 200)
 	if p := lat[len(lat)*99/100]; p > time.Second {
 		t.Fatalf("heartbeat p99 %v with a slow webhook receiver", p)
 	}
-	if d := a.s.hooks.Load().Stats().Depth; d < 100 {
+	if d := a.Srv.HooksForTest().Stats().Depth; d < 100 {
 		t.Fatalf("queue depth %d: the joins were not queued behind the slow batch", d)
 	}
 }
@@ -269,18 +258,7 @@ func BenchmarkHeartbeatSlowWebhook(b *testing.B) {
 				rec.delay.Store(int64(time.Second))
 				hookConfig(b, &cfg, rec.srv.URL)
 			}
-			s, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := s.Start(); err != nil {
-				b.Fatal(err)
-			}
-			defer func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				_ = s.Shutdown(ctx)
-			}()
+			s := servertest.StartConfig(b, cfg).Srv
 			b.ResetTimer()
 			lat := heartbeatLatencies(b, "http://"+s.HTTPAddr(), "u", b.N)
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-us")
@@ -297,12 +275,12 @@ func TestWebhookLeaveDebounce(t *testing.T) {
 	cfg.LeaveDelay = 500 * time.Millisecond
 	hookConfig(t, &cfg, rec.srv.URL)
 	a := startSingle(t, cfg)
-	a.heartbeat("reload", "room")
-	a.heartbeat("gone", "room")
-	a.do("POST", "/v1/leave", `{"user":"reload","room":"room"}`, nil)
-	a.heartbeat("reload", "room")
-	a.do("POST", "/v1/leave", `{"user":"gone","room":"room"}`, nil)
-	waitFor(t, 5*time.Second, "the leave of gone", func() bool { return rec.count("leave", "gone") == 1 })
+	a.Heartbeat("reload", "room")
+	a.Heartbeat("gone", "room")
+	a.Do("POST", "/v1/leave", `{"user":"reload","room":"room"}`, nil)
+	a.Heartbeat("reload", "room")
+	a.Do("POST", "/v1/leave", `{"user":"gone","room":"room"}`, nil)
+	testkit.Eventually(t, 5*time.Second, "the leave of gone", func() bool { return rec.count("leave", "gone") == 1 })
 	if j, l := rec.count("join", "reload"), rec.count("leave", "reload"); j != 1 || l != 0 {
 		t.Fatalf("reload: %d joins, %d leaves; want the first join only", j, l)
 	}

@@ -1,4 +1,4 @@
-package server
+package server_test
 
 import (
 	"strings"
@@ -8,6 +8,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // In a cluster, a socket closing on A is one disconnect leave on every
@@ -19,7 +20,7 @@ func TestClusterWSDisconnect(t *testing.T) {
 	cfg.LeaveDelay = 0
 	a := startCluster(t, cfg)
 	b := startCluster(t, cfg)
-	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(a.base, "http")+"/v1/ws", nil)
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(a.Base, "http")+"/v1/ws", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,22 +31,22 @@ func TestClusterWSDisconnect(t *testing.T) {
 		t.Fatalf("heartbeat answer %s, %v", msg, err)
 	}
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 10*time.Second, "join", func() bool { return n.ev.count("join", "u", "room") == 1 })
+		testkit.Eventually(t, 10*time.Second, "join", func() bool { return n.ev.Count("join", "u", "room") == 1 })
 	}
 	c.Close()
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 10*time.Second, "disconnect leave", func() bool { return n.ev.count("leave:disconnect", "u", "room") == 1 })
+		testkit.Eventually(t, 10*time.Second, "disconnect leave", func() bool { return n.ev.Count("leave:disconnect", "u", "room") == 1 })
 	}
 	// Both leave writes (the local one and the cluster-wide one) are in
 	// Redis before a later marker's join; only one may have emitted.
-	a.heartbeat("marker", "room")
+	a.Heartbeat("marker", "room")
 	for _, n := range []*cnode{a, b} {
-		waitFor(t, 10*time.Second, "marker join", func() bool { return n.ev.count("join", "marker", "room") == 1 })
-		if n.ev.count("leave:disconnect", "u", "room") != 1 {
-			t.Fatalf("disconnect leaves: %+v", n.ev.snapshot())
+		testkit.Eventually(t, 10*time.Second, "marker join", func() bool { return n.ev.Count("join", "marker", "room") == 1 })
+		if n.ev.Count("leave:disconnect", "u", "room") != 1 {
+			t.Fatalf("disconnect leaves: %+v", n.ev.Snapshot())
 		}
-		if n.ev.count("leave:left", "u", "room")+n.ev.count("leave:timeout", "u", "room") != 0 {
-			t.Fatalf("a second leave after the disconnect: %+v", n.ev.snapshot())
+		if n.ev.Count("leave:left", "u", "room")+n.ev.Count("leave:timeout", "u", "room") != 0 {
+			t.Fatalf("a second leave after the disconnect: %+v", n.ev.Snapshot())
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // Failover tests: real Redis processes crash, hang and move slots while
@@ -378,7 +379,7 @@ func TestFailoverClusterMasterKill(t *testing.T) {
 		t.Errorf("%d %q lines for %d nodes, want one each:\n%s", got, wholeAgain, len(f.nodes), logs)
 	}
 	victim.StartAgain()
-	waitUntil(t, 30*time.Second, "the old master to rejoin as a replica", func() bool { return victim.Role() == "slave" })
+	testkit.Eventually(t, 30*time.Second, "the old master to rejoin as a replica", func() bool { return victim.Role() == "slave" })
 	f.converge(15*time.Second, "after the old master rejoined")
 	for i, tn := range f.nodes {
 		st := tn.n.Stats()
@@ -426,7 +427,7 @@ func TestRoomSideRepairedAfterFault(t *testing.T) {
 	}
 	f.waitPartial(5*time.Second, "room pipeline failing")
 	// While it fails the user side moves on and the room side does not.
-	waitUntil(t, 10*time.Second, "joins on the user side", func() bool {
+	testkit.Eventually(t, 10*time.Second, "joins on the user side", func() bool {
 		c := r.Client()
 		defer c.Close()
 		n, _ := c.Exists(context.Background(), newKeys("pd").user("u79")).Result()
@@ -464,7 +465,7 @@ func TestScriptFlushOneMaster(t *testing.T) {
 	// a re-run pipeline would double the events of the other masters, a
 	// lost one would miss some.
 	for i, tn := range f.nodes {
-		waitUntil(t, 10*time.Second, "events", func() bool { return tn.count(true, 0) >= 400 && tn.count(false, 1) >= 50 })
+		testkit.Eventually(t, 10*time.Second, "events", func() bool { return tn.count(true, 0) >= 400 && tn.count(false, 1) >= 50 })
 		tn.mu.Lock()
 		seen := map[string]int{}
 		for _, e := range tn.evs {
@@ -525,9 +526,9 @@ func TestFailoverHungMaster(t *testing.T) {
 		t.Errorf("want one %q line per node", wholeAgain)
 	}
 	f.converge(15*time.Second, "while the old master hangs")
-	time.Sleep(time.Until(hungAt.Add(10 * time.Second)))
+	time.Sleep(time.Until(hungAt.Add(10 * time.Second))) // a real clock: the master hangs for 10 s
 	victim.Resume()
-	waitUntil(t, 30*time.Second, "the old master to continue as a replica", func() bool { return victim.Role() == "slave" })
+	testkit.Eventually(t, 30*time.Second, "the old master to continue as a replica", func() bool { return victim.Role() == "slave" })
 	f.converge(15*time.Second, "after the old master continued")
 }
 
@@ -607,7 +608,7 @@ func TestFailoverChaos(t *testing.T) {
 			ms[rng.IntN(len(ms))].Kill()
 			kills++
 		}
-		time.Sleep(time.Duration(1500+rng.IntN(2000)) * time.Millisecond)
+		time.Sleep(time.Duration(1500+rng.IntN(2000)) * time.Millisecond) // paces the chaos: kills 1.5-3.5 s apart
 	}
 	for _, s := range rc.Nodes {
 		if !s.Alive() {
@@ -648,7 +649,7 @@ func TestRedisProblemsLogged(t *testing.T) {
 	t.Run("nothing listening", func(t *testing.T) {
 		logs := &logCount{}
 		n := startBare(t, fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t)), logs)
-		waitUntil(t, 10*time.Second, "10 failed health checks", func() bool { return n.Stats().Errors >= 10 })
+		testkit.Eventually(t, 10*time.Second, "10 failed health checks", func() bool { return n.Stats().Errors >= 10 })
 		if got := logs.count("ERROR cannot use redis"); got != 1 || logs.count("reason=unreachable") != 1 || logs.count("") != logs.count("DEBUG")+1 {
 			t.Errorf("want exactly one error line saying redis is unreachable, got:\n%s", logs)
 		}
@@ -665,7 +666,7 @@ func TestRedisProblemsLogged(t *testing.T) {
 		}
 		logs := &logCount{}
 		n := startBare(t, "redis://:wrong@"+r.Addr(), logs)
-		waitUntil(t, 10*time.Second, "10 failed health checks", func() bool { return n.Stats().Errors >= 10 })
+		testkit.Eventually(t, 10*time.Second, "10 failed health checks", func() bool { return n.Stats().Errors >= 10 })
 		if logs.count("ERROR cannot use redis") != 1 || logs.count("reason=authentication") != 1 {
 			t.Errorf("want exactly one error line about authentication, got:\n%s", logs)
 		}
@@ -675,7 +676,7 @@ func TestRedisProblemsLogged(t *testing.T) {
 		if err := rc.ConfigSet(context.Background(), "requirepass", "wrong").Err(); err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, 10*time.Second, "the node to connect", n.Up)
+		testkit.Eventually(t, 10*time.Second, "the node to connect", n.Up)
 		if logs.count("INFO redis connected") != 1 {
 			t.Errorf("want one line when connected, got:\n%s", logs)
 		}
@@ -706,7 +707,7 @@ func TestWriteErrorsMakePartial(t *testing.T) {
 		errs[i] = tn.n.Stats().Errors
 	}
 	for i, tn := range f.nodes {
-		waitUntil(t, 10*time.Second, "three more failed writes", func() bool { return tn.n.Stats().Errors >= errs[i]+3 })
+		testkit.Eventually(t, 10*time.Second, "three more failed writes", func() bool { return tn.n.Stats().Errors >= errs[i]+3 })
 		if tn.n.Up() {
 			t.Errorf("node %d answers whole while redis refuses its writes", i)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 const testSecret = "0123456789abcdef0123456789abcdef-webhook"
@@ -84,7 +85,7 @@ func (r *receiver) up() {
 		if ln, err = net.Listen("tcp", r.addr); err == nil {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // paces the retries of a bind
 	}
 	if err != nil {
 		r.t.Fatal(err)
@@ -118,7 +119,7 @@ func (r *receiver) handle(w http.ResponseWriter, req *http.Request) {
 		r.mu.evs = append(r.mu.evs, b.Events...)
 	}
 	r.mu.Unlock()
-	time.Sleep(delay)
+	time.Sleep(delay) // a slow receiver, by design
 	w.WriteHeader(code)
 }
 
@@ -132,17 +133,6 @@ func (r *receiver) requests() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.mu.reqs
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func testConfig(t *testing.T, url string) Config {
@@ -223,7 +213,7 @@ func TestSignatureVerifies(t *testing.T) {
 	bus := events.New(events.Config{Epoch: 1})
 	d := startLocal(t, testConfig(t, r.url()), bus, nil)
 	publish(bus, 0, 5, 2)
-	waitFor(t, 5*time.Second, "5 events delivered", func() bool { return len(r.events()) >= 5 })
+	testkit.Eventually(t, 5*time.Second, "5 events delivered", func() bool { return len(r.events()) >= 5 })
 	r.mu.Lock()
 	bad, body, header := r.mu.badSigs, r.mu.last.body, r.mu.last.header
 	r.mu.Unlock()
@@ -239,7 +229,7 @@ func TestSignatureVerifies(t *testing.T) {
 	}
 	// The deliverer counts a batch once the receiver's answer is back,
 	// which may be just after the receiver recorded it.
-	waitFor(t, 5*time.Second, "5 events counted delivered", func() bool { return d.Stats().Delivered >= 5 })
+	testkit.Eventually(t, 5*time.Second, "5 events counted delivered", func() bool { return d.Stats().Delivered >= 5 })
 	if st := d.Stats(); st.Delivered != 5 || st.Attempts[Class2xx] == 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -282,18 +272,18 @@ func TestReceiverDownThenBack(t *testing.T) {
 	bus := events.New(events.Config{Epoch: 1})
 	d := startLocal(t, testConfig(t, r.url()), bus, nil)
 	publish(bus, 0, 20, 4)
-	waitFor(t, 5*time.Second, "first events delivered", func() bool { return len(r.events()) >= 20 })
+	testkit.Eventually(t, 5*time.Second, "first events delivered", func() bool { return len(r.events()) >= 20 })
 	r.down()
 	// Events keep coming for the 10 s the receiver is down.
 	for i := 0; i < 10; i++ {
 		publish(bus, 20+i*30, 30, 4)
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // paces the load over the real 10 s outage
 	}
 	if st := d.Stats(); st.Depth == 0 || st.Attempts[ClassError] == 0 {
 		t.Fatalf("receiver down, yet nothing queued or failed: %+v", st)
 	}
 	r.up()
-	waitFor(t, 15*time.Second, "all events delivered", func() bool { return d.Stats().Depth == 0 && len(r.events()) >= 320 })
+	testkit.Eventually(t, 15*time.Second, "all events delivered", func() bool { return d.Stats().Depth == 0 && len(r.events()) >= 320 })
 	checkAll(t, r.events(), 0, 320)
 	if st := d.Stats(); st.DeadLettered != 0 || st.Lost != 0 {
 		t.Fatalf("stats %+v", st)
@@ -311,7 +301,7 @@ func TestServerErrorsThenSuccess(t *testing.T) {
 	bus := events.New(events.Config{Epoch: 1})
 	d := startLocal(t, testConfig(t, r.url()), bus, nil)
 	publish(bus, 0, 50, 3)
-	waitFor(t, 10*time.Second, "all events delivered", func() bool { return d.Stats().Delivered >= 50 })
+	testkit.Eventually(t, 10*time.Second, "all events delivered", func() bool { return d.Stats().Delivered >= 50 })
 	checkAll(t, r.events(), 0, 50)
 	if st := d.Stats(); st.Attempts[Class5xx] != 4 || st.DeadLettered != 0 {
 		t.Fatalf("stats %+v", st)
@@ -331,9 +321,9 @@ func TestGoneDeadLetters(t *testing.T) {
 	bus := events.New(events.Config{Epoch: 1})
 	d := startLocal(t, cfg, bus, nil)
 	publish(bus, 0, 5, 1)
-	waitFor(t, 5*time.Second, "the batch dead-lettered", func() bool { return d.Stats().DeadLettered == 5 })
+	testkit.Eventually(t, 5*time.Second, "the batch dead-lettered", func() bool { return d.Stats().DeadLettered == 5 })
 	publish(bus, 5, 3, 1)
-	waitFor(t, 5*time.Second, "later events delivered", func() bool { return d.Stats().Delivered == 3 })
+	testkit.Eventually(t, 5*time.Second, "later events delivered", func() bool { return d.Stats().Delivered == 3 })
 	// Not retried: the receiver saw the refused batch once.
 	if n := r.requests(); n != 2 {
 		t.Fatalf("%d requests, want the refused batch and the next one", n)
@@ -375,8 +365,8 @@ func TestRestartMidQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	publish(bus, 0, 40, 4)
-	waitFor(t, 5*time.Second, "40 events queued", func() bool { return d.Stats().Depth == 40 })
-	waitFor(t, 5*time.Second, "a failed attempt", func() bool { return r.requests() > 0 })
+	testkit.Eventually(t, 5*time.Second, "40 events queued", func() bool { return d.Stats().Depth == 40 })
+	testkit.Eventually(t, 5*time.Second, "a failed attempt", func() bool { return r.requests() > 0 })
 	d.Stop()
 	bus.Close()
 	if err := st.Close(); err != nil {
@@ -392,7 +382,7 @@ func TestRestartMidQueue(t *testing.T) {
 	bus = events.New(events.Config{Epoch: 2})
 	d = startLocal(t, testConfig(t, r.url()), bus, q)
 	publish(bus, 40, 10, 4)
-	waitFor(t, 10*time.Second, "all events delivered", func() bool { return d.Stats().Depth == 0 && len(r.events()) >= 50 })
+	testkit.Eventually(t, 10*time.Second, "all events delivered", func() bool { return d.Stats().Depth == 0 && len(r.events()) >= 50 })
 	evs := r.events()
 	checkAll(t, evs, 0, 50)
 	if evs[0].User != "u0" {
@@ -411,11 +401,11 @@ func TestQueueFull(t *testing.T) {
 	bus := events.New(events.Config{Epoch: 1})
 	d := startLocal(t, cfg, bus, nil)
 	publish(bus, 0, 15, 1)
-	waitFor(t, 5*time.Second, "5 events lost", func() bool { return d.Stats().Lost == 5 })
+	testkit.Eventually(t, 5*time.Second, "5 events lost", func() bool { return d.Stats().Lost == 5 })
 	r.setAnswer(func(int) int { return 200 })
-	waitFor(t, 10*time.Second, "queued events delivered", func() bool { return d.Stats().Delivered >= 10 })
+	testkit.Eventually(t, 10*time.Second, "queued events delivered", func() bool { return d.Stats().Delivered >= 10 })
 	publish(bus, 15, 1, 1)
-	waitFor(t, 10*time.Second, "reset and new event delivered", func() bool { return d.Stats().Delivered >= 12 })
+	testkit.Eventually(t, 10*time.Second, "reset and new event delivered", func() bool { return d.Stats().Delivered >= 12 })
 	evs := r.events()
 	if evs[10].Type != "reset" || evs[10].Reason != "history_lost" || evs[11].User != "u15" {
 		t.Fatalf("after the queued events: %+v, want a reset then u15", evs[10:])

@@ -1,0 +1,28 @@
+package server
+
+import (
+	"github.com/presenced/presenced/server/cluster"
+	"github.com/presenced/presenced/server/webhook"
+	"github.com/presenced/presenced/shardmap"
+)
+
+// What the external tests (package server_test, started through
+// server/servertest) reach that a client cannot: the cluster node (to
+// crash its writer, read Redis directly, wait for its first connection),
+// the table (to load 100,000 sessions without 100,000 requests) and the
+// webhook deliverer (lease and queue). Only test binaries have these.
+
+// ClusterForTest is the node's Redis replication; nil without --redis.
+func (s *Server) ClusterForTest() *cluster.Node { return s.cl }
+
+// TableForTest is the node's in-memory session table.
+func (s *Server) TableForTest() *shardmap.Map { return s.m }
+
+// HooksForTest is the webhook deliverer; nil without --webhook-url.
+func (s *Server) HooksForTest() *webhook.Deliverer { return s.hooks.Load() }
+
+// HeartbeatForTest applies one HTTP heartbeat without a token, as the
+// handler does after parsing (the benchmarks' hot path).
+func (s *Server) HeartbeatForTest(user, room []byte, nowMs int64) {
+	s.heartbeat(trHTTP, user, room, nil, nowMs)
+}

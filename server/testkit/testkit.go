@@ -1,0 +1,39 @@
+// Package testkit is the one poll helper of presenced's tests: wait, with a
+// bounded deadline, for a condition that another goroutine makes true.
+//
+// It imports only the standard library and nothing of presenced, so every
+// package's tests can use it: persist's too, although persist never imports
+// server (TestDependencyDirection checks persist's non-test dependencies and
+// allows this one test-only import, which brings no server code along). The
+// black-box server harness that needs the server lives beside it in
+// server/servertest.
+//
+// A test that waits for something to happen polls with [Eventually]; a
+// test that must show something did NOT happen waits for a later signal
+// that must come after it (a marker event, a metric that counts the thing)
+// and then asserts, rather than sleeping.
+package testkit
+
+import (
+	"testing"
+	"time"
+)
+
+// Eventually calls f until it returns true, and fails t (naming what and
+// how long it waited) when d passes first. It polls every millisecond at
+// first and backs off to every 10 ms, so a fast condition costs little and
+// a slow one little CPU. f runs on the test's goroutine; it may call
+// t.Fatal.
+func Eventually(t testing.TB, d time.Duration, what string, f func() bool) {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(d)
+	pause := time.Millisecond
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", time.Since(start).Round(time.Millisecond), what)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 10*time.Millisecond)
+	}
+}
