@@ -13,8 +13,10 @@ import (
 // since the last drain, and its end). One goroutine of the server, the
 // pump, drains it every pump interval and hands each change to the sinks:
 //
-//	table's change log ──pump (every 50 ms; with a data dir at most --fsync-interval/4)──┬─> persist.Store.Add ──> committer ──> Pebble WAL
-//	                                                                                      └─> cluster.Node.Offer, Kick ──> Redis writer ──> Redis
+//	table's change log ──pump──┬─> persist.Store.Add ──> intake ──> committer ──> Pebble WAL
+//	                           └─> cluster.Node.Offer, Kick ──> Redis writer ──> Redis
+//
+// (every 50 ms; with a data dir at most a quarter of --fsync-interval).
 //
 // Both sinks copy what they keep and never block, so neither waits for the
 // other: replication goes on while the log's disk is full or hangs, and a
