@@ -554,12 +554,13 @@ func (s *Store) Healthy() error {
 func (s *Store) Close() error { return s.CloseContext(context.Background()) }
 
 // CloseContext stops the committer, runs the flush hook one last time,
-// stops intake (a later Add drops), commits with an fsync, clears the unclean marker (only if that commit
-// succeeded) and closes the database. Waiters still queued get the final
-// cycle's result. If the database is being reopened after a fatal error,
-// it waits for that until ctx ends; changes it cannot write then are lost
-// (logged), the marker stays, and the next start reports an unclean
-// shutdown and replays the log as of the last good commit.
+// stops intake (a later Add drops), commits with an fsync, clears the
+// unclean marker (only if that commit succeeded) and closes the database.
+// Waiters still queued get the final cycle's result. If the database is
+// being reopened after a fatal error, it waits for that until ctx ends;
+// changes it cannot write then are lost (logged), the marker stays, and
+// the next start reports an unclean shutdown and replays the log as of the
+// last good commit.
 func (s *Store) CloseContext(ctx context.Context) error {
 	s.mu.Lock()
 	if s.mu.closed {
