@@ -247,8 +247,16 @@ func (s *Store) Add(ch *shardmap.Change) {
 // addChange appends one change to the intake: the session record (Set or
 // Delete) and the user's last-seen (one Merge per user per batch). The
 // caller (Add) holds s.in.mu; it must not block.
+//
+// A refresh whose logged expiry (ch.Logged) is still at least
+// Config.RefreshMargin after the heartbeat is skipped; a change taken into
+// the intake sets ch.Logged, which the map keeps for the next one.
 func (s *Store) addChange(ch *shardmap.Change) {
 	c := s.in.p
+	if m := s.cfg.RefreshMargin.Milliseconds(); m > 0 && !ch.Ended && ch.Logged-ch.LastSeen >= m {
+		s.ctr.skippedRefresh.Add(1)
+		return
+	}
 	if len(ch.User) == 0 || len(ch.User) > maxUserLen {
 		s.ctr.dropped.Add(1)
 		return
@@ -269,6 +277,7 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		c.arena = appendSessionValue(c.arena, ch.LastSeen, ch.Expiry, ch.State)
 		c.ops = append(c.ops, op{kind: opSet, k0: k0, k1: k1, v1: uint32(len(c.arena))})
 		c.sessionSets++
+		ch.Logged = ch.Expiry
 		// A live session's record holds its last-seen; the user's own
 		// last-seen record is only needed once a session ends, so a refresh
 		// costs one record, not two.

@@ -77,10 +77,21 @@ type Config struct {
 	// off costs none but gives up power-loss durability.
 	Fsync FsyncMode
 
-	// FsyncInterval is how often the committer drains the map and commits,
-	// in every mode. The default is 100ms. It bounds what a crash loses in
+	// FsyncInterval is the committer's period (a cycle, which commits what
+	// Add handed over, every half of it), in every mode. The default is 100ms. It bounds what a crash loses in
 	// interval mode; shorter costs more fsyncs (one per interval).
 	FsyncInterval time.Duration
+
+	// RefreshMargin makes the log skip refreshes: a change that only
+	// refreshes a live session (same state, see shardmap.Change.Logged) is
+	// written only when the expiry the log holds for it is less than
+	// RefreshMargin after the session's last heartbeat. A client that
+	// heartbeats every I then costs one record per about TTL-RefreshMargin
+	// instead of one per I, and after a crash its session is restored with
+	// an expiry at least RefreshMargin-I-FsyncInterval after the crash and a
+	// last-seen up to TTL-RefreshMargin+FsyncInterval old (doc.go,
+	// Durability). Zero (the default) writes every refresh.
+	RefreshMargin time.Duration
 
 	// LastSeenRetention is how long a user's last-seen time is kept after
 	// their last session ended. The default is 30 days. The store holds one
@@ -127,6 +138,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("cannot validate persist config: Dir is empty")
 	case c.Fsync > FsyncModeOff:
 		return fmt.Errorf("cannot validate persist config: unknown Fsync %d", c.Fsync)
+	case c.RefreshMargin < 0:
+		return fmt.Errorf("cannot validate persist config: RefreshMargin %v must be >= 0", c.RefreshMargin)
 	case c.FsyncInterval <= 0:
 		return fmt.Errorf("cannot validate persist config: FsyncInterval %v must be > 0", c.FsyncInterval)
 	case c.LastSeenRetention <= 0:

@@ -106,6 +106,14 @@
 //     fsync is a no-op; sstables and the MANIFEST are still synced.)
 //     WaitDurable then only guarantees the OS has the changes.
 //
+// With Config.RefreshMargin M the promises above hold for joins, state
+// changes and ends; a plain refresh may not be written (the record the log
+// holds is kept while its expiry is at least M after the heartbeat). For a
+// client that heartbeats every I, a crash then restores its session with an
+// expiry at least M-I-FsyncInterval after the crash and a last-seen at most
+// TTL-M+FsyncInterval old (TestRefreshMarginCrashPromise). Map.Relog before
+// the final cycle writes every session's current times (a clean shutdown).
+//
 // The heartbeat path never waits on disk: only WaitDurable does.
 //
 // # Disk faults

@@ -13,6 +13,7 @@ var SyncLatencyBounds = [...]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 // Stats is a snapshot of the store's counters. Counters only grow.
 type Stats struct {
 	SessionSets    uint64 // session records written (upserts)
+	SkippedRefresh uint64 // refreshes not written: the logged expiry was far enough ahead (Config.RefreshMargin)
 	SessionDeletes uint64 // session records deleted (ended sessions, expiries found by Replay)
 	LastSeenWrites uint64 // last-seen records written
 	SweepDeletes   uint64 // last-seen records deleted by the sweep
@@ -46,6 +47,7 @@ type Stats struct {
 type counters struct {
 	sessionSets, sessionDeletes, lastSeenWrites, sweepDeletes, batches atomic.Uint64
 	commitErrors, syncErrors, reopens, dropped, compactions            atomic.Uint64
+	skippedRefresh                                                     atomic.Uint64
 	pendingBytes, lastCommitNanos                                      atomic.Int64
 
 	syncBuckets [len(SyncLatencyBounds)]atomic.Uint64 // not cumulative
@@ -70,6 +72,7 @@ func (s *Store) Stats() Stats {
 	c := &s.ctr
 	st := Stats{
 		SessionSets:        c.sessionSets.Load(),
+		SkippedRefresh:     c.skippedRefresh.Load(),
 		SessionDeletes:     c.sessionDeletes.Load(),
 		LastSeenWrites:     c.lastSeenWrites.Load(),
 		SweepDeletes:       c.sweepDeletes.Load(),

@@ -177,6 +177,12 @@ type Config struct {
 	Persist persist.Config
 	// FsyncMode is the textual --fsync value (interval, always, off).
 	FsyncMode string
+	// WALRefreshMargin is --wal-refresh-margin: the log writes a refresh of
+	// a live session only when the expiry it holds for it is less than this
+	// after the heartbeat (persist.Config.RefreshMargin). 0 (the default)
+	// derives max(ttl/2, interval*5/4 + fsync-interval), or every refresh
+	// with --fsync=always; a value >= --ttl writes every refresh.
+	WALRefreshMargin time.Duration
 	// Cluster configures the Redis replication of cluster mode. Addrs,
 	// MasterName, NodeID and TTL are taken from Redis, RedisMaster, NodeID and TTL.
 	Cluster cluster.Config
@@ -258,6 +264,10 @@ func (c *Config) Validate() error {
 		return errors.New("--udp-max-pending-acks must be at least 1")
 	case c.UDPLoops < 0:
 		return errors.New("--udp-loops must not be negative")
+	case c.WALRefreshMargin < 0:
+		return errors.New("--wal-refresh-margin must not be negative")
+	case c.WALRefreshMargin > 0 && c.WALRefreshMargin < c.TTL && c.WALRefreshMargin < c.minWALRefreshMargin():
+		return fmt.Errorf("--wal-refresh-margin (%s) must be at least --interval + --fsync-interval (%s), or 0 to derive it, or >= --ttl to log every refresh: a smaller margin lets a crash expire a session whose client still heartbeats", c.WALRefreshMargin, c.minWALRefreshMargin())
 	case c.SweepInterval <= 0:
 		return errors.New("--sweep-interval must be positive")
 	case c.HeartbeatMinGap < 0 || c.HeartbeatMinGap >= c.Interval:
@@ -335,6 +345,29 @@ func (c *Config) derive() {
 		c.Persist.Fsync = mode
 	}
 	c.Persist.Dir = c.DataDir
+	c.Persist.RefreshMargin = c.walRefreshMargin()
+}
+
+// minWALRefreshMargin is the smallest --wal-refresh-margin that keeps a
+// crash from expiring a session whose client still heartbeats: the logged
+// expiry must outlast the client's next heartbeat and the commit after it.
+func (c *Config) minWALRefreshMargin() time.Duration {
+	return c.Interval + c.Persist.FsyncInterval
+}
+
+// walRefreshMargin is the log's refresh margin (0: every refresh).
+func (c *Config) walRefreshMargin() time.Duration {
+	m := c.WALRefreshMargin
+	if m == 0 {
+		if c.Persist.Fsync == persist.FsyncModeAlways {
+			return 0
+		}
+		m = max(c.TTL/2, c.Interval+c.Interval/4+c.Persist.FsyncInterval)
+	}
+	if m >= c.TTL {
+		return 0
+	}
+	return m
 }
 
 func parseLogLevel(s string) (slog.Level, error) {
@@ -399,6 +432,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.Map.Shards, "shards", c.Map.Shards, "user shards of the presence table (power of two)")
 	fs.IntVar(&c.Map.MaxRoomsPerUser, "max-rooms-per-user", c.Map.MaxRoomsPerUser, "most live rooms per user")
 	fs.StringVar(&c.FsyncMode, "fsync", c.FsyncMode, "write-ahead log sync policy: interval, always or off")
+	fs.DurationVar(&c.WALRefreshMargin, "wal-refresh-margin", c.WALRefreshMargin, "log a live session's refresh only when the expiry the log holds is less than this ahead (0: max(ttl/2, interval*5/4+fsync-interval), every refresh with --fsync=always; >= --ttl: every refresh)")
 	fs.DurationVar(&c.Persist.FsyncInterval, "fsync-interval", c.Persist.FsyncInterval, "group-commit period with --fsync=interval")
 	fs.StringVar(&c.Webhook.URL, "webhook-url", c.Webhook.URL, "POST events in signed batches to this URL (empty: no webhooks)")
 	fs.StringVar(&c.Webhook.SecretFile, "webhook-secret-file", c.Webhook.SecretFile, "keyring ('<kid> <secret>' lines) whose first key signs webhook batches")

@@ -488,6 +488,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if s.tracksChanges() {
 		errs = append(errs, step("stop change pump", func() error { return s.stopPump(ctx) }))
+		if s.store != nil && s.cfg.Persist.RefreshMargin > 0 {
+			// The log skipped refreshes (--wal-refresh-margin): the final
+			// drain writes every session's current times, so a clean
+			// restart restores them exactly.
+			s.m.Relog()
+		}
 		// Every change is now in the log's intake and the Redis writer's.
 		_ = step("final drain", func() error { s.drainChanges(); return nil })
 	}

@@ -154,6 +154,8 @@ func (s *Server) registerPersistMetrics() {
 	}
 	c("presenced_wal_records_total", "Records written to the write-ahead log (session upserts, session deletes, last-seen writes).",
 		func(st *persist.Stats) uint64 { return st.SessionSets + st.SessionDeletes + st.LastSeenWrites })
+	c("presenced_wal_refreshes_skipped_total", "Session refreshes not written to the write-ahead log because the expiry it holds is still --wal-refresh-margin ahead.",
+		func(st *persist.Stats) uint64 { return st.SkippedRefresh })
 	c("presenced_wal_batches_total", "Batches committed to the write-ahead log.", func(st *persist.Stats) uint64 { return st.Batches })
 	c("presenced_wal_errors_total", "Failed write-ahead log commits (write or sync errors).", func(st *persist.Stats) uint64 { return st.CommitErrors + st.SyncErrors })
 	c("presenced_wal_reopens_total", "Times the write-ahead log was reopened after a fatal storage error.", func(st *persist.Stats) uint64 { return st.Reopens })

@@ -192,3 +192,39 @@ type syncBuf struct {
 
 func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
 func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// With the default --wal-refresh-margin a refresh right after a join is not
+// written to the log, yet a clean shutdown writes every session's current
+// times: the restarted node shows the last heartbeat's last_seen exactly.
+func TestCleanRestartKeepsSkippedRefreshes(t *testing.T) {
+	dir := t.TempDir()
+	type user struct {
+		LastSeen time.Time `json:"last_seen"`
+		Online   bool
+	}
+	n := startNode(t, func(c *server.Config) { *c = storeConfig(dir) })
+	for i := range 2 {
+		if code := n.do("POST", "/v1/heartbeat", `{"user":"alice","room":"r"}`, nil); code != 200 {
+			t.Fatalf("heartbeat: %d", code)
+		}
+		if i == 0 { // the join is written first, else both are one change
+			eventually(t, 10*time.Second, "the join written", func() bool { return n.metric("presenced_wal_records_total") == 1 })
+		}
+	}
+	eventually(t, 10*time.Second, "the second heartbeat skipped by the log", func() bool {
+		return n.metric("presenced_wal_refreshes_skipped_total") == 1
+	})
+	var before user
+	n.do("GET", "/v1/users/alice", "", &before)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n2 := startNode(t, func(c *server.Config) { *c = storeConfig(dir) })
+	var after user
+	n2.do("GET", "/v1/users/alice", "", &after)
+	if !after.Online || !after.LastSeen.Equal(before.LastSeen) {
+		t.Fatalf("after a clean restart alice is %+v, want online with last_seen %v (the skipped refresh)", after, before.LastSeen)
+	}
+}

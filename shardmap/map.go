@@ -280,7 +280,9 @@ func (m *Map) upsertRoom(user, room []byte, lastSeen, expiry, minGap int64, sop 
 					st.unlinkWheel(i)
 					s.setTimes(lastSeen, ttl)
 					st.linkWheel(i)
-					changed = st.setStateLocked(i, sop)
+					if changed = st.setStateLocked(i, sop); changed {
+						s.logged = 0 // the logged record has another state
+					}
 					if m.track {
 						st.logUpsert(i)
 					}

@@ -595,3 +595,61 @@ func TestMinRefreshGap(t *testing.T) {
 		t.Fatalf("limit off: %v", err)
 	}
 }
+
+// TestDrainLogged: Change.Logged is what the sink set on the session's
+// previous change, 0 for a new session and after a state change, and
+// Relog clears it and puts every live session in the next drain.
+func TestDrainLogged(t *testing.T) {
+	m, err := New(Config{TrackChanges: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int64
+	drain := func(set bool) {
+		got = got[:0]
+		m.Drain(func(c *Change) {
+			got = append(got, c.Logged)
+			if set {
+				c.Logged = c.Expiry
+			}
+		})
+	}
+	touch := func(at int64, state string) {
+		op := StateOp{}
+		if state != "" {
+			op = StateOp{Set: true, State: []byte(state)}
+		}
+		if _, err := m.TouchState([]byte("a"), []byte("r"), at, 10_000, op); err != nil {
+			t.Fatal(err)
+		}
+	}
+	touch(1_000_000, "")
+	drain(true)
+	if len(got) != 1 || got[0] != 0 {
+		t.Fatalf("new session drained with Logged %v, want [0]", got)
+	}
+	touch(1_002_500, "")
+	drain(false) // the sink does not record this one
+	if len(got) != 1 || got[0] != 1_010_000 {
+		t.Fatalf("refresh drained with Logged %v, want [1010000] (the first change's expiry)", got)
+	}
+	touch(1_003_000, "")
+	drain(false)
+	if len(got) != 1 || got[0] != 1_010_000 {
+		t.Fatalf("a change the sink did not record moved Logged: %v", got)
+	}
+	touch(1_004_000, `{"x":1}`)
+	drain(true)
+	if len(got) != 1 || got[0] != 0 {
+		t.Fatalf("state change drained with Logged %v, want [0]", got)
+	}
+	drain(true)
+	if len(got) != 0 {
+		t.Fatalf("nothing changed, yet %d drained", len(got))
+	}
+	m.Relog()
+	drain(true)
+	if len(got) != 1 || got[0] != 0 {
+		t.Fatalf("after Relog: %v, want the live session with Logged 0", got)
+	}
+}

@@ -179,6 +179,13 @@ type Change struct {
 	// State is a live session's state (nil: none), valid only during the
 	// callback like User and Room; nil for an end.
 	State []byte
+	// Logged, for an upsert, is the session's expiry (unix ms, rounded
+	// down to the second) as the sink that persists it last recorded it: 0
+	// for a new session, one whose state changed since, or one never
+	// recorded. A sink that records the change sets Logged = Expiry before
+	// fn returns, and Drain keeps that for the session's next change; so a
+	// log can skip refreshes while the expiry it holds is far enough ahead.
+	Logged int64
 	// Ended: the session ended (Reason, At); otherwise it was created or
 	// refreshed and is live with the times above.
 	Ended  bool
@@ -225,7 +232,11 @@ func (m *Map) Drain(fn func(c *Change)) (n int) {
 					st.roomBuf = append(st.roomBuf, rs.mu.name(ri)...)
 					rs.mu.Unlock()
 				}
-				*c = Change{User: st.userID(s.user), Room: st.roomBuf, LastSeen: s.lastSeen(), Expiry: s.expiry(), State: st.stateOf(e.sess)}
+				*c = Change{User: st.userID(s.user), Room: st.roomBuf, LastSeen: s.lastSeen(), Expiry: s.expiry(), State: st.stateOf(e.sess), Logged: int64(s.logged) * 1000}
+				fn(c)
+				s.logged = uint32(c.Logged / 1000)
+				n++
+				continue
 			}
 			fn(c)
 			n++
@@ -241,6 +252,29 @@ func (m *Map) Drain(fn func(c *Change)) (n int) {
 		sh.mu.Unlock()
 	}
 	return n
+}
+
+// Relog marks every live session changed with no logged expiry (see
+// Change.Logged), so the next Drain hands each one to its sinks and a log
+// that skips refreshes writes them all with their current times. A server
+// calls it before its final drain, so a clean restart restores exact
+// times. Only with Config.TrackChanges.
+func (m *Map) Relog() {
+	if !m.track {
+		return
+	}
+	for k := range m.shards {
+		sh := &m.shards[k]
+		sh.mu.Lock()
+		st := &sh.mu.userState
+		for i := uint32(1); i < st.nSess; i++ {
+			if s := st.session(i); s.user != 0 {
+				s.logged = 0
+				st.logUpsert(i)
+			}
+		}
+		sh.mu.Unlock()
+	}
 }
 
 // Range calls fn for every session, shard by shard: each shard is copied

@@ -26,7 +26,7 @@ type userRec struct {
 
 func (u *userRec) n() uint8 { return uint8(u.key) }
 
-// sessRec is one session (36 bytes, no pointers). Indices are into the
+// sessRec is one session (40 bytes, no pointers). Indices are into the
 // shard's session table; 0 means none.
 type sessRec struct {
 	user   uint32 // user record; 0 = free session
@@ -38,6 +38,7 @@ type sessRec struct {
 	seenLo uint32 // lastSeen, unix ms, low half
 	seenHi uint32 // lastSeen, high half
 	ttl    uint32 // expiry-lastSeen in ms (31 bits) | sessDirty
+	logged uint32 // Change.Logged in unix seconds (rounded down); 0 = none
 }
 
 const (
@@ -45,7 +46,7 @@ const (
 	sessDirty = uint32(1) << 31 // the session has an upsert in the change log
 	maxRecIdx = 1<<31 - 1
 
-	// 512 records: a session chunk is 18432 bytes and a user chunk 8192,
+	// 512 records: a session chunk is 20480 bytes and a user chunk 8192,
 	// both exact Go size classes, so no chunk wastes a rounding tail.
 	chunkBits = 9
 	chunkSize = 1 << chunkBits
