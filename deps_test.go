@@ -7,9 +7,10 @@ import (
 )
 
 // TestDependencyDirection keeps the one-way dependencies of STYLE.md:
-// main -> server -> {shardmap, persist}; shardmap and the wire codec use
-// only the standard library; persist never imports server; loadtest speaks
-// the protocol through the codec packages only.
+// main -> server -> {shardmap, persist}; shardmap, the wire codec and the
+// heartbeat body parser (server/jsonbody) use only the standard library;
+// persist never imports server; loadtest speaks the protocol through the
+// codec packages only.
 func TestDependencyDirection(t *testing.T) {
 	const mod = "github.com/presenced/presenced"
 	deps := func(pkg string) []string {
@@ -26,9 +27,10 @@ func TestDependencyDirection(t *testing.T) {
 		return d
 	}
 	allowed := map[string][]string{
-		mod + "/shardmap":     nil,
-		mod + "/server/wire":  nil,
-		mod + "/server/token": {mod + "/server/wire"},
+		mod + "/shardmap":        nil,
+		mod + "/server/wire":     nil,
+		mod + "/server/jsonbody": nil,
+		mod + "/server/token":    {mod + "/server/wire"},
 	}
 	for pkg, ok := range allowed {
 		for _, d := range deps(pkg) {

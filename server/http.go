@@ -14,6 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/presenced/presenced/persist"
+	"github.com/presenced/presenced/server/jsonbody"
 	"github.com/presenced/presenced/server/wire"
 )
 
@@ -28,10 +29,9 @@ const (
 // httpScratch is the per-request working memory of the heartbeat handlers,
 // pooled so a heartbeat allocates nothing.
 type httpScratch struct {
-	r     jsonReader
-	buf   []byte
-	hb    heartbeatFields
-	items []heartbeatFields
+	p     jsonbody.Parser
+	hb    jsonbody.Heartbeat
+	items []jsonbody.Heartbeat
 	out   []byte
 }
 
@@ -282,21 +282,19 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 		args := ctx.QueryArgs()
 		user, room, tok = args.Peek("user"), args.Peek("room"), args.Peek("token")
 	} else {
-		if err := parseHeartbeat(&sc.r, ctx.PostBody(), sc.buf, &sc.hb); err != nil {
-			sc.buf = sc.r.scratch
+		if err := sc.p.Heartbeat(ctx.PostBody(), &sc.hb); err != nil {
 			s.met.count(trHTTP, outBadRequest)
 			jsonError(ctx, fasthttp.StatusBadRequest, "body must be a JSON object {\"user\",\"room\",\"token\"}")
 			return
 		}
-		sc.buf = sc.r.scratch
-		if sc.hb.fieldErr != "" {
+		if sc.hb.FieldErr != "" {
 			s.met.count(trHTTP, outBadRequest)
-			jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.fieldErr)
+			jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.FieldErr)
 			return
 		}
-		user, room, tok = sc.hb.user, sc.hb.room, sc.hb.token
+		user, room, tok = sc.hb.User, sc.hb.Room, sc.hb.Token
 	}
-	sop, msg := s.stateOp(sc.hb.hasState && !ctx.IsGet(), sc.hb.state)
+	sop, msg := s.stateOp(sc.hb.HasState && !ctx.IsGet(), sc.hb.State)
 	if msg != "" {
 		s.met.count(trHTTP, outBadRequest)
 		jsonError(ctx, fasthttp.StatusBadRequest, msg)
@@ -324,13 +322,13 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 	sc := scratchPool.Get().(*httpScratch)
 	defer scratchPool.Put(sc)
 	maxBatch := int(s.rl.maxBatch.Load())
-	items, err := parseBatch(&sc.r, ctx.PostBody(), sc.buf, sc.items, maxBatch)
-	sc.buf, sc.items = sc.r.scratch, items
+	items, err := sc.p.Batch(ctx.PostBody(), sc.items, maxBatch)
+	sc.items = items
 	switch {
-	case errors.Is(err, errTooMany):
+	case errors.Is(err, jsonbody.ErrTooMany):
 		jsonError(ctx, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("batch exceeds max-batch (%d heartbeats)", maxBatch))
 		return
-	case errors.Is(err, errMissingHeartbeats):
+	case errors.Is(err, jsonbody.ErrMissingHeartbeats):
 		jsonError(ctx, fasthttp.StatusBadRequest, `body must be {"heartbeats":[...]}`)
 		return
 	case err != nil:
@@ -349,14 +347,14 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 	for i := range items {
 		it := &items[i]
 		var msg string
-		sop, stateMsg := s.stateOp(it.hasState, it.state)
-		if it.fieldErr == "" && stateMsg != "" {
-			it.fieldErr = stateMsg
+		sop, stateMsg := s.stateOp(it.HasState, it.State)
+		if it.FieldErr == "" && stateMsg != "" {
+			it.FieldErr = stateMsg
 		}
-		if it.fieldErr != "" {
+		if it.FieldErr != "" {
 			s.met.count(trHTTP, outBadRequest)
-			msg = it.fieldErr
-		} else if o := s.heartbeatState(trHTTP, it.user, it.room, it.token, now, sop); o != outOK {
+			msg = it.FieldErr
+		} else if o := s.heartbeatState(trHTTP, it.User, it.Room, it.Token, now, sop); o != outOK {
 			msg = outcomeInfo[o].msg
 		} else {
 			accepted++
@@ -388,16 +386,14 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 	}
 	sc := scratchPool.Get().(*httpScratch)
 	defer scratchPool.Put(sc)
-	if err := parseHeartbeat(&sc.r, ctx.PostBody(), sc.buf, &sc.hb); err != nil {
-		sc.buf = sc.r.scratch
+	if err := sc.p.Heartbeat(ctx.PostBody(), &sc.hb); err != nil {
 		s.met.countLeave(trHTTP, outBadRequest)
 		jsonError(ctx, fasthttp.StatusBadRequest, "body must be a JSON object {\"user\",\"room\",\"token\"}")
 		return
 	}
-	sc.buf = sc.r.scratch
-	if sc.hb.fieldErr != "" {
+	if sc.hb.FieldErr != "" {
 		s.met.countLeave(trHTTP, outBadRequest)
-		jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.fieldErr)
+		jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.FieldErr)
 		return
 	}
 	now, mono := s.clk.Now()
@@ -406,7 +402,7 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 		outcomeError(ctx, outRateLimited)
 		return
 	}
-	n, o := s.leave(trHTTP, sc.hb.user, sc.hb.room, sc.hb.token, now)
+	n, o := s.leave(trHTTP, sc.hb.User, sc.hb.Room, sc.hb.Token, now)
 	if o != outOK {
 		outcomeError(ctx, o)
 		return

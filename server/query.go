@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/presenced/presenced/server/cluster"
+	"github.com/presenced/presenced/server/jsonbody"
 	"github.com/presenced/presenced/server/wire"
 	"github.com/presenced/presenced/shardmap"
 )
@@ -160,7 +161,7 @@ func (s *Server) hStatus(ctx *fasthttp.RequestCtx) {
 	// encoding/json would read invalid UTF-8 and lone surrogate escapes as
 	// U+FFFD, so several bodies would name one user: refuse them instead.
 	body := ctx.PostBody()
-	if err := json.Unmarshal(body, &req); err != nil || !utf8.Valid(body) || hasLoneSurrogate(body) {
+	if err := json.Unmarshal(body, &req); err != nil || !utf8.Valid(body) || jsonbody.HasLoneSurrogate(body) {
 		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"users":[...]} of strings`)
 		return
 	}

@@ -1,0 +1,201 @@
+package jsonbody
+
+// Heartbeat is one decoded {"user","room","token","state"} object, the body
+// of a heartbeat or a leave, or one item of a batch. Its slices alias the
+// body or the Parser's scratch buffer (see the package doc).
+type Heartbeat struct {
+	// User, Room and Token are the decoded strings; nil when the key is
+	// absent or null.
+	User, Room, Token []byte
+	// State is the raw "state" value (a JSON object, as it appears in the
+	// body) and HasState whether the key was there: with HasState and a
+	// nil State, "state": null clears the state; without HasState the
+	// session keeps its state.
+	State    []byte
+	HasState bool
+	// FieldErr names the first field of the wrong JSON type ("user must be
+	// a string"); the object is otherwise well-formed.
+	FieldErr string
+}
+
+// Parser reads heartbeat bodies. The zero value is ready to use; reuse it
+// so that its scratch buffer is reused too. It is not safe for concurrent
+// use.
+type Parser struct {
+	r reader
+}
+
+// Heartbeat reads a whole single-heartbeat (or leave) body into hb. It
+// returns ErrSyntax for a malformed body; a field of the wrong type is not
+// an error but hb.FieldErr.
+func (p *Parser) Heartbeat(body []byte, hb *Heartbeat) error {
+	p.r.reset(body)
+	if err := p.r.object(hb); err != nil {
+		return err
+	}
+	if !p.r.end() {
+		return ErrSyntax
+	}
+	return nil
+}
+
+// Batch reads {"heartbeats":[...]} into items (reused from its first
+// element, and returned), failing with ErrTooMany past max items,
+// ErrMissingHeartbeats without the array, and ErrSyntax for a malformed
+// body. Unknown top-level keys are skipped; when "heartbeats" repeats, the
+// last array counts. The error is the first met in the body's order.
+func (p *Parser) Batch(body []byte, items []Heartbeat, max int) ([]Heartbeat, error) {
+	r := &p.r
+	r.reset(body)
+	items = items[:0]
+	if !r.expect('{') {
+		return items, ErrSyntax
+	}
+	seen := false
+	if r.expect('}') {
+		return items, ErrMissingHeartbeats
+	}
+	for {
+		key, err := r.str()
+		if err != nil {
+			return items, err
+		}
+		if !r.expect(':') {
+			return items, ErrSyntax
+		}
+		if string(key) != "heartbeats" {
+			if err := r.skip(0); err != nil {
+				return items, err
+			}
+		} else {
+			seen = true
+			items = items[:0]
+			if !r.expect('[') {
+				if r.peek() == 'n' || r.peek() == '{' || r.peek() == '"' {
+					return items, ErrMissingHeartbeats
+				}
+				return items, ErrSyntax
+			}
+			if !r.expect(']') {
+				for {
+					if len(items) == max {
+						return items, ErrTooMany
+					}
+					items = append(items, Heartbeat{})
+					if err := r.object(&items[len(items)-1]); err != nil {
+						return items, err
+					}
+					if r.expect(',') {
+						continue
+					}
+					if r.expect(']') {
+						break
+					}
+					return items, ErrSyntax
+				}
+			}
+		}
+		if r.expect(',') {
+			continue
+		}
+		if r.expect('}') {
+			break
+		}
+		return items, ErrSyntax
+	}
+	if !r.end() {
+		return items, ErrSyntax
+	}
+	if !seen {
+		return items, ErrMissingHeartbeats
+	}
+	return items, nil
+}
+
+// object reads one heartbeat object into hb. A syntax error fails the whole
+// body; a field of the wrong type is recorded in hb.FieldErr.
+func (r *reader) object(hb *Heartbeat) error {
+	*hb = Heartbeat{}
+	if !r.expect('{') {
+		return ErrSyntax
+	}
+	if r.expect('}') {
+		return nil
+	}
+	for {
+		key, err := r.str()
+		if err != nil {
+			return err
+		}
+		if !r.expect(':') {
+			return ErrSyntax
+		}
+		var dst *[]byte
+		switch string(key) {
+		case "state":
+			hb.HasState = true
+			switch r.peek() {
+			case '{':
+				start := r.i
+				if err := r.skip(0); err != nil {
+					return err
+				}
+				hb.State = r.b[start:r.i]
+			case 'n':
+				if err := r.lit("null"); err != nil {
+					return err
+				}
+				hb.State = nil
+			default:
+				if err := r.skip(0); err != nil {
+					return err
+				}
+				if hb.FieldErr == "" {
+					hb.FieldErr = "state must be a JSON object or null"
+				}
+			}
+			if r.expect(',') {
+				continue
+			}
+			if r.expect('}') {
+				return nil
+			}
+			return ErrSyntax
+		case "user":
+			dst = &hb.User
+		case "room":
+			dst = &hb.Room
+		case "token":
+			dst = &hb.Token
+		}
+		switch {
+		case dst == nil:
+			if err := r.skip(0); err != nil {
+				return err
+			}
+		case r.peek() == '"':
+			if *dst, err = r.str(); err != nil {
+				return err
+			}
+		case r.peek() == 'n':
+			if err := r.lit("null"); err != nil {
+				return err
+			}
+			*dst = nil
+		default:
+			if err := r.skip(0); err != nil {
+				return err
+			}
+			if hb.FieldErr == "" {
+				hb.FieldErr = string(key) + " must be a string"
+			}
+		}
+		if r.expect(',') {
+			continue
+		}
+		if r.expect('}') {
+			return nil
+		}
+		return ErrSyntax
+	}
+}
