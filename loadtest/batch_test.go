@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/http"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -153,6 +154,19 @@ func TestServeAndServerSide(t *testing.T) {
 	}
 	if s.DatagramsPerS <= 0 {
 		t.Errorf("datagrams/s %v", s.DatagramsPerS)
+	}
+	// The target's page is the Prometheus text format with presenced's
+	// names and types.
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"# TYPE presenced_udp_datagrams_total counter\n", "# TYPE presenced_heartbeats_total counter\n", "# TYPE presenced_udp_replies_total counter\n"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics of --serve lacks %q:\n%s", want, body)
+		}
 	}
 }
 

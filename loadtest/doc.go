@@ -51,8 +51,8 @@
 //   - with --target-pid, the server's CPU from /proc/<pid>/stat, its wait
 //     for a core from /proc/<pid>/task/*/schedstat, and the cores its
 //     affinity allows; the pid is used rather than the server's
-//     process_cpu_seconds_total because presenced does not export one and
-//     the do-nothing targets need no metrics library;
+//     process_cpu_seconds_total because the do-nothing targets do not
+//     export one, so every target is measured the same way;
 //   - with --target-metrics, the server's own counts from its /metrics
 //     (presenced_udp_datagrams_total, presenced_udp_replies_total,
 //     presenced_heartbeats_total, presenced_wal_records_total): intake
@@ -66,7 +66,8 @@
 //
 // --serve null-udp|raw-udp|null-http runs a do-nothing target as a process
 // of its own (so it can be pinned like presenced), with /metrics on
-// --http-addr under presenced's counter names. loadtest/bench.sh drives
+// --http-addr under presenced's counter names (served by client_golang,
+// as presenced's are). loadtest/bench.sh drives
 // every comparison this way; --name labels a run in the report.
 //
 // # Baselines

@@ -11,7 +11,10 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 	"github.com/panjf2000/gnet/v2/pkg/logging"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/presenced/presenced/server/wire"
 )
@@ -146,13 +149,14 @@ func startNullHTTP() (addr string, stop func(), err error) {
 // startNullHTTPAt starts the do-nothing HTTP server on addr. With udp (a
 // do-nothing UDP target served beside it), GET /metrics answers that
 // target's counters under presenced's metric names; otherwise the
-// requests this server answered.
+// requests this server answered (nullMetrics).
 func startNullHTTPAt(addr string, udp *nullCounters) (string, func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", nil, fmt.Errorf("cannot start null-http: %w", err)
 	}
 	var requests atomic.Int64
+	metrics := nullMetrics(udp, &requests)
 	srv := &fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {
 			ctx.SetContentType("application/json")
@@ -164,13 +168,7 @@ func startNullHTTPAt(addr string, udp *nullCounters) (string, func(), error) {
 				requests.Add(1)
 				ctx.SetBody(nullHeartbeatsBody)
 			case "/metrics":
-				ctx.SetContentType("text/plain; version=0.0.4")
-				if udp != nil {
-					in, out := udp.in.Load(), udp.out.Load()
-					fmt.Fprintf(ctx, "%s %d\n%s %d\n%s %d\n", metricDatagrams, in, metricReplies, out, metricHeartbeats, in)
-				} else {
-					fmt.Fprintf(ctx, "presenced_http_requests_total %d\n", requests.Load())
-				}
+				metrics(ctx)
 			default:
 				ctx.SetStatusCode(fasthttp.StatusNotFound)
 				ctx.SetBodyString(`{"error":"not found"}`)
@@ -189,4 +187,25 @@ func startNullHTTPAt(addr string, udp *nullCounters) (string, func(), error) {
 		_ = ln.Close()
 		<-done
 	}, nil
+}
+
+// nullMetrics is GET /metrics of a do-nothing target, served by
+// client_golang as presenced's is: with udp, that target's counts under
+// presenced's names (each datagram counts as a heartbeat); otherwise the
+// heartbeat requests the null HTTP server answered.
+func nullMetrics(udp *nullCounters, requests *atomic.Int64) fasthttp.RequestHandler {
+	reg := prometheus.NewRegistry()
+	counter := func(name, help string, v *atomic.Int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v.Load()) })
+	}
+	if udp != nil {
+		reg.MustRegister(
+			counter(metricDatagrams, "UDP datagrams received.", &udp.in),
+			counter(metricReplies, "UDP acknowledgements sent.", &udp.out),
+			counter(metricHeartbeats, "Heartbeats received (here: UDP datagrams received).", &udp.in),
+		)
+	} else {
+		reg.MustRegister(counter("presenced_http_requests_total", "Heartbeat requests answered.", requests))
+	}
+	return fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 }

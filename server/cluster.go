@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"sort"
 	"time"
 
 	"github.com/presenced/presenced/server/cluster"
@@ -104,7 +103,7 @@ func (c clusterSink) Append(ev *events.Event) bool {
 }
 
 func (s *Server) registerClusterMetrics() {
-	r := &s.reg
+	r := s.reg
 	r.gaugeFunc("presenced_redis_up", "1 while queries answer for the whole cluster: Redis answered the last health check and every fault since was repaired by a re-assert.", func() float64 {
 		if s.cl.Up() {
 			return 1
@@ -112,17 +111,10 @@ func (s *Server) registerClusterMetrics() {
 		return 0
 	})
 	r.counterFunc("presenced_redis_errors_total", "Failed Redis round trips (writes, reaps, health checks, queries).", func() float64 { return float64(s.cl.Stats().Errors) })
-	r.add("presenced_redis_master_errors_total", "counter", "Failed Redis commands or pipelines, per Redis address (each master of a Redis Cluster).", func(b []byte, name string) []byte {
-		errs := s.cl.Stats().MasterErrors
-		addrs := make([]string, 0, len(errs))
-		for a := range errs {
-			addrs = append(addrs, a)
+	r.counterFuncVec("presenced_redis_master_errors_total", "Failed Redis commands or pipelines, per Redis address (each master of a Redis Cluster).", "master", func(emit func(string, float64)) {
+		for a, n := range s.cl.Stats().MasterErrors {
+			emit(a, float64(n))
 		}
-		sort.Strings(addrs)
-		for _, a := range addrs {
-			b = appendSample(b, name, `{master="`+a+`"}`, float64(errs[a]))
-		}
-		return b
 	})
 	r.counterFunc("presenced_redis_partial_seconds_total", "Seconds this node answered from its own table only (Redis unreachable or a fault not yet repaired), since start.", func() float64 { return s.cl.Stats().Partial.Seconds() })
 	r.counterFunc("presenced_redis_commands_total", "Commands sent to Redis in pipelines.", func() float64 { return float64(s.cl.Stats().Commands) })

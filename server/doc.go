@@ -64,6 +64,19 @@
 // events.Bus's. Configuration that SIGHUP reloads (keys,
 // tokens, limits) sits in atomic pointers (reload.go), never behind a lock.
 //
+// # Metrics
+//
+// GET /metrics is served by client_golang (metrics.go): each Server has its
+// own prometheus.Registry, never the global one, holding the Go collector
+// (runtime/metrics, no stop-the-world), the process collector and
+// presenced's families, written by promhttp in the format the scraper
+// asks for. The heartbeat path never touches the registry: it adds to
+// atomic counters and histograms resolved in New (serverMetrics), which
+// the registry reads at scrape time as const metrics; the table, the log,
+// the bus, the cluster node and the webhook deliverer are read the same
+// way, through their Stats. A scrape takes no shardmap lock (the table's
+// counts are atomics).
+//
 // # Lifecycle
 //
 // New validates the config and builds everything without I/O (the store

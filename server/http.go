@@ -157,8 +157,7 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) route {
 		return rtHealth
 	case "/metrics":
 		if methods(ctx, "GET") {
-			ctx.SetContentType("text/plain; version=0.0.4; charset=utf-8")
-			ctx.SetBody(s.reg.appendText(nil))
+			s.reg.serve(ctx)
 		}
 		return rtMetrics
 	}

@@ -38,7 +38,7 @@ const (
 	rejectPerIP
 )
 
-var connRejectLabels = []string{`{reason="max_conns"}`, `{reason="per_ip"}`}
+var connRejectLabels = []string{"max_conns", "per_ip"}
 
 func newConnLimiter(ln net.Listener, max, perIP int, trusted *proxySet, rejected []*counter) *connLimiter {
 	l := &connLimiter{Listener: ln, max: max, perIP: perIP, trusted: trusted}

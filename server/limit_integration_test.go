@@ -34,7 +34,7 @@ func TestPerSessionFloodDoesNotExtend(t *testing.T) {
 	if last := *n.user("flood").LastSeen; last != first {
 		t.Fatalf("flood moved last_seen from %s to %s", first, last)
 	}
-	if v := n.metric(`presenced_heartbeats_total{transport="http",outcome="rate_limited"}`); v != 20 {
+	if v := n.metric(`presenced_heartbeats_total{outcome="rate_limited",transport="http"}`); v != 20 {
 		t.Fatalf("rate_limited metric = %v, want 20", v)
 	}
 }

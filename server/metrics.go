@@ -1,30 +1,42 @@
 package server
 
 import (
-	"math"
+	"fmt"
+	"log/slog"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 )
 
-// The metrics here are a deliberately small Prometheus text-format writer:
-// counters and histograms are plain atomics resolved once at start-up, so
-// recording on the heartbeat path is one atomic add with no map lookup and
-// no allocation. Label sets are fixed when a metric is created.
+// Metrics are served by client_golang: each Server has its own
+// prometheus.Registry (tests run many servers in one process), with the Go
+// collector (runtime/metrics, no stop-the-world) and the process collector
+// beside ours, written by promhttp.
+//
+// The heartbeat path does not touch the registry: it counts with plain
+// atomics resolved at start-up (counter, histogram below), one atomic add,
+// no map lookup, no allocation. The registry reads them at scrape time
+// through collectors that turn them into const metrics; figures kept
+// elsewhere (the table, the log, the bus) are read the same way.
 
-// counter is a monotonically increasing Prometheus counter.
+// counter is a monotonically increasing count the hot paths add to.
 type counter struct{ v atomic.Uint64 }
 
 func (c *counter) Inc()         { c.v.Add(1) }
 func (c *counter) Add(n uint64) { c.v.Add(n) }
 func (c *counter) Load() uint64 { return c.v.Load() }
 
-// histogram is a Prometheus histogram with fixed upper bounds in base units.
+// histogram counts durations into fixed upper bounds in seconds.
 type histogram struct {
 	bounds []float64
 	counts []atomic.Uint64 // len(bounds)+1, the last is +Inf
@@ -45,172 +57,199 @@ func (h *histogram) ObserveDuration(d time.Duration) {
 	}
 }
 
+// snapshot returns the per-bucket counts (the last is +Inf) and the sum in seconds.
+func (h *histogram) snapshot() ([]uint64, float64) {
+	counts := make([]uint64, len(h.counts))
+	for i := range h.counts {
+		counts[i] = h.counts[i].Load()
+	}
+	return counts, float64(h.sumNs.Load()) / 1e9
+}
+
 // latencyBuckets are upper bounds in seconds, 50µs .. 5s.
 var latencyBuckets = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
 
-// metricFamily is one named metric with HELP and TYPE, rendered by write.
-type metricFamily struct {
-	name, help, typ string
-	write           func(b []byte, name string) []byte
-}
-
-// registry renders metric families in registration order.
+// registry is a Server's metrics: a prometheus.Registry, the helpers that
+// register presenced's families on it, and the handler of GET /metrics. A
+// registration mistake (a name registered twice, a bad name) is a broken
+// invariant and panics.
 type registry struct {
-	mu       sync.Mutex
-	families []metricFamily
+	prom    *prometheus.Registry
+	handler fasthttp.RequestHandler
 }
 
-func (r *registry) add(name, typ, help string, write func(b []byte, name string) []byte) {
-	r.mu.Lock()
-	r.families = append(r.families, metricFamily{name: name, help: help, typ: typ, write: write})
-	r.mu.Unlock()
+// newRegistry returns a registry holding the Go runtime and process
+// collectors, and the two runtime counters presenced exported before them
+// under names of its own. Errors of single collectors while serving are
+// logged to log and the rest is served.
+func newRegistry(log *slog.Logger) *registry {
+	r := &registry{prom: prometheus.NewRegistry()}
+	r.prom.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newGCCollector())
+	r.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(r.prom, promhttp.HandlerOpts{
+		ErrorLog:      promLogger{log},
+		ErrorHandling: promhttp.ContinueOnError,
+	}))
+	return r
 }
 
-// labeled is one label set of a family; labels is pre-rendered `{a="b"}`.
-type labeled struct {
-	labels string
-	c      *counter
+// serve answers GET /metrics in the format the scraper asked for (the text
+// format by default).
+func (r *registry) serve(ctx *fasthttp.RequestCtx) { r.handler(ctx) }
+
+// promLogger is promhttp's error log on slog.
+type promLogger struct{ log *slog.Logger }
+
+func (l promLogger) Println(v ...any) {
+	l.log.Warn("cannot collect a metric", "err", fmt.Sprint(v...))
 }
 
-// counterVec registers a counter family with the given pre-built label sets
-// and returns the counters in the same order.
-func (r *registry) counterVec(name, help string, labelSets ...string) []*counter {
-	if len(labelSets) == 0 {
-		labelSets = []string{""}
+// family is one metric family read at scrape time: collect sends its
+// series, built with desc.
+type family struct {
+	desc    *prometheus.Desc
+	collect func(desc *prometheus.Desc, ch chan<- prometheus.Metric)
+}
+
+func (f *family) Describe(ch chan<- *prometheus.Desc) { ch <- f.desc }
+func (f *family) Collect(ch chan<- prometheus.Metric) { f.collect(f.desc, ch) }
+
+func (r *registry) family(name, help string, labels []string, collect func(desc *prometheus.Desc, ch chan<- prometheus.Metric)) {
+	r.prom.MustRegister(&family{desc: prometheus.NewDesc(name, help, labels, nil), collect: collect})
+}
+
+// counters registers a counter family with one series per set of label
+// values (each in the order of labels) and returns their counters in that
+// order. With no labels it has one series.
+func (r *registry) counters(name, help string, labels []string, values ...[]string) []*counter {
+	if len(labels) == 0 {
+		values = [][]string{nil}
 	}
-	ls := make([]labeled, len(labelSets))
-	out := make([]*counter, len(labelSets))
-	for i, l := range labelSets {
-		ls[i] = labeled{labels: l, c: &counter{}}
-		out[i] = ls[i].c
+	cs := make([]*counter, len(values))
+	for i := range cs {
+		cs[i] = &counter{}
 	}
-	r.add(name, "counter", help, func(b []byte, name string) []byte {
-		for _, l := range ls {
-			b = appendSample(b, name, l.labels, float64(l.c.Load()))
+	r.family(name, help, labels, func(desc *prometheus.Desc, ch chan<- prometheus.Metric) {
+		for i, c := range cs {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(c.Load()), values[i]...)
 		}
-		return b
 	})
-	return out
+	return cs
 }
 
-func (r *registry) counter(name, help string) *counter { return r.counterVec(name, help)[0] }
+func (r *registry) counter(name, help string) *counter { return r.counters(name, help, nil)[0] }
+
+// counterVec registers a counter family with one label and returns the
+// counters of the given label values in their order.
+func (r *registry) counterVec(name, help, label string, values ...string) []*counter {
+	vs := make([][]string, len(values))
+	for i, v := range values {
+		vs[i] = []string{v}
+	}
+	return r.counters(name, help, []string{label}, vs...)
+}
 
 // counterFunc registers a counter whose value is read at scrape time.
 func (r *registry) counterFunc(name, help string, f func() float64) {
-	r.add(name, "counter", help, func(b []byte, name string) []byte { return appendSample(b, name, "", f()) })
+	r.prom.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
 }
 
 // gaugeFunc registers a gauge whose value is read at scrape time.
 func (r *registry) gaugeFunc(name, help string, f func() float64) {
-	r.add(name, "gauge", help, func(b []byte, name string) []byte { return appendSample(b, name, "", f()) })
+	r.prom.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
 }
 
-// histogramVec registers a histogram family with fixed label sets.
-func (r *registry) histogramVec(name, help string, bounds []float64, labelSets ...string) []*histogram {
-	if len(labelSets) == 0 {
-		labelSets = []string{""}
-	}
-	hs := make([]*histogram, len(labelSets))
+// counterFuncVec registers a counter family with one label whose series
+// are read at scrape time: read calls emit once per series.
+func (r *registry) counterFuncVec(name, help, label string, read func(emit func(value string, v float64))) {
+	r.funcVec(name, help, label, prometheus.CounterValue, read)
+}
+
+// gaugeFuncVec is counterFuncVec for a gauge.
+func (r *registry) gaugeFuncVec(name, help, label string, read func(emit func(value string, v float64))) {
+	r.funcVec(name, help, label, prometheus.GaugeValue, read)
+}
+
+func (r *registry) funcVec(name, help, label string, typ prometheus.ValueType, read func(emit func(value string, v float64))) {
+	r.family(name, help, []string{label}, func(desc *prometheus.Desc, ch chan<- prometheus.Metric) {
+		read(func(value string, v float64) { ch <- prometheus.MustNewConstMetric(desc, typ, v, value) })
+	})
+}
+
+// histogram registers a histogram of durations with fixed bounds (seconds).
+func (r *registry) histogram(name, help string, bounds []float64) *histogram {
+	h := newHistogram(bounds)
+	r.histogramFunc(name, help, bounds, h.snapshot)
+	return h
+}
+
+// histogramVec registers a histogram family with one label and returns
+// the histograms of the given label values in their order.
+func (r *registry) histogramVec(name, help string, bounds []float64, label string, values ...string) []*histogram {
+	hs := make([]*histogram, len(values))
 	for i := range hs {
 		hs[i] = newHistogram(bounds)
 	}
-	r.add(name, "histogram", help, func(b []byte, name string) []byte {
+	r.family(name, help, []string{label}, func(desc *prometheus.Desc, ch chan<- prometheus.Metric) {
 		for i, h := range hs {
-			b = appendHistogram(b, name, labelSets[i], h.bounds, func(j int) uint64 { return h.counts[j].Load() }, float64(h.sumNs.Load())/1e9)
+			counts, sum := h.snapshot()
+			ch <- constHistogram(desc, bounds, counts, sum, values[i])
 		}
-		return b
 	})
 	return hs
 }
 
-// histogramFunc registers a histogram read at scrape time from cumulative-free
-// bucket counts (len(bounds)+1, the last is +Inf) and a sum.
+// histogramFunc registers a histogram read at scrape time: f returns the
+// per-bucket counts (len(bounds)+1, the last is +Inf; missing ones are 0)
+// and the sum.
 func (r *registry) histogramFunc(name, help string, bounds []float64, f func() (counts []uint64, sum float64)) {
-	r.add(name, "histogram", help, func(b []byte, name string) []byte {
+	r.family(name, help, nil, func(desc *prometheus.Desc, ch chan<- prometheus.Metric) {
 		counts, sum := f()
-		return appendHistogram(b, name, "", bounds, func(j int) uint64 {
-			if j < len(counts) {
-				return counts[j]
-			}
-			return 0
-		}, sum)
+		ch <- constHistogram(desc, bounds, counts, sum)
 	})
 }
 
-func appendHistogram(b []byte, name, labels string, bounds []float64, count func(int) uint64, sum float64) []byte {
-	inner := ""
-	if labels != "" {
-		inner = labels[1:len(labels)-1] + ","
-	}
+// constHistogram turns per-bucket counts into Prometheus' cumulative ones.
+func constHistogram(desc *prometheus.Desc, bounds []float64, counts []uint64, sum float64, labelValues ...string) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(bounds))
 	var cum uint64
-	for j, ub := range bounds {
-		cum += count(j)
-		b = appendSample(b, name+"_bucket", "{"+inner+`le="`+strconv.FormatFloat(ub, 'g', -1, 64)+`"}`, float64(cum))
-	}
-	cum += count(len(bounds))
-	b = appendSample(b, name+"_bucket", "{"+inner+`le="+Inf"}`, float64(cum))
-	b = appendSample(b, name+"_sum", labels, sum)
-	return appendSample(b, name+"_count", labels, float64(cum))
-}
-
-func appendSample(b []byte, name, labels string, v float64) []byte {
-	b = append(b, name...)
-	b = append(b, labels...)
-	b = append(b, ' ')
-	switch {
-	case math.IsInf(v, 1):
-		b = append(b, "+Inf"...)
-	case v == math.Trunc(v) && math.Abs(v) < 1e15:
-		b = strconv.AppendInt(b, int64(v), 10)
-	default:
-		b = strconv.AppendFloat(b, v, 'g', -1, 64)
-	}
-	return append(b, '\n')
-}
-
-// writeTo renders every family in the Prometheus text format 0.0.4.
-func (r *registry) appendText(b []byte) []byte {
-	r.mu.Lock()
-	fams := r.families
-	r.mu.Unlock()
-	for _, f := range fams {
-		b = append(b, "# HELP "...)
-		b = append(b, f.name...)
-		b = append(b, ' ')
-		b = append(b, f.help...)
-		b = append(b, "\n# TYPE "...)
-		b = append(b, f.name...)
-		b = append(b, ' ')
-		b = append(b, f.typ...)
-		b = append(b, '\n')
-		b = f.write(b, f.name)
-	}
-	return b
-}
-
-// registerRuntime adds Go runtime and process metrics an operator needs.
-// Runtime figures come from runtime/metrics, which does not stop the world
-// (runtime.ReadMemStats does); they are read at most once a second.
-func (r *registry) registerRuntime(start time.Time) {
-	var (
-		mu      sync.Mutex
-		last    time.Time
-		samples = []metrics.Sample{
-			{Name: "/memory/classes/heap/objects:bytes"},
-			{Name: "/memory/classes/total:bytes"},
-			{Name: "/gc/cycles/total:gc-cycles"},
-			{Name: "/cpu/classes/gc/pause:cpu-seconds"},
-			{Name: "/sched/goroutines:goroutines"},
+	for i, ub := range bounds {
+		if i < len(counts) {
+			cum += counts[i]
 		}
-	)
-	read := func(i int) float64 {
-		mu.Lock()
-		defer mu.Unlock()
-		if time.Since(last) > time.Second {
-			metrics.Read(samples)
-			last = time.Now()
-		}
-		switch v := samples[i].Value; v.Kind() {
+		buckets[ub] = cum
+	}
+	if len(counts) > len(bounds) {
+		cum += counts[len(bounds)]
+	}
+	return prometheus.MustNewConstHistogram(desc, cum, sum, buckets, labelValues...)
+}
+
+// gcCollector exports go_gc_cycles_total and go_gc_pause_seconds_total,
+// which the Go collector does not (dashboards use them), from
+// runtime/metrics: no stop-the-world, unlike runtime.ReadMemStats.
+type gcCollector struct {
+	cycles, pause *prometheus.Desc
+	mu            sync.Mutex // guards samples
+	samples       []metrics.Sample
+}
+
+func newGCCollector() *gcCollector {
+	return &gcCollector{
+		cycles:  prometheus.NewDesc("go_gc_cycles_total", "Number of completed GC cycles.", nil, nil),
+		pause:   prometheus.NewDesc("go_gc_pause_seconds_total", "Total GC stop-the-world pause time in seconds.", nil, nil),
+		samples: []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/cpu/classes/gc/pause:cpu-seconds"}},
+	}
+}
+
+func (c *gcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.cycles; ch <- c.pause }
+
+func (c *gcCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	metrics.Read(c.samples)
+	s := slices.Clone(c.samples)
+	c.mu.Unlock()
+	value := func(s metrics.Sample) float64 {
+		switch v := s.Value; v.Kind() {
 		case metrics.KindUint64:
 			return float64(v.Uint64())
 		case metrics.KindFloat64:
@@ -218,20 +257,7 @@ func (r *registry) registerRuntime(start time.Time) {
 		}
 		return 0
 	}
-	r.gaugeFunc("go_goroutines", "Number of goroutines that currently exist.", func() float64 { return read(4) })
-	r.gaugeFunc("go_memstats_heap_alloc_bytes", "Number of heap bytes allocated and still in use.", func() float64 { return read(0) })
-	r.gaugeFunc("go_memstats_sys_bytes", "Number of bytes obtained from the OS.", func() float64 { return read(1) })
-	r.counterFunc("go_gc_cycles_total", "Number of completed GC cycles.", func() float64 { return read(2) })
-	r.counterFunc("go_gc_pause_seconds_total", "Total GC stop-the-world pause time in seconds.", func() float64 {
-		// The runtime counts pause CPU time as GOMAXPROCS x the pause.
-		return read(3) / float64(runtime.GOMAXPROCS(0))
-	})
-	r.counterFunc("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", func() float64 {
-		var ru syscall.Rusage
-		if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-			return 0
-		}
-		return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
-	})
-	r.gaugeFunc("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", func() float64 { return float64(start.Unix()) })
+	ch <- prometheus.MustNewConstMetric(c.cycles, prometheus.CounterValue, value(s[0]))
+	// The runtime counts pause CPU time as GOMAXPROCS x the pause.
+	ch <- prometheus.MustNewConstMetric(c.pause, prometheus.CounterValue, value(s[1])/float64(runtime.GOMAXPROCS(0)))
 }

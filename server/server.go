@@ -63,7 +63,7 @@ type Server struct {
 	// sweepDone is closed when the sweeper has returned (nil before Start
 	// starts it); Shutdown waits for it before the log's final drain.
 	sweepDone chan struct{}
-	reg       registry
+	reg       *registry
 	met       *serverMetrics
 	start     time.Time
 	// hooks delivers events to --webhook-url (nil without it).
@@ -158,7 +158,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		s.store = st
 	}
 	s.sink = s.sinkChange
-	s.met = newServerMetrics(&s.reg)
+	s.reg = newRegistry(log)
+	s.met = newServerMetrics(s.reg)
 	s.ws = newWSHub()
 	s.registerGauges()
 	s.registerWSMetrics()

@@ -60,16 +60,14 @@ var routeLabel = [numRoutes]string{"heartbeat", "heartbeats", "leave", "user", "
 
 func newServerMetrics(r *registry) *serverMetrics {
 	m := &serverMetrics{}
-	var hbLabels, lvLabels []string
+	var labels [][]string
 	for t := range numTransports {
 		for o := range numOutcomes {
-			l := `{transport="` + transportLabel[t] + `",outcome="` + outcome(o).String() + `"}`
-			hbLabels = append(hbLabels, l)
-			lvLabels = append(lvLabels, l)
+			labels = append(labels, []string{transportLabel[t], outcome(o).String()})
 		}
 	}
-	hb := r.counterVec("presenced_heartbeats_total", "Heartbeats received, by transport and outcome (ok or the rejection reason).", hbLabels...)
-	lv := r.counterVec("presenced_leave_requests_total", "Explicit leave requests, by transport and outcome.", lvLabels...)
+	hb := r.counters("presenced_heartbeats_total", "Heartbeats received, by transport and outcome (ok or the rejection reason).", []string{"transport", "outcome"}, labels...)
+	lv := r.counters("presenced_leave_requests_total", "Explicit leave requests, by transport and outcome.", []string{"transport", "outcome"}, labels...)
 	for t := range numTransports {
 		for o := range numOutcomes {
 			m.heartbeats[t][o] = hb[int(t)*int(numOutcomes)+int(o)]
@@ -77,24 +75,16 @@ func newServerMetrics(r *registry) *serverMetrics {
 		}
 	}
 	m.udpIn = r.counter("presenced_udp_datagrams_total", "UDP datagrams received.")
-	var dropLabels []string
-	for _, reason := range udpDropReasons {
-		dropLabels = append(dropLabels, `{reason="`+reason+`"}`)
-	}
-	m.udpDropped = r.counterVec("presenced_udp_dropped_datagrams_total", "UDP datagrams dropped without a reply, by reason.", dropLabels...)
+	m.udpDropped = r.counterVec("presenced_udp_dropped_datagrams_total", "UDP datagrams dropped without a reply, by reason.", "reason", udpDropReasons...)
 	m.udpReplies = r.counter("presenced_udp_replies_total", "UDP acknowledgements sent.")
 	m.httpTooBig = r.counter("presenced_http_body_too_large_total", "HTTP requests refused with 413 because the body exceeded --max-body-bytes.")
-	m.httpConnRejected = r.counterVec("presenced_http_rejected_connections_total", "HTTP connections refused on accept, by reason: max_conns (--http-max-conns) or per_ip (--http-max-conns-per-ip).", connRejectLabels...)
-	m.udpAcksDropped = r.counterVec("presenced_udp_acks_dropped_total", "UDP acks not sent under --fsync=always, by reason: queue_full (--udp-max-pending-acks), not_durable (the sync failed) or shutdown.", ackDropLabels...)
+	m.httpConnRejected = r.counterVec("presenced_http_rejected_connections_total", "HTTP connections refused on accept, by reason: max_conns (--http-max-conns) or per_ip (--http-max-conns-per-ip).", "reason", connRejectLabels...)
+	m.udpAcksDropped = r.counterVec("presenced_udp_acks_dropped_total", "UDP acks not sent under --fsync=always, by reason: queue_full (--udp-max-pending-acks), not_durable (the sync failed) or shutdown.", "reason", ackDropLabels...)
 	m.joins = r.counter("presenced_joins_total", "Sessions started (join events).")
-	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit), timeout (expired) or disconnect (its WebSocket closed).", `{reason="left"}`, `{reason="timeout"}`, `{reason="disconnect"}`)
+	leaves := r.counterVec("presenced_leaves_total", "Sessions ended (leave events), by reason: left (explicit), timeout (expired) or disconnect (its WebSocket closed).", "reason", "left", "timeout", "disconnect")
 	m.leavesLeft, m.leavesTimeout, m.leavesDisconnect = leaves[0], leaves[1], leaves[2]
-	var rl []string
-	for _, l := range routeLabel {
-		rl = append(rl, `{route="`+l+`"}`)
-	}
-	m.lateness = r.histogramVec("presenced_heartbeat_lateness_seconds", "How late a session's heartbeat came: time since its previous heartbeat beyond --interval, in seconds (0 when on time).", latenessBuckets)[0]
-	m.httpLatency = r.histogramVec("presenced_http_request_duration_seconds", "HTTP request handling time in seconds, by route.", latencyBuckets, rl...)
+	m.lateness = r.histogram("presenced_heartbeat_lateness_seconds", "How late a session's heartbeat came: time since its previous heartbeat beyond --interval, in seconds (0 when on time).", latenessBuckets)
+	m.httpLatency = r.histogramVec("presenced_http_request_duration_seconds", "HTTP request handling time in seconds, by route.", latencyBuckets, "route", routeLabel[:]...)
 	return m
 }
 
@@ -103,7 +93,7 @@ func (m *serverMetrics) countLeave(tr transport, o outcome) { m.leaves[tr][o].In
 
 // registerGauges adds the gauges read from the map and the log at scrape time.
 func (s *Server) registerGauges() {
-	r := &s.reg
+	r := s.reg
 	r.gaugeFunc("presenced_last_seen_memory_users", "Offline users whose last-seen is kept in memory (--last-seen-memory-users): the only copy without --data-dir, until the next commit with one.", func() float64 { return float64(s.departed.len()) })
 	r.counterFunc("presenced_last_seen_memory_evictions_total", "Offline users' last-seen times dropped because --last-seen-memory-users was reached.", func() float64 {
 		if s.departed == nil {
@@ -126,7 +116,6 @@ func (s *Server) registerGauges() {
 	r.counterFunc("presenced_events_dropped_total", "Times a slow stream's live queue was full: it then re-reads what it missed from the history, or gets a reset.", func() float64 { return float64(s.bus.Stats().Overflows) })
 	r.counterFunc("presenced_event_resets_total", "Reset events sent because the history could not cover a stream's gap.", func() float64 { return float64(s.bus.Stats().Resets) })
 	r.gaugeFunc("presenced_leaves_held", "Leave events held for --leave-delay (a rejoin within it cancels both).", func() float64 { return float64(s.deb.Held()) })
-	r.registerRuntime(s.start)
 	s.registerPersistMetrics()
 	s.registerWebhookMetrics()
 }
@@ -135,7 +124,7 @@ func (s *Server) registerGauges() {
 // when the node runs without a data directory. One scrape reads one
 // snapshot (persist.Stats asks Pebble for its disk usage).
 func (s *Server) registerPersistMetrics() {
-	r := &s.reg
+	r := s.reg
 	var (
 		mu   sync.Mutex
 		snap persist.Stats
@@ -169,17 +158,16 @@ func (s *Server) registerPersistMetrics() {
 		}
 		return 0
 	})
-	r.add("presenced_wal_state", "gauge", "State of the write-ahead log, one series per state set to 1 when current: ok, failing (commits fail, retried), unavailable (reopening after a fatal storage error), corrupt (a checksum failed: run presenced repair), opening, closed (also without --data-dir).",
-		func(b []byte, name string) []byte {
+	r.gaugeFuncVec("presenced_wal_state", "State of the write-ahead log, one series per state set to 1 when current: ok, failing (commits fail, retried), unavailable (reopening after a fatal storage error), corrupt (a checksum failed: run presenced repair), opening, closed (also without --data-dir).", "state",
+		func(emit func(string, float64)) {
 			cur := s.storeState()
 			for _, st := range persist.States() {
 				v := 0.0
 				if st == cur {
 					v = 1
 				}
-				b = appendSample(b, name, `{state="`+st.String()+`"}`, v)
+				emit(st.String(), v)
 			}
-			return b
 		})
 	r.gaugeFunc("presenced_wal_lost_commits", "Synced write-ahead log commits found missing at start (a log damaged or cut short after the fact); 0 when intact. See /readyz.", func() float64 { return float64(stats().LostCommits) })
 	r.gaugeFunc("presenced_wal_replay_seconds", "How long replaying the write-ahead log took at start-up.", func() float64 { return stats().ReplayDuration.Seconds() })

@@ -307,7 +307,7 @@ func TestHeartbeatsAndQueries(t *testing.T) {
 	if s := n.stats(); s.OnlineUsers != 7 || s.Sessions != 8 || s.Rooms != 2 {
 		t.Fatalf("stats: %+v", s)
 	}
-	if v := n.metric(`presenced_heartbeats_total{transport="udp",outcome="ok"}`); v != 4 {
+	if v := n.metric(`presenced_heartbeats_total{outcome="ok",transport="udp"}`); v != 4 {
 		t.Fatalf("udp ok heartbeats metric = %v, want 4", v)
 	}
 }

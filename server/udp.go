@@ -314,7 +314,7 @@ const (
 	numAckDrops
 )
 
-var ackDropLabels = []string{`{reason="queue_full"}`, `{reason="not_durable"}`, `{reason="shutdown"}`}
+var ackDropLabels = []string{"queue_full", "not_durable", "shutdown"}
 
 type pendingAck struct {
 	fd int

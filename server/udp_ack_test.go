@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"strconv"
 	"sync"
@@ -34,9 +35,9 @@ func (c *poisonConn) Fd() int              { c.check(); return 42 }
 // while the log is not synced, and once closed (before gnet closes its
 // sockets) sends nothing more, even with a sync still pending.
 func TestAckQueueBoundedAndClosedBeforeSockets(t *testing.T) {
-	var r registry
+	r := newRegistry(slog.New(slog.DiscardHandler))
 	sent := r.counter("sent", "")
-	dropped := r.counterVec("dropped", "", ackDropLabels...)
+	dropped := r.counterVec("dropped", "", "reason", ackDropLabels...)
 	waiting, release := make(chan struct{}, 16), make(chan error)
 	wait := func(ctx context.Context) error {
 		waiting <- struct{}{}

@@ -50,7 +50,7 @@ func (s *Server) registerWebhookMetrics() {
 	if s.cfg.Webhook.URL == "" {
 		return
 	}
-	r := &s.reg
+	r := s.reg
 	stats := func() webhook.Stats {
 		if h := s.hooks.Load(); h != nil {
 			return h.Stats()
@@ -62,16 +62,11 @@ func (s *Server) registerWebhookMetrics() {
 	r.counterFunc("presenced_webhook_delivered_events_total", "Events delivered to the webhook (answered 2xx).", func() float64 { return float64(stats().Delivered) })
 	r.counterFunc("presenced_webhook_dead_letters_total", "Events given up: the receiver answered a 4xx other than 408/429, or the batch was older than --webhook-max-age.", func() float64 { return float64(stats().DeadLettered) })
 	r.counterFunc("presenced_webhook_lost_events_total", "Events that could not be queued for the webhook (--webhook-max-queue full, or trimmed from the event stream unread); a reset event was delivered instead.", func() float64 { return float64(stats().Lost) })
-	var labels []string
-	for _, l := range webhook.ClassLabels {
-		labels = append(labels, `{class="`+l+`"}`)
-	}
-	r.add("presenced_webhook_requests_total", "counter", "Webhook POSTs by answer: status class, or error (no answer).", func(b []byte, name string) []byte {
+	r.counterFuncVec("presenced_webhook_requests_total", "Webhook POSTs by answer: status class, or error (no answer).", "class", func(emit func(string, float64)) {
 		st := stats()
-		for i, l := range labels {
-			b = appendSample(b, name, l, float64(st.Attempts[i]))
+		for i, l := range webhook.ClassLabels {
+			emit(l, float64(st.Attempts[i]))
 		}
-		return b
 	})
 	r.histogramFunc("presenced_webhook_request_duration_seconds", "Webhook POST latency in seconds, answered or not.", webhook.LatencyBounds, func() ([]uint64, float64) {
 		st := stats()

@@ -639,21 +639,19 @@ func (c *wsConn) disconnect() {
 
 // registerWSMetrics adds the WebSocket metrics.
 func (s *Server) registerWSMetrics() {
-	r := &s.reg
+	r := s.reg
 	h := s.ws
 	r.gaugeFunc("presenced_ws_connections", "Open WebSocket connections (GET /v1/ws).", func() float64 { return float64(h.open.Load()) })
 	r.counterFunc("presenced_ws_messages_total", "WebSocket messages received.", func() float64 { return float64(h.messages.Load()) })
 	r.counterFunc("presenced_ws_events_sent_total", "Events sent on WebSocket subscriptions.", func() float64 { return float64(h.sent.Load()) })
-	r.add("presenced_ws_limited_total", "counter", "WebSocket limits hit, by limit flag (connections refused, sockets closed, or ops refused).", func(b []byte, name string) []byte {
+	r.counterFuncVec("presenced_ws_limited_total", "WebSocket limits hit, by limit flag (connections refused, sockets closed, or ops refused).", "limit", func(emit func(string, float64)) {
 		for i := range numWSLimits {
-			b = appendSample(b, name, `{limit="`+wsLimitLabel[i]+`"}`, float64(h.limited[i].Load()))
+			emit(wsLimitLabel[i], float64(h.limited[i].Load()))
 		}
-		return b
 	})
-	r.add("presenced_ws_closed_total", "counter", "WebSocket connections ended, by reason.", func(b []byte, name string) []byte {
+	r.counterFuncVec("presenced_ws_closed_total", "WebSocket connections ended, by reason.", "reason", func(emit func(string, float64)) {
 		for i := range numWSCloses {
-			b = appendSample(b, name, `{reason="`+wsCloseLabel[i]+`"}`, float64(h.closes[i].Load()))
+			emit(wsCloseLabel[i], float64(h.closes[i].Load()))
 		}
-		return b
 	})
 }

@@ -235,7 +235,7 @@ func TestWSOps(t *testing.T) {
 	if n.user("x").Online {
 		t.Fatal("a refused heartbeat created a session")
 	}
-	if v := n.metric(`presenced_heartbeats_total{transport="ws",outcome="ok"}`); v != 2 {
+	if v := n.metric(`presenced_heartbeats_total{outcome="ok",transport="ws"}`); v != 2 {
 		t.Fatalf("ws ok heartbeats metric %v, want 2", v)
 	}
 }
