@@ -20,7 +20,6 @@ func BenchmarkRecordsPerHeartbeat(b *testing.B) {
 	m, _ := shardmap.New(mcfg)
 	s := mustOpen(b, testConfig(vfs.NewMem()))
 	defer s.Close()
-	s.c.drain = m.Drain
 	const users, perCycle = 1000, 10000
 	ids := make([][]byte, users)
 	for i := range ids {
@@ -33,9 +32,11 @@ func BenchmarkRecordsPerHeartbeat(b *testing.B) {
 	for i := range b.N {
 		m.Touch(ids[i%users], room, int64(1000+i/perCycle), 150_000)
 		if i%perCycle == perCycle-1 {
+			m.Drain(s.Add)
 			s.cycle(true)
 		}
 	}
+	m.Drain(s.Add)
 	s.cycle(true)
 	st := s.Stats()
 	recs := st.SessionSets + st.SessionDeletes + st.LastSeenWrites - before.SessionSets - before.SessionDeletes - before.LastSeenWrites
@@ -54,7 +55,6 @@ func BenchmarkCommitter(b *testing.B) {
 			s := mustOpen(b, cfg)
 			defer s.Close()
 			var src source
-			s.c.drain = src.drain
 			users := make([]string, 1000)
 			for i := range users {
 				users[i] = fmt.Sprintf("user-%06d", i)
@@ -64,9 +64,11 @@ func BenchmarkCommitter(b *testing.B) {
 			for i := range b.N {
 				src.upsert(users[i%len(users)], "room", int64(i), int64(i)+150_000)
 				if i%len(users) == len(users)-1 {
+					src.drain(s.Add)
 					s.cycle(true)
 				}
 			}
+			src.drain(s.Add)
 			s.cycle(true)
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "changes/s")
 		})

@@ -21,11 +21,14 @@ func TestChurnBoundedDisk(t *testing.T) {
 		defer s.Close()
 		s.now = func() int64 { return now }
 		var src source
-		s.c.drain = src.drain // driven by hand, no committer goroutine
+		cycle := func() error { // driven by hand, no committer goroutine
+			src.drain(s.Add)
+			return s.cycle(true)
+		}
 		for i := range L {
 			src.upsert(fmt.Sprintf("live-%06d", i), "room", now, now+150_000)
 		}
-		if err := s.cycle(true); err != nil {
+		if err := cycle(); err != nil {
 			t.Fatal(err)
 		}
 		if churn {
@@ -36,7 +39,7 @@ func TestChurnBoundedDisk(t *testing.T) {
 					src.upsert(u, "room", old, old+150_000)
 					src.end(u, "room", old, old+150_000)
 				}
-				if err := s.cycle(true); err != nil {
+				if err := cycle(); err != nil {
 					t.Fatal(err)
 				}
 			}

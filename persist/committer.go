@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/maphash"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -31,11 +32,10 @@ type op struct {
 // MaxPendingBytes accounting.
 const opOverhead = 16
 
-// committer is the state of the committer goroutine: the pending backlog
-// (the changes drained but not yet committed) and the sweep cursor.
-type committer struct {
-	drain func(fn func(*shardmap.Change)) int
-
+// pending is a batch of changes not yet committed, encoded as Pebble
+// writes: the intake's (changes added since the last cycle) and the
+// committer's backlog (taken from the intake, not yet committed).
+type pending struct {
 	arena        []byte
 	ops          []op
 	idx          map[uint64]int32 // hash of user -> its opMerge in ops
@@ -43,6 +43,70 @@ type committer struct {
 	sessionSets  uint64 // per kind, in ops, for the counters on success
 	sessionDels  uint64
 	lastSeenOps  uint64
+}
+
+func newPending() *pending { return &pending{idx: make(map[uint64]int32)} }
+
+func (p *pending) reset() {
+	p.arena, p.ops = p.arena[:0], p.ops[:0]
+	clear(p.idx)
+	p.pendingBytes, p.sessionSets, p.sessionDels, p.lastSeenOps = 0, 0, 0, 0
+}
+
+// absorb appends q's writes (newer) after p's, merging each user's
+// last-seen into p's as addChange does within one batch, and empties q.
+func (p *pending) absorb(q *pending, seed maphash.Seed) {
+	base := uint32(len(p.arena))
+	p.arena = append(p.arena, q.arena...)
+	for _, o := range q.ops {
+		o.k0, o.k1, o.v1 = o.k0+base, o.k1+base, o.v1+base
+		if o.kind == opMerge {
+			user := p.arena[o.k0+1 : o.k1]
+			h := maphash.Bytes(seed, user)
+			if i, ok := p.idx[h]; ok && bytes.Equal(p.arena[p.ops[i].k0+1:p.ops[i].k1], user) {
+				v, nv := p.arena[p.ops[i].k1:p.ops[i].v1], p.arena[o.k1:o.v1]
+				if binary.BigEndian.Uint64(nv) > binary.BigEndian.Uint64(v) {
+					copy(v, nv)
+				}
+				q.lastSeenOps--
+				continue
+			}
+			if _, taken := p.idx[h]; !taken {
+				p.idx[h] = int32(len(p.ops))
+			}
+		}
+		p.ops = append(p.ops, o)
+	}
+	p.pendingBytes += q.pendingBytes
+	p.sessionSets += q.sessionSets
+	p.sessionDels += q.sessionDels
+	p.lastSeenOps += q.lastSeenOps
+	q.reset()
+}
+
+// intake is where changes wait for the committer: Add encodes each into
+// p under mu (on the server's drain, under a shardmap lock), and the
+// committer swaps p out at the start of each cycle, so neither ever waits
+// for the other longer than one append or one swap.
+type intake struct {
+	mu sync.Mutex
+	p  *pending
+	// held is the size of the committer's backlog when p was last swapped
+	// or committed: p may grow only to MaxPendingBytes minus held.
+	held   int64
+	closed bool // Close took the last intake: Add drops
+}
+
+// committer is the state of the committer goroutine: the pending backlog
+// (the changes taken from the intake but not yet committed) and the sweep
+// cursor.
+type committer struct {
+	// flush hands every change made so far to Add (the server's drain);
+	// a cycle with waiters calls it before it takes the intake.
+	flush func()
+
+	p     *pending // the backlog
+	spare *pending // an empty pending, swapped into the intake
 
 	batch  *pebble.Batch // reused after a successful commit
 	broken bool          // the DB hit a fatal error and must be reopened
@@ -113,8 +177,10 @@ func (s *Store) run() {
 	}
 }
 
-// cycle serves the waiters queued so far, drains the map into the backlog
-// and commits the backlog (with fsync if sync or if anyone waits).
+// cycle serves the waiters queued so far: with waiters it first has the
+// flush hook hand over every change made before they called; then it takes
+// the intake behind the backlog and commits the backlog (with fsync if sync
+// or if anyone waits).
 func (s *Store) cycle(sync bool) error {
 	s.mu.Lock()
 	waiters := s.mu.waiters
@@ -122,10 +188,11 @@ func (s *Store) cycle(sync bool) error {
 	s.mu.Unlock()
 	if len(waiters) > 0 {
 		sync = true
+		if s.c.flush != nil {
+			s.c.flush()
+		}
 	}
-	if s.c.drain != nil {
-		s.c.drain(s.addChange)
-	}
+	s.takeIntake()
 	err := s.commitPending(sync)
 	for _, w := range waiters {
 		w <- err
@@ -133,15 +200,59 @@ func (s *Store) cycle(sync bool) error {
 	return err
 }
 
-// addChange appends one drained change to the backlog: the session record
-// (Set or Delete) and the user's last-seen (one Merge per user per backlog).
-// It runs inside Drain and must not block.
+// takeIntake moves the changes added since the last cycle behind the
+// backlog: a swap when the backlog is empty (every cycle whose commit
+// succeeded), else an append after the older changes of failed cycles.
+func (s *Store) takeIntake() {
+	c := &s.c
+	if c.spare == nil {
+		c.spare = newPending()
+	}
+	s.in.mu.Lock()
+	in := s.in.p
+	if len(c.p.ops) == 0 {
+		s.in.p, c.p = c.p, in
+		in = nil
+	} else {
+		s.in.p, c.spare = c.spare, nil
+	}
+	s.in.held = c.p.pendingBytes
+	if in != nil {
+		s.in.held += in.pendingBytes
+	}
+	s.in.mu.Unlock()
+	if in != nil {
+		c.p.absorb(in, s.seed)
+		c.spare = in
+	}
+}
+
+// Add hands one change to the store; the committer's next cycle writes it.
+// It copies what it keeps and never blocks beyond a short mutex (it runs
+// on the server's drain, under a shardmap lock). A change over the
+// MaxPendingBytes bound, with an unencodable user, or added after Close is
+// dropped and counted in Stats.DroppedChanges. Add is safe for concurrent
+// use; changes of one session must be added in the order they happened.
+func (s *Store) Add(ch *shardmap.Change) {
+	s.in.mu.Lock()
+	if s.in.closed {
+		s.in.mu.Unlock()
+		s.ctr.dropped.Add(1)
+		return
+	}
+	s.addChange(ch)
+	s.in.mu.Unlock()
+}
+
+// addChange appends one change to the intake: the session record (Set or
+// Delete) and the user's last-seen (one Merge per user per batch). The
+// caller (Add) holds s.in.mu; it must not block.
 //
 // A refresh whose logged expiry (ch.Logged) is still at least
 // Config.RefreshMargin after the heartbeat is skipped; a change taken into
-// the backlog sets ch.Logged, which the map keeps for the next one.
+// the intake sets ch.Logged, which the map keeps for the next one.
 func (s *Store) addChange(ch *shardmap.Change) {
-	c := &s.c
+	c := s.in.p
 	if m := s.cfg.RefreshMargin.Milliseconds(); m > 0 && !ch.Ended && ch.Logged-ch.LastSeen >= m {
 		s.ctr.skippedRefresh.Add(1)
 		return
@@ -151,7 +262,7 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		return
 	}
 	need := int64(2+len(ch.User)+len(ch.Room)+16+len(ch.State)+1+len(ch.User)+8) + 2*opOverhead
-	if c.pendingBytes+need > s.cfg.MaxPendingBytes {
+	if s.in.held+c.pendingBytes+need > s.cfg.MaxPendingBytes {
 		s.ctr.dropped.Add(1)
 		return
 	}
@@ -171,7 +282,7 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		// last-seen record is only needed once a session ends, so a refresh
 		// costs one record, not two.
 		c.pendingBytes += int64(len(c.arena)-before) + opOverhead
-		s.ctr.pendingBytes.Store(c.pendingBytes)
+		s.ctr.pendingBytes.Store(s.in.held + c.pendingBytes)
 		return
 	}
 
@@ -184,7 +295,7 @@ func (s *Store) addChange(ch *shardmap.Change) {
 				binary.BigEndian.PutUint64(v, uint64(ch.LastSeen))
 			}
 			c.pendingBytes += int64(len(c.arena)-before) + opOverhead
-			s.ctr.pendingBytes.Store(c.pendingBytes)
+			s.ctr.pendingBytes.Store(s.in.held + c.pendingBytes)
 			return
 		}
 	}
@@ -198,7 +309,7 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		c.idx[h] = int32(len(c.ops) - 1)
 	}
 	c.pendingBytes += int64(len(c.arena)-before) + 2*opOverhead
-	s.ctr.pendingBytes.Store(c.pendingBytes)
+	s.ctr.pendingBytes.Store(s.in.held + c.pendingBytes)
 }
 
 // commitPending writes the backlog as one batch. On failure the backlog is
@@ -211,7 +322,8 @@ func (s *Store) commitPending(sync bool) error {
 			return s.Healthy()
 		}
 	}
-	if len(c.ops) == 0 {
+	p := c.p
+	if len(p.ops) == 0 {
 		if !c.unsynced {
 			s.maybeWatermark() // the last commit was synced: vouch for it once it is a second old
 		}
@@ -241,8 +353,8 @@ func (s *Store) commitPending(sync bool) error {
 		c.batch = s.db.NewBatch()
 	}
 	b := c.batch
-	for _, o := range c.ops {
-		k, v := c.arena[o.k0:o.k1], c.arena[o.k1:o.v1]
+	for _, o := range p.ops {
+		k, v := p.arena[o.k0:o.k1], p.arena[o.k1:o.v1]
 		switch o.kind {
 		case opSet:
 			_ = b.Set(k, v, nil)
@@ -268,9 +380,9 @@ func (s *Store) commitPending(sync bool) error {
 		return s.Healthy()
 	}
 	b.Reset()
-	s.ctr.sessionSets.Add(c.sessionSets)
-	s.ctr.sessionDeletes.Add(c.sessionDels)
-	s.ctr.lastSeenWrites.Add(c.lastSeenOps)
+	s.ctr.sessionSets.Add(p.sessionSets)
+	s.ctr.sessionDeletes.Add(p.sessionDels)
+	s.ctr.lastSeenWrites.Add(p.lastSeenOps)
 	s.ctr.batches.Add(1)
 	s.ctr.lastCommitNanos.Store(int64(d))
 	c.commitSeq++
@@ -281,11 +393,12 @@ func (s *Store) commitPending(sync bool) error {
 	} else {
 		c.unsynced = true
 	}
-	c.deletesSinceCompact += int(c.sessionDels)
-	c.arena, c.ops = c.arena[:0], c.ops[:0]
-	clear(c.idx)
-	c.pendingBytes, c.sessionSets, c.sessionDels, c.lastSeenOps = 0, 0, 0, 0
-	s.ctr.pendingBytes.Store(0)
+	c.deletesSinceCompact += int(p.sessionDels)
+	p.reset()
+	s.in.mu.Lock()
+	s.in.held = 0
+	s.ctr.pendingBytes.Store(s.in.p.pendingBytes)
+	s.in.mu.Unlock()
 	s.recovered()
 	return nil
 }
@@ -398,7 +511,7 @@ func (s *Store) failed(err error, sync bool) {
 		c.lastErrLog = now
 		s.log.Error("cannot commit changes; retrying next cycle",
 			"err", errLine(err), "failing_for", now.Sub(c.failingSince),
-			"pending_bytes", c.pendingBytes, "dropped_changes", s.ctr.dropped.Load())
+			"pending_bytes", c.p.pendingBytes, "dropped_changes", s.ctr.dropped.Load())
 	}
 	s.mu.Lock()
 	s.mu.health = fmt.Errorf("%w: %w", ErrUnhealthy, err)

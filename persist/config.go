@@ -77,8 +77,8 @@ type Config struct {
 	// off costs none but gives up power-loss durability.
 	Fsync FsyncMode
 
-	// FsyncInterval is how often the committer drains the map and commits,
-	// in every mode. The default is 100ms. It bounds what a crash loses in
+	// FsyncInterval is the committer's period (a cycle, which commits what
+	// Add handed over, every half of it), in every mode. The default is 100ms. It bounds what a crash loses in
 	// interval mode; shorter costs more fsyncs (one per interval).
 	FsyncInterval time.Duration
 

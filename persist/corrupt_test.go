@@ -23,7 +23,7 @@ func writeFlushed(t *testing.T, dir string, n int) {
 	cfg.Dir = dir
 	s := mustOpen(t, cfg)
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	for i := range n {
 		src.upsert(fmt.Sprintf("user%05d", i), "room", 1000, 1<<60)
 		src.upsert(fmt.Sprintf("gone%05d", i), "room", 2000, 1<<60)

@@ -71,7 +71,7 @@ func TestDiskFullNeverWaits(t *testing.T) {
 	cfg := testConfig(errorfs.Wrap(mem, faults))
 	s := mustOpen(t, cfg)
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	src.upsert("before", "r", 1, 1<<60)
 	src.end("gone", "r", 5, 1<<60)
 	if err := s.WaitDurable(context.Background()); err != nil {
@@ -133,7 +133,7 @@ func TestDiskFullCloseKeepsDeadline(t *testing.T) {
 	faults := &diskFull{}
 	s := mustOpen(t, testConfig(errorfs.Wrap(mem, faults)))
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	src.upsert("before", "r", 1, 1<<60)
 	if err := s.WaitDurable(context.Background()); err != nil {
 		t.Fatal(err)
@@ -159,7 +159,7 @@ func TestDiskFullOpenTimesOut(t *testing.T) {
 	crash := vfs.NewCrashableMem()
 	s := mustOpen(t, testConfig(crash))
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	for i := range 100 {
 		src.upsert(fmt.Sprintf("u%d", i), "r", 1, 1<<60)
 	}

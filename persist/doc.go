@@ -6,12 +6,19 @@
 //
 // One Pebble database in Config.Dir. The server opens it, calls Replay once
 // (feeding live sessions to shardmap.Map.Restore and emitting timeout leaves
-// for sessions that expired while the node was down), then Start with the
-// map's Drain. From then on a single committer goroutine owns every write:
-// each cycle it drains the map's dirty sessions (coalesced: one record per
-// dirty session per cycle, however many heartbeats arrived) and commits one
-// Pebble batch. The same goroutine runs the last-seen sweep, in chunks,
-// between cycles, so there is never more than one writer.
+// for sessions that expired while the node was down), then Start with its
+// flush hook. persist drains nothing itself: the server's change pump
+// drains the map's change log (coalesced: one change per dirty session per
+// drain, however many heartbeats arrived) and hands each change to Add,
+// which encodes it into the intake under a mutex and never waits on disk.
+// A single committer goroutine owns every write: at the start of each
+// cycle it swaps the intake out and commits it as one Pebble batch. The
+// same goroutine runs the last-seen sweep, in chunks, between cycles, so
+// there is never more than one writer.
+//
+//	server's pump ──Add──> intake (mutex; swapped each cycle) ──> committer ──> Pebble batch, fsync
+//	WaitDurable ──> next cycle: flush hook (the server drains its change log
+//	                into Add at once), then swap and commit
 //
 // # On-disk key layout
 //
@@ -79,12 +86,18 @@
 //
 //   - interval (default): a cycle runs every half Config.FsyncInterval
 //     (50ms of the default 100ms) and commits with an fsync, so a change is
-//     durable at most FsyncInterval/2 + one commit after it was made. A crash
-//     (kill -9 or power loss) loses at most the last FsyncInterval of
-//     changes as long as a commit with its fsync takes under half of it.
+//     durable at most FsyncInterval/2 + one commit after it was handed to
+//     Add. The server's pump hands a change over at most a quarter of the
+//     interval after it was made, so a crash (kill -9 or power loss) loses
+//     at most the last FsyncInterval of changes as long as a commit with
+//     its fsync takes under a quarter of it.
 //   - always: as interval, and WaitDurable(ctx) returns only after a cycle
 //     that started after the call has been fsynced; concurrent waiters share
-//     that cycle and its fsync, and a waiter starts a cycle at once.
+//     that cycle and its fsync, and a waiter starts a cycle at once. A
+//     cycle with waiters first calls Start's flush hook, which hands every
+//     change made before it to Add (the server drains its change log on
+//     the committer's goroutine), then swaps the intake: every change made
+//     before WaitDurable was called is in that cycle's batch.
 //   - off: cycles write the WAL to the OS every FsyncInterval but never
 //     fsync it: a process crash (kill -9) loses at most the last interval,
 //     power loss may lose whatever the OS had not written back. (Pebble's
@@ -109,7 +122,9 @@
 // errorLogMinInterval), counted, and makes Healthy return an error (State
 // StateFailing) until a commit succeeds again; the changes of the failed
 // cycle stay in the pending backlog and are retried next cycle, ahead of
-// newer ones. Pebble treats a WAL write or sync error as fatal for the DB
+// newer ones (the next intake is appended behind them). Add keeps taking
+// changes meanwhile, so the server's pump, and the replication it feeds,
+// never wait for a failing or hanging disk. Pebble treats a WAL write or sync error as fatal for the DB
 // instance (its commit pipeline is left unusable, and by default it calls
 // os.Exit). persist gives Pebble a Logger whose Fatalf panics; on the
 // committer goroutine that panic is recovered and the DB instance is closed
@@ -130,8 +145,9 @@
 // last storage error and the free space; CloseContext gives up at its
 // context's deadline (the unclean marker then stays).
 //
-// If the backlog grows past Config.MaxPendingBytes (default 64 MiB) while
-// the disk keeps failing, further changes are dropped and counted in
+// If the backlog and the intake together grow past Config.MaxPendingBytes
+// (default 64 MiB) while the disk keeps failing, further changes are
+// dropped (by Add, at once) and counted in
 // Stats.DroppedChanges (a dropped session upsert is written again by the
 // next change of that session; a dropped delete leaves a record that Replay
 // will later treat as expired). A Fatalf on one of Pebble's own goroutines
@@ -166,15 +182,19 @@
 // New builds a Store without I/O; its read methods are safe at once, so a
 // server can publish it before Open. Open, Replay and Start are then called
 // once, in that order, from one goroutine (Open(cfg) is New plus Open).
-// WaitDurable, LastSeen, Healthy, State, Damage and Stats are safe for
-// concurrent use at any time and never wait on a failing disk. Close (or
-// CloseContext) may be called once; it stops the committer, runs a final
-// drain and synced commit, clears the unclean marker and closes the
-// database.
+// Add, WaitDurable, LastSeen, Healthy, State, Damage and Stats are safe for
+// concurrent use at any time and never wait on a failing disk (Add is
+// called under the caller's shardmap lock: it only appends under the
+// intake's mutex). Close (or CloseContext) may be called once; it stops
+// the committer, calls the flush hook once more, stops intake (a later Add
+// is dropped and counted), runs a final synced commit, clears the unclean
+// marker and closes the database.
 //
 // Lock order: Store.dbMu (RWMutex: readers and the committer's writes hold it
 // shared, a reopen holds it exclusively only to swap the pointer, never
-// across a Pebble call) before Store.mu. The goroutines of a reopen, of an
+// across a Pebble call) before Store.mu. The intake's mutex (Store.in.mu)
+// is a leaf: held only to append a change or swap the intake, with no
+// other lock of the Store. The flush hook is called with no lock held. The goroutines of a reopen, of an
 // open that timed out and of closeDB are not tracked by the WaitGroup on
 // purpose: they may not return while the disk is full.
 package persist

@@ -12,7 +12,9 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+
 	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/shardmap"
 )
 
 // checkRecovered reopens fs, replays it, and checks that every session in
@@ -57,7 +59,7 @@ func TestCrashAlways(t *testing.T) {
 			s := mustOpen(t, cfg)
 			defer s.Close()
 			var src source
-			s.Start(src.drain)
+			src.start(t, s)
 			var (
 				mu      sync.Mutex
 				durable []string
@@ -98,8 +100,8 @@ func TestCrashAlways(t *testing.T) {
 	}
 }
 
-// interval: every change queued at least one full synced cycle before the
-// crash survives, without anyone waiting.
+// interval: every change handed to Add at least one full synced cycle
+// before the crash survives, without anyone waiting.
 func TestCrashInterval(t *testing.T) {
 	for seed := range uint64(3) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
@@ -109,8 +111,7 @@ func TestCrashInterval(t *testing.T) {
 			cfg.FsyncInterval = 2 * time.Millisecond
 			s := mustOpen(t, cfg)
 			defer s.Close()
-			var src source
-			s.Start(src.drain)
+			s.Start(nil)
 			type queued struct {
 				user  string
 				cycle uint64 // synced cycles completed when it was queued
@@ -126,7 +127,7 @@ func TestCrashInterval(t *testing.T) {
 				for i := 0; !stop.Load(); i++ {
 					c := s.ctr.syncCount.Load()
 					u := fmt.Sprintf("u%d", i)
-					src.upsert(u, "r", 1, 1<<60)
+					s.Add(&shardmap.Change{User: []byte(u), Room: []byte("r"), LastSeen: 1, Expiry: 1 << 60})
 					mu.Lock()
 					log = append(log, queued{u, c})
 					mu.Unlock()
@@ -136,8 +137,8 @@ func TestCrashInterval(t *testing.T) {
 				}
 			}()
 			time.Sleep(time.Duration(20+rng.IntN(60)) * time.Millisecond) // a random crash point while writers run
-			// A change queued when n cycles had synced is drained by cycle
-			// n+1 at the latest (n+1 may have drained just before it), so
+			// A change added when n cycles had synced is taken by cycle n+1
+			// at the latest (n+1 may have taken the intake just before it), so
 			// it is on disk once n+2 cycles have synced. On a loaded machine
 			// (-race, other packages' tests) the committer may not have got
 			// that far yet: wait until something qualifies, bounded.
@@ -188,7 +189,7 @@ func TestDiskFaults(t *testing.T) {
 			cfg.Fsync = mode
 			s := mustOpen(t, cfg)
 			var src source
-			s.Start(src.drain)
+			src.start(t, s)
 			src.upsert("before", "r", 1, 1<<60)
 			if err := s.WaitDurable(context.Background()); err != nil {
 				t.Fatal(err)

@@ -13,8 +13,8 @@ import (
 	"github.com/presenced/presenced/shardmap"
 )
 
-// source is a stand-in for shardmap.Map.Drain: changes queued by the test
-// are handed out, in order, by the next drain.
+// source is a stand-in for the server's change log (shardmap.Map.Drain):
+// changes queued by the test are handed out, in order, by the next drain.
 type source struct {
 	mu      sync.Mutex
 	pending []shardmap.Change
@@ -34,18 +34,45 @@ func (s *source) end(user, room string, lastSeen, expiry int64) {
 	s.mu.Unlock()
 }
 
+// drain calls fn for every queued change, holding the source's lock as
+// the map holds a shard lock: a drain that took changes has handed all of
+// them to fn before another drain returns.
 func (s *source) drain(fn func(*shardmap.Change)) int {
 	s.mu.Lock()
-	batch := s.pending
-	s.pending = s.spare[:0]
-	s.mu.Unlock()
-	for i := range batch {
-		fn(&batch[i])
+	defer s.mu.Unlock()
+	for i := range s.pending {
+		fn(&s.pending[i])
 	}
-	s.mu.Lock()
-	s.spare = batch[:0]
-	s.mu.Unlock()
-	return len(batch)
+	n := len(s.pending)
+	s.pending, s.spare = s.spare[:0], s.pending[:0]
+	return n
+}
+
+// start starts st the way the server does: a pump hands the source's
+// changes to Add every millisecond, and Start's flush hook drains it
+// synchronously (WaitDurable, Close). The pump stops when the test ends.
+func (s *source) start(t testing.TB, st *Store) {
+	t.Helper()
+	flush := func() { s.drain(st.Add) }
+	st.Start(flush)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				flush()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		close(stop)
+		<-done
+	})
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -41,7 +41,7 @@ func TestRefreshMarginCrashPromise(t *testing.T) {
 	cfg.RefreshMargin = time.Duration(margin) * time.Millisecond
 	s := mustOpen(t, cfg)
 	defer s.Close()
-	s.Start(m.Drain)
+	s.Start(func() { m.Drain(s.Add) }) // the server's flush hook, without its pump
 	rng := rand.New(rand.NewPCG(1, 2))
 	next := make([]int64, users) // next heartbeat time per user
 	last := make([]int64, users) // last heartbeat time per user
@@ -110,7 +110,7 @@ func TestRefreshMarginStateAndRelog(t *testing.T) {
 	cfg := testConfig(fs)
 	cfg.RefreshMargin = time.Minute
 	s := mustOpen(t, cfg)
-	s.Start(m.Drain)
+	s.Start(func() { m.Drain(s.Add) }) // the server's flush hook, without its pump
 	ctx := context.Background()
 	const base = int64(1_780_000_000_000)
 	touch := func(at int64, state string) {

@@ -23,7 +23,7 @@ type Stats struct {
 	SyncErrors     uint64 // failed commits with fsync (write or sync failed)
 	Reopens        uint64 // times the DB was reopened after a fatal Pebble error
 	DroppedChanges uint64 // changes dropped: backlog over MaxPendingBytes, or unencodable ids
-	PendingBytes   int64  // backlog waiting to be committed (non-zero only while commits fail)
+	PendingBytes   int64  // taken by Add, not yet committed: the intake until the next cycle, and the backlog while commits fail
 	Compactions    uint64 // manual compactions of the session and last-seen ranges
 
 	LastCommitDuration time.Duration // duration of the last successful commit

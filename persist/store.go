@@ -13,8 +13,6 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
-
-	"github.com/presenced/presenced/shardmap"
 )
 
 // Tuning that is not worth a Config field; tests lower some of them.
@@ -73,7 +71,8 @@ type Store struct {
 	compactCancel context.CancelFunc
 	wg            sync.WaitGroup
 
-	c committer // owned by the committer goroutine (and by Close once it stopped)
+	in intake    // changes added since the last cycle (Add)
+	c  committer // owned by the committer goroutine (and by Close once it stopped)
 
 	// Lowered by tests.
 	compactMinDeletes  int
@@ -113,7 +112,7 @@ func New(cfg Config) (*Store, error) {
 	s.bgErrLog.every, s.pebbleErrLog.every = errorLogMinInterval, errorLogMinInterval
 	s.fs = backoffFS{s.fs, &s.backoff}
 	s.compactCtx, s.compactCancel = context.WithCancel(context.Background())
-	s.c.idx = make(map[uint64]int32)
+	s.in.p, s.c.p = newPending(), newPending()
 	return s, nil
 }
 
@@ -441,18 +440,21 @@ func (s *Store) ReplayStates(
 	return st, nil
 }
 
-// Start starts the committer, which calls drain every Config.FsyncInterval
-// (and at once when someone waits in WaitDurable) and commits what it
-// returns. drain is shardmap.Map.Drain: it must not block, and fn's Change is
-// valid only during the call. Start panics if called twice or after Close.
-func (s *Store) Start(drain func(fn func(*shardmap.Change)) int) {
+// Start starts the committer, which commits what Add handed over every
+// half Config.FsyncInterval (and at once when someone waits in
+// WaitDurable). flush, which may be nil, must hand every change made before
+// the call to Add before it returns, without blocking (the server's
+// synchronous drain of its change log); the committer calls it when someone
+// waits, before it takes the intake, and Close calls it once more before
+// the final commit. Start panics if called twice or after Close.
+func (s *Store) Start(flush func()) {
 	s.mu.Lock()
 	if s.mu.started || s.mu.closed {
 		s.mu.Unlock()
 		panic("persist: Start called twice or after Close")
 	}
 	s.mu.started = true
-	s.c.drain = drain
+	s.c.flush = flush
 	s.mu.Unlock()
 	s.startGoroutine(s.run)
 }
@@ -468,7 +470,10 @@ func (s *Store) startGoroutine(f func()) {
 }
 
 // WaitDurable returns once a commit cycle that started after the call has
-// committed and fsynced, in every Fsync mode. Concurrent callers share one
+// committed and fsynced, in every Fsync mode: every change handed to Add
+// before the call, and (through Start's flush hook, which that cycle runs
+// before it takes the intake) every change made before it, is then durable,
+// unless it was dropped (Stats.DroppedChanges). Concurrent callers share one
 // cycle and one fsync. It returns the cycle's error (wrapping ErrUnhealthy)
 // if that commit failed (the changes stay pending and are retried), or
 // ctx.Err().
@@ -548,13 +553,14 @@ func (s *Store) Healthy() error {
 // Close is CloseContext without a deadline of its own.
 func (s *Store) Close() error { return s.CloseContext(context.Background()) }
 
-// CloseContext stops the committer, drains the map one last time and
-// commits with an fsync, clears the unclean marker (only if that commit
-// succeeded) and closes the database. Waiters still queued get the final
-// cycle's result. If the database is being reopened after a fatal error,
-// it waits for that until ctx ends; changes it cannot write then are lost
-// (logged), the marker stays, and the next start reports an unclean
-// shutdown and replays the log as of the last good commit.
+// CloseContext stops the committer, runs the flush hook one last time,
+// stops intake (a later Add drops), commits with an fsync, clears the
+// unclean marker (only if that commit succeeded) and closes the database.
+// Waiters still queued get the final cycle's result. If the database is
+// being reopened after a fatal error, it waits for that until ctx ends;
+// changes it cannot write then are lost (logged), the marker stays, and
+// the next start reports an unclean shutdown and replays the log as of the
+// last good commit.
 func (s *Store) CloseContext(ctx context.Context) error {
 	s.mu.Lock()
 	if s.mu.closed {
@@ -571,6 +577,12 @@ func (s *Store) CloseContext(ctx context.Context) error {
 
 	var err error
 	c := &s.c
+	if started && c.flush != nil {
+		c.flush()
+	}
+	s.in.mu.Lock()
+	s.in.closed = true
+	s.in.mu.Unlock()
 	if started {
 		if c.broken {
 			err = s.reopenFor(ctx)
@@ -588,7 +600,7 @@ func (s *Store) CloseContext(ctx context.Context) error {
 		}
 		if err != nil {
 			s.log.Error("closing with changes not written; the next start replays the log as of the last good commit",
-				"err", errLine(err), "pending_bytes", c.pendingBytes)
+				"err", errLine(err), "pending_bytes", c.p.pendingBytes)
 		}
 	}
 	if started && err == nil && c.commitSeq != c.wmSeq {

@@ -56,7 +56,7 @@ func TestCommitReplayLastSeen(t *testing.T) {
 		t.Fatalf("fresh store: %+v", st)
 	}
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	src.upsert("alice", "r1", 1000, 151000)
 	src.upsert("alice", "r2", 1200, 151200)
 	src.upsert("bob", "r1", 900, 150900)
@@ -119,7 +119,7 @@ func TestReplayExpires(t *testing.T) {
 	cfg := testConfig(vfs.NewMem())
 	s := mustOpen(t, cfg)
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	src.upsert("u1", "r", 1000, 5000)
 	src.upsert("u2", "r", 1000, 9000)
 	src.upsert("u3", "r", 3000, 20000)
@@ -156,7 +156,7 @@ func TestReplayError(t *testing.T) {
 	cfg := testConfig(vfs.NewMem())
 	s := mustOpen(t, cfg)
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	src.upsert("u1", "r", 1000, 5000)
 	if err := s.WaitDurable(context.Background()); err != nil {
 		t.Fatal(err)
@@ -198,7 +198,7 @@ func TestLastSeenNeverGoesBack(t *testing.T) {
 	s := mustOpen(t, testConfig(vfs.NewMem()))
 	defer s.Close()
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	src.upsert("u", "a", 5000, 9000)
 	src.upsert("u", "b", 3000, 9000) // same cycle, older
 	src.upsert("v", "a", 1, 9000)
@@ -235,7 +235,7 @@ func TestWaitDurableModes(t *testing.T) {
 				t.Fatalf("WaitDurable before Start: %v", err)
 			}
 			var src source
-			s.Start(src.drain)
+			src.start(t, s)
 			var wg sync.WaitGroup
 			const waiters = 50
 			for i := range waiters {
@@ -278,7 +278,7 @@ func TestOffModeSurvivesProcessCrash(t *testing.T) {
 	s := mustOpen(t, cfg)
 	defer s.Close()
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	src.upsert("u", "r", 1, 1e12)
 	testkit.Eventually(t, 10*time.Second, "a batch", func() bool { return s.Stats().Batches > 0 })
 	cfg.FS = fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 100, RNG: rand.New(rand.NewPCG(1, 1))})
@@ -299,7 +299,7 @@ func TestSweep(t *testing.T) {
 	s.now = func() int64 { return now }
 	s.firstSweepDelay = time.Millisecond
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	for i := range 3 * sweepChunk { // more than one chunk
 		u := "old" + string(rune('A'+i%50)) + string(rune('A'+i/50%50)) + string(rune('A'+i/2500))
 		src.end(u, "r", now-2*3600*1000, 0)
@@ -324,13 +324,13 @@ func TestBacklogBound(t *testing.T) {
 	s := mustOpen(t, cfg)
 	defer s.Close()
 	for i := range 100 {
-		s.addChange(&shardmap.Change{User: []byte{byte(i), 'u'}, Room: []byte("room"), LastSeen: 1, Expiry: 2})
+		s.Add(&shardmap.Change{User: []byte{byte(i), 'u'}, Room: []byte("room"), LastSeen: 1, Expiry: 2})
 	}
 	st := s.Stats()
 	if st.DroppedChanges == 0 || st.PendingBytes > 1024 {
 		t.Fatalf("stats %+v", st)
 	}
-	s.addChange(&shardmap.Change{User: nil})
+	s.Add(&shardmap.Change{User: nil})
 	if s.Stats().DroppedChanges != st.DroppedChanges+1 {
 		t.Error("empty user not dropped")
 	}
@@ -347,7 +347,7 @@ func TestWithShardmap(t *testing.T) {
 	}
 	cfg := testConfig(vfs.NewMem())
 	s := mustOpen(t, cfg)
-	s.Start(m.Drain)
+	s.Start(func() { m.Drain(s.Add) }) // the server's flush hook, without its pump
 	now := int64(1_000_000)
 	for i := range 100 {
 		if _, err := m.Touch([]byte("user"+string(rune('A'+i%26))+string(rune('A'+i/26))), []byte("room"), now, 150_000); err != nil {

@@ -55,7 +55,7 @@ func TestDamagedWALIsReported(t *testing.T) {
 			cfg.Dir = dir
 			s := mustOpen(t, cfg)
 			var src source
-			s.Start(src.drain)
+			src.start(t, s)
 			for i := range n {
 				src.upsert(fmt.Sprintf("user%03d", i), "r", 1, 1<<60)
 				if err := s.WaitDurable(context.Background()); err != nil {
@@ -120,7 +120,7 @@ func TestIntactWALNoDamage(t *testing.T) {
 	cfg.Dir = dir
 	s := mustOpen(t, cfg)
 	var src source
-	s.Start(src.drain)
+	src.start(t, s)
 	for i := range 50 {
 		src.upsert(fmt.Sprintf("user%03d", i), "r", 1, 1<<60)
 		if err := s.WaitDurable(context.Background()); err != nil {
@@ -138,7 +138,7 @@ func TestIntactWALNoDamage(t *testing.T) {
 			t.Fatalf("intact log: %v, %d sessions", d, len(live))
 		}
 		var src source
-		s.Start(src.drain)
+		src.start(t, s)
 		src.upsert(fmt.Sprint("more", i), "r", 1, 1<<60)
 		if err := s.WaitDurable(context.Background()); err != nil {
 			t.Fatal(err)

@@ -9,16 +9,11 @@ import (
 
 	"github.com/presenced/presenced/server/cluster"
 	"github.com/presenced/presenced/server/events"
-	"github.com/presenced/presenced/shardmap"
 )
 
 // Cluster mode (--redis): the node replicates its change log to Redis
 // through a cluster.Node, answers queries for the whole cluster (merged with
 // its own state) and streams the cluster-wide events, not its own.
-
-// pumpInterval is how often the change log is drained when no write-ahead
-// log drains it.
-const pumpInterval = 50 * time.Millisecond
 
 // newClusterNode builds the cluster node from the server config (nothing
 // connects until Start).
@@ -54,8 +49,8 @@ func defaultNodeID(httpAddr string) string {
 	return fmt.Sprintf("%s-%x", host, time.Now().UnixNano())
 }
 
-// startCluster connects the cluster node and, without a write-ahead log to
-// drain the change log, starts the pump that does.
+// startCluster connects the cluster node; the change pump (changes.go)
+// feeds its writer once Start has replayed the log.
 func (s *Server) startCluster() error {
 	if s.cl == nil {
 		return nil
@@ -63,56 +58,12 @@ func (s *Server) startCluster() error {
 	if err := s.cl.Start(); err != nil {
 		return &UsageError{fmt.Errorf("--redis: %w", err)}
 	}
-	if s.cfg.DataDir == "" {
-		s.pumpDone = make(chan struct{})
-		s.goroutine(s.pumpLoop)
-	}
 	return nil
 }
 
-// drainFunc is what the write-ahead log drains the change log with: with a
-// cluster, each change is also offered to its writer.
-func (s *Server) drainFunc() func(fn func(*shardmap.Change)) int {
-	if s.cl == nil {
-		return s.m.Drain
-	}
-	return func(fn func(*shardmap.Change)) int {
-		n := s.m.Drain(func(c *shardmap.Change) {
-			s.cl.Offer(c)
-			fn(c)
-		})
-		if n > 0 {
-			s.cl.Kick()
-		}
-		return n
-	}
-}
-
-func (s *Server) pumpLoop() {
-	defer close(s.pumpDone)
-	t := time.NewTicker(pumpInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.quit:
-			s.m.Drain(s.cl.Offer)
-			return
-		case <-t.C:
-			if s.m.Drain(s.cl.Offer) > 0 {
-				s.cl.Kick()
-			}
-		}
-	}
-}
-
-// closeCluster flushes the writer once intake has stopped (bounded by ctx).
+// closeCluster flushes the writer once intake has stopped and the change
+// log was drained for the last time (bounded by ctx).
 func (s *Server) closeCluster(ctx context.Context) error {
-	if s.pumpDone != nil {
-		select {
-		case <-s.pumpDone:
-		case <-ctx.Done():
-		}
-	}
 	return s.cl.Close(ctx)
 }
 

@@ -6,11 +6,10 @@
 //
 // # Data flow
 //
-//	UDP datagram ─┐                       ┌─> change log ──> persist committer ──> Pebble WAL
-//	HTTP request ─┼─> checkItem ─> Map ───┤       (drained by the committer, which
-//	              │   (ids, token,  Touch │        tees each change to the Redis writer;
-//	              │    limits)      State │        without a data dir: pumpLoop, 50 ms)
-//	              │                       │                         └─> cluster writer ──> Redis
+//	UDP datagram ─┐                       ┌─> change log ─pump─┬─> log intake ─> committer ─> Pebble WAL
+//	HTTP request ─┼─> checkItem ─> Map ───┤   (changes.go)     └─> cluster writer ─> Redis
+//	              │   (ids, token,  Touch │   one goroutine, every 50 ms; neither sink
+//	              │    limits)      State │   blocks nor waits for the other
 //	              │                       └─> events decided by the table (single node):
 //	              │                             join/update/leave/occupied/vacated
 //	              │                               ──> Debouncer (--leave-delay) ──> Bus
@@ -36,7 +35,9 @@
 //   - the sweeper (sweepLoop): expires sessions every --sweep-interval and
 //     publishes their timeouts; closes sweepDone when it returns;
 //   - the debounce loop: hands held leaves to the bus when due;
-//   - without a data dir in cluster mode, the change pump (pumpLoop);
+//   - with a data dir or Redis, the change pump (changes.go): drains the
+//     table's change log every 50 ms (with a data dir at most a quarter of
+//     --fsync-interval) into the log's intake and the Redis writer;
 //   - the pprof listener when --pprof-addr is set.
 //
 // Each WebSocket (ws.go) runs its reader on the goroutine fasthttp hands a
@@ -56,9 +57,11 @@
 // The server itself holds no lock on the heartbeat path: the table has its
 // own (shardmap: user shard, then room shard), the source limiter and the
 // connection caps use atomics. Lock order across packages: a shardmap shard
-// lock is held while the change log is drained into persist and the
-// cluster intake (their own mutexes, taken inside); events.Debouncer's
-// mutex, then events.Bus's. Configuration that SIGHUP reloads (keys,
+// lock is held while the change log is drained into the log's intake and
+// the cluster intake (their own mutexes, taken inside; the pump, the log's
+// flush hook and Shutdown's final drain may drain at once, and each user's
+// changes still reach the sinks in order); events.Debouncer's mutex, then
+// events.Bus's. Configuration that SIGHUP reloads (keys,
 // tokens, limits) sits in atomic pointers (reload.go), never behind a lock.
 //
 // # Metrics
@@ -80,9 +83,14 @@
 // object too, so handlers that run during Start see it). Start starts HTTP
 // first (/livez answers, /readyz says 503), connects the cluster, opens and
 // replays the log, starts UDP and the background goroutines, then turns
-// ready. Shutdown runs once: /readyz fails, the drain delay passes, the bus
-// closes (streams end), UDP and HTTP stop, the sweeper stops, the log takes
-// its final drain and closes, the Redis writer flushes, and the remaining
-// goroutines are waited for, each step logged with its duration and the
-// whole bounded by the caller's context (--shutdown-timeout).
+// ready; the change pump starts after the log is replayed into the table.
+// --fsync=always replies wait in the log's WaitDurable, whose flush hook
+// drains the change log on the spot (into both sinks) rather than waiting
+// for the pump. Shutdown runs once: /readyz fails, the drain delay passes,
+// the bus closes (streams end), UDP and HTTP stop, the sweeper and the
+// change pump stop, a final drain hands every change to the log and the
+// Redis writer, the log commits and closes, the Redis writer flushes, and
+// the remaining goroutines are waited for, each step logged with its
+// duration and the whole bounded by the caller's context
+// (--shutdown-timeout).
 package server

@@ -38,8 +38,10 @@ type Server struct {
 	m     *shardmap.Map
 	store *persist.Store // nil when DataDir is empty
 	cl    *cluster.Node  // nil when Redis is empty (standalone node)
-	// pumpDone is closed when the change-log pump (cluster without a
-	// write-ahead log) has drained for the last time.
+	// sink hands one drained change to the log and the Redis writer
+	// (sinkChange, built once); pumpDone is closed when the change pump
+	// has returned (nil without a change log). See changes.go.
+	sink     func(*shardmap.Change)
 	pumpDone chan struct{}
 	partial  atomic.Uint64 // cluster queries answered from this node alone
 	keys     atomic.Pointer[token.Keyring]
@@ -155,6 +157,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		s.store = st
 	}
+	s.sink = s.sinkChange
 	s.reg = newRegistry(log)
 	s.met = newServerMetrics(s.reg)
 	s.ws = newWSHub()
@@ -228,6 +231,7 @@ func (s *Server) Start() error {
 		defer close(s.sweepDone)
 		s.sweepLoop()
 	})
+	s.startPump()
 	s.goroutine(s.debounceLoop)
 	s.goroutine(s.occupancyLoop)
 	stopPprof, err := s.startPprof()
@@ -274,7 +278,7 @@ func (s *Server) openStore() error {
 	}
 	s.log.Info("write-ahead log replayed", "live", rs.Live, "expired_while_down", rs.Expired,
 		"restore_errors", restoreErr, "took", time.Since(t0))
-	st.Start(s.drainFunc())
+	st.Start(s.drainChanges)
 	return nil
 }
 
@@ -431,8 +435,10 @@ func (s *Server) UDPAddr() string {
 }
 
 // Shutdown stops the server once, in reverse order of Start: fail
-// readiness, wait the drain delay, stop intake, stop the sweeper, flush and
-// close the log, wait for goroutines. It logs how long each step took.
+// readiness, wait the drain delay, stop intake, stop the sweeper and the
+// change pump, drain the change log into the log and the Redis writer one
+// last time, commit and close the log, flush the Redis writer, wait for
+// goroutines. It logs how long each step took.
 func (s *Server) Shutdown(ctx context.Context) error {
 	if !s.stopping.CompareAndSwap(false, true) {
 		return nil
@@ -481,13 +487,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		}))
 	}
-	if st := s.storeState(); st != persist.StateOpening && st != persist.StateClosed {
-		if s.cfg.Persist.RefreshMargin > 0 {
+	if s.tracksChanges() {
+		errs = append(errs, step("stop change pump", func() error { return s.stopPump(ctx) }))
+		if s.store != nil && s.cfg.Persist.RefreshMargin > 0 {
 			// The log skipped refreshes (--wal-refresh-margin): the final
 			// drain writes every session's current times, so a clean
 			// restart restores them exactly.
 			s.m.Relog()
 		}
+		// Every change is now in the log's intake and the Redis writer's.
+		_ = step("final drain", func() error { s.drainChanges(); return nil })
+	}
+	if st := s.storeState(); st != persist.StateOpening && st != persist.StateClosed {
 		errs = append(errs, step("close write-ahead log", func() error { return s.store.CloseContext(ctx) }))
 	}
 	if s.cl != nil {

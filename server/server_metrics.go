@@ -136,7 +136,8 @@ func (s *Server) registerPersistMetrics() {
 		if s.store != nil && time.Since(at) > 500*time.Millisecond {
 			snap, at = s.store.Stats(), time.Now()
 		}
-		return &snap
+		cp := snap // a copy: concurrent scrapes refresh snap
+		return &cp
 	}
 	c := func(name, help string, f func(*persist.Stats) uint64) {
 		r.counterFunc(name, help, func() float64 { return float64(f(stats())) })
@@ -150,7 +151,7 @@ func (s *Server) registerPersistMetrics() {
 	c("presenced_wal_reopens_total", "Times the write-ahead log was reopened after a fatal storage error.", func(st *persist.Stats) uint64 { return st.Reopens })
 	c("presenced_wal_dropped_changes_total", "Changes dropped because the write-ahead log backlog exceeded its bound.", func(st *persist.Stats) uint64 { return st.DroppedChanges })
 	c("presenced_wal_last_seen_expired_total", "Last-seen records deleted after --last-seen-retention.", func(st *persist.Stats) uint64 { return st.SweepDeletes })
-	r.gaugeFunc("presenced_wal_pending_bytes", "Changes waiting to be committed (non-zero while commits fail).", func() float64 { return float64(stats().PendingBytes) })
+	r.gaugeFunc("presenced_wal_pending_bytes", "Changes waiting to be committed: those added since the last commit cycle, and the backlog of failed commits.", func() float64 { return float64(stats().PendingBytes) })
 	r.gaugeFunc("presenced_wal_disk_bytes", "On-disk size of the write-ahead log store.", func() float64 { return float64(stats().DiskBytes) })
 	r.gaugeFunc("presenced_wal_healthy", "1 while the write-ahead log commits and syncs (0 also without --data-dir).", func() float64 {
 		if s.store != nil && s.store.Healthy() == nil {
