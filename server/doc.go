@@ -9,7 +9,8 @@
 //	UDP datagram ─┐                       ┌─> change log ─pump─┬─> log intake ─> committer ─> Pebble WAL
 //	HTTP request ─┼─> checkItem ─> Map ───┤   (changes.go)     └─> cluster writer ─> Redis
 //	              │   (ids, token,  Touch │   one goroutine, every 50 ms; neither sink
-//	              │    limits)      State │   blocks nor waits for the other
+//	              │    limits)      State │   blocks nor waits for the other; the log
+//	              │                       │   skips refreshes within --wal-refresh-margin
 //	              │                       └─> events decided by the table (single node):
 //	              │                             join/update/leave/occupied/vacated
 //	              │                               ──> Debouncer (--leave-delay) ──> Bus

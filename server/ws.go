@@ -15,6 +15,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/jsonbody"
 	"github.com/presenced/presenced/server/wire"
 	"github.com/presenced/presenced/shardmap"
 )
@@ -416,6 +417,10 @@ func (c *wsConn) handle(msg []byte) []byte {
 	var req wsRequest
 	if err := json.Unmarshal(msg, &req); err != nil {
 		return wsError(nil, `message must be a JSON object {"op",...}`)
+	}
+	if jsonbody.HasLoneSurrogate(msg) {
+		// encoding/json would turn it into U+FFFD: refused, as over HTTP.
+		return wsError(req.Ref, "message escapes a lone UTF-16 surrogate: not valid JSON text for an id")
 	}
 	if len(req.Ref) > 0 && req.Ref[0] != '"' && (req.Ref[0] < '0' || req.Ref[0] > '9') && req.Ref[0] != '-' {
 		return wsError(nil, "ref must be a string or a number")

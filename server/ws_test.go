@@ -226,6 +226,7 @@ func TestWSOps(t *testing.T) {
 	w.mustErr(map[string]any{"op": "subscribe", "ref": 10, "room": strings.Repeat("r", 129)}, "room must be")
 	w.mustErr(map[string]any{"op": "unsubscribe", "ref": 11, "room": "nowhere"}, "not subscribed")
 	w.mustErr(`{"op":"heartbeat","ref":{"x":1},"user":"x"}`, "ref must be a string or a number")
+	w.mustErr(`{"op":"heartbeat","ref":12,"user":"x\ud800","room":"r"}`, "lone UTF-16 surrogate")
 	if err := w.c.WriteMessage(websocket.BinaryMessage, []byte{1, 2, 3}); err != nil {
 		t.Fatal(err)
 	}
