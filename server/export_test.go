@@ -1,6 +1,7 @@
 package server
 
 import (
+	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server/cluster"
 	"github.com/presenced/presenced/server/webhook"
 	"github.com/presenced/presenced/shardmap"
@@ -9,14 +10,18 @@ import (
 // What the external tests (package server_test, started through
 // server/servertest) reach that a client cannot: the cluster node (to
 // crash its writer, read Redis directly, wait for its first connection),
-// the table (to load 100,000 sessions without 100,000 requests) and the
-// webhook deliverer (lease and queue). Only test binaries have these.
+// the table (to load 100,000 sessions without 100,000 requests), the
+// write-ahead log (its commit counters, to tell a reply from a commit) and
+// the webhook deliverer (lease and queue). Only test binaries have these.
 
 // ClusterForTest is the node's Redis replication; nil without --redis.
 func (s *Server) ClusterForTest() *cluster.Node { return s.cl }
 
 // TableForTest is the node's in-memory session table.
 func (s *Server) TableForTest() *shardmap.Map { return s.m }
+
+// StoreForTest is the node's write-ahead log; nil without --data-dir.
+func (s *Server) StoreForTest() *persist.Store { return s.store }
 
 // HooksForTest is the webhook deliverer; nil without --webhook-url.
 func (s *Server) HooksForTest() *webhook.Deliverer { return s.hooks.Load() }
