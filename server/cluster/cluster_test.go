@@ -179,12 +179,13 @@ func TestRedisClusterLayout(t *testing.T) {
 	// Generous: CI runs this beside other packages' tests under -race. If a
 	// write failed (the writer drops it and re-asserts without events), the
 	// error count says so.
-	for deadline := time.Now().Add(15 * time.Second); b.count(true, 0) != users; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("B saw %d of %d joins after 15s (redis errors: A %d, B %d; dropped: A %d)",
-				b.count(true, 0), users, a.n.Stats().Errors, b.n.Stats().Errors, a.n.Stats().Dropped)
+	testkit.EventuallyErr(t, 15*time.Second, "B to see every join", func() error {
+		if n := b.count(true, 0); n != users {
+			return fmt.Errorf("B saw %d of %d joins (redis errors: A %d, B %d; dropped: A %d)",
+				n, users, a.n.Stats().Errors, b.n.Stats().Errors, a.n.Stats().Dropped)
 		}
-	}
+		return nil
+	})
 	st, err := b.n.ClusterStats(ctx)
 	if err != nil || st.Sessions != users || st.OnlineUsers != users || st.Rooms != 7 {
 		t.Fatalf("stats %+v %v", st, err)

@@ -263,47 +263,30 @@ func diff(got, want []string) string {
 // converge waits (bounded) until check passes.
 func (f *fleet) converge(d time.Duration, what string) {
 	f.t.Helper()
-	deadline := time.Now().Add(d)
-	var err error
-	for {
-		if err = f.check(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("%s: not converged after %s: %v", what, d, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testkit.EventuallyErr(f.t, d, what+": views converged", f.check)
 }
 
 // waitWhole returns when every node answers for the whole cluster again.
 func (f *fleet) waitWhole(d time.Duration, what string) time.Time {
 	f.t.Helper()
-	deadline := time.Now().Add(d)
-	for !f.whole() {
-		if time.Now().After(deadline) {
-			var st []string
-			for _, tn := range f.nodes {
-				s := tn.n.Stats()
-				st = append(st, fmt.Sprintf("up=%v errors=%d reasserts=%d per-master=%v", s.Up, s.Errors, s.Reasserts, s.MasterErrors))
-			}
-			f.t.Fatalf("%s: nodes still partial after %s: %s", what, d, strings.Join(st, "; "))
+	testkit.EventuallyErr(f.t, d, what+": every node whole", func() error {
+		if f.whole() {
+			return nil
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		var st []string
+		for _, tn := range f.nodes {
+			s := tn.n.Stats()
+			st = append(st, fmt.Sprintf("up=%v errors=%d reasserts=%d per-master=%v", s.Up, s.Errors, s.Reasserts, s.MasterErrors))
+		}
+		return fmt.Errorf("nodes still partial: %s", strings.Join(st, "; "))
+	})
 	return time.Now()
 }
 
 // waitPartial returns once some node has noticed the fault.
 func (f *fleet) waitPartial(d time.Duration, what string) {
 	f.t.Helper()
-	deadline := time.Now().Add(d)
-	for f.whole() {
-		if time.Now().After(deadline) {
-			f.t.Fatalf("%s: no node noticed the fault within %s", what, d)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(f.t, d, what+": a node noticing the fault", func() bool { return !f.whole() })
 }
 
 func clusterRaw(rc *redistest.Cluster, t *testing.T) func() redis.UniversalClient {

@@ -8,13 +8,15 @@
 // black-box server harness that needs the server lives beside it in
 // server/servertest.
 //
-// A test that waits for something to happen polls with [Eventually]; a
+// A test that waits for something to happen polls with [Eventually] (or
+// [EventuallyErr], whose failure says what state it last saw); a
 // test that must show something did NOT happen waits for a later signal
 // that must come after it (a marker event, a metric that counts the thing)
 // and then asserts, rather than sleeping.
 package testkit
 
 import (
+	"errors"
 	"testing"
 	"time"
 )
@@ -26,12 +28,35 @@ import (
 // t.Fatal.
 func Eventually(t testing.TB, d time.Duration, what string, f func() bool) {
 	t.Helper()
+	EventuallyErr(t, d, what, func() error {
+		if f() {
+			return nil
+		}
+		return errNotYet
+	})
+}
+
+// errNotYet is Eventually's condition not holding: nothing more to say.
+var errNotYet = errors.New("not yet")
+
+// EventuallyErr is Eventually for a condition that can say why it does
+// not hold yet: f returns nil once it holds, and the failure carries the
+// last error f returned (the state a reader needs to see what went wrong).
+func EventuallyErr(t testing.TB, d time.Duration, what string, f func() error) {
+	t.Helper()
 	start := time.Now()
 	deadline := start.Add(d)
 	pause := time.Millisecond
-	for !f() {
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", time.Since(start).Round(time.Millisecond), what)
+			if err == errNotYet {
+				t.Fatalf("timed out after %s waiting for %s", time.Since(start).Round(time.Millisecond), what)
+			}
+			t.Fatalf("timed out after %s waiting for %s: %v", time.Since(start).Round(time.Millisecond), what, err)
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, 10*time.Millisecond)

@@ -50,3 +50,20 @@ func TestEventuallyFailsNamingWhatAndHowLong(t *testing.T) {
 		t.Fatalf("message %q after %d polls: want how long and what", ft.msg, calls)
 	}
 }
+
+func TestEventuallyErrFailsWithTheLastState(t *testing.T) {
+	ft := &fakeT{TB: t}
+	calls := 0
+	func() {
+		defer func() {
+			if r := recover(); r != ft {
+				t.Fatalf("recovered %v, want the fake's Fatalf", r)
+			}
+		}()
+		EventuallyErr(ft, 20*time.Millisecond, "the tide", func() error { calls++; return fmt.Errorf("height %d", calls) })
+	}()
+	if want := fmt.Sprintf("waiting for the tide: height %d", calls); !strings.HasSuffix(ft.msg, want) {
+		t.Fatalf("message %q: want it to end with %q", ft.msg, want)
+	}
+	EventuallyErr(t, time.Second, "nil at once", func() error { return nil })
+}
