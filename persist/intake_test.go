@@ -10,6 +10,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/shardmap"
 )
 
@@ -117,7 +118,7 @@ func TestIntakeBehindFailedBacklog(t *testing.T) {
 	}
 
 	faults.on.Store(false)
-	waitFor(t, "a commit after the fault", func() bool { return s.cycle(true) == nil })
+	testkit.Eventually(t, 10*time.Second, "a commit after the fault", func() bool { return s.cycle(true) == nil })
 	if _, _, ok := sessionRecord(t, s, "u", "r"); ok {
 		t.Error("u's session came back: its end was applied before its upsert")
 	}
