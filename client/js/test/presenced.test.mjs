@@ -30,7 +30,7 @@ test("heartbeats over WebSocket follow interval_ms and keep the session past the
   // Three TTLs later the session still lives: heartbeats kept coming every interval_ms.
   await new Promise((r) => setTimeout(r, 3000));
   assert.equal(await online(srv.base, "alice"), true);
-  const m = await srv_metric(srv.base, 'presenced_heartbeats_total{transport="ws",outcome="ok"}');
+  const m = await srv_metric(srv.base, 'presenced_heartbeats_total{outcome="ok",transport="ws"}');
   assert.ok(m >= 8, `ws heartbeats ${m}, want about 10 in 3 s at 300 ms`);
   await p.close();
   await eventually("alice offline after close (leave)", async () => !(await online(srv.base, "alice")));
@@ -87,7 +87,7 @@ test("without a WebSocket the module heartbeats over HTTP, and falls back to HTT
   await eventually("f online over the HTTP fallback", () => online(srv.base, "f"));
   await new Promise((r) => setTimeout(r, 2500));
   assert.equal(await online(srv.base, "f"), true, "the fallback must keep heartbeating past the 1 s TTL");
-  assert.ok(await srv_metric(srv.base, 'presenced_heartbeats_total{transport="http",outcome="ok"}') >= 6);
+  assert.ok(await srv_metric(srv.base, 'presenced_heartbeats_total{outcome="ok",transport="http"}') >= 6);
 });
 
 test("refused answers reach onError and a function token is asked again", async (t) => {
