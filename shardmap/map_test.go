@@ -653,3 +653,48 @@ func TestDrainLogged(t *testing.T) {
 		t.Fatalf("after Relog: %v, want the live session with Logged 0", got)
 	}
 }
+
+// TestRefreshExpiresAtTheLastExpiry: a refreshed session expires at its
+// last expiry, not at an earlier one and not later; also when the TTL
+// wraps a small wheel, and when a Restore moves the expiry earlier.
+func TestRefreshExpiresAtTheLastExpiry(t *testing.T) {
+	for _, slots := range []int{16, 4096} {
+		m, err := New(Config{Tick: time.Millisecond, WheelSlots: slots})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const base = int64(1_000_000)
+		if _, err := m.Touch([]byte("a"), []byte("r"), base, 100); err != nil {
+			t.Fatal(err)
+		}
+		for at := base + 10; at <= base+90; at += 10 { // expiry ends at base+190
+			if _, err := m.Touch([]byte("a"), []byte("r"), at, 100); err != nil {
+				t.Fatal(err)
+			}
+			if evs := m.Expire(at, nil); len(evs) != 0 {
+				t.Fatalf("slots %d: expired at %d, before its expiry: %v", slots, at, evs)
+			}
+		}
+		for now := base + 91; now < base+190; now += 7 {
+			if evs := m.Expire(now, nil); len(evs) != 0 {
+				t.Fatalf("slots %d: expired at +%d, before its expiry +190", slots, now-base)
+			}
+		}
+		if evs := m.Expire(base+190, nil); len(evs) != 1 || evs[0].Reason != ReasonTimeout {
+			t.Fatalf("slots %d: at its expiry got %v, want one timeout", slots, evs)
+		}
+		// An earlier expiry (a restore) is filed at once.
+		if _, err := m.Restore([]byte("b"), []byte("r"), base+200, base+1000, base+200); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Restore([]byte("b"), []byte("r"), base+200, base+250, base+200); err != nil {
+			t.Fatal(err)
+		}
+		if evs := m.Expire(base+249, nil); len(evs) != 0 {
+			t.Fatalf("slots %d: b expired early: %v", slots, evs)
+		}
+		if evs := m.Expire(base+250, nil); len(evs) != 1 {
+			t.Fatalf("slots %d: b not expired at its restored expiry: %v", slots, evs)
+		}
+	}
+}
