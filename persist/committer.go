@@ -61,19 +61,12 @@ func (p *pending) absorb(q *pending, seed maphash.Seed) {
 	for _, o := range q.ops {
 		o.k0, o.k1, o.v1 = o.k0+base, o.k1+base, o.v1+base
 		if o.kind == opMerge {
-			user := p.arena[o.k0+1 : o.k1]
-			h := maphash.Bytes(seed, user)
-			if i, ok := p.idx[h]; ok && bytes.Equal(p.arena[p.ops[i].k0+1:p.ops[i].k1], user) {
-				v, nv := p.arena[p.ops[i].k1:p.ops[i].v1], p.arena[o.k1:o.v1]
-				if binary.BigEndian.Uint64(nv) > binary.BigEndian.Uint64(v) {
-					copy(v, nv)
-				}
+			h := maphash.Bytes(seed, p.arena[o.k0+1:o.k1])
+			if p.mergeLastSeen(h, p.arena[o.k0+1:o.k1], binary.BigEndian.Uint64(p.arena[o.k1:o.v1])) {
 				q.lastSeenOps--
 				continue
 			}
-			if _, taken := p.idx[h]; !taken {
-				p.idx[h] = int32(len(p.ops))
-			}
+			p.indexLastSeen(h, len(p.ops))
 		}
 		p.ops = append(p.ops, o)
 	}
@@ -82,6 +75,32 @@ func (p *pending) absorb(q *pending, seed maphash.Seed) {
 	p.sessionDels += q.sessionDels
 	p.lastSeenOps += q.lastSeenOps
 	q.reset()
+}
+
+// mergeLastSeen raises the user's last-seen merge already in p (h is the
+// user's hash) to ms and reports whether p had one: a batch writes one
+// last-seen per user, the latest.
+func (p *pending) mergeLastSeen(h uint64, user []byte, ms uint64) bool {
+	i, ok := p.idx[h]
+	if !ok {
+		return false
+	}
+	o := p.ops[i]
+	if !bytes.Equal(p.arena[o.k0+1:o.k1], user) {
+		return false // another user with the same hash: it gets an op of its own
+	}
+	if v := p.arena[o.k1:o.v1]; ms > binary.BigEndian.Uint64(v) {
+		binary.BigEndian.PutUint64(v, ms)
+	}
+	return true
+}
+
+// indexLastSeen notes ops[i] as the last-seen merge of the user hashing to
+// h, unless another user took that hash first.
+func (p *pending) indexLastSeen(h uint64, i int) {
+	if _, taken := p.idx[h]; !taken {
+		p.idx[h] = int32(i)
+	}
 }
 
 // intake is where changes wait for the committer: Add encodes each into
@@ -287,27 +306,18 @@ func (s *Store) addChange(ch *shardmap.Change) {
 	}
 
 	h := maphash.Bytes(s.seed, ch.User)
-	if i, ok := c.idx[h]; ok {
-		o := c.ops[i]
-		if bytes.Equal(c.arena[o.k0+1:o.k1], ch.User) {
-			v := c.arena[o.k1:o.v1]
-			if ch.LastSeen > int64(binary.BigEndian.Uint64(v)) {
-				binary.BigEndian.PutUint64(v, uint64(ch.LastSeen))
-			}
-			c.pendingBytes += int64(len(c.arena)-before) + opOverhead
-			s.ctr.pendingBytes.Store(s.in.held + c.pendingBytes)
-			return
-		}
+	if c.mergeLastSeen(h, ch.User, uint64(ch.LastSeen)) {
+		c.pendingBytes += int64(len(c.arena)-before) + opOverhead
+		s.ctr.pendingBytes.Store(s.in.held + c.pendingBytes)
+		return
 	}
 	k0 = uint32(len(c.arena))
 	c.arena = appendLastSeenKey(c.arena, ch.User)
 	k1 = uint32(len(c.arena))
 	c.arena = appendMillis(c.arena, ch.LastSeen)
+	c.indexLastSeen(h, len(c.ops))
 	c.ops = append(c.ops, op{kind: opMerge, k0: k0, k1: k1, v1: uint32(len(c.arena))})
 	c.lastSeenOps++
-	if _, taken := c.idx[h]; !taken {
-		c.idx[h] = int32(len(c.ops) - 1)
-	}
 	c.pendingBytes += int64(len(c.arena)-before) + 2*opOverhead
 	s.ctr.pendingBytes.Store(s.in.held + c.pendingBytes)
 }

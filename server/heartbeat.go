@@ -70,7 +70,7 @@ func (s *Server) stateOp(has bool, raw []byte) (shardmap.StateOp, string) {
 }
 
 // heartbeatState is heartbeat that also sets or clears the session's state
-// (sop.Set; the state already checked by checkState). A join carries the
+// (sop.Set; the state already checked by stateOp). A join carries the
 // state; a change of a live session's state is an update event.
 func (s *Server) heartbeatState(tr transport, user, room, tok []byte, nowMs int64, sop shardmap.StateOp) outcome {
 	o := s.checkItem(user, room, tok, nowMs)

@@ -412,6 +412,14 @@ func wsOK(ref json.RawMessage, op string, extra []byte) []byte {
 	return append(b, '}')
 }
 
+// room is the request's room; "" when absent or null.
+func (r *wsRequest) room() string {
+	if r.Room == nil {
+		return ""
+	}
+	return *r.Room
+}
+
 // handle applies one text message and returns its answer.
 func (c *wsConn) handle(msg []byte) []byte {
 	var req wsRequest
@@ -456,10 +464,7 @@ func (c *wsConn) opHeartbeat(req *wsRequest) []byte {
 	if msg := c.intakeError(); msg != "" {
 		return wsError(req.Ref, msg)
 	}
-	room := ""
-	if req.Room != nil {
-		room = *req.Room
-	}
+	room := req.room()
 	// State as over HTTP: omitted keeps it, null clears it, an object sets it.
 	has, raw := len(req.State) > 0, []byte(req.State)
 	if bytes.Equal(raw, []byte("null")) {
@@ -490,10 +495,7 @@ func (c *wsConn) opLeave(req *wsRequest) []byte {
 	if msg := c.intakeError(); msg != "" {
 		return wsError(req.Ref, msg)
 	}
-	room := ""
-	if req.Room != nil {
-		room = *req.Room
-	}
+	room := req.room()
 	n, o := s.leave(trWS, []byte(req.User), []byte(room), []byte(req.Token), time.Now().UnixMilli())
 	if o != outOK {
 		return wsError(req.Ref, outcomeInfo[o].msg)

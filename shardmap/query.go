@@ -215,30 +215,30 @@ func (m *Map) Drain(fn func(c *Change)) (n int) {
 		st := &sh.mu.userState
 		c := &st.change // not a local: fn(&c) would make it escape
 		for _, e := range st.changes {
+			var up *sessRec // the live session of an upsert
 			if e.sess == 0 {
 				u := st.endBuf[e.endOff : e.endOff+uint32(e.userLen)]
 				r := st.endBuf[e.endOff+uint32(e.userLen) : e.endOff+uint32(e.userLen)+uint32(e.roomLen)]
 				*c = Change{User: u, Room: r, LastSeen: e.lastSeen, Expiry: e.expiry, Ended: true, Reason: e.reason, At: e.at}
 			} else {
-				s := st.session(e.sess)
-				if s.user == 0 {
+				up = st.session(e.sess)
+				if up.user == 0 {
 					continue // ended since; its end entry follows
 				}
-				s.ttl &^= sessDirty
+				up.ttl &^= sessDirty
 				st.roomBuf = st.roomBuf[:0]
-				if s.room != 0 {
-					rs, ri := m.roomOf(s.room)
+				if up.room != 0 {
+					rs, ri := m.roomOf(up.room)
 					rs.mu.Lock()
 					st.roomBuf = append(st.roomBuf, rs.mu.name(ri)...)
 					rs.mu.Unlock()
 				}
-				*c = Change{User: st.userID(s.user), Room: st.roomBuf, LastSeen: s.lastSeen(), Expiry: s.expiry(), State: st.stateOf(e.sess), Logged: int64(s.logged) * 1000}
-				fn(c)
-				s.logged = uint32(c.Logged / 1000)
-				n++
-				continue
+				*c = Change{User: st.userID(up.user), Room: st.roomBuf, LastSeen: up.lastSeen(), Expiry: up.expiry(), State: st.stateOf(e.sess), Logged: int64(up.logged) * 1000}
 			}
 			fn(c)
+			if up != nil {
+				up.logged = uint32(c.Logged / 1000) // what the sink recorded, for the next change
+			}
 			n++
 		}
 		st.changes = st.changes[:0]
