@@ -2,11 +2,14 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,6 +77,10 @@ type testNode struct {
 	m   *shardmap.Map
 	mu  sync.Mutex
 	evs []shardmap.Event
+	ups []string // update events: user "/" state
+	// paused holds the server's pump: changes stay in the table's change
+	// log, as they do between two drains.
+	paused atomic.Bool
 }
 
 func startNode(t *testing.T, addrs string, mod func(*Config)) *testNode {
@@ -115,7 +122,9 @@ func startNode(t *testing.T, addrs string, mod func(*Config)) *testNode {
 			case <-stop:
 				return
 			case <-tk.C:
-				m.Drain(n.Offer)
+				if !tn.paused.Load() {
+					m.Drain(n.Offer)
+				}
 			}
 		}
 	}()
@@ -136,8 +145,14 @@ type testSink struct{ tn *testNode }
 func (testSink) SetFloor(events.ID) {}
 func (testSink) Rebase(events.ID)   {}
 func (s testSink) Append(ev *events.Event) bool {
+	if ev.Type == events.Update {
+		s.tn.mu.Lock()
+		s.tn.ups = append(s.tn.ups, ev.User+"/"+string(ev.State))
+		s.tn.mu.Unlock()
+		return true
+	}
 	if ev.Type != events.Join && ev.Type != events.Leave {
-		return true // room events (occupied, vacated) and updates: not counted here
+		return true // room events (occupied, vacated): not counted here
 	}
 	e := shardmap.Event{User: ev.User, Room: ev.Room, At: ev.At, Join: ev.Type == events.Join, Reason: shardmap.ReasonLeft}
 	if ev.Reason == events.ReasonTimeout {
@@ -252,6 +267,70 @@ func TestRedisClusterLayout(t *testing.T) {
 	}
 	if err != nil || members != 2*users+1 {
 		t.Fatalf("stream has %d join and leave entries, want %d (and the marker's join): %v", members, 2*users, err)
+	}
+}
+
+// joinsOf counts the join events of user.
+func (tn *testNode) joinsOf(user string) int {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	c := 0
+	for _, e := range tn.evs {
+		if e.Join && e.User == user {
+			c++
+		}
+	}
+	return c
+}
+
+// TestReassertAnnouncesChangesInFlight: the table runs ahead of the
+// writer, so a fault's re-assert finds joins and state changes that are
+// still in the change log. They are announced once all the same (the
+// re-assert once wrote them silently, and their records then read as
+// refreshes: joins lost whenever a fault and a join met).
+func TestReassertAnnouncesChangesInFlight(t *testing.T) {
+	r := redistest.Start(t)
+	tn := startNode(t, r.Addr(), func(c *Config) { c.TTL = time.Minute })
+	const ttl = 60_000
+	now := time.Now().UnixMilli()
+	if _, err := tn.m.Touch([]byte("u1"), []byte("r"), now, ttl); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, "u1's join", func() bool { return tn.joinsOf("u1") == 1 })
+
+	tn.paused.Store(true) // what follows stays in the change log
+	if _, err := tn.m.TouchState([]byte("u1"), []byte("r"), now+1, ttl, shardmap.StateOp{Set: true, State: []byte(`"away"`)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"u2", "u3"} {
+		if _, err := tn.m.Touch([]byte(u), []byte("r"), now+1, ttl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	asserts := tn.n.Stats().Reasserts
+	tn.n.markDown(errors.New("test: fault"))
+	testkit.Eventually(t, 10*time.Second, "the re-assert", func() bool { return tn.n.Stats().Reasserts > asserts && tn.n.Up() })
+	tn.paused.Store(false)
+
+	testkit.EventuallyErr(t, 5*time.Second, "the joins and the update", func() error {
+		tn.mu.Lock()
+		ups := slices.Clone(tn.ups)
+		tn.mu.Unlock()
+		if tn.joinsOf("u2") == 0 || tn.joinsOf("u3") == 0 || len(ups) == 0 {
+			return fmt.Errorf("joins u2 %d, u3 %d; updates %v", tn.joinsOf("u2"), tn.joinsOf("u3"), ups)
+		}
+		return nil
+	})
+	// A later join, seen after them, shows nothing else was on its way.
+	if _, err := tn.m.Touch([]byte("u4"), []byte("r"), time.Now().UnixMilli(), ttl); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, "u4's join", func() bool { return tn.joinsOf("u4") == 1 })
+	tn.mu.Lock()
+	ups := slices.Clone(tn.ups)
+	tn.mu.Unlock()
+	if j2, j3 := tn.joinsOf("u2"), tn.joinsOf("u3"); j2 != 1 || j3 != 1 || len(ups) != 1 || ups[0] != `u1/"away"` {
+		t.Fatalf("joins u2 %d, u3 %d (want 1 each); updates %v (want one of u1)", j2, j3, ups)
 	}
 }
 

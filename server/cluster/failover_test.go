@@ -18,6 +18,7 @@ import (
 
 	"github.com/presenced/presenced/server/cluster/redistest"
 	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/shardmap"
 )
 
 // Failover tests: real Redis processes crash, hang and move slots while
@@ -448,7 +449,12 @@ func TestScriptFlushOneMaster(t *testing.T) {
 	// a re-run pipeline would double the events of the other masters, a
 	// lost one would miss some.
 	for i, tn := range f.nodes {
-		testkit.Eventually(t, 10*time.Second, "events", func() bool { return tn.count(true, 0) >= 400 && tn.count(false, 1) >= 50 })
+		testkit.EventuallyErr(t, 10*time.Second, "every join and leave on the stream", func() error {
+			if j, l := tn.count(true, 0), tn.count(false, shardmap.ReasonLeft); j < 400 || l < 50 {
+				return fmt.Errorf("node %d saw %d of 400 joins and %d of 50 leaves (redis errors %d, dropped %d; missing joins: %v)", i, j, l, tn.n.Stats().Errors, tn.n.Stats().Dropped, tn.missingJoins(400))
+			}
+			return nil
+		})
 		tn.mu.Lock()
 		seen := map[string]int{}
 		for _, e := range tn.evs {
@@ -465,6 +471,25 @@ func TestScriptFlushOneMaster(t *testing.T) {
 			}
 		}
 	}
+}
+
+// missingJoins lists the first users u000..u<n-1> whose join tn did not see.
+func (tn *testNode) missingJoins(n int) []string {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	seen := map[string]bool{}
+	for _, e := range tn.evs {
+		if e.Join {
+			seen[e.User] = true
+		}
+	}
+	var miss []string
+	for i := range n {
+		if u := fmt.Sprintf("u%03d", i); !seen[u] && len(miss) < 20 {
+			miss = append(miss, u)
+		}
+	}
+	return miss
 }
 
 // TestFailoverSentinel: Sentinel (1 master, 2 replicas, 3 sentinels)

@@ -16,24 +16,46 @@ import (
 // members without a session and sets each room's count to its member list
 // (repairRooms, in the next round). Then the node answers for the whole
 // cluster again.
+//
+// The table runs ahead of the writer: a join or state change still on its
+// way (in the change log or the intake) is in the table already, and once
+// the re-assert has written it the intake's record of it reads as a
+// refresh. So a session the writer has not written yet, or whose state it
+// has not written, goes out as an ordinary touch (events for what Redis did
+// not have), not silently. Only on the first assert at start is every
+// session asserted silently: there the writer knows nothing yet, and the
+// sessions are the log's, announced before the restart.
 func (w *writerState) reassert() error {
 	n := w.n
 	t0 := time.Now()
-	clear(w.state)
+	first := n.asserts.Load() == 0
+	known, knownStates := w.state, w.states
+	w.state, w.states = make(map[uint64]sessState, len(known)), map[uint64]string{}
 	for i := range w.ring {
 		w.ring[i] = w.ring[i][:0]
 	}
-	var ops []op
+	var ops, fresh []op
 	var err error
 	total := 0
-	clear(w.states)
 	n.rangeFn(func(user, room, state []byte, lastSeen, expiry int64) bool {
 		h := sessHash(user, room)
 		w.state[h] = sessState{W: expiry, L: expiry}
 		if len(state) > 0 {
 			w.states[h] = string(state)
 		}
-		ops = append(ops, op{kind: opAssert, user: string(user), room: string(room), lastSeen: lastSeen, expiry: expiry, state: string(state)})
+		o := op{kind: opAssert, user: string(user), room: string(room), lastSeen: lastSeen, expiry: expiry, state: string(state)}
+		if !first {
+			if _, ok := known[h]; !ok {
+				o.kind = opTouch
+			} else if knownStates[h] != o.state {
+				o.kind, o.update = opTouch, true
+			}
+		}
+		if o.kind == opTouch {
+			fresh = append(fresh, o)
+			return true
+		}
+		ops = append(ops, o)
 		if len(ops) >= 16*n.cfg.PipelineSize {
 			total += len(ops)
 			if err = w.sendAssertTimed(ops); err != nil {
@@ -46,6 +68,12 @@ func (w *writerState) reassert() error {
 	if err == nil && len(ops) > 0 {
 		total += len(ops)
 		err = w.sendAssertTimed(ops)
+	}
+	if err == nil && len(fresh) > 0 {
+		// A failed touch is kept for retry (send), and goes out before the
+		// next re-assert.
+		total += len(fresh)
+		err = w.send(fresh)
 	}
 	if err != nil {
 		return err

@@ -190,6 +190,9 @@ func (w *writerState) keepLeaves(b []byte) {
 			h := sessHash(c.user, c.room)
 			if _, ok := w.state[h]; !ok {
 				w.state[h] = sessState{W: c.expiry, L: c.expiry}
+				if len(c.state) > 0 {
+					w.states[h] = string(c.state)
+				}
 				c.kind = changeRetryTouch
 				w.retryChange(&c)
 			}
