@@ -131,13 +131,15 @@
 // asked of every known node at once with a 1 s bound (slots.go; go-redis
 // asks one node at a time and waits its whole read timeout on a hung
 // one). A failed health check also cancels the
-// writer's and reaper's rounds in flight. While partial, refreshes and
-// joins are dropped (the re-assert writes them) and explicit leaves, and
-// touches and leaves that failed, are kept (bounded) to be sent again.
+// writer's and reaper's rounds in flight. While partial, refreshes are
+// dropped (the re-assert writes them); joins, explicit leaves, and touches
+// and leaves that failed, are kept (bounded) to be sent again.
 //
 // When the next health check answers, the writer sends what it kept, then
 // re-asserts: every live session of this node (TOUCHN, no events for those
-// Redis lacked), every one of them re-added to its room (ROOMADDN,
+// Redis lacked; a session whose join or state change the writer has not
+// written yet, still in the change log, goes as a TOUCH with its event),
+// every one of them re-added to its room (ROOMADDN,
 // idempotent: this repairs a room side whose pipeline failed after the
 // user side succeeded), the markers; the node is whole again and logs it
 // once ("redis answers again"). The next round sweeps the rooms: a member
