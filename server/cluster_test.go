@@ -120,7 +120,7 @@ func TestClusterReplicatesAndEventsOnce(t *testing.T) {
 			nodes := []*cnode{a, b}
 
 			a.Heartbeat("alice", "lobby")
-			testkit.Eventually(t, 2*time.Second, "alice visible on B", func() bool {
+			testkit.Eventually(t, 10*time.Second, "alice visible on B", func() bool {
 				u := b.User("alice")
 				return u.Online && len(u.Rooms) == 1 && u.Rooms[0] == "lobby" && !u.Partial
 			})
@@ -171,13 +171,13 @@ func TestClusterReplicatesAndEventsOnce(t *testing.T) {
 				t.Fatalf("leave: %d", c)
 			}
 			for _, n := range nodes {
-				testkit.Eventually(t, 2*time.Second, "leave event", func() bool { return n.ev.Count("leave:left", "alice", "lobby") >= 1 })
+				testkit.Eventually(t, 10*time.Second, "leave event", func() bool { return n.ev.Count("leave:left", "alice", "lobby") >= 1 })
 			}
 			// A marker join after the leave: a duplicate join or leave of
 			// alice, written to the stream before it, arrives before it.
 			a.Heartbeat("marker", "marker-room")
 			for _, n := range nodes {
-				testkit.Eventually(t, 2*time.Second, "the marker's join", func() bool { return n.ev.Count("join", "marker", "marker-room") == 1 })
+				testkit.Eventually(t, 10*time.Second, "the marker's join", func() bool { return n.ev.Count("join", "marker", "marker-room") == 1 })
 			}
 			for i, n := range nodes {
 				if j, l, to := n.ev.Count("join", "alice", "lobby"), n.ev.Count("leave:left", "alice", "lobby"), n.ev.Count("leave:timeout", "alice", "lobby"); j != 1 || l != 1 || to != 0 {
@@ -197,13 +197,13 @@ func TestClusterReplicatesAndEventsOnce(t *testing.T) {
 			a.Heartbeat("carol", "lobby")
 			a.Heartbeat("dave", "r1")
 			a.Heartbeat("dave", "r2")
-			testkit.Eventually(t, 2*time.Second, "carol and dave on B", func() bool {
+			testkit.Eventually(t, 10*time.Second, "carol and dave on B", func() bool {
 				return b.User("carol").Online && len(b.User("dave").Rooms) == 2
 			})
 			b.Do("POST", "/v1/leave", `{"user":"carol","room":"lobby"}`, nil)
 			b.Do("POST", "/v1/leave", `{"user":"dave"}`, nil) // all rooms
 			for i, n := range nodes {
-				testkit.Eventually(t, 2*time.Second, fmt.Sprintf("node %d: leaves of carol and dave", i), func() bool {
+				testkit.Eventually(t, 10*time.Second, fmt.Sprintf("node %d: leaves of carol and dave", i), func() bool {
 					return n.ev.Count("leave:left", "carol", "lobby") == 1 &&
 						n.ev.Count("leave:left", "dave", "r1") == 1 && n.ev.Count("leave:left", "dave", "r2") == 1
 				})
@@ -236,7 +236,7 @@ func TestClusterNoGhosts(t *testing.T) {
 		lastStops = time.Now()
 		a.Heartbeat("stops", "room")
 	}
-	testkit.Eventually(t, 2*time.Second, "both visible on C", func() bool {
+	testkit.Eventually(t, 10*time.Second, "both visible on C", func() bool {
 		on, _ := c.RoomOnline("room")
 		return on == 2
 	})
@@ -276,7 +276,7 @@ func TestClusterNoGhosts(t *testing.T) {
 	time.Sleep(ttl)
 	b.Heartbeat("marker", "marker-room")
 	for _, n := range []*cnode{b, c} {
-		testkit.Eventually(t, 2*time.Second, "the marker's join", func() bool { return n.ev.Count("join", "marker", "marker-room") == 1 })
+		testkit.Eventually(t, 10*time.Second, "the marker's join", func() bool { return n.ev.Count("join", "marker", "marker-room") == 1 })
 	}
 	for i, n := range []*cnode{b, c} {
 		if u := n.User("stops"); u.Online || u.Partial {
@@ -327,7 +327,7 @@ func TestClusterRedisOutage(t *testing.T) {
 	t.Logf("100k joins visible on B in %s", time.Since(tj))
 
 	r.Stop()
-	testkit.Eventually(t, 3*time.Second, "redis down on A", func() bool { return a.Metric("presenced_redis_up") == 0 })
+	testkit.Eventually(t, 10*time.Second, "redis down on A", func() bool { return a.Metric("presenced_redis_up") == 0 })
 	t0 := time.Now()
 	for i := range 20 {
 		a.Heartbeat(fmt.Sprintf("outage-%d", i), "room-x")
@@ -387,7 +387,9 @@ func TestClusterRedisOutage(t *testing.T) {
 
 	r.Restart() // empty: no persistence
 	restarted := time.Now()
-	testkit.Eventually(t, 5*time.Second, "cluster view to converge after Redis came back empty", func() bool {
+	// Not a measure (the log line is): a loaded -race run is slow, and the
+	// re-assert's time is README's figure, measured outside the suite.
+	testkit.Eventually(t, 30*time.Second, "cluster view to converge after Redis came back empty", func() bool {
 		st := b.Stats()
 		if st.Partial || st.Sessions != sessions+20 || st.Rooms != 101 {
 			return false
@@ -410,7 +412,7 @@ func TestClusterRedisOutage(t *testing.T) {
 		t.Errorf("B room-x after recovery: %d, want 20", on)
 	}
 	// A re-asserts its 100,000 sessions before it answers whole again.
-	testkit.Eventually(t, 10*time.Second, "presenced_redis_up 1 on A after recovery", func() bool { return a.Metric("presenced_redis_up") == 1 })
+	testkit.Eventually(t, 30*time.Second, "presenced_redis_up 1 on A after recovery", func() bool { return a.Metric("presenced_redis_up") == 1 })
 	// Whole again: the partial time stops growing.
 	p1 := a.Metric("presenced_redis_partial_seconds_total")
 	if a.Metric("presenced_redis_up") == 1 && a.Metric("presenced_redis_partial_seconds_total") != p1 {
@@ -557,7 +559,7 @@ func TestClusterBehindNginx(t *testing.T) {
 	}
 	body, _ := json.Marshal(map[string][]string{"users": users})
 	for i, n := range nodes {
-		testkit.Eventually(t, 3*time.Second, fmt.Sprintf("node %d to see all %d users", i, len(users)), func() bool {
+		testkit.Eventually(t, 10*time.Second, fmt.Sprintf("node %d to see all %d users", i, len(users)), func() bool {
 			var st struct {
 				Users   []servertest.User `json:"users"`
 				Partial bool              `json:"partial"`
@@ -613,7 +615,7 @@ func TestClusterCleanShutdownHandsOver(t *testing.T) {
 	// A marker after quits' expiry: its timeout (and any wrong leave of
 	// moves) was written before it and so arrived before it.
 	b.Heartbeat("marker", "marker-room")
-	testkit.Eventually(t, 2*time.Second, "the marker's join", func() bool { return b.ev.Count("join", "marker", "marker-room") == 1 })
+	testkit.Eventually(t, 10*time.Second, "the marker's join", func() bool { return b.ev.Count("join", "marker", "marker-room") == 1 })
 	if got := b.ev.Count("leave:timeout", "quits", "room"); got != 1 {
 		t.Errorf("%d timeout leaves of quits, want 1", got)
 	}
@@ -752,7 +754,7 @@ func TestClusterSentinel(t *testing.T) {
 	a := startCluster(t, cfg)
 	b := startCluster(t, cfg)
 	a.Heartbeat("sam", "s-room")
-	testkit.Eventually(t, 2*time.Second, "sam visible on B through Sentinel", func() bool {
+	testkit.Eventually(t, 10*time.Second, "sam visible on B through Sentinel", func() bool {
 		u := b.User("sam")
 		return u.Online && !u.Partial
 	})

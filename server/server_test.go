@@ -66,7 +66,7 @@ func TestHeartbeatsAndQueries(t *testing.T) {
 	if got := uc.Send(uc.Request(8, false, hb("gina", "lobby", "")), 200*time.Millisecond); got != nil {
 		t.Fatalf("reply to a datagram that did not ask: %x", got)
 	}
-	testkit.Eventually(t, 2*time.Second, "gina online", func() bool { return n.User("gina").Online })
+	testkit.Eventually(t, 10*time.Second, "gina online", func() bool { return n.User("gina").Online })
 
 	alice := n.User("alice")
 	sort.Strings(alice.Rooms)
