@@ -334,6 +334,41 @@ func TestReassertAnnouncesChangesInFlight(t *testing.T) {
 	}
 }
 
+// TestRetriedStateChangeKeepsItsUpdate: a state change whose TOUCH fails
+// (NOSCRIPT after a SCRIPT FLUSH) is sent again once Redis answers, and
+// still emits its update event, once.
+func TestRetriedStateChangeKeepsItsUpdate(t *testing.T) {
+	r := redistest.Start(t)
+	tn := startNode(t, r.Addr(), func(c *Config) { c.TTL = time.Minute })
+	const ttl = 60_000
+	if _, err := tn.m.Touch([]byte("u1"), []byte("r"), time.Now().UnixMilli(), ttl); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, "u1's join", func() bool { return tn.joinsOf("u1") == 1 })
+	c := r.Client()
+	defer c.Close()
+	if err := c.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	errs := tn.n.Stats().Errors
+	if _, err := tn.m.TouchState([]byte("u1"), []byte("r"), time.Now().UnixMilli(), ttl, shardmap.StateOp{Set: true, State: []byte(`"away"`)}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, "the failed touch", func() bool { return tn.n.Stats().Errors > errs })
+	// A later join, seen after the update, shows nothing else was on its way.
+	testkit.Eventually(t, 10*time.Second, "the node whole again", tn.n.Up)
+	if _, err := tn.m.Touch([]byte("u9"), []byte("r"), time.Now().UnixMilli(), ttl); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "u9's join", func() bool { return tn.joinsOf("u9") == 1 })
+	tn.mu.Lock()
+	ups := slices.Clone(tn.ups)
+	tn.mu.Unlock()
+	if len(ups) != 1 || ups[0] != `u1/"away"` {
+		t.Fatalf("updates %v, want one of u1 to \"away\"", ups)
+	}
+}
+
 // TestSteadyStateCommandsPerHeartbeat measures, from INFO commandstats,
 // the Redis commands per heartbeat once every session is joined, at the
 // production ratio of interval to TTL (60s / 150s, scaled down), and the

@@ -34,6 +34,9 @@ const (
 	changeLocalDisconnect
 	// changeDisconnect: changeLeave whose WebSocket closed (OfferDisconnect).
 	changeDisconnect
+	// changeRetryUpdate: changeRetryTouch of a state change (its update
+	// event is emitted when the session was not new).
+	changeRetryUpdate
 )
 
 // leaveReason is the reason of the leave event a leave record emits.

@@ -136,8 +136,9 @@ func (w *writerState) decode(b []byte, now int64, leaveAll []op) []op {
 		switch c.kind {
 		case changeUpsert:
 			w.upsert(h, c.user, c.room, c.state, c.lastSeen, c.expiry, now)
-		case changeRetryTouch:
-			w.ops = append(w.ops, op{kind: opTouch, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, state: string(c.state)})
+		case changeRetryTouch, changeRetryUpdate:
+			w.ops = append(w.ops, op{kind: opTouch, user: string(c.user), room: string(c.room), lastSeen: c.lastSeen, expiry: c.expiry, state: string(c.state),
+				update: c.kind == changeRetryUpdate})
 		case changeLocalLeave, changeLeave, changeLocalDisconnect, changeDisconnect:
 			delete(w.state, h)
 			delete(w.states, h)
@@ -184,7 +185,7 @@ func (w *writerState) keepLeaves(b []byte) {
 		var c change
 		c, rest = readChange(rest)
 		switch c.kind {
-		case changeLocalLeave, changeLeave, changeLeaveAll, changeRetryTouch, changeLocalDisconnect, changeDisconnect:
+		case changeLocalLeave, changeLeave, changeLeaveAll, changeRetryTouch, changeRetryUpdate, changeLocalDisconnect, changeDisconnect:
 			w.retryChange(&c)
 		case changeUpsert:
 			h := sessHash(c.user, c.room)
@@ -205,6 +206,8 @@ func (w *writerState) keepLeaves(b []byte) {
 func (w *writerState) retryOp(o *op) {
 	var k changeKind
 	switch {
+	case o.kind == opTouch && o.update:
+		k = changeRetryUpdate
 	case o.kind == opTouch:
 		k = changeRetryTouch
 	case o.kind == opLeave && o.all:
