@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/presenced/presenced/persist/persisttest"
 )
 
 // flushStore flushes the memtable of the stopped node's store in dir to an
@@ -80,25 +82,12 @@ func TestCorruptSSTableExitOneAndRepair(t *testing.T) {
 		t.Fatalf("exit status %d after SIGTERM:\n%s", code, p.errb.String())
 	}
 	flushStore(t, dir)
-	ssts, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
-	if len(ssts) != 1 {
-		t.Fatalf("want one sstable, have %v", ssts)
-	}
-	b, err := os.ReadFile(ssts[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 16 {
-		b[len(b)/3+i] ^= 0xff
-	}
-	if err := os.WriteFile(ssts[0], b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	sst := persisttest.FlipSSTable(t, dir)
 
 	code, _, stderr := runBin(t, "serve", "--data-dir", dir, "--http-addr", "127.0.0.1:0", "--udp-addr", "")
-	if code != 1 || !strings.Contains(stderr, filepath.Base(ssts[0])) || !strings.Contains(stderr, "presenced repair") {
+	if code != 1 || !strings.Contains(stderr, sst) || !strings.Contains(stderr, "presenced repair") {
 		t.Fatalf("start on a damaged sstable: exit %d (want 1), stderr does not name %s and the repair command:\n%s",
-			code, filepath.Base(ssts[0]), stderr)
+			code, sst, stderr)
 	}
 
 	code, stdout, stderr := runBin(t, "repair", "--data-dir", dir)

@@ -13,6 +13,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/presenced/presenced/persist/persisttest"
 )
 
 // writeFlushed writes n live sessions and n offline users' last-seen to a
@@ -43,34 +45,13 @@ func writeFlushed(t *testing.T, dir string, n int) {
 	}
 }
 
-// flipSST flips 16 bytes a third of the way into the one sstable in dir and
-// returns its name.
-func flipSST(t *testing.T, dir string) string {
-	t.Helper()
-	ssts, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
-	if len(ssts) != 1 {
-		t.Fatalf("want one sstable, have %v", ssts)
-	}
-	b, err := os.ReadFile(ssts[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 16 {
-		b[len(b)/3+i] ^= 0xff
-	}
-	if err := os.WriteFile(ssts[0], b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Base(ssts[0])
-}
-
 // A flipped block in an sstable makes Open or Replay fail with an error
 // naming the file (not a panic), and Repair keeps every readable session.
 func TestCorruptSSTableAndRepair(t *testing.T) {
 	const n = 3000
 	dir := filepath.Join(t.TempDir(), "db")
 	writeFlushed(t, dir, n)
-	sst := flipSST(t, dir)
+	sst := persisttest.FlipSSTable(t, dir)
 
 	cfg := testConfig(nil)
 	cfg.Dir = dir

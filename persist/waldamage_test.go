@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/persist/persisttest"
 	"github.com/presenced/presenced/server/testkit"
 )
 
@@ -70,17 +71,7 @@ func TestDamagedWALIsReported(t *testing.T) {
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}
-			logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
-			var wal string
-			var size int64
-			for _, l := range logs {
-				if fi, err := os.Stat(l); err == nil && fi.Size() > size {
-					wal, size = l, fi.Size()
-				}
-			}
-			if wal == "" {
-				t.Fatal("no WAL with data")
-			}
+			wal, _ := persisttest.LargestWAL(t, dir)
 			b, _ := os.ReadFile(wal)
 			if err := os.WriteFile(wal, f(b), 0o644); err != nil {
 				t.Fatal(err)

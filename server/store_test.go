@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/persist"
+	"github.com/presenced/presenced/persist/persisttest"
 	"github.com/presenced/presenced/server"
 	"github.com/presenced/presenced/server/servertest"
 	"github.com/presenced/presenced/server/testkit"
@@ -141,17 +141,7 @@ func TestDamagedWALReported(t *testing.T) {
 	if err := n.Srv.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
-	var wal string
-	var size int64
-	for _, l := range logs {
-		if fi, err := os.Stat(l); err == nil && fi.Size() > size {
-			wal, size = l, fi.Size()
-		}
-	}
-	if wal == "" {
-		t.Fatal("no WAL with data")
-	}
+	wal, size := persisttest.LargestWAL(t, dir)
 	if err := os.Truncate(wal, size/2); err != nil {
 		t.Fatal(err)
 	}
