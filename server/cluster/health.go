@@ -118,19 +118,21 @@ func (n *Node) whole(sessions int, took time.Duration) {
 	h := &n.h
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.whole.Swap(true) {
+	if h.whole.Load() {
 		return
 	}
+	// The line is written before Up reports whole, so whoever sees the
+	// node whole finds it in the log.
 	d := time.Since(h.partialSince)
 	h.partialTotal += d
 	h.reason = ""
-	first := !h.everWhole
-	h.everWhole = true
-	if first {
+	if !h.everWhole {
 		n.log.Info("redis connected: answering for the whole cluster", "sessions_asserted", sessions, "reassert_took", took)
-		return
+	} else {
+		n.log.Info("redis answers again: answering for the whole cluster", "partial_for", d.Round(time.Millisecond), "sessions_reasserted", sessions, "reassert_took", took)
 	}
-	n.log.Info("redis answers again: answering for the whole cluster", "partial_for", d.Round(time.Millisecond), "sessions_reasserted", sessions, "reassert_took", took)
+	h.everWhole = true
+	h.whole.Store(true)
 }
 
 // partialTime is the total time spent partial since Start, including now.
