@@ -399,8 +399,10 @@ func TestWSPingTimeout(t *testing.T) {
 	dead.mustOK(map[string]any{"op": "heartbeat", "ref": 1, "user": "silent", "room": "r"})
 	t0 := time.Now()
 	wantEvent(t, alive.next(5*time.Second), "join silent r")
-	dead.closed(2*ping + 2*time.Second)
-	if d := time.Since(t0); d > 2*ping+time.Second {
+	// The slack is for a loaded -race run; a peer kept until its read
+	// deadline (minutes) or forever still fails.
+	dead.closed(2*ping + 3*time.Second)
+	if d := time.Since(t0); d > 2*ping+2*time.Second {
 		t.Fatalf("silent peer dropped after %s, want within 2 x %s (plus slack)", d, ping)
 	}
 	wantEvent(t, alive.next(5*time.Second), "leave silent r disconnect")
