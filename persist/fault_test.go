@@ -114,7 +114,7 @@ func TestCrashInterval(t *testing.T) {
 			s.Start(nil)
 			type queued struct {
 				user  string
-				cycle uint64 // synced cycles completed when it was queued
+				cycle uint64 // synced cycles completed (at least) when it was queued
 			}
 			var (
 				mu   sync.Mutex
@@ -125,9 +125,12 @@ func TestCrashInterval(t *testing.T) {
 			go func() {
 				defer close(done)
 				for i := 0; !stop.Load(); i++ {
-					c := s.ctr.syncCount.Load()
 					u := fmt.Sprintf("u%d", i)
 					s.Add(&shardmap.Change{User: []byte(u), Room: []byte("r"), LastSeen: 1, Expiry: 1 << 60})
+					// Read after Add: at least the count when Add ran (read
+					// before it, a writer descheduled in between would claim
+					// cycles that synced before its change was even added).
+					c := s.ctr.syncCount.Load()
 					mu.Lock()
 					log = append(log, queued{u, c})
 					mu.Unlock()
