@@ -369,6 +369,46 @@ func TestRetriedStateChangeKeepsItsUpdate(t *testing.T) {
 	}
 }
 
+// TestReassertStateChangeAfterRedisLostIt: Redis comes back empty while a
+// known session's state change is on its way; the re-assert writes the
+// session back with its new state and one update event, not a second join.
+func TestReassertStateChangeAfterRedisLostIt(t *testing.T) {
+	r := redistest.Start(t)
+	tn := startNode(t, r.Addr(), func(c *Config) { c.TTL = time.Minute })
+	const ttl = 60_000
+	if _, err := tn.m.Touch([]byte("u1"), []byte("r"), time.Now().UnixMilli(), ttl); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 5*time.Second, "u1's join", func() bool { return tn.joinsOf("u1") == 1 })
+	tn.paused.Store(true)
+	if _, err := tn.m.TouchState([]byte("u1"), []byte("r"), time.Now().UnixMilli(), ttl, shardmap.StateOp{Set: true, State: []byte(`"away"`)}); err != nil {
+		t.Fatal(err)
+	}
+	asserts := tn.n.Stats().Reasserts
+	r.Restart() // empty: no persistence
+	testkit.Eventually(t, 10*time.Second, "the re-assert", func() bool { return tn.n.Stats().Reasserts > asserts && tn.n.Up() })
+	tn.paused.Store(false)
+	if _, err := tn.m.Touch([]byte("u9"), []byte("r"), time.Now().UnixMilli(), ttl); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "u9's join", func() bool { return tn.joinsOf("u9") == 1 })
+	tn.mu.Lock()
+	ups := slices.Clone(tn.ups)
+	tn.mu.Unlock()
+	if j := tn.joinsOf("u1"); j != 1 || len(ups) != 1 || ups[0] != `u1/"away"` {
+		t.Fatalf("u1: %d joins (want 1), updates %v (want one to \"away\")", j, ups)
+	}
+	c := r.Client()
+	defer c.Close()
+	v, err := c.HGet(context.Background(), tn.n.k.user("u1"), "r").Result()
+	if err != nil || !strings.Contains(v, `"away"`) {
+		t.Fatalf("u1 in Redis after the re-assert: %q %v, want its new state", v, err)
+	}
+	if on, err := c.ZScore(context.Background(), tn.n.k.members("r"), "u1").Result(); err != nil {
+		t.Fatalf("u1 not a member of r in Redis after the re-assert: %v %v", on, err)
+	}
+}
+
 // TestSteadyStateCommandsPerHeartbeat measures, from INFO commandstats,
 // the Redis commands per heartbeat once every session is joined, at the
 // production ratio of interval to TTL (60s / 150s, scaled down), and the

@@ -48,7 +48,7 @@ func (w *writerState) reassert() error {
 			if _, ok := known[h]; !ok {
 				o.kind = opTouch
 			} else if knownStates[h] != o.state {
-				o.kind, o.update = opTouch, true
+				o.kind, o.update, o.known = opTouch, true, true
 			}
 		}
 		if o.kind == opTouch {

@@ -34,6 +34,10 @@ type op struct {
 	// emits an update event.
 	state  string
 	update bool
+	// known: an opTouch of the re-assert for a session already announced
+	// (its state changed on the way): when Redis lacks it (lost with a
+	// restart), it is written back with an update event, not a join.
+	known  bool
 	reason shardmap.Reason // opLeave: left or disconnect
 }
 
@@ -505,12 +509,14 @@ func (w *writerState) sendChunk(chunk []op) error {
 			}
 			continue
 		}
-		switch o.kind {
-		case opTouch:
+		switch {
+		case o.kind == opTouch && o.known:
+			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.lastSeen, State: stateBytes(o.state)}, update: true, roomAdd: true})
+		case o.kind == opTouch:
 			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room, At: o.lastSeen, Join: true, State: stateBytes(o.state)}, roomAdd: true})
-		case opAssert:
+		case o.kind == opAssert:
 			w.evs = append(w.evs, evOp{ev: shardmap.Event{User: o.user, Room: o.room}, silent: true, roomAdd: true})
-		case opLeave:
+		case o.kind == opLeave:
 			reason := o.reason
 			if reason == 0 {
 				reason = shardmap.ReasonLeft
