@@ -167,6 +167,12 @@ func TestClusterEventsOccupiedVacated(t *testing.T) {
 	b := startCluster(t, clusterTestConfig(r.Addr()))
 	a.Heartbeat("u1", "z")
 	a.Heartbeat("u2", "z")
+	// A leave through B can overtake a join still on its way through A
+	// (two writers, one Redis): it would find nothing to end, and the join
+	// would come after it. Leave once the joins are in.
+	testkit.Eventually(t, 10*time.Second, "both joins on B", func() bool {
+		return b.ev.Count("join", "u1", "z") == 1 && b.ev.Count("join", "u2", "z") == 1
+	})
 	b.Do("POST", "/v1/leave", `{"user":"u1","room":"z"}`, nil)
 	b.Do("POST", "/v1/leave", `{"user":"u2","room":"z"}`, nil)
 	for i, n := range []*cnode{a, b} {
