@@ -293,8 +293,10 @@ func (f *fleet) waitPartial(d time.Duration, what string) {
 func clusterRaw(rc *redistest.Cluster, t *testing.T) func() redis.UniversalClient {
 	return func() redis.UniversalClient {
 		var addrs []string
+		// Not a hung (paused) node: a client that loads its slot map from
+		// it waits out its whole read timeout, and the check its context.
 		for _, s := range rc.Nodes {
-			if s.Alive() {
+			if s.Answering() {
 				addrs = append(addrs, s.Addr())
 			}
 		}

@@ -50,6 +50,9 @@ func (s *Server) Resume() {
 // Alive reports whether the process runs (it may be paused).
 func (s *Server) Alive() bool { return s.cmd != nil }
 
+// Answering reports whether the process runs and is not paused.
+func (s *Server) Answering() bool { return s.cmd != nil && !s.paused }
+
 // Role is "master" or "slave" from INFO replication ("" when it does not answer).
 func (s *Server) Role() string {
 	c := s.Client()
