@@ -189,20 +189,21 @@ func validSig(s []byte) bool {
 	return b64val(s[len(s)-1])&3 == 0
 }
 
-func b64val(c byte) int { return int(b64vals[c]) }
-
-// b64vals maps a byte to its base64url value, or -1: one load per
-// character (a chain of range checks cost as much as the hash).
-var b64vals = func() (t [256]int8) {
-	for i := range t {
-		t[i] = -1
+func b64val(c byte) int {
+	switch {
+	case c >= 'A' && c <= 'Z':
+		return int(c - 'A')
+	case c >= 'a' && c <= 'z':
+		return int(c-'a') + 26
+	case c >= '0' && c <= '9':
+		return int(c-'0') + 52
+	case c == '-':
+		return 62
+	case c == '_':
+		return 63
 	}
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-	for i := range len(alphabet) {
-		t[alphabet[i]] = int8(i)
-	}
-	return t
-}()
+	return -1
+}
 
 // validKeyID reports whether s is 1..MaxKeyIDLen bytes of [A-Za-z0-9_-].
 func validKeyID(s []byte) bool {
