@@ -409,6 +409,47 @@ func TestReassertStateChangeAfterRedisLostIt(t *testing.T) {
 	}
 }
 
+// TestReassertFailedHalfWay: Redis comes back empty and the first
+// re-assert fails after its first chunk; the next one still knows every
+// session was announced, and writes them back without a second join.
+func TestReassertFailedHalfWay(t *testing.T) {
+	r := redistest.Start(t)
+	tn := startNode(t, r.Addr(), func(c *Config) { c.TTL = time.Minute; c.PipelineSize = 64 })
+	const sessions = 3000 // 16 x 64 per re-assert chunk: three chunks
+	now := time.Now().UnixMilli()
+	for i := range sessions {
+		if _, err := tn.m.Touch(fmt.Appendf(nil, "u%d", i), []byte("r"), now, 60_000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.Eventually(t, 20*time.Second, "every join", func() bool { return tn.count(true, 0) == sessions })
+	var chunks atomic.Int32
+	fail := func() error {
+		if chunks.Add(1) == 2 {
+			return errors.New("test: re-assert chunk fails")
+		}
+		return nil
+	}
+	tn.n.testBeforeAssert.Store(&fail)
+	asserts := tn.n.Stats().Reasserts
+	r.Restart() // empty: no persistence
+	testkit.Eventually(t, 20*time.Second, "a re-assert after the failed one", func() bool {
+		return chunks.Load() > 3 && tn.n.Stats().Reasserts > asserts && tn.n.Up()
+	})
+	if _, err := tn.m.Touch([]byte("marker"), []byte("r"), time.Now().UnixMilli(), 60_000); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "the marker's join", func() bool { return tn.joinsOf("marker") == 1 })
+	if got := tn.count(true, 0); got != sessions+1 {
+		t.Fatalf("%d joins, want %d: sessions the failed re-assert did not reach were announced again", got, sessions+1)
+	}
+	c := r.Client()
+	defer c.Close()
+	if n, err := c.ZCard(context.Background(), tn.n.k.members("r")).Result(); err != nil || n != sessions+1 {
+		t.Fatalf("room r holds %d members in Redis (%v), want %d", n, err, sessions+1)
+	}
+}
+
 // TestSteadyStateCommandsPerHeartbeat measures, from INFO commandstats,
 // the Redis commands per heartbeat once every session is joined, at the
 // production ratio of interval to TTL (60s / 150s, scaled down), and the

@@ -69,6 +69,9 @@ type Node struct {
 	// testBeforeEmit, set by tests before Start, fails the room-side
 	// pipeline of a write round when it returns an error.
 	testBeforeEmit func() error
+	// testBeforeAssert, set by tests at any time, fails a re-assert chunk
+	// when it returns an error.
+	testBeforeAssert atomic.Pointer[func() error]
 
 	em            emitter      // decided events not yet written (events.go)
 	pendingEvents atomic.Int64 // len(em.pending), for metrics

@@ -29,25 +29,33 @@ func (w *writerState) reassert() error {
 	n := w.n
 	t0 := time.Now()
 	first := n.asserts.Load() == 0
-	known, knownStates := w.state, w.states
-	w.state, w.states = make(map[uint64]sessState, len(known)), map[uint64]string{}
 	for i := range w.ring {
 		w.ring[i] = w.ring[i][:0]
 	}
+	// The writer's view is rebuilt in place: each session of the table is
+	// marked (due = reasserted) as it is visited, and what the table no
+	// longer holds is dropped at the end. A re-assert that fails half way
+	// keeps the sessions it did not reach, so the next one still knows
+	// they were announced.
+	const reasserted = -1
 	var ops, fresh []op
 	var err error
 	total := 0
 	n.rangeFn(func(user, room, state []byte, lastSeen, expiry int64) bool {
 		h := sessHash(user, room)
-		w.state[h] = sessState{W: expiry, L: expiry}
+		_, knew := w.state[h]
+		oldState := w.states[h]
+		w.state[h] = sessState{W: expiry, L: expiry, due: reasserted}
 		if len(state) > 0 {
 			w.states[h] = string(state)
+		} else if oldState != "" {
+			delete(w.states, h)
 		}
 		o := op{kind: opAssert, user: string(user), room: string(room), lastSeen: lastSeen, expiry: expiry, state: string(state)}
 		if !first {
-			if _, ok := known[h]; !ok {
+			if !knew {
 				o.kind = opTouch
-			} else if knownStates[h] != o.state {
+			} else if oldState != o.state {
 				o.kind, o.update, o.known = opTouch, true, true
 			}
 		}
@@ -65,6 +73,17 @@ func (w *writerState) reassert() error {
 		}
 		return true
 	})
+	complete := err == nil
+	for h, st := range w.state {
+		switch {
+		case st.due == reasserted:
+			st.due = 0
+			w.state[h] = st
+		case complete:
+			delete(w.state, h)
+			delete(w.states, h)
+		}
+	}
 	if err == nil && len(ops) > 0 {
 		total += len(ops)
 		err = w.sendAssertTimed(ops)
@@ -104,6 +123,11 @@ func (w *writerState) reassert() error {
 const writeTimeout = 10 * time.Second
 
 func (w *writerState) sendAssertTimed(ops []op) error {
+	if f := w.n.testBeforeAssert.Load(); f != nil {
+		if err := (*f)(); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := w.n.roundCtx()
 	defer cancel()
 	return w.sendAssert(ctx, ops)
