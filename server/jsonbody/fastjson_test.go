@@ -128,9 +128,8 @@ func (f *fjParser) object(o *fastjson.Object, hb *Heartbeat) error {
 		if err != nil {
 			return
 		}
-		var dst *[]byte
-		switch string(key) {
-		case "state":
+		dst := hb.stringField(key)
+		if string(key) == "state" {
 			hb.HasState = true
 			switch v.Type() {
 			case fastjson.TypeObject:
@@ -140,16 +139,8 @@ func (f *fjParser) object(o *fastjson.Object, hb *Heartbeat) error {
 			case fastjson.TypeNull:
 				hb.State = nil
 			default:
-				if hb.FieldErr == "" {
-					hb.FieldErr = "state must be a JSON object or null"
-				}
+				hb.wrongType(key)
 			}
-		case "user":
-			dst = &hb.User
-		case "room":
-			dst = &hb.Room
-		case "token":
-			dst = &hb.Token
 		}
 		if dst != nil {
 			switch v.Type() {
@@ -158,9 +149,7 @@ func (f *fjParser) object(o *fastjson.Object, hb *Heartbeat) error {
 			case fastjson.TypeNull:
 				*dst = nil
 			default:
-				if hb.FieldErr == "" {
-					hb.FieldErr = string(key) + " must be a string"
-				}
+				hb.wrongType(key)
 			}
 		}
 		if !fjWithin(v, 0) {

@@ -130,9 +130,7 @@ func (r *reader) object(hb *Heartbeat) error {
 		if !r.expect(':') {
 			return ErrSyntax
 		}
-		var dst *[]byte
-		switch string(key) {
-		case "state":
+		if string(key) == "state" {
 			hb.HasState = true
 			switch r.peek() {
 			case '{':
@@ -150,9 +148,7 @@ func (r *reader) object(hb *Heartbeat) error {
 				if err := r.skip(0); err != nil {
 					return err
 				}
-				if hb.FieldErr == "" {
-					hb.FieldErr = "state must be a JSON object or null"
-				}
+				hb.wrongType(key)
 			}
 			if r.expect(',') {
 				continue
@@ -161,13 +157,8 @@ func (r *reader) object(hb *Heartbeat) error {
 				return nil
 			}
 			return ErrSyntax
-		case "user":
-			dst = &hb.User
-		case "room":
-			dst = &hb.Room
-		case "token":
-			dst = &hb.Token
 		}
+		dst := hb.stringField(key)
 		switch {
 		case dst == nil:
 			if err := r.skip(0); err != nil {
@@ -186,9 +177,7 @@ func (r *reader) object(hb *Heartbeat) error {
 			if err := r.skip(0); err != nil {
 				return err
 			}
-			if hb.FieldErr == "" {
-				hb.FieldErr = string(key) + " must be a string"
-			}
+			hb.wrongType(key)
 		}
 		if r.expect(',') {
 			continue
@@ -198,4 +187,30 @@ func (r *reader) object(hb *Heartbeat) error {
 		}
 		return ErrSyntax
 	}
+}
+
+// stringField is where the string member key of a heartbeat object goes
+// (user, room, token), or nil for any other member.
+func (hb *Heartbeat) stringField(key []byte) *[]byte {
+	switch string(key) {
+	case "user":
+		return &hb.User
+	case "room":
+		return &hb.Room
+	case "token":
+		return &hb.Token
+	}
+	return nil
+}
+
+// wrongType records member key as the first of the wrong JSON type.
+func (hb *Heartbeat) wrongType(key []byte) {
+	if hb.FieldErr != "" {
+		return
+	}
+	if string(key) == "state" {
+		hb.FieldErr = "state must be a JSON object or null"
+		return
+	}
+	hb.FieldErr = string(key) + " must be a string"
 }
