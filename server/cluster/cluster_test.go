@@ -283,6 +283,41 @@ func (tn *testNode) joinsOf(user string) int {
 	return c
 }
 
+// touch heartbeats user's session in room "r" for a minute, setting its
+// state when one is given.
+func (tn *testNode) touch(t *testing.T, user string, state ...string) {
+	t.Helper()
+	var op shardmap.StateOp
+	if len(state) > 0 {
+		op = shardmap.StateOp{Set: true, State: []byte(state[0])}
+	}
+	if _, err := tn.m.TouchState([]byte(user), []byte("r"), time.Now().UnixMilli(), 60_000, op); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// join starts user's session in "r" and waits for its join event: seen
+// after events decided before it, it also shows nothing else is on its way.
+func (tn *testNode) join(t *testing.T, user string) {
+	t.Helper()
+	tn.touch(t, user)
+	testkit.Eventually(t, 10*time.Second, user+"'s join", func() bool { return tn.joinsOf(user) == 1 })
+}
+
+// updates returns the update events seen so far, as user "/" state.
+func (tn *testNode) updates() []string {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	return slices.Clone(tn.ups)
+}
+
+// waitReassert waits until a re-assert after the first asserts has made
+// the node whole again.
+func (tn *testNode) waitReassert(t *testing.T, asserts uint64) {
+	t.Helper()
+	testkit.Eventually(t, 20*time.Second, "the re-assert", func() bool { return tn.n.Stats().Reasserts > asserts && tn.n.Up() })
+}
+
 // TestReassertAnnouncesChangesInFlight: the table runs ahead of the
 // writer, so a fault's re-assert finds joins and state changes that are
 // still in the change log. They are announced once all the same (the
@@ -291,45 +326,25 @@ func (tn *testNode) joinsOf(user string) int {
 func TestReassertAnnouncesChangesInFlight(t *testing.T) {
 	r := redistest.Start(t)
 	tn := startNode(t, r.Addr(), func(c *Config) { c.TTL = time.Minute })
-	const ttl = 60_000
-	now := time.Now().UnixMilli()
-	if _, err := tn.m.Touch([]byte("u1"), []byte("r"), now, ttl); err != nil {
-		t.Fatal(err)
-	}
-	testkit.Eventually(t, 5*time.Second, "u1's join", func() bool { return tn.joinsOf("u1") == 1 })
+	tn.join(t, "u1")
 
 	tn.paused.Store(true) // what follows stays in the change log
-	if _, err := tn.m.TouchState([]byte("u1"), []byte("r"), now+1, ttl, shardmap.StateOp{Set: true, State: []byte(`"away"`)}); err != nil {
-		t.Fatal(err)
-	}
-	for _, u := range []string{"u2", "u3"} {
-		if _, err := tn.m.Touch([]byte(u), []byte("r"), now+1, ttl); err != nil {
-			t.Fatal(err)
-		}
-	}
+	tn.touch(t, "u1", `"away"`)
+	tn.touch(t, "u2")
+	tn.touch(t, "u3")
 	asserts := tn.n.Stats().Reasserts
 	tn.n.markDown(errors.New("test: fault"))
-	testkit.Eventually(t, 10*time.Second, "the re-assert", func() bool { return tn.n.Stats().Reasserts > asserts && tn.n.Up() })
+	tn.waitReassert(t, asserts)
 	tn.paused.Store(false)
 
 	testkit.EventuallyErr(t, 5*time.Second, "the joins and the update", func() error {
-		tn.mu.Lock()
-		ups := slices.Clone(tn.ups)
-		tn.mu.Unlock()
-		if tn.joinsOf("u2") == 0 || tn.joinsOf("u3") == 0 || len(ups) == 0 {
+		if ups := tn.updates(); tn.joinsOf("u2") == 0 || tn.joinsOf("u3") == 0 || len(ups) == 0 {
 			return fmt.Errorf("joins u2 %d, u3 %d; updates %v", tn.joinsOf("u2"), tn.joinsOf("u3"), ups)
 		}
 		return nil
 	})
-	// A later join, seen after them, shows nothing else was on its way.
-	if _, err := tn.m.Touch([]byte("u4"), []byte("r"), time.Now().UnixMilli(), ttl); err != nil {
-		t.Fatal(err)
-	}
-	testkit.Eventually(t, 5*time.Second, "u4's join", func() bool { return tn.joinsOf("u4") == 1 })
-	tn.mu.Lock()
-	ups := slices.Clone(tn.ups)
-	tn.mu.Unlock()
-	if j2, j3 := tn.joinsOf("u2"), tn.joinsOf("u3"); j2 != 1 || j3 != 1 || len(ups) != 1 || ups[0] != `u1/"away"` {
+	tn.join(t, "u4")
+	if j2, j3, ups := tn.joinsOf("u2"), tn.joinsOf("u3"), tn.updates(); j2 != 1 || j3 != 1 || len(ups) != 1 || ups[0] != `u1/"away"` {
 		t.Fatalf("joins u2 %d, u3 %d (want 1 each); updates %v (want one of u1)", j2, j3, ups)
 	}
 }
@@ -340,31 +355,18 @@ func TestReassertAnnouncesChangesInFlight(t *testing.T) {
 func TestRetriedStateChangeKeepsItsUpdate(t *testing.T) {
 	r := redistest.Start(t)
 	tn := startNode(t, r.Addr(), func(c *Config) { c.TTL = time.Minute })
-	const ttl = 60_000
-	if _, err := tn.m.Touch([]byte("u1"), []byte("r"), time.Now().UnixMilli(), ttl); err != nil {
-		t.Fatal(err)
-	}
-	testkit.Eventually(t, 5*time.Second, "u1's join", func() bool { return tn.joinsOf("u1") == 1 })
+	tn.join(t, "u1")
 	c := r.Client()
 	defer c.Close()
 	if err := c.ScriptFlush(context.Background()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	errs := tn.n.Stats().Errors
-	if _, err := tn.m.TouchState([]byte("u1"), []byte("r"), time.Now().UnixMilli(), ttl, shardmap.StateOp{Set: true, State: []byte(`"away"`)}); err != nil {
-		t.Fatal(err)
-	}
+	tn.touch(t, "u1", `"away"`)
 	testkit.Eventually(t, 5*time.Second, "the failed touch", func() bool { return tn.n.Stats().Errors > errs })
-	// A later join, seen after the update, shows nothing else was on its way.
 	testkit.Eventually(t, 10*time.Second, "the node whole again", tn.n.Up)
-	if _, err := tn.m.Touch([]byte("u9"), []byte("r"), time.Now().UnixMilli(), ttl); err != nil {
-		t.Fatal(err)
-	}
-	testkit.Eventually(t, 10*time.Second, "u9's join", func() bool { return tn.joinsOf("u9") == 1 })
-	tn.mu.Lock()
-	ups := slices.Clone(tn.ups)
-	tn.mu.Unlock()
-	if len(ups) != 1 || ups[0] != `u1/"away"` {
+	tn.join(t, "u9")
+	if ups := tn.updates(); len(ups) != 1 || ups[0] != `u1/"away"` {
 		t.Fatalf("updates %v, want one of u1 to \"away\"", ups)
 	}
 }
@@ -375,27 +377,15 @@ func TestRetriedStateChangeKeepsItsUpdate(t *testing.T) {
 func TestReassertStateChangeAfterRedisLostIt(t *testing.T) {
 	r := redistest.Start(t)
 	tn := startNode(t, r.Addr(), func(c *Config) { c.TTL = time.Minute })
-	const ttl = 60_000
-	if _, err := tn.m.Touch([]byte("u1"), []byte("r"), time.Now().UnixMilli(), ttl); err != nil {
-		t.Fatal(err)
-	}
-	testkit.Eventually(t, 5*time.Second, "u1's join", func() bool { return tn.joinsOf("u1") == 1 })
+	tn.join(t, "u1")
 	tn.paused.Store(true)
-	if _, err := tn.m.TouchState([]byte("u1"), []byte("r"), time.Now().UnixMilli(), ttl, shardmap.StateOp{Set: true, State: []byte(`"away"`)}); err != nil {
-		t.Fatal(err)
-	}
+	tn.touch(t, "u1", `"away"`)
 	asserts := tn.n.Stats().Reasserts
 	r.Restart() // empty: no persistence
-	testkit.Eventually(t, 10*time.Second, "the re-assert", func() bool { return tn.n.Stats().Reasserts > asserts && tn.n.Up() })
+	tn.waitReassert(t, asserts)
 	tn.paused.Store(false)
-	if _, err := tn.m.Touch([]byte("u9"), []byte("r"), time.Now().UnixMilli(), ttl); err != nil {
-		t.Fatal(err)
-	}
-	testkit.Eventually(t, 10*time.Second, "u9's join", func() bool { return tn.joinsOf("u9") == 1 })
-	tn.mu.Lock()
-	ups := slices.Clone(tn.ups)
-	tn.mu.Unlock()
-	if j := tn.joinsOf("u1"); j != 1 || len(ups) != 1 || ups[0] != `u1/"away"` {
+	tn.join(t, "u9")
+	if j, ups := tn.joinsOf("u1"), tn.updates(); j != 1 || len(ups) != 1 || ups[0] != `u1/"away"` {
 		t.Fatalf("u1: %d joins (want 1), updates %v (want one to \"away\")", j, ups)
 	}
 	c := r.Client()
@@ -416,11 +406,8 @@ func TestReassertFailedHalfWay(t *testing.T) {
 	r := redistest.Start(t)
 	tn := startNode(t, r.Addr(), func(c *Config) { c.TTL = time.Minute; c.PipelineSize = 64 })
 	const sessions = 3000 // 16 x 64 per re-assert chunk: three chunks
-	now := time.Now().UnixMilli()
 	for i := range sessions {
-		if _, err := tn.m.Touch(fmt.Appendf(nil, "u%d", i), []byte("r"), now, 60_000); err != nil {
-			t.Fatal(err)
-		}
+		tn.touch(t, fmt.Sprintf("u%d", i))
 	}
 	testkit.Eventually(t, 20*time.Second, "every join", func() bool { return tn.count(true, 0) == sessions })
 	var chunks atomic.Int32
@@ -433,13 +420,9 @@ func TestReassertFailedHalfWay(t *testing.T) {
 	tn.n.testBeforeAssert.Store(&fail)
 	asserts := tn.n.Stats().Reasserts
 	r.Restart() // empty: no persistence
-	testkit.Eventually(t, 20*time.Second, "a re-assert after the failed one", func() bool {
-		return chunks.Load() > 3 && tn.n.Stats().Reasserts > asserts && tn.n.Up()
-	})
-	if _, err := tn.m.Touch([]byte("marker"), []byte("r"), time.Now().UnixMilli(), 60_000); err != nil {
-		t.Fatal(err)
-	}
-	testkit.Eventually(t, 10*time.Second, "the marker's join", func() bool { return tn.joinsOf("marker") == 1 })
+	testkit.Eventually(t, 20*time.Second, "a re-assert after the failed one", func() bool { return chunks.Load() > 3 })
+	tn.waitReassert(t, asserts)
+	tn.join(t, "marker")
 	if got := tn.count(true, 0); got != sessions+1 {
 		t.Fatalf("%d joins, want %d: sessions the failed re-assert did not reach were announced again", got, sessions+1)
 	}
