@@ -131,53 +131,12 @@ func (r *reader) object(hb *Heartbeat) error {
 			return ErrSyntax
 		}
 		if string(key) == "state" {
-			hb.HasState = true
-			switch r.peek() {
-			case '{':
-				start := r.i
-				if err := r.skip(0); err != nil {
-					return err
-				}
-				hb.State = r.b[start:r.i]
-			case 'n':
-				if err := r.lit("null"); err != nil {
-					return err
-				}
-				hb.State = nil
-			default:
-				if err := r.skip(0); err != nil {
-					return err
-				}
-				hb.wrongType(key)
-			}
-			if r.expect(',') {
-				continue
-			}
-			if r.expect('}') {
-				return nil
-			}
-			return ErrSyntax
+			err = r.stateMember(hb)
+		} else {
+			err = r.stringMember(hb, key)
 		}
-		dst := hb.stringField(key)
-		switch {
-		case dst == nil:
-			if err := r.skip(0); err != nil {
-				return err
-			}
-		case r.peek() == '"':
-			if *dst, err = r.str(); err != nil {
-				return err
-			}
-		case r.peek() == 'n':
-			if err := r.lit("null"); err != nil {
-				return err
-			}
-			*dst = nil
-		default:
-			if err := r.skip(0); err != nil {
-				return err
-			}
-			hb.wrongType(key)
+		if err != nil {
+			return err
 		}
 		if r.expect(',') {
 			continue
@@ -187,6 +146,59 @@ func (r *reader) object(hb *Heartbeat) error {
 		}
 		return ErrSyntax
 	}
+}
+
+// stateMember reads the value of member "state": an object (kept as
+// raw bytes) or null; anything else is a field error.
+func (r *reader) stateMember(hb *Heartbeat) error {
+	hb.HasState = true
+	switch r.peek() {
+	case '{':
+		start := r.i
+		if err := r.skip(0); err != nil {
+			return err
+		}
+		hb.State = r.b[start:r.i]
+	case 'n':
+		if err := r.lit("null"); err != nil {
+			return err
+		}
+		hb.State = nil
+	default:
+		if err := r.skip(0); err != nil {
+			return err
+		}
+		hb.wrongType([]byte("state"))
+	}
+	return nil
+}
+
+// stringMember reads the value of member key: a string (or null) for a
+// string field, skipped for any other member.
+func (r *reader) stringMember(hb *Heartbeat, key []byte) error {
+	dst := hb.stringField(key)
+	var err error
+	switch {
+	case dst == nil:
+		if err := r.skip(0); err != nil {
+			return err
+		}
+	case r.peek() == '"':
+		if *dst, err = r.str(); err != nil {
+			return err
+		}
+	case r.peek() == 'n':
+		if err := r.lit("null"); err != nil {
+			return err
+		}
+		*dst = nil
+	default:
+		if err := r.skip(0); err != nil {
+			return err
+		}
+		hb.wrongType(key)
+	}
+	return nil
 }
 
 // stringField is where the string member key of a heartbeat object goes
