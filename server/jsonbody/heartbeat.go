@@ -51,57 +51,32 @@ func (p *Parser) Batch(body []byte, items []Heartbeat, max int) ([]Heartbeat, er
 	if !r.expect('{') {
 		return items, ErrSyntax
 	}
-	seen := false
 	if r.expect('}') {
 		return items, ErrMissingHeartbeats
 	}
-	for {
-		key, err := r.str()
-		if err != nil {
-			return items, err
-		}
-		if !r.expect(':') {
-			return items, ErrSyntax
-		}
+	seen := false
+	err := r.members(func(key []byte) error {
 		if string(key) != "heartbeats" {
-			if err := r.skip(0); err != nil {
-				return items, err
-			}
-		} else {
-			seen = true
-			items = items[:0]
-			if !r.expect('[') {
-				if r.peek() == 'n' || r.peek() == '{' || r.peek() == '"' {
-					return items, ErrMissingHeartbeats
-				}
-				return items, ErrSyntax
-			}
-			if !r.expect(']') {
-				for {
-					if len(items) == max {
-						return items, ErrTooMany
-					}
-					items = append(items, Heartbeat{})
-					if err := r.object(&items[len(items)-1]); err != nil {
-						return items, err
-					}
-					if r.expect(',') {
-						continue
-					}
-					if r.expect(']') {
-						break
-					}
-					return items, ErrSyntax
-				}
-			}
+			return r.skip(0)
 		}
-		if r.expect(',') {
-			continue
+		seen = true
+		items = items[:0]
+		if !r.expect('[') {
+			if r.peek() == 'n' || r.peek() == '{' || r.peek() == '"' {
+				return ErrMissingHeartbeats
+			}
+			return ErrSyntax
 		}
-		if r.expect('}') {
-			break
-		}
-		return items, ErrSyntax
+		return r.elements(func() error {
+			if len(items) == max {
+				return ErrTooMany
+			}
+			items = append(items, Heartbeat{})
+			return r.object(&items[len(items)-1])
+		})
+	})
+	if err != nil {
+		return items, err
 	}
 	if !r.end() {
 		return items, ErrSyntax
@@ -119,33 +94,12 @@ func (r *reader) object(hb *Heartbeat) error {
 	if !r.expect('{') {
 		return ErrSyntax
 	}
-	if r.expect('}') {
-		return nil
-	}
-	for {
-		key, err := r.str()
-		if err != nil {
-			return err
-		}
-		if !r.expect(':') {
-			return ErrSyntax
-		}
+	return r.members(func(key []byte) error {
 		if string(key) == "state" {
-			err = r.stateMember(hb)
-		} else {
-			err = r.stringMember(hb, key)
+			return r.stateMember(hb)
 		}
-		if err != nil {
-			return err
-		}
-		if r.expect(',') {
-			continue
-		}
-		if r.expect('}') {
-			return nil
-		}
-		return ErrSyntax
-	}
+		return r.stringMember(hb, key)
+	})
 }
 
 // stateMember reads the value of member "state": an object (kept as

@@ -185,44 +185,10 @@ func (r *reader) skip(depth int) error {
 		return err
 	case c == '{':
 		r.i++
-		if r.expect('}') {
-			return nil
-		}
-		for {
-			if _, err := r.str(); err != nil {
-				return err
-			}
-			if !r.expect(':') {
-				return ErrSyntax
-			}
-			if err := r.skip(depth + 1); err != nil {
-				return err
-			}
-			if r.expect(',') {
-				continue
-			}
-			if r.expect('}') {
-				return nil
-			}
-			return ErrSyntax
-		}
+		return r.members(func([]byte) error { return r.skip(depth + 1) })
 	case c == '[':
 		r.i++
-		if r.expect(']') {
-			return nil
-		}
-		for {
-			if err := r.skip(depth + 1); err != nil {
-				return err
-			}
-			if r.expect(',') {
-				continue
-			}
-			if r.expect(']') {
-				return nil
-			}
-			return ErrSyntax
-		}
+		return r.elements(func() error { return r.skip(depth + 1) })
 	case c == 't':
 		return r.lit("true")
 	case c == 'f':
@@ -232,6 +198,53 @@ func (r *reader) skip(depth int) error {
 	case c == '-' || (c >= '0' && c <= '9'):
 		return r.number()
 	default:
+		return ErrSyntax
+	}
+}
+
+// members reads an object's members after its '{', through its '}':
+// member is called after each key and its colon, and reads the value.
+func (r *reader) members(member func(key []byte) error) error {
+	if r.expect('}') {
+		return nil
+	}
+	for {
+		key, err := r.str()
+		if err != nil {
+			return err
+		}
+		if !r.expect(':') {
+			return ErrSyntax
+		}
+		if err := member(key); err != nil {
+			return err
+		}
+		if r.expect(',') {
+			continue
+		}
+		if r.expect('}') {
+			return nil
+		}
+		return ErrSyntax
+	}
+}
+
+// elements reads an array's elements after its '[', through its ']':
+// element reads each one.
+func (r *reader) elements(element func() error) error {
+	if r.expect(']') {
+		return nil
+	}
+	for {
+		if err := element(); err != nil {
+			return err
+		}
+		if r.expect(',') {
+			continue
+		}
+		if r.expect(']') {
+			return nil
+		}
 		return ErrSyntax
 	}
 }
