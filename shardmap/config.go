@@ -27,6 +27,11 @@ type Config struct {
 	// it fail with ErrTooManyRooms. A user's rooms are a linked list walked on
 	// every heartbeat, so keep it small. The default is 64.
 	MaxRoomsPerUser int
+	// MaxConnsPerSession limits the connections of one session (1..255).
+	// A heartbeat that would start another fails with ErrTooManyConns. A
+	// session's connections are a list scanned on every heartbeat that
+	// names one. The default is 16.
+	MaxConnsPerSession int
 	// Tick is the timing-wheel resolution (at least 1ms). Expire processes
 	// whole ticks, so calling it more often than Tick buys nothing. The default
 	// is 100ms.
@@ -45,11 +50,12 @@ type Config struct {
 // DefaultConfig returns the default configuration.
 func DefaultConfig() Config {
 	return Config{
-		Shards:          64,
-		RoomShards:      64,
-		MaxRoomsPerUser: 64,
-		Tick:            100 * time.Millisecond,
-		WheelSlots:      4096,
+		Shards:             64,
+		RoomShards:         64,
+		MaxRoomsPerUser:    64,
+		MaxConnsPerSession: 16,
+		Tick:               100 * time.Millisecond,
+		WheelSlots:         4096,
 	}
 }
 
@@ -63,6 +69,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxRoomsPerUser == 0 {
 		c.MaxRoomsPerUser = d.MaxRoomsPerUser
+	}
+	if c.MaxConnsPerSession == 0 {
+		c.MaxConnsPerSession = d.MaxConnsPerSession
 	}
 	if c.Tick == 0 {
 		c.Tick = d.Tick
@@ -86,6 +95,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("cannot use config: RoomShards must be a power of two in 1..65536, got %d: %w", c.RoomShards, ErrBadConfig)
 	case c.MaxRoomsPerUser < 1 || c.MaxRoomsPerUser > 65535:
 		return fmt.Errorf("cannot use config: MaxRoomsPerUser must be in 1..65535, got %d: %w", c.MaxRoomsPerUser, ErrBadConfig)
+	case c.MaxConnsPerSession < 1 || c.MaxConnsPerSession > 255:
+		return fmt.Errorf("cannot use config: MaxConnsPerSession must be in 1..255, got %d: %w", c.MaxConnsPerSession, ErrBadConfig)
 	case c.Tick < time.Millisecond:
 		return fmt.Errorf("cannot use config: Tick must be at least 1ms, got %v: %w", c.Tick, ErrBadConfig)
 	case !isPow2(c.WheelSlots) || c.WheelSlots < 16 || c.WheelSlots > 1<<22:

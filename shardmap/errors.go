@@ -24,3 +24,10 @@ var ErrBadConfig = errors.New("bad shardmap config")
 // ErrRateLimited is returned by Touch when the session was refreshed less
 // than the minimum refresh gap ago (Map.SetMinRefreshGap). Nothing changed.
 var ErrRateLimited = errors.New("session refreshed too often")
+
+// ErrTooManyConns is returned by TouchConn when the session already has
+// Config.MaxConnsPerSession connections and the heartbeat would start another.
+var ErrTooManyConns = errors.New("too many connections for this session")
+
+// ErrBadConn is returned when a connection id is longer than MaxConnIDLen.
+var ErrBadConn = errors.New("bad connection id: at most 64 bytes")

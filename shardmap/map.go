@@ -2,6 +2,8 @@ package shardmap
 
 import (
 	"bytes"
+	"cmp"
+	"slices"
 	"hash/maphash"
 	"sync/atomic"
 	"time"
@@ -44,6 +46,12 @@ type Event struct {
 	Vacated bool
 	// LastSeen is, for a leave, the ended session's last heartbeat (unix ms).
 	LastSeen int64
+	// Update: not a join or leave but a connection of a member that stays
+	// ended (Conn; Reason says why). State is then the member's state
+	// after the change and Conns its connections after it.
+	Update bool
+	Conn   string
+	Conns  []Conn
 }
 
 // RoomSession is one of a user's sessions, as User reports it.
@@ -52,6 +60,8 @@ type RoomSession struct {
 	LastSeen, Expiry int64
 	// State is the session's state (a copy), or nil.
 	State []byte
+	// Conns are the session's connections (copies).
+	Conns []Conn
 }
 
 // Member is one member of a room, as Members reports it.
@@ -60,6 +70,8 @@ type Member struct {
 	LastSeen int64
 	// State is the member's session state in the room (a copy), or nil.
 	State []byte
+	// Conns are the member's connections in the room (copies).
+	Conns []Conn
 }
 
 // StateOp says what a heartbeat does to a session's state.
@@ -73,6 +85,8 @@ type StateOp struct {
 // Stats are the maintained global counts.
 type Stats struct {
 	OnlineUsers, Sessions, Rooms int64
+	// Connections counts every session's connections.
+	Connections int64
 }
 
 // Map is the in-memory presence table. It is safe for concurrent use.
@@ -85,6 +99,7 @@ type Map struct {
 	roomBits  uint
 	maxRoomIx uint32 // largest room record index a packed ref can hold
 	maxRooms  int
+	maxConns  int
 	track     bool
 	// minGapMs is the per-session refresh limit (SetMinRefreshGap).
 	minGapMs atomic.Int64
@@ -92,6 +107,8 @@ type Map struct {
 	onlineUsers atomic.Int64
 	sessions    atomic.Int64
 	nrooms      atomic.Int64
+	// extraConns is the connections beyond each session's first.
+	extraConns atomic.Int64
 }
 
 // New returns an empty Map. Zero Config fields take their defaults.
@@ -115,6 +132,7 @@ func newWithHash(cfg Config, hash func([]byte) uint64) (*Map, error) {
 		roomMask:  uint64(cfg.RoomShards - 1),
 		roomBits:  log2(cfg.RoomShards),
 		maxRooms:  cfg.MaxRoomsPerUser,
+		maxConns:  cfg.MaxConnsPerSession,
 		track:     cfg.TrackChanges,
 	}
 	m.maxRoomIx = uint32(1<<(32-m.roomBits) - 1)
@@ -153,35 +171,40 @@ func (m *Map) lookupRoom(room []byte) uint32 {
 // when it refreshes a session, nor when it starts one and the shard's arenas
 // and tables have room (e.g. after a leave).
 func (m *Map) Touch(user, room []byte, now, ttlMs int64) (joined bool, err error) {
-	joined, _, _, err = m.upsert(user, room, now, now+ttlMs, m.minGapMs.Load(), StateOp{})
-	return joined, err
+	r, err := m.upsertRoom(user, room, nil, now, now+ttlMs, m.minGapMs.Load(), StateOp{})
+	return r.Joined, err
 }
 
-// TouchSeen is Touch that also returns when the session was last seen
-// before this heartbeat (0 on a join), for heartbeat-lateness metrics.
-func (m *Map) TouchSeen(user, room []byte, now, ttlMs int64) (joined bool, prevSeen int64, err error) {
-	joined, prevSeen, _, err = m.upsert(user, room, now, now+ttlMs, m.minGapMs.Load(), StateOp{})
-	return joined, prevSeen, err
-}
-
-// TouchState is TouchSeen that also sets or clears the session's state
+// TouchState is Touch that also sets or clears the session's state
 // (op.Set) and reports whether the state changed (a join with a state
 // counts as a change). The state is copied. A rate-limited heartbeat
 // changes nothing, state included. With op.Set false it allocates nothing,
-// like TouchSeen.
+// like Touch. It speaks for the session's default connection.
 func (m *Map) TouchState(user, room []byte, now, ttlMs int64, op StateOp) (TouchResult, error) {
-	var r TouchResult
-	var err error
-	r.Joined, r.PrevSeen, r.Changed, err = m.upsertRoom(user, room, now, now+ttlMs, m.minGapMs.Load(), op, &r.Occupied)
-	return r, err
+	return m.TouchConn(user, room, nil, now, ttlMs, op)
+}
+
+// TouchConn is TouchState for one connection of the session (conn; empty
+// is the default connection). The connection's lastSeen becomes now, its
+// expiry now+ttlMs and op applies to its state. A refresh of a known
+// connection whose state does not change allocates nothing.
+func (m *Map) TouchConn(user, room, conn []byte, now, ttlMs int64, op StateOp) (TouchResult, error) {
+	return m.upsertRoom(user, room, conn, now, now+ttlMs, m.minGapMs.Load(), op)
 }
 
 // TouchResult is what TouchState did.
 type TouchResult struct {
 	Joined   bool  // the session is new
-	Changed  bool  // its state changed (a join with a state counts)
+	Changed  bool  // the connection's state changed (a join with a state counts)
 	Occupied bool  // the join created the room (its first member)
-	PrevSeen int64 // the previous heartbeat, 0 on a join
+	PrevSeen int64 // the connection's previous heartbeat, 0 when it is new
+	// ConnStarted: a connection started in a session that was already live.
+	ConnStarted bool
+	// Conns, when the session has named connections and a connection
+	// started or changed its state (an update event), are the session's
+	// connections after the heartbeat (copies); State the member's state.
+	Conns []Conn
+	State []byte
 }
 
 // setStateLocked applies op to session i and reports whether it changed.
@@ -206,8 +229,12 @@ func (st *userState) setStateLocked(i uint32, op StateOp) bool {
 	return true
 }
 
-// stateOf returns session i's state (not a copy), or nil.
+// stateOf returns session i's state (not a copy), or nil: for a session
+// with named connections, that of its most recently heartbeated one.
 func (st *userState) stateOf(i uint32) []byte {
+	if cs := st.connsOf(i); cs != nil {
+		return cs.list[cs.recent].state
+	}
 	if st.states == nil {
 		return nil
 	}
@@ -228,7 +255,11 @@ func (m *Map) Restore(user, room []byte, lastSeen, expiry, now int64) (bool, err
 	return m.RestoreState(user, room, nil, lastSeen, expiry, now)
 }
 
-// RestoreState is Restore with the session's state (nil: none).
+// RestoreState is Restore with the session's state (nil: none), or its
+// connections in their durable form (IsConns): each is restored with its
+// own times and state, its expiry raised to the session's (a log may have
+// skipped a connection's later refreshes), and the whole session is
+// skipped when expiry <= now.
 func (m *Map) RestoreState(user, room, state []byte, lastSeen, expiry, now int64) (bool, error) {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
 		return false, ErrBadID
@@ -236,19 +267,40 @@ func (m *Map) RestoreState(user, room, state []byte, lastSeen, expiry, now int64
 	if expiry <= now {
 		return false, nil
 	}
-	joined, _, _, err := m.upsert(user, room, lastSeen, expiry, 0, StateOp{Set: true, State: state})
-	return joined, err
+	if !IsConns(state) {
+		r, err := m.upsertRoom(user, room, nil, lastSeen, expiry, 0, StateOp{Set: true, State: state})
+		return r.Joined, err
+	}
+	conns, ok := DecodeConns(state)
+	if !ok || len(conns) == 0 {
+		r, err := m.upsertRoom(user, room, nil, lastSeen, expiry, 0, StateOp{Set: true})
+		return r.Joined, err
+	}
+	// Oldest heartbeat first, so the member's state ends as the latest's.
+	slices.SortStableFunc(conns, func(a, b Conn) int { return cmp.Compare(a.LastSeen, b.LastSeen) })
+	joined := false
+	for k, c := range conns {
+		r, err := m.upsertRoom(user, room, []byte(c.ID), c.LastSeen, max(c.Expiry, expiry), 0, StateOp{Set: true, State: c.State})
+		if err != nil && k == 0 {
+			return false, err
+		}
+		joined = joined || r.Joined
+	}
+	return joined, nil
 }
 
 func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64, sop StateOp) (joined bool, prevSeen int64, changed bool, err error) {
-	var created bool
-	return m.upsertRoom(user, room, lastSeen, expiry, minGap, sop, &created)
+	r, err := m.upsertRoom(user, room, nil, lastSeen, expiry, minGap, sop)
+	return r.Joined, r.PrevSeen, r.Changed, err
 }
 
-// upsertRoom is upsert that also sets *created when it created the room.
-func (m *Map) upsertRoom(user, room []byte, lastSeen, expiry, minGap int64, sop StateOp, created *bool) (joined bool, prevSeen int64, changed bool, err error) {
+// upsertRoom creates or refreshes connection conn of session (user, room).
+func (m *Map) upsertRoom(user, room, conn []byte, lastSeen, expiry, minGap int64, sop StateOp) (r TouchResult, err error) {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
-		return false, 0, false, ErrBadID
+		return r, ErrBadID
+	}
+	if len(conn) > MaxConnIDLen {
+		return r, ErrBadConn
 	}
 	ttl := expiry - lastSeen
 	if ttl < 0 {
@@ -256,6 +308,7 @@ func (m *Map) upsertRoom(user, room []byte, lastSeen, expiry, minGap int64, sop 
 	} else if ttl > maxTTLMs {
 		ttl = maxTTLMs
 	}
+	expiry = lastSeen + ttl
 	h := m.hash(user)
 	si := h & m.shardMask
 	sh := &m.shards[si]
@@ -273,30 +326,34 @@ func (m *Map) upsertRoom(user, room []byte, lastSeen, expiry, minGap int64, sop 
 			for i := st.user(ui).head; i != 0; {
 				s := st.session(i)
 				if s.room == ref {
-					if minGap > 0 && lastSeen-s.lastSeen() < minGap && lastSeen >= s.lastSeen() {
-						return false, s.lastSeen(), false, ErrRateLimited
+					if len(conn) > 0 || st.connsOf(i) != nil {
+						return m.touchConnLocked(st, i, conn, lastSeen, expiry, minGap, sop)
 					}
-					prevSeen = s.lastSeen()
+					if minGap > 0 && lastSeen-s.lastSeen() < minGap && lastSeen >= s.lastSeen() {
+						r.PrevSeen = s.lastSeen()
+						return r, ErrRateLimited
+					}
+					r.PrevSeen = s.lastSeen()
 					st.unlinkWheel(i)
 					s.setTimes(lastSeen, ttl)
 					st.linkWheel(i)
-					if changed = st.setStateLocked(i, sop); changed {
+					if r.Changed = st.setStateLocked(i, sop); r.Changed {
 						s.logged = 0 // the logged record has another state
 					}
 					if m.track {
 						st.logUpsert(i)
 					}
-					return false, prevSeen, changed, nil
+					return r, nil
 				}
 				i = s.next
 			}
 		}
 		if int(st.user(ui).nsess) >= m.maxRooms {
-			return false, 0, false, ErrTooManyRooms
+			return r, ErrTooManyRooms
 		}
 	} else {
 		if ui = st.newUser(h, user); ui == 0 {
-			return false, 0, false, ErrFull
+			return r, ErrFull
 		}
 		m.onlineUsers.Add(1)
 	}
@@ -312,7 +369,7 @@ func (m *Map) upsertRoom(user, room []byte, lastSeen, expiry, minGap int64, sop 
 		if ri == 0 {
 			if ri = rs.mu.create(rh, room, m.maxRoomIx); ri != 0 {
 				m.nrooms.Add(1)
-				*created = true
+				r.Occupied = true
 			}
 		}
 		if ri != 0 {
@@ -322,7 +379,7 @@ func (m *Map) upsertRoom(user, room []byte, lastSeen, expiry, minGap int64, sop 
 		rs.mu.Unlock()
 		if ri == 0 {
 			m.dropUserIfIdle(st, ui)
-			return false, 0, false, ErrFull
+			return r, ErrFull
 		}
 	}
 	i := st.newSession()
@@ -331,7 +388,7 @@ func (m *Map) upsertRoom(user, room []byte, lastSeen, expiry, minGap int64, sop 
 			m.leaveRoom(ref, slot, nil)
 		}
 		m.dropUserIfIdle(st, ui)
-		return false, 0, false, ErrFull
+		return r, ErrFull
 	}
 	s := st.session(i)
 	s.user, s.room, s.slot = ui, ref, slot
@@ -340,12 +397,71 @@ func (m *Map) upsertRoom(user, room []byte, lastSeen, expiry, minGap int64, sop 
 	u.head = i
 	u.nsess++
 	st.linkWheel(i)
-	changed = st.setStateLocked(i, sop)
+	if len(conn) > 0 {
+		e := connEntry{id: string(conn), lastSeen: lastSeen, expiry: expiry}
+		r.Changed = setConnState(&e, sop)
+		if st.conns == nil {
+			st.conns = map[uint32]*connSet{}
+		}
+		st.conns[i] = &connSet{list: []connEntry{e}}
+	} else {
+		r.Changed = st.setStateLocked(i, sop)
+	}
 	if m.track {
 		st.logUpsert(i)
 	}
 	m.sessions.Add(1)
-	return true, 0, changed, nil
+	r.Joined = true
+	return r, nil
+}
+
+// touchConnLocked refreshes or starts connection conn of live session i,
+// giving the session a connSet if it has none.
+func (m *Map) touchConnLocked(st *userState, i uint32, conn []byte, lastSeen, expiry, minGap int64, sop StateOp) (r TouchResult, err error) {
+	cs := st.connsOf(i)
+	k := -1
+	if cs != nil {
+		k = cs.find(conn)
+	} else if len(conn) == 0 {
+		panic("shardmap: touchConnLocked on a plain session without a connection")
+	}
+	if k >= 0 {
+		e := &cs.list[k]
+		if minGap > 0 && lastSeen-e.lastSeen < minGap && lastSeen >= e.lastSeen {
+			r.PrevSeen = e.lastSeen
+			return r, ErrRateLimited
+		}
+		r.PrevSeen = e.lastSeen
+	} else {
+		n := 1
+		if cs != nil {
+			n = len(cs.list)
+		}
+		if n >= m.maxConns {
+			return r, ErrTooManyConns
+		}
+		if cs == nil {
+			cs = st.promote(i)
+		}
+		cs.list = append(cs.list, connEntry{id: string(conn)})
+		k = len(cs.list) - 1
+		r.ConnStarted = true
+		m.extraConns.Add(1)
+	}
+	e := &cs.list[k]
+	e.lastSeen, e.expiry = lastSeen, expiry
+	r.Changed = setConnState(e, sop)
+	cs.recent = k
+	if r.Changed || r.ConnStarted {
+		st.session(i).logged = 0 // the logged record has other connections
+		r.Conns = cs.snapshot(nil)
+		r.State = bytes.Clone(e.state)
+	}
+	st.settle(i, cs)
+	if m.track {
+		st.logUpsert(i)
+	}
+	return r, nil
 }
 
 func (m *Map) dropUserIfIdle(st *userState, ui uint32) {
@@ -390,6 +506,7 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 	}
 	u.nsess--
 	st.unlinkWheel(i)
+	lastSeen, expiry := st.seenOf(i), st.untilOf(i)
 
 	uid := st.arena.bytes(u.off, u.n())
 	endOff := len(st.endBuf)
@@ -413,7 +530,7 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 		}
 	}
 	if emit {
-		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason, LastSeen: s.lastSeen(), State: bytes.Clone(st.stateOf(i)), Vacated: vacated})
+		dst = append(dst, Event{User: string(uid), Room: roomName, At: now, Reason: reason, LastSeen: lastSeen, State: bytes.Clone(st.stateOf(i)), Vacated: vacated})
 	}
 	dirty := s.ttl&sessDirty != 0
 	if m.track {
@@ -422,13 +539,17 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 			userLen:  u.n(),
 			roomLen:  uint8(len(st.endBuf) - endOff - int(u.n())),
 			reason:   reason,
-			lastSeen: s.lastSeen(),
-			expiry:   s.expiry(),
+			lastSeen: lastSeen,
+			expiry:   expiry,
 			at:       now,
 		})
 	}
 	if st.states != nil {
 		delete(st.states, i)
+	}
+	if cs := st.connsOf(i); cs != nil {
+		m.extraConns.Add(-int64(len(cs.list) - 1))
+		delete(st.conns, i)
 	}
 	st.releaseSession(i, m.track && dirty)
 	m.sessions.Add(-1)
@@ -490,6 +611,10 @@ func (m *Map) leaveOne(user, room []byte, now int64, reason Reason, emit bool, d
 // LeaveAll ends every session of user with reason left and appends a leave
 // event for each to dst.
 func (m *Map) LeaveAll(user []byte, now int64, dst []Event) []Event {
+	return m.leaveAllReason(user, now, ReasonLeft, dst)
+}
+
+func (m *Map) leaveAllReason(user []byte, now int64, reason Reason, dst []Event) []Event {
 	if len(user) == 0 || len(user) > MaxIDLen {
 		return dst
 	}
@@ -503,7 +628,7 @@ func (m *Map) LeaveAll(user []byte, now int64, dst []Event) []Event {
 		return dst
 	}
 	for n := st.user(ui).nsess; n > 0; n-- {
-		dst = m.endSession(st, st.user(ui).head, ReasonLeft, now, true, dst)
+		dst = m.endSession(st, st.user(ui).head, reason, now, true, dst)
 	}
 	return dst
 }
@@ -539,7 +664,11 @@ func (m *Map) expireLocked(st *userState, now int64, dst []Event) []Event {
 			s := st.session(i)
 			next := s.wnext
 			if s.expiry() <= now {
-				dst = m.endSession(st, i, ReasonTimeout, now, true, dst)
+				if cs := st.connsOf(i); cs != nil && cs.maxExpiry() > now {
+					dst = m.expireConnsLocked(st, i, cs, now, dst)
+				} else {
+					dst = m.endSession(st, i, ReasonTimeout, now, true, dst)
+				}
 			}
 			i = next
 		}
@@ -567,7 +696,7 @@ func (m *Map) User(user []byte, dst []RoomSession) (rooms []RoomSession, lastSee
 	}
 	for i := st.user(ui).head; i != 0; {
 		s := st.session(i)
-		ls := s.lastSeen()
+		ls := st.seenOf(i)
 		if !online || ls > lastSeen {
 			lastSeen = ls
 		}
@@ -577,10 +706,11 @@ func (m *Map) User(user []byte, dst []RoomSession) (rooms []RoomSession, lastSee
 			rs.mu.Lock()
 			name := string(rs.mu.name(ri))
 			rs.mu.Unlock()
-			dst = append(dst, RoomSession{Room: name, LastSeen: ls, Expiry: s.expiry(), State: bytes.Clone(st.stateOf(i))})
-		} else if stt := st.stateOf(i); stt != nil {
-			// The room-less session appears only when it carries a state.
-			dst = append(dst, RoomSession{LastSeen: ls, Expiry: s.expiry(), State: bytes.Clone(stt)})
+			dst = append(dst, RoomSession{Room: name, LastSeen: ls, Expiry: st.untilOf(i), State: bytes.Clone(st.stateOf(i)), Conns: st.connsSnapshot(i, nil)})
+		} else if stt := st.stateOf(i); stt != nil || st.connsOf(i) != nil {
+			// The room-less session appears only when it carries a state
+			// or named connections.
+			dst = append(dst, RoomSession{LastSeen: ls, Expiry: st.untilOf(i), State: bytes.Clone(stt), Conns: st.connsSnapshot(i, nil)})
 		}
 		i = s.next
 	}
@@ -605,9 +735,11 @@ func (m *Map) RoomOnline(room []byte) int {
 // Stats returns the maintained counts: online users, sessions, rooms. The
 // three are read separately and may be off by a concurrent change.
 func (m *Map) Stats() Stats {
+	sessions := m.sessions.Load()
 	return Stats{
 		OnlineUsers: m.onlineUsers.Load(),
-		Sessions:    m.sessions.Load(),
+		Sessions:    sessions,
 		Rooms:       m.nrooms.Load(),
+		Connections: sessions + m.extraConns.Load(),
 	}
 }

@@ -31,8 +31,13 @@ func mustTouch(t testing.TB, m *Map, user, room string, now, ttl int64) bool {
 	return joined
 }
 
+// checkStats checks m's counts; a zero want.Connections means one
+// connection per session (no named connections).
 func checkStats(t *testing.T, m *Map, want Stats) {
 	t.Helper()
+	if want.Connections == 0 {
+		want.Connections = want.Sessions
+	}
 	if got := m.Stats(); got != want {
 		t.Fatalf("Stats = %+v, want %+v", got, want)
 	}
@@ -65,7 +70,7 @@ func TestTouchJoinRefresh(t *testing.T) {
 	}
 	rooms, last, online := m.User(b("alice"), nil)
 	sort.Slice(rooms, func(i, j int) bool { return rooms[i].Room < rooms[j].Room })
-	want := []RoomSession{{Room: "r1", LastSeen: t0 + 1, Expiry: t0 + 1001}, {Room: "r2", LastSeen: t0 + 2, Expiry: t0 + 1002}}
+	want := []RoomSession{{Room: "r1", LastSeen: t0 + 1, Expiry: t0 + 1001, Conns: []Conn{{LastSeen: t0 + 1, Expiry: t0 + 1001}}}, {Room: "r2", LastSeen: t0 + 2, Expiry: t0 + 1002, Conns: []Conn{{LastSeen: t0 + 2, Expiry: t0 + 1002}}}}
 	if !online || last != t0+4 || !reflect.DeepEqual(rooms, want) {
 		t.Fatalf("User(alice) = %v, %d, %v; want %v, %d, true", rooms, last, online, want, t0+4)
 	}

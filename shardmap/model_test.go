@@ -185,7 +185,7 @@ func compareModel(t *testing.T, step int, m *Map, md *model, users, rooms []stri
 			nsess++
 			wantLast = max(wantLast, s[0])
 			if r != "" {
-				want = append(want, RoomSession{Room: r, LastSeen: s[0], Expiry: s[1]})
+				want = append(want, RoomSession{Room: r, LastSeen: s[0], Expiry: s[1], Conns: []Conn{{LastSeen: s[0], Expiry: s[1]}}})
 			}
 		}
 		sort.Slice(want, func(i, j int) bool { return want[i].Room < want[j].Room })
@@ -209,7 +209,7 @@ func compareModel(t *testing.T, step int, m *Map, md *model, users, rooms []stri
 			t.Fatalf("step %d Members(%s) = %v want %v", step, r, got, want)
 		}
 	}
-	if got, want := m.Stats(), (Stats{int64(len(md.sess)), int64(nsess), int64(len(counts))}); got != want {
+	if got, want := m.Stats(), (Stats{int64(len(md.sess)), int64(nsess), int64(len(counts)), int64(nsess)}); got != want {
 		t.Fatalf("step %d Stats = %+v want %+v", step, got, want)
 	}
 	var wantTop []RoomCount
@@ -279,7 +279,7 @@ func TestConcurrent(t *testing.T) {
 		rooms[string(r)]++
 		return true
 	})
-	if got := m.Stats(); got != (Stats{int64(len(users)), int64(sessions), int64(len(rooms))}) {
+	if got := m.Stats(); got != (Stats{int64(len(users)), int64(sessions), int64(len(rooms)), int64(sessions)}) {
 		t.Fatalf("Stats %+v, content %d users %d sessions %d rooms", got, len(users), sessions, len(rooms))
 	}
 	for r, n := range rooms {

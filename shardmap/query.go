@@ -64,7 +64,7 @@ func (m *Map) Members(room []byte, cursor uint64, limit int, dst []Member) (memb
 			if u := st.user(ui); u.key != 0 && u.gen&0x7fff == ugen {
 				for j := u.head; j != 0; j = st.session(j).next {
 					if s := st.session(j); s.room == roomRef && s.slot == mr.slot {
-						dst = append(dst, Member{User: string(st.userID(ui)), LastSeen: s.lastSeen(), State: bytes.Clone(st.stateOf(j))})
+						dst = append(dst, Member{User: string(st.userID(ui)), LastSeen: st.seenOf(j), State: bytes.Clone(st.stateOf(j)), Conns: st.connsSnapshot(j, nil)})
 						break
 					}
 				}
@@ -177,8 +177,13 @@ type Change struct {
 	// those it had when it ended.
 	LastSeen, Expiry int64
 	// State is a live session's state (nil: none), valid only during the
-	// callback like User and Room; nil for an end.
+	// callback like User and Room; nil for an end. For a session with
+	// named connections it is the member's state (its latest connection's).
 	State []byte
+	// Conns is, for a live session with named connections, all of them in
+	// their durable form (see IsConns; RestoreState takes it as the state);
+	// nil otherwise. Valid only during the callback.
+	Conns []byte
 	// Logged, for an upsert, is the session's expiry (unix ms, rounded
 	// down to the second) as the sink that persists it last recorded it: 0
 	// for a new session, one whose state changed since, or one never
@@ -233,7 +238,11 @@ func (m *Map) Drain(fn func(c *Change)) (n int) {
 					st.roomBuf = append(st.roomBuf, rs.mu.name(ri)...)
 					rs.mu.Unlock()
 				}
-				*c = Change{User: st.userID(up.user), Room: st.roomBuf, LastSeen: up.lastSeen(), Expiry: up.expiry(), State: st.stateOf(e.sess), Logged: int64(up.logged) * 1000}
+				*c = Change{User: st.userID(up.user), Room: st.roomBuf, LastSeen: st.seenOf(e.sess), Expiry: st.untilOf(e.sess), State: st.stateOf(e.sess), Logged: int64(up.logged) * 1000}
+				if cs := st.connsOf(e.sess); cs != nil {
+					st.connBuf = cs.appendDurable(st.connBuf[:0])
+					c.Conns = st.connBuf
+				}
 			}
 			fn(c)
 			if up != nil {
@@ -308,7 +317,7 @@ func (m *Map) RangeState(fn func(user, room, state []byte, lastSeen, expiry int6
 			}
 			for i := u.head; i != 0; i = st.session(i).next {
 				s := st.session(i)
-				e := entry{off: len(buf), userLen: u.n(), lastSeen: s.lastSeen(), expiry: s.expiry()}
+				e := entry{off: len(buf), userLen: u.n(), lastSeen: st.seenOf(i), expiry: st.untilOf(i)}
 				buf = append(buf, st.userID(ui)...)
 				if s.room != 0 {
 					rs, ri := m.roomOf(s.room)

@@ -81,7 +81,11 @@ type userState struct {
 	// states holds the state (a small JSON object) of the sessions that
 	// have one, by session index; nil until the first. Sessions without
 	// state cost nothing here, which keeps the table pointer-free for them.
-	states      map[uint32][]byte
+	states map[uint32][]byte
+	// conns holds the connections of the sessions that have named ones, by
+	// session index (see conn.go); nil until the first.
+	conns       map[uint32]*connSet
+	connBuf     []byte // Drain's buffer for Change.Conns
 	index       idIndex
 	arena       arena
 	users       [][]userRec // chunked; index 0 is reserved
