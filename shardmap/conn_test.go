@@ -170,7 +170,7 @@ func TestConnsDurableRoundTrip(t *testing.T) {
 	touchConn(t, m, "f", "r", "tab2", t0+100, 5000, `{"t":2}`)
 	type rec struct {
 		user, room, state string
-		ls, exp          int64
+		ls, exp           int64
 	}
 	var got []rec
 	m.Drain(func(c *Change) {

@@ -3,8 +3,8 @@ package shardmap
 import (
 	"bytes"
 	"cmp"
-	"slices"
 	"hash/maphash"
+	"slices"
 	"sync/atomic"
 	"time"
 )
