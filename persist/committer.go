@@ -280,7 +280,11 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		s.ctr.dropped.Add(1)
 		return
 	}
-	need := int64(2+len(ch.User)+len(ch.Room)+16+len(ch.State)+1+len(ch.User)+8) + 2*opOverhead
+	state := ch.State
+	if ch.Conns != nil {
+		state = ch.Conns // a session with named connections keeps them all
+	}
+	need := int64(2+len(ch.User)+len(ch.Room)+16+len(state)+1+len(ch.User)+8) + 2*opOverhead
 	if s.in.held+c.pendingBytes+need > s.cfg.MaxPendingBytes {
 		s.ctr.dropped.Add(1)
 		return
@@ -293,7 +297,7 @@ func (s *Store) addChange(ch *shardmap.Change) {
 		c.ops = append(c.ops, op{kind: opDelete, k0: k0, k1: k1, v1: k1})
 		c.sessionDels++
 	} else {
-		c.arena = appendSessionValue(c.arena, ch.LastSeen, ch.Expiry, ch.State)
+		c.arena = appendSessionValue(c.arena, ch.LastSeen, ch.Expiry, state)
 		c.ops = append(c.ops, op{kind: opSet, k0: k0, k1: k1, v1: uint32(len(c.arena))})
 		c.sessionSets++
 		ch.Logged = ch.Expiry

@@ -53,7 +53,12 @@
 //	Set on every upsert, deleted when the session ends (leave or expiry,
 //	including expiries found by Replay). The state, the session's JSON
 //	object, fills the rest of the value; a 16-byte value has none (stores
-//	written before state existed read the same way).
+//	written before state existed read the same way). A session with named
+//	connections stores instead all of them, each with its own times and
+//	state, in shardmap's durable form (first byte 0x00, never the first
+//	byte of a JSON object); lastSeen and expiry are then the latest over
+//	its connections. Stores written before connections existed replay
+//	unchanged: every session there is a plain one.
 //
 //	last-seen record, one per user seen within the retention
 //	+-----+---------------+          +--------------------------+

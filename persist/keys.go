@@ -24,7 +24,7 @@ var (
 )
 
 // maxUserLen is the longest user id the one-byte length in a session key can
-// carry; API.md caps ids at 128 bytes.
+// carry; ids are at most 128 bytes.
 const maxUserLen = 255
 
 func appendSessionKey(dst, user, room []byte) []byte {
@@ -45,7 +45,9 @@ func decodeSessionKey(k []byte) (user, room []byte, ok bool) {
 }
 
 // appendSessionValue encodes a session record: last seen and expiry (8
-// bytes each, big-endian), then the session's state, if any (the rest).
+// bytes each, big-endian), then the session's state, if any (the rest): a
+// JSON object, or for a session with named connections their durable form
+// (shardmap.IsConns: it starts with 0x00, which no JSON text does).
 func appendSessionValue(dst []byte, lastSeen, expiry int64, state []byte) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, uint64(lastSeen))
 	dst = binary.BigEndian.AppendUint64(dst, uint64(expiry))

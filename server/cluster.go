@@ -9,6 +9,7 @@ import (
 
 	"github.com/presenced/presenced/server/cluster"
 	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/shardmap"
 )
 
 // Cluster mode (--redis): the node replicates its change log to Redis
@@ -72,8 +73,12 @@ func (s *Server) closeCluster(ctx context.Context) error {
 // session: the leave may come through another node than the heartbeats.
 // It does not block; the leave reaches Redis with the writer's next batch.
 // Server.leave calls it for both transports once the leave is authorized.
-func (s *Server) clusterLeave(user, room []byte, now int64) {
-	if s.cl != nil {
+func (s *Server) clusterLeave(user, room []byte, now int64, reason shardmap.Reason) {
+	switch {
+	case s.cl == nil:
+	case reason == shardmap.ReasonDisconnect && len(room) > 0:
+		s.cl.OfferDisconnect(user, room, now)
+	default:
 		s.cl.OfferLeave(user, room, len(room) == 0, now)
 	}
 }

@@ -431,6 +431,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.WSPingInterval, "ws-ping-interval", c.WSPingInterval, "how often the server pings each WebSocket; a peer silent for 2 intervals is dropped")
 	fs.IntVar(&c.Map.Shards, "shards", c.Map.Shards, "user shards of the presence table (power of two)")
 	fs.IntVar(&c.Map.MaxRoomsPerUser, "max-rooms-per-user", c.Map.MaxRoomsPerUser, "most live rooms per user")
+	fs.IntVar(&c.Map.MaxConnsPerSession, "max-conns-per-session", c.Map.MaxConnsPerSession, "most connections (tabs, devices) per session (user, room), 1..255")
 	fs.StringVar(&c.FsyncMode, "fsync", c.FsyncMode, "write-ahead log sync policy: interval, always or off")
 	fs.DurationVar(&c.WALRefreshMargin, "wal-refresh-margin", c.WALRefreshMargin, "log a live session's refresh only when the expiry the log holds is less than this ahead (0: max(ttl/2, interval*5/4+fsync-interval), every refresh with --fsync=always; >= --ttl: every refresh)")
 	fs.DurationVar(&c.Persist.FsyncInterval, "fsync-interval", c.Persist.FsyncInterval, "group-commit period with --fsync=interval")

@@ -27,8 +27,13 @@ type streamEvent struct {
 	Online int             `json:"online"`
 	Joined int             `json:"joined"`
 	Left   int             `json:"left"`
-	sseID  string          // the id: line
-	name   string          // the event: line
+	Conn   string          `json:"conn"`
+	Conns  []struct {
+		Conn  string          `json:"conn"`
+		State json.RawMessage `json:"state"`
+	} `json:"connections"`
+	sseID string // the id: line
+	name  string // the event: line
 }
 
 func (e streamEvent) key() string { return e.Type + " " + e.User + " " + e.Room + " " + e.Reason }

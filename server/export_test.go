@@ -29,5 +29,5 @@ func (s *Server) HooksForTest() *webhook.Deliverer { return s.hooks.Load() }
 // HeartbeatForTest applies one HTTP heartbeat without a token, as the
 // handler does after parsing (the benchmarks' hot path).
 func (s *Server) HeartbeatForTest(user, room []byte, nowMs int64) {
-	s.heartbeat(trHTTP, user, room, nil, nowMs)
+	s.heartbeat(trHTTP, user, room, nil, nil, nowMs)
 }

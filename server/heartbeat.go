@@ -43,10 +43,17 @@ func (s *Server) checkItem(user, room, tok []byte, nowMs int64) outcome {
 	return outOK
 }
 
-// heartbeat applies one heartbeat. A refresh of a live session allocates
-// nothing; a join allocates its event.
-func (s *Server) heartbeat(tr transport, user, room, tok []byte, nowMs int64) outcome {
-	return s.heartbeatState(tr, user, room, tok, nowMs, shardmap.StateOp{})
+// heartbeat applies one heartbeat for connection conn (nil: the session's
+// default connection). A refresh of a live session allocates nothing; a
+// join allocates its event.
+func (s *Server) heartbeat(tr transport, user, room, conn, tok []byte, nowMs int64) outcome {
+	return s.heartbeatState(tr, user, room, conn, tok, nowMs, shardmap.StateOp{})
+}
+
+// validConn reports whether conn is a connection id the server takes: empty
+// (the default connection) or 1 to 64 bytes under the id rules.
+func validConn(conn []byte) bool {
+	return len(conn) <= shardmap.MaxConnIDLen && wire.ValidID(conn, true)
 }
 
 // stateOp turns a heartbeat's "state" field into a table operation: the
@@ -69,15 +76,19 @@ func (s *Server) stateOp(has bool, raw []byte) (shardmap.StateOp, string) {
 	return shardmap.StateOp{Set: true, State: b.Bytes()}, ""
 }
 
-// heartbeatState is heartbeat that also sets or clears the session's state
-// (sop.Set; the state already checked by stateOp). A join carries the
-// state; a change of a live session's state is an update event.
-func (s *Server) heartbeatState(tr transport, user, room, tok []byte, nowMs int64, sop shardmap.StateOp) outcome {
+// heartbeatState is heartbeat that also sets or clears the connection's
+// state (sop.Set; the state already checked by stateOp). A join carries the
+// state; a connection starting in a live session, or a change of a
+// connection's state, is an update event.
+func (s *Server) heartbeatState(tr transport, user, room, conn, tok []byte, nowMs int64, sop shardmap.StateOp) outcome {
 	o := s.checkItem(user, room, tok, nowMs)
+	if o == outOK && !validConn(conn) {
+		o = outBadConn
+	}
 	if o == outOK {
-		r, err := s.m.TouchState(user, room, nowMs, s.ttlMs, sop)
+		r, err := s.m.TouchConn(user, room, conn, nowMs, s.ttlMs, sop)
 		o = mapOutcome(err)
-		if err == nil && !r.Joined {
+		if err == nil && !r.Joined && !r.ConnStarted {
 			s.met.lateness.ObserveDuration(time.Duration(max(nowMs-r.PrevSeen-s.intervalMs, 0)) * time.Millisecond)
 		}
 		switch {
@@ -85,41 +96,62 @@ func (s *Server) heartbeatState(tr transport, user, room, tok []byte, nowMs int6
 			if r.Occupied {
 				s.publishRoom(events.Occupied, room, nowMs)
 			}
-			s.publishState(events.Join, user, room, nowMs, sop.State)
+			s.publishConn(events.Join, user, room, conn, nowMs, sop.State, nil, events.ConnStarted)
+		case r.Conns != nil:
+			kind := events.ConnChanged
+			if r.ConnStarted {
+				kind = events.ConnStarted
+			}
+			s.publishConn(events.Update, user, room, conn, nowMs, r.State, r.Conns, kind)
 		case r.Changed:
-			s.publishState(events.Update, user, room, nowMs, sop.State)
+			s.publishConn(events.Update, user, room, conn, nowMs, sop.State, nil, events.ConnChanged)
 		}
 	}
 	s.met.count(tr, o)
 	return o
 }
 
-// leave ends the user's session in room, or all their sessions when room is
-// empty, and returns how many ended.
-func (s *Server) leave(tr transport, user, room, tok []byte, nowMs int64) (int, outcome) {
+// leave ends connection conn (nil: all of them) of the user's session in
+// room, or of all their sessions when room is empty, and returns how many
+// sessions or connections ended.
+func (s *Server) leave(tr transport, user, room, conn, tok []byte, nowMs int64) (int, outcome) {
+	return s.leaveReason(tr, user, room, conn, tok, nowMs, shardmap.ReasonLeft)
+}
+
+// leaveReason is leave with the reason of the events (left, or disconnect
+// for the connections of a closed WebSocket).
+func (s *Server) leaveReason(tr transport, user, room, conn, tok []byte, nowMs int64, reason shardmap.Reason) (int, outcome) {
 	o := s.checkItem(user, room, tok, nowMs)
+	if o == outOK && !validConn(conn) {
+		o = outBadConn
+	}
 	s.met.countLeave(tr, o)
 	if o != outOK {
 		return 0, o
 	}
-	s.clusterLeave(user, room, nowMs)
-	if len(room) > 0 {
-		if s.departed != nil {
-			if _, seen, online := s.m.User(user, nil); online {
-				s.departed.note(string(user), seen)
-			}
+	return s.endConns(user, room, conn, nowMs, reason), o
+}
+
+// endConns ends connection conn (nil: all of them) of the user's session in
+// room, or of all their sessions when room is empty, publishes the events
+// and applies the leaves to the cluster. It returns how many sessions or
+// connections ended. The caller checked the ids and token.
+func (s *Server) endConns(user, room, conn []byte, nowMs int64, reason shardmap.Reason) int {
+	if s.departed != nil {
+		if _, seen, online := s.m.User(user, nil); online {
+			s.departed.note(string(user), seen)
 		}
-		evs := s.m.LeaveOne(user, room, nowMs, nil)
-		if len(evs) == 0 {
-			return 0, o
-		}
-		s.publish(evs[0])
-		return 1, o
 	}
-	evs := s.m.LeaveAll(user, nowMs, nil)
-	s.departed.noteLeaves(evs)
+	if len(conn) == 0 {
+		s.clusterLeave(user, room, nowMs, reason)
+	}
+	evs, n := s.m.LeaveConn(user, room, conn, nowMs, reason, nil)
 	for i := range evs {
+		if len(conn) > 0 && !evs[i].Update {
+			// The session's last connection here ended it.
+			s.clusterLeave(user, []byte(evs[i].Room), nowMs, reason)
+		}
 		s.publish(evs[i])
 	}
-	return len(evs), o
+	return n
 }

@@ -276,10 +276,10 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 	}
 	sc := scratchPool.Get().(*httpScratch)
 	defer scratchPool.Put(sc)
-	var user, room, tok []byte
+	var user, room, tok, conn []byte
 	if ctx.IsGet() {
 		args := ctx.QueryArgs()
-		user, room, tok = args.Peek("user"), args.Peek("room"), args.Peek("token")
+		user, room, tok, conn = args.Peek("user"), args.Peek("room"), args.Peek("token"), args.Peek("conn")
 	} else {
 		if err := sc.p.Heartbeat(ctx.PostBody(), &sc.hb); err != nil {
 			s.met.count(trHTTP, outBadRequest)
@@ -291,7 +291,7 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 			jsonError(ctx, fasthttp.StatusBadRequest, sc.hb.FieldErr)
 			return
 		}
-		user, room, tok = sc.hb.User, sc.hb.Room, sc.hb.Token
+		user, room, tok, conn = sc.hb.User, sc.hb.Room, sc.hb.Token, sc.hb.Conn
 	}
 	sop, msg := s.stateOp(sc.hb.HasState && !ctx.IsGet(), sc.hb.State)
 	if msg != "" {
@@ -305,7 +305,7 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 		outcomeError(ctx, outRateLimited)
 		return
 	}
-	if o := s.heartbeatState(trHTTP, user, room, tok, now, sop); o != outOK {
+	if o := s.heartbeatState(trHTTP, user, room, conn, tok, now, sop); o != outOK {
 		outcomeError(ctx, o)
 		return
 	}
@@ -353,7 +353,7 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 		if it.FieldErr != "" {
 			s.met.count(trHTTP, outBadRequest)
 			msg = it.FieldErr
-		} else if o := s.heartbeatState(trHTTP, it.User, it.Room, it.Token, now, sop); o != outOK {
+		} else if o := s.heartbeatState(trHTTP, it.User, it.Room, it.Conn, it.Token, now, sop); o != outOK {
 			msg = outcomeInfo[o].msg
 		} else {
 			accepted++
@@ -401,7 +401,7 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 		outcomeError(ctx, outRateLimited)
 		return
 	}
-	n, o := s.leave(trHTTP, sc.hb.User, sc.hb.Room, sc.hb.Token, now)
+	n, o := s.leave(trHTTP, sc.hb.User, sc.hb.Room, sc.hb.Conn, sc.hb.Token, now)
 	if o != outOK {
 		outcomeError(ctx, o)
 		return

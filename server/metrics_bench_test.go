@@ -23,7 +23,7 @@ func BenchmarkMetricsScrape(b *testing.B) {
 	s.state.Store(stateReady)
 	now := time.Now().UnixMilli()
 	for i := range 100_000 {
-		s.heartbeat(trHTTP, []byte("user-"+strconv.Itoa(i)), []byte("room-"+strconv.Itoa(i%1000)), nil, now)
+		s.heartbeat(trHTTP, []byte("user-"+strconv.Itoa(i)), []byte("room-"+strconv.Itoa(i%1000)), nil, nil, now)
 	}
 	if n := s.m.Stats().Sessions; n != 100_000 {
 		b.Fatalf("%d sessions, want 100000", n)

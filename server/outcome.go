@@ -25,6 +25,8 @@ const (
 	outRateLimited
 	outUnavailable
 	outBadRequest // malformed body or datagram
+	outBadConn
+	outTooManyConns
 	numOutcomes
 )
 
@@ -45,6 +47,8 @@ var outcomeInfo = [numOutcomes]struct {
 	outRateLimited:  {"rate_limited", 429, "too many heartbeats for this session (heartbeat-min-gap) or from this address (source-rate)"},
 	outUnavailable:  {"unavailable", 503, "server is shutting down"},
 	outBadRequest:   {"bad_request", 400, "malformed request"},
+	outBadConn:      {"bad_conn", 400, "conn must be 1 to 64 bytes of UTF-8 without control characters"},
+	outTooManyConns: {"too_many_conns", 429, "session has too many connections (max-conns-per-session)"},
 }
 
 func (o outcome) String() string { return outcomeInfo[o].label }
@@ -74,6 +78,10 @@ func mapOutcome(err error) outcome {
 		return outTooManyRooms
 	case errors.Is(err, shardmap.ErrRateLimited):
 		return outRateLimited
+	case errors.Is(err, shardmap.ErrTooManyConns):
+		return outTooManyConns
+	case errors.Is(err, shardmap.ErrBadConn):
+		return outBadConn
 	default:
 		return outBadUser
 	}

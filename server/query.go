@@ -131,10 +131,34 @@ func appendUserStatus(b []byte, st *userStatus) []byte {
 		b = appendState(b, r.State)
 		b = append(b, `,"last_seen":`...)
 		b = appendTime(b, r.LastSeen)
+		b = appendConns(b, r.Conns, r.State, r.LastSeen)
 		b = append(b, '}')
 	}
 	b = append(b, `],"last_seen":`...)
 	return appendTime(b, st.lastSeen)
+}
+
+// appendConns appends a session's "connections" member: each connection's
+// id, state and last heartbeat. A session known without its connections (a
+// cluster answer from Redis) is listed as its default connection.
+func appendConns(b []byte, conns []shardmap.Conn, state []byte, lastSeen int64) []byte {
+	b = append(b, `,"connections":[`...)
+	if len(conns) == 0 {
+		conns = []shardmap.Conn{{ID: shardmap.DefaultConn, State: state, LastSeen: lastSeen}}
+	}
+	for i := range conns {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"conn":`...)
+		b = appendJSONString(b, conns[i].ID)
+		b = append(b, `,"state":`...)
+		b = appendState(b, conns[i].State)
+		b = append(b, `,"last_seen":`...)
+		b = appendTime(b, conns[i].LastSeen)
+		b = append(b, '}')
+	}
+	return append(b, ']')
 }
 
 // appendState appends a session state (a compact JSON object) or null.
@@ -270,6 +294,7 @@ func (s *Server) hMembers(ctx *fasthttp.RequestCtx, raw []byte) {
 		b = appendTime(b, mb.LastSeen)
 		b = append(b, `,"state":`...)
 		b = appendState(b, mb.State)
+		b = appendConns(b, mb.Conns, mb.State, mb.LastSeen)
 		b = append(b, '}')
 	}
 	b = append(b, `],"next_cursor":`...)
@@ -352,7 +377,10 @@ func (s *Server) hStats(ctx *fasthttp.RequestCtx) {
 		st.OnlineUsers = max(st.OnlineUsers, cst.OnlineUsers)
 		st.Sessions = max(st.Sessions, cst.Sessions)
 		st.Rooms = max(st.Rooms, cst.Rooms)
+		// Redis keeps sessions, not connections: this node's connections,
+		// and at least one per session of the cluster.
+		st.Connections = max(st.Connections, st.Sessions)
 	}
-	b := fmt.Appendf(nil, `{"online_users":%d,"sessions":%d,"rooms":%d`, st.OnlineUsers, st.Sessions, st.Rooms)
+	b := fmt.Appendf(nil, `{"online_users":%d,"sessions":%d,"rooms":%d,"connections":%d`, st.OnlineUsers, st.Sessions, st.Rooms, st.Connections)
 	jsonBody(ctx, fasthttp.StatusOK, s.endPartial(b, partial))
 }

@@ -328,6 +328,7 @@ func (s *Server) debounceLoop() {
 // streams). In a cluster the events come back from Redis (clusterEvent).
 func (s *Server) publish(ev shardmap.Event) {
 	switch {
+	case ev.Update: // a connection ended; the member stays
 	case ev.Join:
 		s.met.joins.Inc()
 	case ev.Reason == shardmap.ReasonTimeout:
@@ -355,11 +356,22 @@ func (s *Server) publishRoom(t events.Type, room []byte, at int64) {
 	s.deb.Offer(&events.Event{Type: t, Room: string(room), At: at, Online: 1}, time.Now().UnixMilli())
 }
 
-// publishState publishes a join or update decided by a heartbeat that may
-// carry a state. On a single node it goes through the debounce like any
-// event; in a cluster the writer carries the state to Redis and the event
-// comes back from the stream.
-func (s *Server) publishState(t events.Type, user, room []byte, at int64, state []byte) {
+// eventConns converts a session's connections to the form events carry.
+func eventConns(cs []shardmap.Conn) []events.Conn {
+	out := make([]events.Conn, len(cs))
+	for i := range cs {
+		out[i] = events.Conn{Conn: cs[i].ID, State: cs[i].State}
+	}
+	return out
+}
+
+// publishConn publishes a join or update decided by a heartbeat of
+// connection conn: conns, for a session with named connections, are its
+// connections after the change (update events carry them), and kind says
+// what happened to the connection. On a single node the event goes through
+// the debounce; in a cluster the writer carries the session to Redis and
+// the join or state update comes back from the stream.
+func (s *Server) publishConn(t events.Type, user, room, conn []byte, at int64, state []byte, conns []shardmap.Conn, kind events.ConnChange) {
 	if t == events.Join {
 		s.met.joins.Inc()
 	}
@@ -370,6 +382,12 @@ func (s *Server) publishState(t events.Type, user, room []byte, at int64, state 
 	if state != nil {
 		ev.State = bytes.Clone(state)
 	}
+	if t == events.Update && conns != nil {
+		ev.Conn, ev.ConnChange, ev.Connections = string(conn), kind, eventConns(conns)
+	}
+	if t == events.Join && len(conn) > 0 {
+		ev.Conn, ev.ConnChange = string(conn), kind
+	}
 	s.offerMember(ev, time.Now().UnixMilli())
 }
 
@@ -377,16 +395,27 @@ func (s *Server) publishState(t events.Type, user, room []byte, at int64, state 
 func tableEvent(ev *shardmap.Event) *events.Event {
 	e := &events.Event{Type: events.Leave, User: ev.User, Room: ev.Room, At: ev.At, State: ev.State}
 	switch {
+	case ev.Update:
+		e.Type, e.Conn, e.ConnChange = events.Update, ev.Conn, events.ConnEnded
+		e.Connections = eventConns(ev.Conns)
+		e.Reason = reasonName(ev.Reason)
 	case ev.Join:
 		e.Type = events.Join
-	case ev.Reason == shardmap.ReasonTimeout:
-		e.Reason = events.ReasonTimeout
-	case ev.Reason == shardmap.ReasonDisconnect:
-		e.Reason = events.ReasonDisconnect
 	default:
-		e.Reason = events.ReasonLeft
+		e.Reason = reasonName(ev.Reason)
 	}
 	return e
+}
+
+// reasonName is the event reason of a table reason.
+func reasonName(r shardmap.Reason) string {
+	switch r {
+	case shardmap.ReasonTimeout:
+		return events.ReasonTimeout
+	case shardmap.ReasonDisconnect:
+		return events.ReasonDisconnect
+	}
+	return events.ReasonLeft
 }
 
 // Alive reports whether the sweeper, which takes every shard lock in

@@ -103,6 +103,7 @@ func (s *Server) registerGauges() {
 	})
 	r.gaugeFunc("presenced_sessions", "Live sessions (user, room pairs) on this node.", func() float64 { return float64(s.m.Stats().Sessions) })
 	r.gaugeFunc("presenced_online_users", "Users with at least one live session on this node.", func() float64 { return float64(s.m.Stats().OnlineUsers) })
+	r.gaugeFunc("presenced_connections", "Live connections (tabs, devices) of this node's sessions; a session without named connections counts one.", func() float64 { return float64(s.m.Stats().Connections) })
 	r.gaugeFunc("presenced_rooms", "Rooms with at least one live session on this node.", func() float64 { return float64(s.m.Stats().Rooms) })
 	r.gaugeFunc("presenced_ready", "1 when /readyz answers 200.", func() float64 {
 		if s.Ready() {

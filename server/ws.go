@@ -3,7 +3,9 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -165,6 +167,10 @@ type wsConn struct {
 	closing  sync.Once
 	pumps    sync.WaitGroup // subscription pumps, waited for when the connection ends
 
+	// id is the socket's own connection id: the connection its heartbeats
+	// and leaves speak for when they name none.
+	id string
+
 	// Reader-owned.
 	subs     map[wsSubKey]*wsSub
 	sessions map[wsSessKey]struct{}
@@ -177,7 +183,7 @@ type wsSubKey struct {
 	all  bool
 }
 
-type wsSessKey struct{ user, room string }
+type wsSessKey struct{ user, room, conn string }
 
 type wsSub struct {
 	sub  *events.Sub
@@ -205,7 +211,7 @@ func (s *Server) hWS(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		wc := &wsConn{s: s, c: c, out: make(chan []byte, wsOutQueue), done: make(chan struct{}),
-			authAll: authAll, subs: map[wsSubKey]*wsSub{}, sessions: map[wsSessKey]struct{}{},
+			authAll: authAll, subs: map[wsSubKey]*wsSub{}, sessions: map[wsSessKey]struct{}{}, id: newConnID(),
 			tokens: float64(wsBurst(s.cfg.WSMessageRate)), last: time.Now()}
 		if !s.ws.add(wc) {
 			_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "server shutting down"), time.Now().Add(time.Second))
@@ -380,6 +386,7 @@ type wsRequest struct {
 	Token string          `json:"token"`
 	Since string          `json:"since"`
 	State json.RawMessage `json:"state"`
+	Conn  *string         `json:"conn"`
 }
 
 // wsError renders an error answer.
@@ -410,6 +417,16 @@ func wsOK(ref json.RawMessage, op string, extra []byte) []byte {
 		b = append(b, extra...)
 	}
 	return append(b, '}')
+}
+
+// conn is the connection the request speaks for: its "conn", or the
+// socket's own id when absent or null ("" names the session's default
+// connection).
+func (c *wsConn) conn(r *wsRequest) string {
+	if r.Conn == nil {
+		return c.id
+	}
+	return *r.Conn
 }
 
 // room is the request's room; "" when absent or null.
@@ -478,12 +495,13 @@ func (c *wsConn) opHeartbeat(req *wsRequest) []byte {
 		s.met.count(trWS, outBadRequest)
 		return wsError(req.Ref, msg)
 	}
-	key := wsSessKey{req.User, room}
+	conn := c.conn(req)
+	key := wsSessKey{req.User, room, conn}
 	if _, ok := c.sessions[key]; !ok && len(c.sessions) >= s.cfg.WSMaxSessions {
 		s.ws.limited[wsLimitSessions].Add(1)
 		return wsError(req.Ref, fmt.Sprintf("socket holds too many sessions (ws-max-sessions %d)", s.cfg.WSMaxSessions))
 	}
-	if o := s.heartbeatState(trWS, []byte(req.User), []byte(room), []byte(req.Token), time.Now().UnixMilli(), sop); o != outOK {
+	if o := s.heartbeatState(trWS, []byte(req.User), []byte(room), []byte(conn), []byte(req.Token), time.Now().UnixMilli(), sop); o != outOK {
 		return wsError(req.Ref, outcomeInfo[o].msg)
 	}
 	c.sessions[key] = struct{}{}
@@ -496,20 +514,40 @@ func (c *wsConn) opLeave(req *wsRequest) []byte {
 		return wsError(req.Ref, msg)
 	}
 	room := req.room()
-	n, o := s.leave(trWS, []byte(req.User), []byte(room), []byte(req.Token), time.Now().UnixMilli())
+	conn := c.conn(req)
+	if req.Conn == nil && !c.holdsConn(req.User, room) {
+		conn = "" // not this socket's session: the leave ends it whole, as over HTTP
+	}
+	n, o := s.leave(trWS, []byte(req.User), []byte(room), []byte(conn), []byte(req.Token), time.Now().UnixMilli())
 	if o != outOK {
 		return wsError(req.Ref, outcomeInfo[o].msg)
 	}
 	if room == "" {
 		for k := range c.sessions {
-			if k.user == req.User {
+			if k.user == req.User && (conn == "" || k.conn == conn) {
 				delete(c.sessions, k)
 			}
 		}
 	} else {
-		delete(c.sessions, wsSessKey{req.User, room})
+		for k := range c.sessions {
+			if k.user == req.User && k.room == room && (conn == "" || k.conn == conn) {
+				delete(c.sessions, k)
+			}
+		}
 	}
 	return wsOK(req.Ref, "leave", fmt.Appendf(nil, `"left":%d`, n))
+}
+
+// holdsConn reports whether the socket heartbeated, with its own
+// connection id, the user's session in room (any of their sessions for an
+// empty room).
+func (c *wsConn) holdsConn(user, room string) bool {
+	for k := range c.sessions {
+		if k.user == user && k.conn == c.id && (room == "" || k.room == room) {
+			return true
+		}
+	}
+	return false
 }
 
 // holdsRoom reports whether the socket heartbeated a session in room.
@@ -622,13 +660,20 @@ func (c *wsConn) pump(ws *wsSub) {
 	}
 }
 
-// disconnect ends the sessions the socket heartbeated and did not leave,
-// with reason disconnect.
+// disconnect ends the connections the socket heartbeated and did not
+// leave, with reason disconnect: a session the socket held alone ends, one
+// another connection still holds stays.
 func (c *wsConn) disconnect() {
 	s := c.s
 	now := time.Now().UnixMilli()
 	for k := range c.sessions {
 		user, room := []byte(k.user), []byte(k.room)
+		if k.conn != "" {
+			s.endConns(user, room, []byte(k.conn), now, shardmap.ReasonDisconnect)
+			continue
+		}
+		// The default connection: that one session ends whole (a room-less
+		// one alone, not all the user's rooms).
 		if s.cl != nil {
 			s.cl.OfferDisconnect(user, room, now)
 		}
@@ -642,6 +687,14 @@ func (c *wsConn) disconnect() {
 		}
 	}
 	clear(c.sessions)
+}
+
+// newConnID returns a random connection id for a WebSocket: 16 characters
+// of base64url.
+func newConnID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return "ws-" + base64.RawURLEncoding.EncodeToString(b[:])
 }
 
 // registerWSMetrics adds the WebSocket metrics.

@@ -4,11 +4,13 @@ import (
 	"sync"
 )
 
-// Debouncer holds leaves (and vacated room events, keyed by the room alone)
-// for a delay (--leave-delay) and drops a leave
+// Debouncer holds leaves (and vacated room events, keyed by the room alone,
+// and updates of a connection that ended, keyed by the connection too) for
+// a delay (--leave-delay) and drops a leave
 // together with the join that follows it within the delay for the same
 // (user, room): a page reload or a quick reconnect produces no events (an
-// update when the rejoin carries another state than the session had). A
+// update when the rejoin carries another state than the session had); a
+// connection that ends and starts again within the delay likewise. A
 // leave not followed by a join reaches Out the delay late. Other events
 // pass at once. It is safe for concurrent use; Out is called with the
 // debouncer's lock held, so events reach it in one order.
@@ -38,6 +40,15 @@ func NewDebouncer(delayMs int64, out func(*Event)) *Debouncer {
 
 func debounceKey(user, room string) string { return user + "\x00" + room }
 
+// heldKey is the key a held event waits under: its (user, room), or for an
+// update of a connection that ended, its (user, room, connection).
+func heldKey(ev *Event) string {
+	if ev.Type == Update {
+		return debounceKey(ev.User, ev.Room) + "\x00" + ev.Conn
+	}
+	return debounceKey(ev.User, ev.Room)
+}
+
 // Offer takes one event decided at now (unix ms).
 func (d *Debouncer) Offer(ev *Event, now int64) {
 	d.mu.Lock()
@@ -46,9 +57,18 @@ func (d *Debouncer) Offer(ev *Event, now int64) {
 		d.out(ev)
 		return
 	}
-	switch ev.Type {
-	case Leave, Vacated:
-		k := debounceKey(ev.User, ev.Room)
+	if ev.Type == Update && ev.ConnChange == ConnStarted {
+		// A connection back within the delay (a reload) never left.
+		k := heldKey(ev)
+		if h := d.mu.pending[k]; h != nil && h.ev.Type == Update {
+			h.cancelled = true
+			delete(d.mu.pending, k)
+			return
+		}
+	}
+	switch {
+	case ev.Type == Update && ev.ConnChange == ConnEnded, ev.Type == Leave, ev.Type == Vacated:
+		k := heldKey(ev)
 		h := &held{ev: ev, due: now + d.delay}
 		if old := d.mu.pending[k]; old != nil { // cannot happen: a leave needs a join first
 			old.cancelled = true
@@ -57,7 +77,7 @@ func (d *Debouncer) Offer(ev *Event, now int64) {
 		d.mu.pending[k] = h
 		d.mu.queue = append(d.mu.queue, h)
 		return
-	case Occupied:
+	case ev.Type == Occupied:
 		// A room vacated and occupied again within the delay never emptied.
 		k := debounceKey(ev.User, ev.Room)
 		if h := d.mu.pending[k]; h != nil {
@@ -65,7 +85,7 @@ func (d *Debouncer) Offer(ev *Event, now int64) {
 			delete(d.mu.pending, k)
 			return
 		}
-	case Join:
+	case ev.Type == Join:
 		k := debounceKey(ev.User, ev.Room)
 		if h := d.mu.pending[k]; h != nil {
 			h.cancelled = true
@@ -94,7 +114,7 @@ func (d *Debouncer) Flush(now int64, all bool) int {
 			break
 		}
 		if !h.cancelled {
-			delete(d.mu.pending, debounceKey(h.ev.User, h.ev.Room))
+			delete(d.mu.pending, heldKey(h.ev))
 			d.out(h.ev)
 		}
 		d.mu.queue[i] = nil

@@ -105,11 +105,35 @@ type Event struct {
 	State json.RawMessage
 	// Online, Joined and Left are set on occupancy events.
 	Online, Joined, Left int64
+	// Conn is, on an update, the connection that started, ended or changed
+	// its state (ConnChange says which), and on a join the member's first
+	// connection when it is a named one. Connections are, on such an
+	// update, the member's connections after the change.
+	Conn        string
+	ConnChange  ConnChange
+	Connections []Conn
 
 	data []byte // the JSON object, rendered once by the bus
 }
 
-// wireEvent is the JSON form of an Event (API.md "Events").
+// ConnChange says what happened to the connection an event names.
+type ConnChange uint8
+
+// What a connection did; the debounce holds ConnEnded like a leave.
+const (
+	ConnNone ConnChange = iota
+	ConnStarted
+	ConnEnded
+	ConnChanged
+)
+
+// Conn is one connection of a member, as update events carry it.
+type Conn struct {
+	Conn  string          `json:"conn"`
+	State json.RawMessage `json:"state"`
+}
+
+// wireEvent is the JSON form of an Event (see README, "Events").
 type wireEvent struct {
 	ID     string          `json:"id"`
 	Type   string          `json:"type"`
@@ -121,6 +145,8 @@ type wireEvent struct {
 	Online *int64          `json:"online,omitempty"`
 	Joined *int64          `json:"joined,omitempty"`
 	Left   *int64          `json:"left,omitempty"`
+	Conn   string          `json:"conn,omitempty"`
+	Conns  []Conn          `json:"connections,omitempty"`
 }
 
 // JSON returns the event as a JSON object. For a published event it is
@@ -145,6 +171,12 @@ func (e *Event) render() []byte {
 		w.State = e.State
 		if w.State == nil {
 			w.State = json.RawMessage("null")
+		}
+		w.Conn, w.Conns = e.Conn, e.Connections
+		for i := range w.Conns {
+			if w.Conns[i].State == nil {
+				w.Conns[i].State = json.RawMessage("null")
+			}
 		}
 	case Occupancy, Occupied, Vacated:
 		w.User = ""

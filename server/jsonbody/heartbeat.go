@@ -7,6 +7,9 @@ type Heartbeat struct {
 	// User, Room and Token are the decoded strings; nil when the key is
 	// absent or null.
 	User, Room, Token []byte
+	// Conn is the decoded "conn" (the connection the heartbeat or leave
+	// speaks for); nil when absent or null: the default connection.
+	Conn []byte
 	// State is the raw "state" value (a JSON object, as it appears in the
 	// body) and HasState whether the key was there: with HasState and a
 	// nil State, "state": null clears the state; without HasState the
@@ -156,7 +159,7 @@ func (r *reader) stringMember(hb *Heartbeat, key []byte) error {
 }
 
 // stringField is where the string member key of a heartbeat object goes
-// (user, room, token), or nil for any other member.
+// (user, room, token, conn), or nil for any other member.
 func (hb *Heartbeat) stringField(key []byte) *[]byte {
 	switch string(key) {
 	case "user":
@@ -165,6 +168,8 @@ func (hb *Heartbeat) stringField(key []byte) *[]byte {
 		return &hb.Room
 	case "token":
 		return &hb.Token
+	case "conn":
+		return &hb.Conn
 	}
 	return nil
 }
