@@ -96,8 +96,19 @@ func BenchmarkMemory1MState(b *testing.B) {
 	benchMemory(b, state)
 }
 
-func benchMemory(b *testing.B, state []byte) {
+// BenchmarkMemory1MTwoConns is BenchmarkMemory1M with every session held
+// by two named connections (16-byte ids, as the browser module's), and
+// reports the heap per connection as well.
+func BenchmarkMemory1MTwoConns(b *testing.B) { benchMemoryConns(b, nil, 2) }
+
+func benchMemory(b *testing.B, state []byte) { benchMemoryConns(b, state, 0) }
+
+func benchMemoryConns(b *testing.B, state []byte, conns int) {
 	const n, w = 1_000_000, 16
+	var connIDs [][]byte
+	for c := range conns {
+		connIDs = append(connIDs, fmt.Appendf(nil, "conn-%011d", c))
+	}
 	flat := make([]byte, 0, n*w)
 	for i := range n {
 		flat = fmt.Appendf(flat, "u%0*d", w-1, i)
@@ -110,13 +121,26 @@ func benchMemory(b *testing.B, state []byte) {
 		runtime.ReadMemStats(&before)
 		m := newTestMap(b, Config{})
 		for i := range n {
-			if _, err := m.TouchState(flat[i*w:(i+1)*w], rooms[i%len(rooms)], t0, 150_000, StateOp{Set: state != nil, State: state}); err != nil {
-				b.Fatal(err)
+			if conns == 0 {
+				if _, err := m.TouchState(flat[i*w:(i+1)*w], rooms[i%len(rooms)], t0, 150_000, StateOp{Set: state != nil, State: state}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for _, c := range connIDs {
+				if _, err := m.TouchConn(flat[i*w:(i+1)*w], rooms[i%len(rooms)], c, t0, 150_000, StateOp{}); err != nil {
+					b.Fatal(err)
+				}
 			}
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heapB/session")
+		if conns > 0 {
+			b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n*conns), "heapB/conn")
+			if m.Stats().Connections != int64(n*conns) {
+				b.Fatal("lost connections")
+			}
+		}
 		start := time.Now()
 		runtime.GC()
 		b.ReportMetric(float64(time.Since(start).Nanoseconds()), "gc-wall-ns")
