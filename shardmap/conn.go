@@ -3,6 +3,7 @@ package shardmap
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 )
 
 // Connections.
@@ -44,176 +45,311 @@ type Conn struct {
 	State []byte
 }
 
-// connEntry is one live connection of a connSet.
-type connEntry struct {
-	id       string
+// connRec is one live connection (32 bytes, no pointers), in the shard's
+// connection table. Its id is in the shard's connection-id arena; its
+// state, if any, in userState.connStates.
+type connRec struct {
 	lastSeen int64
 	expiry   int64
-	state    []byte
+	next     uint32 // next connection of the session, or next free record
+	idOff    uint32 // the id in connArena
+	idLen    uint8  // 0: the default connection (no id); connFree: a free record
+	_        [3]byte
 }
 
-// connSet is the connections of one session, in the order they started.
-type connSet struct {
-	list   []connEntry
-	recent int // index of the most recently heartbeated connection
-}
+const connFree = 0xff
 
-func (cs *connSet) find(id []byte) int {
-	for k := range cs.list {
-		if cs.list[k].id == string(id) {
-			return k
-		}
-	}
-	return -1
-}
+// connList is a session's connections: the first (in the order they
+// started) and the most recently heartbeated. Values of userState.conns.
+type connList struct{ head, recent uint32 }
 
-func (cs *connSet) maxSeen() int64 {
-	var v int64
-	for k := range cs.list {
-		v = max(v, cs.list[k].lastSeen)
-	}
-	return v
-}
+func (st *userState) conn(c uint32) *connRec { return &st.connRecs[c>>chunkBits][c&chunkMask] }
 
-func (cs *connSet) maxExpiry() int64 {
-	var v int64
-	for k := range cs.list {
-		v = max(v, cs.list[k].expiry)
-	}
-	return v
-}
-
-// first returns the connection that expires first.
-func (cs *connSet) first() *connEntry {
-	f := &cs.list[0]
-	for k := 1; k < len(cs.list); k++ {
-		if cs.list[k].expiry < f.expiry {
-			f = &cs.list[k]
-		}
-	}
-	return f
-}
-
-func (cs *connSet) remove(k int) {
-	cs.list = append(cs.list[:k], cs.list[k+1:]...)
-	switch {
-	case cs.recent == k:
-		cs.recent = 0
-		for j := range cs.list {
-			if cs.list[j].lastSeen > cs.list[cs.recent].lastSeen {
-				cs.recent = j
-			}
-		}
-	case cs.recent > k:
-		cs.recent--
-	}
-}
-
-// snapshot appends the connections to dst (copies).
-func (cs *connSet) snapshot(dst []Conn) []Conn {
-	for k := range cs.list {
-		e := &cs.list[k]
-		dst = append(dst, Conn{ID: e.id, LastSeen: e.lastSeen, Expiry: e.expiry, State: bytes.Clone(e.state)})
-	}
-	return dst
-}
-
-// connsOf returns session i's connSet, or nil for a plain session.
-func (st *userState) connsOf(i uint32) *connSet {
-	if st.conns == nil {
+func (st *userState) connID(c uint32) []byte {
+	r := st.conn(c)
+	if r.idLen == 0 {
 		return nil
 	}
-	return st.conns[i]
+	return st.connArena.bytes(r.idOff, r.idLen)
+}
+
+// newConn adds a connection record with id and no times, or returns 0 if
+// the table is full.
+func (st *userState) newConn(id []byte) uint32 {
+	var c uint32
+	if st.freeConn != 0 {
+		c = st.freeConn
+		st.freeConn = st.conn(c).next
+	} else {
+		if st.nConn == 0 {
+			st.nConn = 1
+		}
+		if st.nConn > maxRecIdx {
+			return 0
+		}
+		c = st.nConn
+		st.nConn++
+		if int(c>>chunkBits) == len(st.connRecs) {
+			st.connRecs = append(st.connRecs, make([]connRec, chunkSize))
+		}
+	}
+	r := st.conn(c)
+	*r = connRec{idLen: uint8(len(id))}
+	if len(id) > 0 {
+		r.idOff = st.connArena.alloc(id)
+	}
+	return c
+}
+
+// freeConnRec releases record c, its id and its state.
+func (st *userState) freeConnRec(c uint32) {
+	r := st.conn(c)
+	if r.idLen > 0 {
+		st.connArena.release(r.idOff, r.idLen)
+	}
+	if st.connStates != nil {
+		delete(st.connStates, c)
+	}
+	r.idLen = connFree
+	r.next = st.freeConn
+	st.freeConn = c
+	if st.connArena.needsCompact() {
+		live := st.scratch[:0]
+		for k := uint32(1); k < st.nConn; k++ {
+			if q := st.conn(k); q.idLen != connFree && q.idLen > 0 {
+				live = append(live, uint64(q.idOff)<<32|uint64(k))
+			}
+		}
+		slices.Sort(live)
+		st.connArena.compact(live,
+			func(k uint32) uint8 { return st.conn(k).idLen },
+			func(k, off uint32) { st.conn(k).idOff = off })
+		st.scratch = live[:0]
+	}
+}
+
+func (st *userState) connState(c uint32) []byte {
+	if st.connStates == nil {
+		return nil
+	}
+	return st.connStates[c]
+}
+
+// setConnState applies op to connection c and reports whether it changed.
+func (st *userState) setConnState(c uint32, op StateOp) bool {
+	if !op.Set {
+		return false
+	}
+	old, had := st.connStates[c]
+	if op.State == nil {
+		if had {
+			delete(st.connStates, c)
+		}
+		return had
+	}
+	if had && string(old) == string(op.State) {
+		return false
+	}
+	if st.connStates == nil {
+		st.connStates = map[uint32][]byte{}
+	}
+	st.connStates[c] = append(old[:0:0], op.State...)
+	return true
+}
+
+// connsOf returns session i's connection list and whether it has one (a
+// plain session has none).
+func (st *userState) connsOf(i uint32) (connList, bool) {
+	if st.conns == nil {
+		return connList{}, false
+	}
+	l, ok := st.conns[i]
+	return l, ok
+}
+
+func (st *userState) hasConns(i uint32) bool {
+	_, ok := st.connsOf(i)
+	return ok
+}
+
+// findConn returns the record of session i's connection id, or 0.
+func (st *userState) findConn(l connList, id []byte) uint32 {
+	for c := l.head; c != 0; c = st.conn(c).next {
+		if string(st.connID(c)) == string(id) {
+			return c
+		}
+	}
+	return 0
+}
+
+func (st *userState) countConns(l connList) int {
+	n := 0
+	for c := l.head; c != 0; c = st.conn(c).next {
+		n++
+	}
+	return n
+}
+
+func (st *userState) maxSeen(l connList) int64 {
+	var v int64
+	for c := l.head; c != 0; c = st.conn(c).next {
+		v = max(v, st.conn(c).lastSeen)
+	}
+	return v
+}
+
+func (st *userState) maxExpiry(l connList) int64 {
+	var v int64
+	for c := l.head; c != 0; c = st.conn(c).next {
+		v = max(v, st.conn(c).expiry)
+	}
+	return v
+}
+
+// addConn appends a connection to session i's list (after the others).
+func (st *userState) addConn(i uint32, l connList, id []byte) (connList, uint32) {
+	c := st.newConn(id)
+	if c == 0 {
+		return l, 0
+	}
+	if l.head == 0 {
+		l.head = c
+	} else {
+		t := l.head
+		for st.conn(t).next != 0 {
+			t = st.conn(t).next
+		}
+		st.conn(t).next = c
+	}
+	st.conns[i] = l
+	return l, c
+}
+
+// removeConn ends connection c of session i, which has others.
+func (st *userState) removeConn(i uint32, l connList, c uint32) connList {
+	if l.head == c {
+		l.head = st.conn(c).next
+	} else {
+		p := l.head
+		for st.conn(p).next != c {
+			p = st.conn(p).next
+		}
+		st.conn(p).next = st.conn(c).next
+	}
+	st.freeConnRec(c)
+	if l.recent == c {
+		l.recent = l.head
+		for k := l.head; k != 0; k = st.conn(k).next {
+			if st.conn(k).lastSeen > st.conn(l.recent).lastSeen {
+				l.recent = k
+			}
+		}
+	}
+	st.conns[i] = l
+	return l
+}
+
+// dropConns frees every connection of session i (ending) and returns how
+// many it had.
+func (st *userState) dropConns(i uint32) int {
+	l, ok := st.connsOf(i)
+	if !ok {
+		return 1
+	}
+	n := 0
+	for c := l.head; c != 0; {
+		next := st.conn(c).next
+		st.freeConnRec(c)
+		c = next
+		n++
+	}
+	delete(st.conns, i)
+	return n
 }
 
 // seenOf is session i's last heartbeat over all its connections.
 func (st *userState) seenOf(i uint32) int64 {
-	if cs := st.connsOf(i); cs != nil {
-		return cs.maxSeen()
+	if l, ok := st.connsOf(i); ok {
+		return st.maxSeen(l)
 	}
 	return st.session(i).lastSeen()
 }
 
 // untilOf is session i's expiry: that of its last connection to expire.
 func (st *userState) untilOf(i uint32) int64 {
-	if cs := st.connsOf(i); cs != nil {
-		return cs.maxExpiry()
+	if l, ok := st.connsOf(i); ok {
+		return st.maxExpiry(l)
 	}
 	return st.session(i).expiry()
 }
 
-// connsSnapshot appends session i's connections to dst: the connSet's, or
-// the default connection of a plain session.
+// connsSnapshot appends session i's connections to dst (copies): its list,
+// or the default connection of a plain session.
 func (st *userState) connsSnapshot(i uint32, dst []Conn) []Conn {
-	if cs := st.connsOf(i); cs != nil {
-		return cs.snapshot(dst)
+	l, ok := st.connsOf(i)
+	if !ok {
+		s := st.session(i)
+		return append(dst, Conn{ID: DefaultConn, LastSeen: s.lastSeen(), Expiry: s.expiry(), State: bytes.Clone(st.stateOf(i))})
 	}
-	s := st.session(i)
-	return append(dst, Conn{ID: DefaultConn, LastSeen: s.lastSeen(), Expiry: s.expiry(), State: bytes.Clone(st.stateOf(i))})
+	for c := l.head; c != 0; c = st.conn(c).next {
+		r := st.conn(c)
+		dst = append(dst, Conn{ID: string(st.connID(c)), LastSeen: r.lastSeen, Expiry: r.expiry, State: bytes.Clone(st.connState(c))})
+	}
+	return dst
 }
 
-// nConns is the number of session i's connections.
-func (st *userState) nConns(i uint32) int {
-	if cs := st.connsOf(i); cs != nil {
-		return len(cs.list)
+// promote gives plain session i a connection list holding its default
+// connection (with the session's times and state).
+func (st *userState) promote(i uint32) (connList, bool) {
+	c := st.newConn(nil)
+	if c == 0 {
+		return connList{}, false
 	}
-	return 1
-}
-
-// promote turns plain session i into one with a connSet holding its default
-// connection.
-func (st *userState) promote(i uint32) *connSet {
 	s := st.session(i)
-	cs := &connSet{list: make([]connEntry, 1, 2)}
-	cs.list[0] = connEntry{id: DefaultConn, lastSeen: s.lastSeen(), expiry: s.expiry(), state: st.stateOf(i)}
-	if st.states != nil {
+	r := st.conn(c)
+	r.lastSeen, r.expiry = s.lastSeen(), s.expiry()
+	if stt := st.stateOf(i); stt != nil {
+		if st.connStates == nil {
+			st.connStates = map[uint32][]byte{}
+		}
+		st.connStates[c] = stt
 		delete(st.states, i)
 	}
 	if st.conns == nil {
-		st.conns = map[uint32]*connSet{}
+		st.conns = map[uint32]connList{}
 	}
-	st.conns[i] = cs
-	return cs
+	l := connList{head: c, recent: c}
+	st.conns[i] = l
+	return l, true
 }
 
 // settle puts session i's record times on its first-expiring connection
 // (moving it in the wheel), or turns the session back into a plain one when
 // only the default connection is left.
-func (st *userState) settle(i uint32, cs *connSet) {
+func (st *userState) settle(i uint32, l connList) {
 	s := st.session(i)
 	st.unlinkWheel(i)
-	if len(cs.list) == 1 && cs.list[0].id == DefaultConn {
-		e := &cs.list[0]
-		s.setTimes(e.lastSeen, e.expiry-e.lastSeen)
-		delete(st.conns, i)
-		if e.state != nil {
+	if r := st.conn(l.head); r.next == 0 && r.idLen == 0 {
+		s.setTimes(r.lastSeen, r.expiry-r.lastSeen)
+		if stt := st.connState(l.head); stt != nil {
 			if st.states == nil {
 				st.states = map[uint32][]byte{}
 			}
-			st.states[i] = e.state
+			st.states[i] = stt
+			delete(st.connStates, l.head)
 		}
+		st.freeConnRec(l.head)
+		delete(st.conns, i)
 	} else {
-		f := cs.first()
+		f := st.conn(l.head)
+		for c := f.next; c != 0; c = st.conn(c).next {
+			if st.conn(c).expiry < f.expiry {
+				f = st.conn(c)
+			}
+		}
 		s.setTimes(f.lastSeen, f.expiry-f.lastSeen)
 	}
 	st.linkWheel(i)
-}
-
-// setConnState applies op to connection e and reports whether it changed.
-func setConnState(e *connEntry, op StateOp) bool {
-	if !op.Set {
-		return false
-	}
-	if op.State == nil {
-		had := e.state != nil
-		e.state = nil
-		return had
-	}
-	if e.state != nil && string(e.state) == string(op.State) {
-		return false
-	}
-	e.state = bytes.Clone(op.State)
-	return true
 }
 
 // The durable form of a connSet (Change.Conns, RestoreState): a session's
@@ -230,16 +366,17 @@ const connsMagic = 0x00
 // IsConns reports whether a stored state is the durable form of connections.
 func IsConns(b []byte) bool { return len(b) > 0 && b[0] == connsMagic }
 
-func (cs *connSet) appendDurable(dst []byte) []byte {
-	dst = append(dst, connsMagic, byte(len(cs.list)))
-	for k := range cs.list {
-		e := &cs.list[k]
-		dst = append(dst, byte(len(e.id)))
-		dst = append(dst, e.id...)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(e.lastSeen))
-		dst = binary.BigEndian.AppendUint64(dst, uint64(e.expiry))
-		dst = binary.AppendUvarint(dst, uint64(len(e.state)))
-		dst = append(dst, e.state...)
+// appendDurable appends the durable form of session i's connections.
+func (st *userState) appendDurable(l connList, dst []byte) []byte {
+	dst = append(dst, connsMagic, byte(st.countConns(l)))
+	for c := l.head; c != 0; c = st.conn(c).next {
+		r, id, stt := st.conn(c), st.connID(c), st.connState(c)
+		dst = append(dst, byte(len(id)))
+		dst = append(dst, id...)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(r.lastSeen))
+		dst = binary.BigEndian.AppendUint64(dst, uint64(r.expiry))
+		dst = binary.AppendUvarint(dst, uint64(len(stt)))
+		dst = append(dst, stt...)
 	}
 	return dst
 }
@@ -284,23 +421,23 @@ func DecodeConns(b []byte) ([]Conn, bool) {
 // expireConnsLocked ends the connections of session i that are due at now
 // while others stay, appending an update event for each to dst, and moves
 // the session in the wheel to its next due connection.
-func (m *Map) expireConnsLocked(st *userState, i uint32, cs *connSet, now int64, dst []Event) []Event {
+func (m *Map) expireConnsLocked(st *userState, i uint32, l connList, now int64, dst []Event) []Event {
 	var room []byte
-	for k := 0; k < len(cs.list); {
-		if cs.list[k].expiry > now {
-			k++
-			continue
+	for c := l.head; c != 0; {
+		next := st.conn(c).next
+		if st.conn(c).expiry <= now {
+			id := string(st.connID(c))
+			l = st.removeConn(i, l, c)
+			m.extraConns.Add(-1)
+			if room == nil {
+				room = m.roomName(st.session(i).room)
+			}
+			dst = append(dst, st.connEvent(i, l, room, id, ReasonTimeout, now))
 		}
-		id := cs.list[k].id
-		cs.remove(k)
-		m.extraConns.Add(-1)
-		if room == nil {
-			room = m.roomName(st.session(i).room)
-		}
-		dst = append(dst, st.connEvent(i, cs, room, id, ReasonTimeout, now))
+		c = next
 	}
 	st.session(i).logged = 0
-	st.settle(i, cs)
+	st.settle(i, l)
 	if m.track {
 		st.logUpsert(i)
 	}
@@ -309,11 +446,11 @@ func (m *Map) expireConnsLocked(st *userState, i uint32, cs *connSet, now int64,
 
 // connEvent is the update event for connection id of session i ending
 // while the session stays.
-func (st *userState) connEvent(i uint32, cs *connSet, room []byte, id string, reason Reason, now int64) Event {
+func (st *userState) connEvent(i uint32, l connList, room []byte, id string, reason Reason, now int64) Event {
 	return Event{
 		User: string(st.userID(st.session(i).user)), Room: string(room), At: now,
-		Update: true, Reason: reason, Conn: id, LastSeen: cs.maxSeen(),
-		State: bytes.Clone(cs.list[cs.recent].state), Conns: cs.snapshot(nil),
+		Update: true, Reason: reason, Conn: id, LastSeen: st.maxSeen(l),
+		State: bytes.Clone(st.connState(l.recent)), Conns: st.connsSnapshot(i, nil),
 	}
 }
 
@@ -371,17 +508,17 @@ func (m *Map) LeaveConn(user, room, conn []byte, now int64, reason Reason, dst [
 			i = next
 			continue
 		}
-		if cs := st.connsOf(i); cs != nil {
-			if k := cs.find(conn); k >= 0 {
+		if l, ok := st.connsOf(i); ok {
+			if c := st.findConn(l, conn); c != 0 {
 				ended++
-				if len(cs.list) == 1 {
+				if l.head == c && st.conn(c).next == 0 {
 					dst = m.endSession(st, i, reason, now, true, dst)
 				} else {
-					cs.remove(k)
+					l = st.removeConn(i, l, c)
 					m.extraConns.Add(-1)
-					dst = append(dst, st.connEvent(i, cs, m.roomName(s.room), string(conn), reason, now))
+					dst = append(dst, st.connEvent(i, l, m.roomName(s.room), string(conn), reason, now))
 					s.logged = 0
-					st.settle(i, cs)
+					st.settle(i, l)
 					if m.track {
 						st.logUpsert(i)
 					}

@@ -2,7 +2,9 @@ package shardmap
 
 import (
 	"errors"
+	"math/rand/v2"
 	"testing"
+	"time"
 )
 
 func touchConn(t *testing.T, m *Map, user, room, conn string, now, ttl int64, state string) TouchResult {
@@ -119,7 +121,7 @@ func TestConnsDefaultAndNamed(t *testing.T) {
 	touchConn(t, m, "carol", "r", "x", t0+4, 1000, "")
 	m.LeaveConn(b("carol"), b("r"), b("x"), t0+5, ReasonLeft, nil)
 	sh := &m.shards[m.hash(b("carol"))&m.shardMask]
-	if len(sh.mu.conns) != 0 {
+	if len(sh.mu.conns) != 0 || len(sh.mu.connStates) != 0 {
 		t.Fatalf("session kept its connection set with only the default connection")
 	}
 	mem := memberOf(t, m, "r", "carol")
@@ -217,5 +219,126 @@ func TestConnRefreshAllocs(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("refreshing named connections allocates %.1f times", allocs)
+	}
+}
+
+// TestConnsModel runs random heartbeats, leaves and expiries of a few
+// users, rooms and connections against a plain model of connections and
+// compares every session's connections, the counts and the events.
+func TestConnsModel(t *testing.T) {
+	type key struct{ user, room string }
+	type mconn struct {
+		lastSeen, expiry int64
+	}
+	for seed := range 20 {
+		r := rand.New(rand.NewPCG(uint64(seed), 7))
+		m := newTestMap(t, Config{Tick: 10 * time.Millisecond, MaxConnsPerSession: 3, TrackChanges: seed%2 == 0})
+		model := map[key]map[string]mconn{}
+		users, rooms, conns := []string{"u1", "u2", "u3"}, []string{"", "r1", "r2"}, []string{"", "a", "b", "c", "d"}
+		now := int64(1_700_000_000_000)
+		for step := range 400 {
+			u, rm, c := users[r.IntN(len(users))], rooms[r.IntN(len(rooms))], conns[r.IntN(len(conns))]
+			k := key{u, rm}
+			switch op := r.IntN(10); {
+			case op < 6:
+				ttl := int64(50 + r.IntN(200))
+				_, err := m.TouchConn(b(u), b(rm), b(c), now, ttl, StateOp{})
+				cs := model[k]
+				if _, ok := cs[c]; !ok && len(cs) >= 3 {
+					if !errors.Is(err, ErrTooManyConns) {
+						t.Fatalf("seed %d step %d: 4th connection: %v", seed, step, err)
+					}
+					break
+				}
+				if err != nil {
+					t.Fatalf("seed %d step %d: %v", seed, step, err)
+				}
+				if cs == nil {
+					cs = map[string]mconn{}
+					model[k] = cs
+				}
+				cs[c] = mconn{now, now + ttl}
+			case op < 8 && rm != "":
+				evs, n := m.LeaveConn(b(u), b(rm), b(c), now, ReasonLeft, nil)
+				want := 0
+				if cs := model[k]; cs != nil {
+					if c == "" {
+						want = 1
+						delete(model, k)
+					} else if _, ok := cs[c]; ok {
+						want = 1
+						delete(cs, c)
+						if len(cs) == 0 {
+							delete(model, k)
+						}
+					}
+				}
+				if n != want || len(evs) != want {
+					t.Fatalf("seed %d step %d: LeaveConn(%s,%s,%q) = %d %+v, want %d", seed, step, u, rm, c, n, evs, want)
+				}
+			default:
+				now += int64(r.IntN(150))
+				wantUpd, wantLeave := 0, 0
+				for k, cs := range model {
+					for id, mc := range cs {
+						if mc.expiry <= now {
+							delete(cs, id)
+							wantUpd++
+						}
+					}
+					if len(cs) == 0 {
+						delete(model, k)
+						wantLeave++
+					}
+				}
+				gotUpd, gotLeave := 0, 0
+				for _, ev := range m.Expire(now, nil) {
+					if ev.Update {
+						gotUpd++
+					} else {
+						gotLeave++
+					}
+				}
+				// every expired connection of a session that ended is in its leave
+				if gotLeave != wantLeave || gotUpd > wantUpd {
+					t.Fatalf("seed %d step %d: Expire: %d updates %d leaves, want <= %d and %d", seed, step, gotUpd, gotLeave, wantUpd, wantLeave)
+				}
+			}
+			// compare
+			total := 0
+			for k, cs := range model {
+				total += len(cs)
+				rs, _, online := m.User(b(k.user), nil)
+				if !online {
+					t.Fatalf("seed %d step %d: %s offline, model has %v", seed, step, k.user, model)
+				}
+				var got []Conn
+				for _, s := range rs {
+					if s.Room == k.room {
+						got = s.Conns
+					}
+				}
+				if k.room == "" && got == nil && len(cs) == 1 {
+					if _, ok := cs[""]; ok {
+						continue // a plain room-less session without state is not listed
+					}
+				}
+				if len(got) != len(cs) {
+					t.Fatalf("seed %d step %d: %v conns %+v, model %v", seed, step, k, got, cs)
+				}
+				for _, gc := range got {
+					mc, ok := cs[gc.ID]
+					if !ok || mc.lastSeen != gc.LastSeen || mc.expiry != gc.Expiry {
+						t.Fatalf("seed %d step %d: %v conn %+v, model %v", seed, step, k, gc, cs)
+					}
+				}
+			}
+			if st := m.Stats(); st.Sessions != int64(len(model)) || st.Connections != int64(total) {
+				t.Fatalf("seed %d step %d: stats %+v, model %d sessions %d connections", seed, step, st, len(model), total)
+			}
+			if m.track {
+				m.Drain(func(*Change) {})
+			}
+		}
 	}
 }

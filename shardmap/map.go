@@ -232,8 +232,8 @@ func (st *userState) setStateLocked(i uint32, op StateOp) bool {
 // stateOf returns session i's state (not a copy), or nil: for a session
 // with named connections, that of its most recently heartbeated one.
 func (st *userState) stateOf(i uint32) []byte {
-	if cs := st.connsOf(i); cs != nil {
-		return cs.list[cs.recent].state
+	if l, ok := st.connsOf(i); ok {
+		return st.connState(l.recent)
 	}
 	if st.states == nil {
 		return nil
@@ -326,7 +326,7 @@ func (m *Map) upsertRoom(user, room, conn []byte, lastSeen, expiry, minGap int64
 			for i := st.user(ui).head; i != 0; {
 				s := st.session(i)
 				if s.room == ref {
-					if len(conn) > 0 || st.connsOf(i) != nil {
+					if len(conn) > 0 || st.hasConns(i) {
 						return m.touchConnLocked(st, i, conn, lastSeen, expiry, minGap, sop)
 					}
 					if minGap > 0 && lastSeen-s.lastSeen() < minGap && lastSeen >= s.lastSeen() {
@@ -398,12 +398,18 @@ func (m *Map) upsertRoom(user, room, conn []byte, lastSeen, expiry, minGap int64
 	u.nsess++
 	st.linkWheel(i)
 	if len(conn) > 0 {
-		e := connEntry{id: string(conn), lastSeen: lastSeen, expiry: expiry}
-		r.Changed = setConnState(&e, sop)
-		if st.conns == nil {
-			st.conns = map[uint32]*connSet{}
+		c := st.newConn(conn)
+		if c == 0 {
+			m.endSession(st, i, ReasonLeft, lastSeen, false, nil)
+			return TouchResult{}, ErrFull
 		}
-		st.conns[i] = &connSet{list: []connEntry{e}}
+		cr := st.conn(c)
+		cr.lastSeen, cr.expiry = lastSeen, expiry
+		r.Changed = st.setConnState(c, sop)
+		if st.conns == nil {
+			st.conns = map[uint32]connList{}
+		}
+		st.conns[i] = connList{head: c, recent: c}
 	} else {
 		r.Changed = st.setStateLocked(i, sop)
 	}
@@ -416,17 +422,15 @@ func (m *Map) upsertRoom(user, room, conn []byte, lastSeen, expiry, minGap int64
 }
 
 // touchConnLocked refreshes or starts connection conn of live session i,
-// giving the session a connSet if it has none.
+// giving the session a connection list if it has none.
 func (m *Map) touchConnLocked(st *userState, i uint32, conn []byte, lastSeen, expiry, minGap int64, sop StateOp) (r TouchResult, err error) {
-	cs := st.connsOf(i)
-	k := -1
-	if cs != nil {
-		k = cs.find(conn)
-	} else if len(conn) == 0 {
-		panic("shardmap: touchConnLocked on a plain session without a connection")
+	l, ok := st.connsOf(i)
+	var c uint32
+	if ok {
+		c = st.findConn(l, conn)
 	}
-	if k >= 0 {
-		e := &cs.list[k]
+	if c != 0 {
+		e := st.conn(c)
 		if minGap > 0 && lastSeen-e.lastSeen < minGap && lastSeen >= e.lastSeen {
 			r.PrevSeen = e.lastSeen
 			return r, ErrRateLimited
@@ -434,30 +438,35 @@ func (m *Map) touchConnLocked(st *userState, i uint32, conn []byte, lastSeen, ex
 		r.PrevSeen = e.lastSeen
 	} else {
 		n := 1
-		if cs != nil {
-			n = len(cs.list)
+		if ok {
+			n = st.countConns(l)
 		}
 		if n >= m.maxConns {
 			return r, ErrTooManyConns
 		}
-		if cs == nil {
-			cs = st.promote(i)
+		if !ok {
+			if l, ok = st.promote(i); !ok {
+				return r, ErrFull
+			}
 		}
-		cs.list = append(cs.list, connEntry{id: string(conn)})
-		k = len(cs.list) - 1
+		if l, c = st.addConn(i, l, conn); c == 0 {
+			st.settle(i, l)
+			return r, ErrFull
+		}
 		r.ConnStarted = true
 		m.extraConns.Add(1)
 	}
-	e := &cs.list[k]
+	e := st.conn(c)
 	e.lastSeen, e.expiry = lastSeen, expiry
-	r.Changed = setConnState(e, sop)
-	cs.recent = k
+	r.Changed = st.setConnState(c, sop)
+	l.recent = c
+	st.conns[i] = l
 	if r.Changed || r.ConnStarted {
 		st.session(i).logged = 0 // the logged record has other connections
-		r.Conns = cs.snapshot(nil)
-		r.State = bytes.Clone(e.state)
+		r.Conns = st.connsSnapshot(i, nil)
+		r.State = bytes.Clone(st.connState(c))
 	}
-	st.settle(i, cs)
+	st.settle(i, l)
 	if m.track {
 		st.logUpsert(i)
 	}
@@ -547,9 +556,8 @@ func (m *Map) endSession(st *userState, i uint32, reason Reason, now int64, emit
 	if st.states != nil {
 		delete(st.states, i)
 	}
-	if cs := st.connsOf(i); cs != nil {
-		m.extraConns.Add(-int64(len(cs.list) - 1))
-		delete(st.conns, i)
+	if st.hasConns(i) {
+		m.extraConns.Add(-int64(st.dropConns(i) - 1))
 	}
 	st.releaseSession(i, m.track && dirty)
 	m.sessions.Add(-1)
@@ -664,8 +672,8 @@ func (m *Map) expireLocked(st *userState, now int64, dst []Event) []Event {
 			s := st.session(i)
 			next := s.wnext
 			if s.expiry() <= now {
-				if cs := st.connsOf(i); cs != nil && cs.maxExpiry() > now {
-					dst = m.expireConnsLocked(st, i, cs, now, dst)
+				if l, ok := st.connsOf(i); ok && st.maxExpiry(l) > now {
+					dst = m.expireConnsLocked(st, i, l, now, dst)
 				} else {
 					dst = m.endSession(st, i, ReasonTimeout, now, true, dst)
 				}
@@ -707,7 +715,7 @@ func (m *Map) User(user []byte, dst []RoomSession) (rooms []RoomSession, lastSee
 			name := string(rs.mu.name(ri))
 			rs.mu.Unlock()
 			dst = append(dst, RoomSession{Room: name, LastSeen: ls, Expiry: st.untilOf(i), State: bytes.Clone(st.stateOf(i)), Conns: st.connsSnapshot(i, nil)})
-		} else if stt := st.stateOf(i); stt != nil || st.connsOf(i) != nil {
+		} else if stt := st.stateOf(i); stt != nil || st.hasConns(i) {
 			// The room-less session appears only when it carries a state
 			// or named connections.
 			dst = append(dst, RoomSession{LastSeen: ls, Expiry: st.untilOf(i), State: bytes.Clone(stt), Conns: st.connsSnapshot(i, nil)})

@@ -239,8 +239,8 @@ func (m *Map) Drain(fn func(c *Change)) (n int) {
 					rs.mu.Unlock()
 				}
 				*c = Change{User: st.userID(up.user), Room: st.roomBuf, LastSeen: st.seenOf(e.sess), Expiry: st.untilOf(e.sess), State: st.stateOf(e.sess), Logged: int64(up.logged) * 1000}
-				if cs := st.connsOf(e.sess); cs != nil {
-					st.connBuf = cs.appendDurable(st.connBuf[:0])
+				if l, ok := st.connsOf(e.sess); ok {
+					st.connBuf = st.appendDurable(l, st.connBuf[:0])
 					c.Conns = st.connBuf
 				}
 			}

@@ -84,8 +84,13 @@ type userState struct {
 	states map[uint32][]byte
 	// conns holds the connections of the sessions that have named ones, by
 	// session index (see conn.go); nil until the first.
-	conns       map[uint32]*connSet
-	connBuf     []byte // Drain's buffer for Change.Conns
+	conns       map[uint32]connList
+	connRecs    [][]connRec // chunked; index 0 is reserved
+	nConn       uint32
+	freeConn    uint32            // free connection list, chained through next
+	connArena   arena             // connection ids
+	connStates  map[uint32][]byte // by connection record, those with a state
+	connBuf     []byte            // Drain's buffer for Change.Conns
 	index       idIndex
 	arena       arena
 	users       [][]userRec // chunked; index 0 is reserved
