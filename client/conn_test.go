@@ -261,3 +261,34 @@ func TestConnectionDecodesMembers(t *testing.T) {
 		t.Errorf("connections = %+v", m.Connections)
 	}
 }
+
+// The server's refusals about connections reach OnError as their errors:
+// 429 naming --max-conns-per-session, and 400 for a connection id.
+func TestConnRefusals(t *testing.T) {
+	for _, c := range []struct {
+		code   int
+		answer string
+		want   error
+	}{
+		{429, `{"error":"session has 16 connections: max-conns-per-session is 16"}`, client.ErrTooManyConns},
+		{429, `{"error":"too many connections from this address (http-max-conns-per-ip 1024)"}`, client.ErrRateLimited},
+		{400, `{"error":"conn must be 1 to 64 bytes of UTF-8 without control characters"}`, client.ErrBadID},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(c.code)
+			io.WriteString(w, c.answer)
+		}))
+		var errs errorLog
+		h := start(t, client.Config{BaseURL: srv.URL, User: "alice", Room: "lobby", OnError: errs.add})
+		testkit.Eventually(t, 10*time.Second, c.answer, func() bool { return len(errs.list()) > 0 })
+		h.Close()
+		srv.Close()
+		if !errs.has(c.want) {
+			t.Errorf("%d %s: OnError got %v, want %v", c.code, c.answer, errs.list(), c.want)
+		}
+		if c.want != client.ErrTooManyConns && errs.has(client.ErrTooManyConns) {
+			t.Errorf("%d %s read as ErrTooManyConns", c.code, c.answer)
+		}
+	}
+}
