@@ -14,6 +14,13 @@
 // Config.UDPRetryAfter before UDP is tried again. A state (SetState,
 // Config.State) travels with one HTTP heartbeat; UDP heartbeats keep it.
 //
+// Each Heartbeater is one connection of its session: every heartbeat and
+// the leave carry its connection id (Config.Conn, or 16 random base64url
+// characters; Heartbeater.Conn), so the session stays while any of its
+// connections does, and Leave ends this connection only. Update events name
+// the connection that changed (Event.Conn) and list the member's
+// connections (Event.Connections).
+//
 // When the server refuses the token (bad_token, token_expired, unknown_key,
 // wrong_room; or 401 over HTTP), or before sending a token whose expiry has
 // passed, the heartbeater asks Config.TokenFunc for a new one and sends

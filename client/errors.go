@@ -13,8 +13,8 @@ import (
 // answers with silence.
 var ErrNoReply = errors.New("no reply")
 
-// ErrBadID means the server refused the user or room id.
-var ErrBadID = errors.New("bad user or room id")
+// ErrBadID means the server refused the user, room or connection id.
+var ErrBadID = errors.New("bad user, room or connection id")
 
 // ErrBadRequest means the server refused the request as malformed (HTTP 400
 // other than a bad id), e.g. a state larger than --max-state-bytes.
@@ -44,6 +44,11 @@ var ErrRateLimited = errors.New("rate limited")
 
 // ErrTooManyRooms means the user is in as many rooms as the server allows.
 var ErrTooManyRooms = errors.New("too many rooms")
+
+// ErrTooManyConns means the session already has as many connections as the
+// server allows (--max-conns-per-session): other heartbeaters or tabs hold
+// them. The heartbeater retries later, when one may have ended.
+var ErrTooManyConns = errors.New("too many connections in the session")
 
 // ErrUnavailable means the server is starting, draining or overloaded; the
 // heartbeater retries later.
@@ -85,7 +90,7 @@ func statusError(s wire.Status) error {
 func httpError(code int, msg string) error {
 	switch code {
 	case 400:
-		if strings.HasPrefix(msg, "user ") || strings.HasPrefix(msg, "room ") {
+		if strings.HasPrefix(msg, "user ") || strings.HasPrefix(msg, "room ") || strings.HasPrefix(msg, "conn ") {
 			return ErrBadID
 		}
 		return ErrBadRequest
@@ -102,6 +107,9 @@ func httpError(code int, msg string) error {
 	case 429:
 		if strings.Contains(msg, "too many rooms") {
 			return ErrTooManyRooms
+		}
+		if strings.Contains(msg, "max-conns-per-session") {
+			return ErrTooManyConns
 		}
 		return ErrRateLimited
 	case 503:

@@ -32,9 +32,30 @@ type Event struct {
 	Reason string
 	// State is the session state on join and update (nil when none).
 	State json.RawMessage
+	// Conn is, on an update, the connection that started, ended or changed
+	// state while the member stayed (empty otherwise; "" also names the
+	// session's default connection).
+	Conn string
+	// Connections are, on an update that names Conn, the member's
+	// connections after the change (nil when the event carries none).
+	Connections []Connection
 	// Data is the event's whole JSON data, for fields this struct does not
 	// name (e.g. occupancy's online, joined and left).
 	Data json.RawMessage
+}
+
+// Connection is one connection (a browser tab, a device, a Heartbeater) of
+// a session, as events, room members and user-status sessions list them.
+// Its JSON form is theirs: {"conn","state","last_seen"}.
+type Connection struct {
+	// Conn is the connection id; "" is the session's default connection
+	// (heartbeats that name none).
+	Conn string `json:"conn"`
+	// State is the connection's state (nil when none).
+	State json.RawMessage `json:"state,omitempty"`
+	// LastSeen is the connection's last heartbeat; zero in events, which
+	// do not carry it.
+	LastSeen time.Time `json:"last_seen"`
 }
 
 // SubscriberConfig configures a Subscription. Zero fields take the default
@@ -353,13 +374,15 @@ func (s *Subscription) readEvent() (Event, error) {
 // problem reported) when the data is not a JSON object.
 func (s *Subscription) decode(typ, id string, hasID bool, data string) (Event, bool) {
 	var d struct {
-		ID     string          `json:"id"`
-		Type   string          `json:"type"`
-		User   string          `json:"user"`
-		Room   string          `json:"room"`
-		At     *time.Time      `json:"at"`
-		Reason *string         `json:"reason"`
-		State  json.RawMessage `json:"state"`
+		ID          string          `json:"id"`
+		Type        string          `json:"type"`
+		User        string          `json:"user"`
+		Room        string          `json:"room"`
+		At          *time.Time      `json:"at"`
+		Reason      *string         `json:"reason"`
+		State       json.RawMessage `json:"state"`
+		Conn        string          `json:"conn"`
+		Connections []Connection    `json:"connections"`
 	}
 	if err := json.Unmarshal([]byte(data), &d); err != nil {
 		s.report(fmt.Errorf("cannot decode event data %.100q: %w", data, err))
@@ -386,6 +409,12 @@ func (s *Subscription) decode(typ, id string, hasID bool, data string) (Event, b
 	}
 	if len(d.State) > 0 && string(d.State) != "null" {
 		ev.State = d.State
+	}
+	ev.Conn, ev.Connections = d.Conn, d.Connections
+	for i := range ev.Connections {
+		if string(ev.Connections[i].State) == "null" {
+			ev.Connections[i].State = nil
+		}
 	}
 	if ev.ID != "" {
 		s.setLastID(ev.ID)

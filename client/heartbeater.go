@@ -3,6 +3,8 @@ package client
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +52,14 @@ type Config struct {
 	// Room is the room id; empty: the heartbeats only say the user is online,
 	// and Leave leaves all the user's rooms.
 	Room string
+	// Conn is the connection id this heartbeater speaks for (1..64 bytes of
+	// UTF-8 without control characters), sent with every heartbeat and
+	// leave: the session (User, Room) stays live while any of its
+	// connections does, and Leave ends this connection only. Default: 16
+	// random base64url characters, so two heartbeaters of one user and room
+	// (two devices, two processes) are two connections. Set it to keep the
+	// id across restarts of the process.
+	Conn string
 	// Token is the first heartbeat token (empty for a server without
 	// --secret-file).
 	Token string
@@ -105,6 +115,8 @@ func (c *Config) Validate() error {
 		return errors.New("cannot start heartbeater: User must be 1 to 128 bytes of UTF-8 without control characters")
 	case !wire.ValidID([]byte(c.Room), true):
 		return errors.New("cannot start heartbeater: Room must be at most 128 bytes of UTF-8 without control characters")
+	case len(c.Conn) > wire.MaxConnLen || !wire.ValidID([]byte(c.Conn), true):
+		return fmt.Errorf("cannot start heartbeater: Conn must be at most %d bytes of UTF-8 without control characters", wire.MaxConnLen)
 	case len(c.Token) > wire.MaxTokenLen:
 		return fmt.Errorf("cannot start heartbeater: Token is longer than %d bytes", wire.MaxTokenLen)
 	case c.Interval < 0 || c.AckTimeout < 0 || c.MaxAckTimeout < 0 || c.UDPRetryAfter < 0 || c.FallbackAfter < 0:
@@ -113,8 +125,22 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// connIDLen is the length of a made-up connection id: 12 random bytes in
+// base64url, 96 bits, so ids of one session do not collide.
+const connIDLen = 16
+
+// newConnID returns a random connection id of connIDLen base64url characters.
+func newConnID() string {
+	var b [connIDLen * 3 / 4]byte
+	crand.Read(b[:]) // never fails (crypto/rand's documented behaviour)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
 // withDefaults fills the zero fields.
 func (c Config) withDefaults() Config {
+	if c.Conn == "" {
+		c.Conn = newConnID()
+	}
 	if c.Interval == 0 {
 		c.Interval = defaultInterval
 	}
@@ -161,10 +187,11 @@ type Status struct {
 	LastErrorAt time.Time
 }
 
-// Heartbeater keeps one session (Config.User, Config.Room) alive: it sends a
-// heartbeat at once and then every interval the server asks for, over UDP
-// with an ack, resent with backoff when the ack does not come, and over HTTP
-// when UDP stays silent or a state must be set.
+// Heartbeater keeps one connection (Config.Conn) of one session
+// (Config.User, Config.Room) alive: it sends a heartbeat at once and then
+// every interval the server asks for, over UDP with an ack, resent with
+// backoff when the ack does not come, and over HTTP when UDP stays silent or
+// a state must be set.
 //
 // Its methods are safe for concurrent use. It runs one goroutine, which ends
 // when the context given to StartHeartbeater is done or at Close or Leave;
@@ -274,6 +301,10 @@ func (h *Heartbeater) SetState(v any) error {
 	return nil
 }
 
+// Conn returns the connection id the heartbeater sends (Config.Conn, or the
+// one it made up).
+func (h *Heartbeater) Conn() string { return h.cfg.Conn }
+
 // Status returns a snapshot of the heartbeater's state.
 func (h *Heartbeater) Status() Status {
 	h.mu.Lock()
@@ -317,10 +348,12 @@ func (h *Heartbeater) Close() error {
 	return nil
 }
 
-// Leave stops heartbeating, ends the session at once with a leave (over
-// the transport in use, with the same resends and fallback as heartbeats;
-// all the user's rooms when Config.Room is empty) and releases the socket.
-// It returns ErrClosed after Close or a previous Leave.
+// Leave stops heartbeating, ends the heartbeater's connection at once with
+// a leave naming it (over the transport in use, with the same resends and
+// fallback as heartbeats) and releases the socket. The session ends with it
+// unless other connections hold it (another device or process of the same
+// user and room). With an empty Config.Room the leave is for all the
+// user's rooms. It returns ErrClosed after Close or a previous Leave.
 func (h *Heartbeater) Leave(ctx context.Context) error {
 	h.life.Lock()
 	defer h.life.Unlock()
@@ -496,7 +529,7 @@ func (h *Heartbeater) sendUDP(ctx context.Context, op wire.Op) error {
 		}
 		h.seq++
 		req, err := wire.AppendRequest(h.buf[:0], h.seq, true, []wire.Item{{
-			Op: op, User: []byte(h.cfg.User), Room: []byte(h.cfg.Room), Token: []byte(tok),
+			Op: op, User: []byte(h.cfg.User), Room: []byte(h.cfg.Room), Conn: []byte(h.cfg.Conn), Token: []byte(tok),
 		}})
 		if err != nil {
 			return fmt.Errorf("cannot encode %s: %w", op, err)
@@ -575,9 +608,10 @@ func (h *Heartbeater) sendHTTP(ctx context.Context, op wire.Op, state []byte) er
 	body := struct {
 		User  string          `json:"user"`
 		Room  string          `json:"room,omitempty"`
+		Conn  string          `json:"conn"`
 		Token string          `json:"token,omitempty"`
 		State json.RawMessage `json:"state,omitempty"`
-	}{h.cfg.User, h.cfg.Room, h.token(), state}
+	}{h.cfg.User, h.cfg.Room, h.cfg.Conn, h.token(), state}
 	b, err := json.Marshal(body)
 	if err != nil {
 		return fmt.Errorf("cannot encode %s: %w", op, err)

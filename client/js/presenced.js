@@ -9,6 +9,11 @@
 // {"status":"away"} while hidden, and sends a leave with navigator.sendBeacon
 // when the page goes away.
 //
+// Each tab is its own connection of the session: a random id kept in
+// sessionStorage (so it survives a reload, and the reload within
+// --leave-delay leaves no trace) and sent as "conn" with every heartbeat
+// and leave, so closing one of a user's tabs leaves the others present.
+//
 //   import { Presence } from "./presenced.js";
 //   const p = new Presence({ url: "https://presence.example.com", user: "alice",
 //                            room: "doc-42", token: () => fetchToken() });
@@ -30,6 +35,50 @@ export function compareIds(a, b) {
   return e === 0n ? 0 : e < 0n ? -1 : 1;
 }
 
+const CONN_KEY = "presenced.conn";
+let tabConn; // this page's connection id, shared by its Presence objects
+let tabStore; // the sessionStorage it came from and goes back to
+
+/** A random connection id: 16 base64url characters (96 bits). */
+export function newConnId() {
+  const b = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(b);
+  return btoa(String.fromCharCode(...b)).replace(/\+/g, "-").replace(/\//g, "_");
+}
+
+/** Whether s is a connection id the server takes: 1..64 bytes of UTF-8, no control characters. */
+export function validConnId(s) {
+  return typeof s === "string" && s.length > 0 && new TextEncoder().encode(s).length <= 64 &&
+    !/[\u0000-\u001f\u007f]/.test(s) && s.isWellFormed?.() !== false;
+}
+
+function storage() {
+  try { return globalThis.sessionStorage || undefined; } catch { return undefined; } // blocked storage throws
+}
+
+/**
+ * This tab's connection id. It is taken out of sessionStorage when the page
+ * loads and put back when the page goes away (pagehide): a reload finds it,
+ * while a duplicated tab, whose sessionStorage is a copy taken while the
+ * page lives, does not, and makes up its own.
+ */
+export function tabConnId() {
+  if (tabConn) return tabConn;
+  const st = tabStore = storage();
+  let id;
+  try { id = st?.getItem(CONN_KEY); st?.removeItem(CONN_KEY); } catch { /* storage unavailable */ }
+  tabConn = validConnId(id) ? id : newConnId();
+  return tabConn;
+}
+
+function keepConnId(id) {
+  try { tabStore?.setItem(CONN_KEY, id); } catch { /* storage full or unavailable: a new id after the reload */ }
+}
+
+function takeConnId() {
+  try { tabStore?.removeItem(CONN_KEY); } catch { /* storage unavailable */ }
+}
+
 /** The backoff before reconnect attempt n (0-based): 250 ms doubling to maxMs, +-20 % jitter. */
 export function backoff(n, maxMs = 30000, random = Math.random) {
   const base = Math.min(maxMs, 250 * 2 ** Math.min(n, 20));
@@ -42,6 +91,7 @@ export class Presence {
    * @param {string} o.url            the server's HTTP base URL (http[s]://host:port)
    * @param {string} [o.user]         the user to heartbeat for (omit to only subscribe)
    * @param {string} [o.room]         the room ("" or omitted: online only)
+   * @param {string} [o.conn]         the connection id (default: this tab's, see tabConnId)
    * @param {string|function} [o.token] a token, or a (possibly async) function returning a fresh one
    * @param {object} [o.state]        the session state to send (needs server support)
    * @param {boolean} [o.awayWhenHidden] browser: set state {"status":"away"} while hidden
@@ -58,6 +108,8 @@ export class Presence {
     this.url = o.url.replace(/\/+$/, "");
     this.user = o.user;
     this.room = o.room || "";
+    if (o.conn !== undefined && !validConnId(o.conn)) throw new Error("cannot create Presence: conn must be 1 to 64 bytes of UTF-8 without control characters");
+    this.conn = o.conn ?? tabConnId();
     this.tokenSrc = o.token;
     this.token = typeof o.token === "string" ? o.token : undefined;
     this.state = o.state;
@@ -84,6 +136,7 @@ export class Presence {
     this.transport = "none";
     this._onVisibility = () => this._visibilityChanged();
     this._onPageHide = () => this._pageHide();
+    this._onPageShow = () => { if (this.conn === tabConn) takeConnId(); };
   }
 
   /** Start heartbeating (when a user is set) and keep the subscriptions open. */
@@ -95,6 +148,7 @@ export class Presence {
       this.hidden = doc.visibilityState === "hidden";
       doc.addEventListener("visibilitychange", this._onVisibility);
       globalThis.addEventListener?.("pagehide", this._onPageHide);
+      globalThis.addEventListener?.("pageshow", this._onPageShow);
     }
     this._connect();
     // With a socket coming, the first heartbeat goes over it once open (after
@@ -116,6 +170,7 @@ export class Presence {
     if (doc && typeof doc.removeEventListener === "function") {
       doc.removeEventListener("visibilitychange", this._onVisibility);
       globalThis.removeEventListener?.("pagehide", this._onPageHide);
+      globalThis.removeEventListener?.("pageshow", this._onPageShow);
     }
     if (this.ws) { try { this.ws.close(1000); } catch { /* closed */ } }
     this._failPending(new Error("closed"));
@@ -151,9 +206,9 @@ export class Presence {
     };
   }
 
-  /** Send one heartbeat now; resolves with the answer. */
+  /** Send one heartbeat now, for this tab's connection; resolves with the answer. */
   async heartbeat() {
-    const body = { user: this.user, room: this.room, token: await this._token() };
+    const body = { user: this.user, room: this.room, conn: this.conn, token: await this._token() };
     const away = this.hidden && this.awayWhenHidden;
     const state = this._effectiveState();
     if (state !== undefined) body.state = state;
@@ -174,9 +229,9 @@ export class Presence {
     return ans;
   }
 
-  /** Leave the room now (over the socket, else HTTP). */
+  /** Leave the room now with this tab's connection (over the socket, else HTTP); the user's other tabs stay. */
   async leave() {
-    const body = { user: this.user, room: this.room, token: await this._token() };
+    const body = { user: this.user, room: this.room, conn: this.conn, token: await this._token() };
     return this.wsOpen ? this._request({ op: "leave", ...body }) : this._http("/v1/leave", body);
   }
 
@@ -232,8 +287,9 @@ export class Presence {
   }
 
   _pageHide() {
+    if (this.conn === tabConn) keepConnId(this.conn); // for a reload of this tab
     if (!this.running || this.user === undefined || this.token === undefined && typeof this.tokenSrc === "function") return;
-    const body = JSON.stringify({ user: this.user, room: this.room, token: this.token });
+    const body = JSON.stringify({ user: this.user, room: this.room, conn: this.conn, token: this.token });
     // text/plain needs no CORS preflight; the server reads the JSON body whatever its type.
     globalThis.navigator?.sendBeacon?.(this.url + "/v1/leave", body);
   }

@@ -1,13 +1,15 @@
 // Package wire encodes and decodes presenced's UDP datagrams.
 //
 // A request datagram carries 1..MaxItems heartbeats or leaves, each with a
-// user, an optional room and an optional token; a reply carries one status
-// byte per item and, when it fits, the heartbeat interval and session TTL.
+// user, an optional room, an optional connection id (with FlagConn) and an
+// optional token; a reply carries one status byte per item and, when it
+// fits, the heartbeat interval and session TTL.
 // PROTOCOL.md at the repository root draws the format byte by byte;
 // testdata/vectors.json holds golden datagrams.
 //
 //	request:  'P' 0x01 flags count seq(4, big-endian)  item*count
-//	item:     op userLen user roomLen room tokenLen token
+//	item:     op userLen user roomLen room [connLen conn] tokenLen token
+//	          (connLen and conn only with FlagConn; connLen 0: the default connection)
 //	reply:    'P' 0x01 0x80|flags count seq(4)  status*count  [interval_ms(4) ttl_ms(4)]
 //
 // # No amplification

@@ -14,8 +14,8 @@ var (
 	// ErrBadVersion means the version byte is not Version.
 	ErrBadVersion = errors.New("unsupported version")
 	// ErrBadFlags means a flag bit is set that the datagram's kind does not
-	// allow (in a request: any bit but FlagAck; in a reply: FlagReply missing
-	// or any bit but FlagReply and FlagTiming).
+	// allow (in a request: any bit but FlagAck and FlagConn; in a reply:
+	// FlagReply missing or any bit but FlagReply and FlagTiming).
 	ErrBadFlags = errors.New("bad flags")
 	// ErrBadCount means the item count is 0 or more than MaxItems.
 	ErrBadCount = errors.New("bad item count")
@@ -24,9 +24,10 @@ var (
 	ErrTruncated = errors.New("truncated item")
 	// ErrBadOp means an item's op is neither OpHeartbeat nor OpLeave.
 	ErrBadOp = errors.New("bad op")
-	// ErrBadID means a user or room id has a bad length, is not UTF-8 or
-	// contains a control character (see ValidID).
-	ErrBadID = errors.New("bad user or room id")
+	// ErrBadID means a user, room or connection id has a bad length (a
+	// connection id: over MaxConnLen), is not UTF-8 or contains a control
+	// character (see ValidID).
+	ErrBadID = errors.New("bad user, room or connection id")
 	// ErrTrailing means bytes follow the last item (or the reply's end).
 	ErrTrailing = errors.New("trailing bytes after last item")
 )

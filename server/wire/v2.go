@@ -13,6 +13,8 @@ import (
 //	magic | 0x02 | flags | count | seq (4) | timestamp ms (8) |
 //	tokenLen (1) | token | items (op, userLen, user, roomLen, room)... | mac (16)
 //
+// With FlagConn each item also has connLen (1) and conn after its room.
+//
 // mac is the first 16 bytes of HMAC-SHA256(client key, every byte before it).
 const (
 	Version2    = 0x02
@@ -25,26 +27,24 @@ func (d *Datagram) decodeV2(b []byte) error {
 	if len(b) < HeaderLenV2 {
 		return ErrTooShort
 	}
-	if b[2]&^FlagAck != 0 {
+	if b[2]&^requestFlags != 0 {
 		return ErrBadFlags
 	}
 	count := int(b[3])
 	if count == 0 || count > MaxItems {
 		return ErrBadCount
 	}
-	p := b[HeaderLenV2:]
-	if len(p) < 1 || len(p) < 1+int(p[0]) {
-		return ErrTruncated
+	withConn := b[2]&FlagConn != 0
+	token, p, err := readField(b[HeaderLenV2:])
+	if err != nil {
+		return err
 	}
-	tl := int(p[0])
-	token := p[1 : 1+tl : 1+tl]
-	p = p[1+tl:]
 	for i := range count {
-		op, user, room, rest, err := readItemIDs(p)
+		op, user, room, conn, rest, err := readItemIDs(p, withConn)
 		if err != nil {
 			return err
 		}
-		d.items[i] = Item{Op: op, User: user, Room: room, Token: token}
+		d.items[i] = Item{Op: op, User: user, Room: room, Conn: conn, Token: token}
 		p = rest
 	}
 	if len(p) < MACLen {
@@ -102,16 +102,21 @@ func mac(key, msg []byte) [sha256.Size]byte {
 // RequestLenV2 returns the encoded size of a v2 request with token and items.
 func RequestLenV2(token []byte, items []Item) int {
 	n := HeaderLenV2 + 1 + len(token) + MACLen
+	withConn := hasConn(items)
 	for i := range items {
 		n += 3 + len(items[i].User) + len(items[i].Room)
+		if withConn {
+			n += 1 + len(items[i].Conn)
+		}
 	}
 	return n
 }
 
 // AppendRequestV2 appends a v2 request signed with key (the token's client
 // key) to dst, for clients. tsMs is the client's clock in unix ms. The
-// items' Token fields are not used: token serves them all. It returns dst
-// unchanged and an error if the request would not decode.
+// items' Token fields are not used: token serves them all. It sets FlagConn
+// exactly when an item names a connection. It returns dst unchanged and an
+// error if the request would not decode.
 func AppendRequestV2(dst []byte, seq uint32, ack bool, tsMs uint64, token, key []byte, items []Item) ([]byte, error) {
 	if len(items) == 0 || len(items) > MaxItems {
 		return dst, ErrBadCount
@@ -119,33 +124,21 @@ func AppendRequestV2(dst []byte, seq uint32, ack bool, tsMs uint64, token, key [
 	if len(token) > MaxTokenLen {
 		return dst, ErrTokenTooLong
 	}
-	for i := range items {
-		if items[i].Op != OpHeartbeat && items[i].Op != OpLeave {
-			return dst, ErrBadOp
-		}
-		if !ValidID(items[i].User, false) || !ValidID(items[i].Room, true) {
-			return dst, ErrBadID
-		}
+	if err := checkItems(items); err != nil {
+		return dst, err
 	}
 	if RequestLenV2(token, items) > MaxDatagram {
 		return dst, ErrTooLarge
 	}
-	var flags byte
-	if ack {
-		flags |= FlagAck
-	}
+	withConn := hasConn(items)
 	start := len(dst)
-	dst = append(dst, Magic, Version2, flags, byte(len(items)))
+	dst = append(dst, Magic, Version2, requestFlagsByte(ack, withConn), byte(len(items)))
 	dst = binary.BigEndian.AppendUint32(dst, seq)
 	dst = binary.BigEndian.AppendUint64(dst, tsMs)
 	dst = append(dst, byte(len(token)))
 	dst = append(dst, token...)
 	for i := range items {
-		it := &items[i]
-		dst = append(dst, byte(it.Op), byte(len(it.User)))
-		dst = append(dst, it.User...)
-		dst = append(dst, byte(len(it.Room)))
-		dst = append(dst, it.Room...)
+		dst = appendItemIDs(dst, &items[i], withConn)
 	}
 	m := mac(key, dst[start:])
 	return append(dst, m[:MACLen]...), nil

@@ -50,7 +50,8 @@ func TestVectorsV2(t *testing.T) {
 				t.Fatalf("Decode = %+v", d)
 			}
 			for i, it := range d.Items() {
-				if it.Op != c.Items[i].Op || string(it.User) != c.Items[i].User || string(it.Room) != c.Items[i].Room || string(it.Token) != c.Token {
+				j := c.Items[i]
+				if it.Op != j.Op || string(it.User) != j.User || string(it.Room) != j.Room || string(it.Conn) != j.Conn || string(it.Token) != c.Token {
 					t.Errorf("item %d = %+v", i, it)
 				}
 			}
@@ -88,7 +89,9 @@ func TestPythonClientV2(t *testing.T) {
 	}
 	script := `import sys; sys.path.insert(0, "testdata"); from client_v2 import client_key, request_v2
 k = client_key(b"0123456789abcdef0123456789abcdef", "k1.1700000000.r.Tsp-J8CEq-nP6Iy6OGQ68akzL6cYvMZzRHLtcvMNS3U")
-print(k.hex()); print(request_v2(7, True, 1700000000123, "k1.1700000000.r.Tsp-J8CEq-nP6Iy6OGQ68akzL6cYvMZzRHLtcvMNS3U", k, [(1, "bob", "r\u00e9"), (2, "bob", "")]).hex())`
+t = "k1.1700000000.r.Tsp-J8CEq-nP6Iy6OGQ68akzL6cYvMZzRHLtcvMNS3U"
+print(k.hex()); print(request_v2(7, True, 1700000000123, t, k, [(1, "bob", "r\u00e9"), (2, "bob", "")]).hex())
+print(request_v2(8, False, 1700000000124, t, k, [(1, "bob", "r\u00e9", "tab\u00e9"), (2, "bob", "r\u00e9", "")]).hex())`
 	out, err := exec.Command(py, "-c", script).Output()
 	if err != nil {
 		t.Fatalf("python: %v", err)
@@ -100,5 +103,11 @@ print(k.hex()); print(request_v2(7, True, 1700000000123, "k1.1700000000.r.Tsp-J8
 		[]Item{{Op: OpHeartbeat, User: []byte("bob"), Room: []byte("ré")}, {Op: OpLeave, User: []byte("bob")}})
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("python %x\ngo     %x (%v)", got, want, err)
+	}
+	got, _ = hex.DecodeString(string(lines[2]))
+	want, err = AppendRequestV2(nil, 8, false, 1700000000124, []byte("k1.1700000000.r.Tsp-J8CEq-nP6Iy6OGQ68akzL6cYvMZzRHLtcvMNS3U"), key,
+		[]Item{{Op: OpHeartbeat, User: []byte("bob"), Room: []byte("ré"), Conn: []byte("tabé")}, {Op: OpLeave, User: []byte("bob"), Room: []byte("ré")}})
+	if err != nil || !bytes.Equal(got, want) || want[2]&FlagConn == 0 {
+		t.Fatalf("with conn: python %x\ngo     %x (%v)", got, want, err)
 	}
 }

@@ -17,6 +17,7 @@ const (
 	MaxDatagram = 1400
 	MaxItems    = 64  // items in one request
 	MaxIDLen    = 128 // bytes in a user or room id
+	MaxConnLen  = 64  // bytes in a connection id
 	MaxTokenLen = 255 // bytes in a token
 
 	// TimingLen is the size of the optional interval_ms and ttl_ms fields
@@ -28,7 +29,11 @@ const (
 const (
 	FlagAck    = 0x01 // request: the client wants a reply
 	FlagTiming = 0x02 // reply: interval_ms and ttl_ms follow the statuses
+	FlagConn   = 0x04 // request: every item carries a connection id
 	FlagReply  = 0x80 // set in replies, clear in requests
+
+	// requestFlags are the bits a request may set (v1 and v2).
+	requestFlags = FlagAck | FlagConn
 )
 
 // Op is what an item asks for.
@@ -53,14 +58,34 @@ func (op Op) String() string {
 	return "unknown"
 }
 
-// Item is one heartbeat or leave. In a decoded Datagram, User, Room and
-// Token are sub-slices of the decoded buffer (capacity clipped to their
+// Item is one heartbeat or leave. In a decoded Datagram, User, Room, Conn
+// and Token are sub-slices of the decoded buffer (capacity clipped to their
 // length, so appending to one cannot overwrite the next).
 type Item struct {
-	Op    Op
-	User  []byte // 1..MaxIDLen bytes, see ValidID
-	Room  []byte // 0..MaxIDLen bytes; empty means no room (leave: all rooms)
+	Op   Op
+	User []byte // 1..MaxIDLen bytes, see ValidID
+	Room []byte // 0..MaxIDLen bytes; empty means no room (leave: all rooms)
+	// Conn is the connection (a browser tab, a device) the item speaks
+	// for: 0..MaxConnLen bytes under the id rules of ValidID. Empty means
+	// the session's default connection; for a leave, all its connections.
+	Conn  []byte
 	Token []byte // 0..MaxTokenLen bytes, opaque to this package
+}
+
+// hasConn reports whether any item names a connection: the encoders set
+// FlagConn exactly then.
+func hasConn(items []Item) bool {
+	for i := range items {
+		if len(items[i].Conn) != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// validConn reports whether b is a valid connection id, or empty.
+func validConn(b []byte) bool {
+	return len(b) <= MaxConnLen && ValidID(b, true)
 }
 
 // Datagram is a decoded request. Reuse one per event loop: Decode
@@ -109,28 +134,29 @@ func (d *Datagram) Decode(b []byte) error {
 	if b[1] != Version {
 		return ErrBadVersion
 	}
-	if b[2]&^FlagAck != 0 {
+	if b[2]&^requestFlags != 0 {
 		return ErrBadFlags
 	}
 	count := int(b[3])
 	if count == 0 || count > MaxItems {
 		return ErrBadCount
 	}
+	withConn := b[2]&FlagConn != 0
 	// First the items' structure (lengths only), then their contents, so
 	// that a bad datagram's reason is the first row of PROTOCOL.md's table
 	// that it breaks, whichever item breaks it.
 	p := b[HeaderLen:]
 	for i := range count {
-		op, user, room, rest, err := readItemIDs(p)
+		op, user, room, conn, rest, err := readItemIDs(p, withConn)
 		if err != nil {
 			return err
 		}
-		if len(rest) < 1 || len(rest) < 1+int(rest[0]) {
-			return ErrTruncated
+		token, rest, err := readField(rest)
+		if err != nil {
+			return err
 		}
-		tl := int(rest[0])
-		d.items[i] = Item{Op: op, User: user, Room: room, Token: rest[1 : 1+tl : 1+tl]}
-		p = rest[1+tl:]
+		d.items[i] = Item{Op: op, User: user, Room: room, Conn: conn, Token: token}
+		p = rest
 	}
 	if err := checkItems(d.items[:count]); err != nil {
 		return err
@@ -146,24 +172,36 @@ func (d *Datagram) Decode(b []byte) error {
 }
 
 // readItemIDs reads the part of an item both versions share: op, user
-// length, user, room length, room. It checks lengths only and returns the
-// rest of p; the slices alias p.
-func readItemIDs(p []byte) (op Op, user, room, rest []byte, err error) {
-	if len(p) < 2 {
-		return 0, nil, nil, nil, ErrTruncated
+// length, user, room length, room and, with FlagConn, connection length and
+// connection. It checks lengths only and returns the rest of p; the slices
+// alias p.
+func readItemIDs(p []byte, withConn bool) (op Op, user, room, conn, rest []byte, err error) {
+	if len(p) < 1 {
+		return 0, nil, nil, nil, nil, ErrTruncated
 	}
-	op, ul := Op(p[0]), int(p[1])
-	p = p[2:]
-	if len(p) < ul+1 {
-		return 0, nil, nil, nil, ErrTruncated
+	op = Op(p[0])
+	if user, p, err = readField(p[1:]); err != nil {
+		return 0, nil, nil, nil, nil, err
 	}
-	user = p[:ul:ul]
-	rl := int(p[ul])
-	p = p[ul+1:]
-	if len(p) < rl {
-		return 0, nil, nil, nil, ErrTruncated
+	if room, p, err = readField(p); err != nil {
+		return 0, nil, nil, nil, nil, err
 	}
-	return op, user, p[:rl:rl], p[rl:], nil
+	if withConn {
+		if conn, p, err = readField(p); err != nil {
+			return 0, nil, nil, nil, nil, err
+		}
+	}
+	return op, user, room, conn, p, nil
+}
+
+// readField reads one length-prefixed field (a length byte, then that many
+// bytes) from p. The field's capacity is clipped to its length.
+func readField(p []byte) (field, rest []byte, err error) {
+	if len(p) < 1 || len(p) < 1+int(p[0]) {
+		return nil, nil, ErrTruncated
+	}
+	n := 1 + int(p[0])
+	return p[1:n:n], p[n:], nil
 }
 
 // checkItems checks the ops, then the ids, of structurally whole items.
@@ -174,7 +212,7 @@ func checkItems(items []Item) error {
 		}
 	}
 	for i := range items {
-		if !ValidID(items[i].User, false) || !ValidID(items[i].Room, true) {
+		if !ValidID(items[i].User, false) || !ValidID(items[i].Room, true) || !validConn(items[i].Conn) {
 			return ErrBadID
 		}
 	}
@@ -184,50 +222,70 @@ func checkItems(items []Item) error {
 // RequestLen returns the encoded size of a request carrying items.
 func RequestLen(items []Item) int {
 	n := HeaderLen
+	withConn := hasConn(items)
 	for i := range items {
 		n += 4 + len(items[i].User) + len(items[i].Room) + len(items[i].Token)
+		if withConn {
+			n += 1 + len(items[i].Conn)
+		}
 	}
 	return n
 }
 
-// AppendRequest appends a request datagram to dst, for clients. It checks
-// everything Decode checks and returns dst unchanged with the same errors
-// (plus ErrTokenTooLong) if the request would not decode.
+// AppendRequest appends a request datagram to dst, for clients. It sets
+// FlagConn exactly when an item names a connection. It checks everything
+// Decode checks and returns dst unchanged with the same errors (plus
+// ErrTokenTooLong) if the request would not decode.
 func AppendRequest(dst []byte, seq uint32, ack bool, items []Item) ([]byte, error) {
 	if len(items) == 0 || len(items) > MaxItems {
 		return dst, ErrBadCount
 	}
+	if err := checkItems(items); err != nil {
+		return dst, err
+	}
 	for i := range items {
-		it := &items[i]
-		if it.Op != OpHeartbeat && it.Op != OpLeave {
-			return dst, ErrBadOp
-		}
-		if !ValidID(it.User, false) || !ValidID(it.Room, true) {
-			return dst, ErrBadID
-		}
-		if len(it.Token) > MaxTokenLen {
+		if len(items[i].Token) > MaxTokenLen {
 			return dst, ErrTokenTooLong
 		}
 	}
 	if RequestLen(items) > MaxDatagram {
 		return dst, ErrTooLarge
 	}
-	var flags byte
-	if ack {
-		flags |= FlagAck
-	}
-	dst = append(dst, Magic, Version, flags, byte(len(items)))
+	withConn := hasConn(items)
+	dst = append(dst, Magic, Version, requestFlagsByte(ack, withConn), byte(len(items)))
 	dst = binary.BigEndian.AppendUint32(dst, seq)
 	for i := range items {
 		it := &items[i]
-		dst = append(dst, byte(it.Op), byte(len(it.User)))
-		dst = append(dst, it.User...)
-		dst = append(dst, byte(len(it.Room)))
-		dst = append(dst, it.Room...)
+		dst = appendItemIDs(dst, it, withConn)
 		dst = append(dst, byte(len(it.Token)))
 		dst = append(dst, it.Token...)
 	}
 	return dst, nil
+}
+
+// requestFlagsByte is a request's flags byte.
+func requestFlagsByte(ack, withConn bool) byte {
+	var flags byte
+	if ack {
+		flags |= FlagAck
+	}
+	if withConn {
+		flags |= FlagConn
+	}
+	return flags
+}
+
+// appendItemIDs appends what readItemIDs reads.
+func appendItemIDs(dst []byte, it *Item, withConn bool) []byte {
+	dst = append(dst, byte(it.Op), byte(len(it.User)))
+	dst = append(dst, it.User...)
+	dst = append(dst, byte(len(it.Room)))
+	dst = append(dst, it.Room...)
+	if withConn {
+		dst = append(dst, byte(len(it.Conn)))
+		dst = append(dst, it.Conn...)
+	}
+	return dst
 }
 
 // ValidID reports whether b is a valid user or room id: 1..MaxIDLen bytes

@@ -15,6 +15,7 @@ type jsonItem struct {
 	Op    Op     `json:"op"`
 	User  string `json:"user"`
 	Room  string `json:"room"`
+	Conn  string `json:"conn"`
 	Token string `json:"token"`
 }
 
@@ -69,7 +70,7 @@ func loadVectors(t testing.TB) *vectors {
 func toItems(js []jsonItem) []Item {
 	items := make([]Item, len(js))
 	for i, j := range js {
-		items[i] = Item{Op: j.Op, User: []byte(j.User), Room: []byte(j.Room), Token: []byte(j.Token)}
+		items[i] = Item{Op: j.Op, User: []byte(j.User), Room: []byte(j.Room), Conn: []byte(j.Conn), Token: []byte(j.Token)}
 	}
 	return items
 }
@@ -94,7 +95,7 @@ func TestVectors(t *testing.T) {
 			}
 			for i, it := range d.Items() {
 				j := c.Items[i]
-				if it.Op != j.Op || string(it.User) != j.User || string(it.Room) != j.Room || string(it.Token) != j.Token {
+				if it.Op != j.Op || string(it.User) != j.User || string(it.Room) != j.Room || string(it.Conn) != j.Conn || string(it.Token) != j.Token {
 					t.Errorf("item %d = %+v, want %+v", i, it, j)
 				}
 			}
@@ -173,6 +174,8 @@ func TestAppendRequestErrors(t *testing.T) {
 		{"empty user", []Item{{Op: OpLeave}}, ErrBadID},
 		{"long room", []Item{{Op: OpLeave, User: []byte("u"), Room: bytes.Repeat([]byte("r"), 129)}}, ErrBadID},
 		{"long token", []Item{{Op: OpHeartbeat, User: []byte("u"), Token: make([]byte, 256)}}, ErrTokenTooLong},
+		{"long conn", []Item{{Op: OpHeartbeat, User: []byte("u"), Conn: bytes.Repeat([]byte("c"), 65)}}, ErrBadID},
+		{"control char in conn", []Item{{Op: OpHeartbeat, User: []byte("u")}, {Op: OpLeave, User: []byte("u"), Conn: []byte("a\nb")}}, ErrBadID},
 		{"too large", []Item{big, big, big}, ErrTooLarge},
 	}
 	for _, c := range cases {
@@ -276,22 +279,67 @@ func TestReason(t *testing.T) {
 }
 
 func TestDecodeClipsCapacity(t *testing.T) {
-	b, _ := AppendRequest(nil, 1, false, []Item{{Op: OpHeartbeat, User: []byte("ab"), Room: []byte("cd")}})
+	b, _ := AppendRequest(nil, 1, false, []Item{{Op: OpHeartbeat, User: []byte("ab"), Room: []byte("cd"), Conn: []byte("ef"), Token: []byte("gh")}})
 	var d Datagram
 	if err := d.Decode(b); err != nil {
 		t.Fatal(err)
 	}
-	_ = append(d.Items()[0].User, 'X')
-	if string(d.Items()[0].Room) != "cd" {
-		t.Error("append to User overwrote the room length")
+	it := d.Items()[0]
+	_ = append(it.User, 'X')
+	_ = append(it.Room, 'X')
+	_ = append(it.Conn, 'X')
+	if string(it.Room) != "cd" || string(it.Conn) != "ef" || string(it.Token) != "gh" || len(b) != 8+1+3+3+3+3 {
+		t.Errorf("append to a field overwrote the next one: %+v", it)
 	}
 }
 
-func batch(n int) []byte {
+// Without FlagConn no item names a connection, and the encoders set the
+// flag only when one does: every datagram sent before connections existed
+// keeps its bytes and its meaning.
+func TestConnFlag(t *testing.T) {
+	plain := []Item{{Op: OpHeartbeat, User: []byte("alice"), Room: []byte("lobby")}}
+	b, err := AppendRequest(nil, 1, true, plain)
+	if err != nil || b[2] != FlagAck {
+		t.Fatalf("no conn: flags %#x, %v", b[2], err)
+	}
+	key := []byte("k")
+	b2, err := AppendRequestV2(nil, 1, true, 1, []byte("t"), key, plain)
+	if err != nil || b2[2] != FlagAck {
+		t.Fatalf("v2 no conn: flags %#x, %v", b2[2], err)
+	}
+	withConn := []Item{plain[0], {Op: OpHeartbeat, User: []byte("alice"), Room: []byte("lobby"), Conn: []byte("tab-1")}}
+	b, err = AppendRequest(nil, 1, false, withConn)
+	if err != nil || b[2] != FlagConn || len(b) != RequestLen(withConn) {
+		t.Fatalf("conn: flags %#x, %d bytes (RequestLen %d), %v", b[2], len(b), RequestLen(withConn), err)
+	}
+	b2, err = AppendRequestV2(nil, 1, false, 1, []byte("t"), key, withConn)
+	if err != nil || b2[2] != FlagConn || len(b2) != RequestLenV2([]byte("t"), withConn) {
+		t.Fatalf("v2 conn: flags %#x, %d bytes, %v", b2[2], len(b2), err)
+	}
+	var d Datagram
+	if err := d.Decode(b2); err != nil || !d.VerifyMAC(key) || string(d.Items()[1].Conn) != "tab-1" || len(d.Items()[0].Conn) != 0 {
+		t.Fatalf("v2 decode: %v %+v", err, d.Items())
+	}
+
+	// A sender that always sets the flag, with connLen 0 in every item,
+	// means the default connection, as without the flag.
+	always := []byte{Magic, Version, FlagAck | FlagConn, 1, 0, 0, 0, 1, byte(OpHeartbeat), 1, 'a', 0, 0, 0}
+	if err := d.Decode(always); err != nil || len(d.Items()[0].Conn) != 0 || string(d.Items()[0].User) != "a" {
+		t.Fatalf("flag without conns: %v %+v", err, d.Items())
+	}
+}
+
+func batch(n int) []byte { return batchConn(n, false) }
+
+// batchConn is batch with, when withConn, a connection id in every item.
+func batchConn(n int, withConn bool) []byte {
 	items := make([]Item, n)
 	for i := range items {
 		items[i] = Item{Op: OpHeartbeat, User: fmt.Appendf(nil, "user-%07d", i), Room: []byte("room-42"),
 			Token: []byte("k1.1700000000.r.Tsp-J8CEq-nP6Iy6OGQ68akzL6cYvMZzRHLtcvMNS3U")}
+		if withConn {
+			items[i].Conn = fmt.Appendf(nil, "Q2xpZW50VGFi%04d", i)
+		}
 	}
 	b, err := AppendRequest(nil, 7, true, items)
 	if err != nil {
@@ -301,10 +349,14 @@ func batch(n int) []byte {
 }
 
 func TestAllocs(t *testing.T) {
-	req := batch(16)
+	t.Run("conn=false", func(t *testing.T) { testAllocs(t, 16, batchConn(16, false)) })
+	t.Run("conn=true", func(t *testing.T) { testAllocs(t, 12, batchConn(12, true)) })
+}
+
+func testAllocs(t *testing.T, count int, req []byte) {
 	var d Datagram
 	var r Reply
-	statuses := make([]Status, 16)
+	statuses := make([]Status, count)
 	out := make([]byte, 0, MaxDatagram)
 	bad := req[:len(req)-1]
 	n := testing.AllocsPerRun(100, func() {
@@ -371,7 +423,16 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
-		if d.Version == Version2 {
+		if b[2]&FlagConn != 0 && !hasConn(d.Items()) {
+			// The flag with only default connections: the encoders leave
+			// the flag and the zero connLens out, and the meaning is the
+			// same.
+			again, err := AppendRequest(nil, d.Seq, d.Ack, d.Items())
+			var d2 Datagram
+			if err != nil || d2.Decode(again) != nil || len(again) != len(b)-len(d.Items()) || again[2]&FlagConn != 0 {
+				t.Fatalf("re-encode without conns = %x, %v; from %x", again, err, b)
+			}
+		} else if d.Version == Version2 {
 			// Re-encoded with any key, all but the MAC is the same.
 			again, err := AppendRequestV2(nil, d.Seq, d.Ack, d.TimestampMs, d.Items()[0].Token, []byte("k"), d.Items())
 			if err != nil || !bytes.Equal(again[:len(again)-MACLen], b[:len(b)-MACLen]) {

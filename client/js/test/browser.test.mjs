@@ -3,7 +3,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import http from "node:http";
 import os from "node:os";
+import { createHash } from "node:crypto";
 import path from "node:path";
 import { startServer, eventually, postJSON, launchChromium, repoRoot } from "./helpers.mjs";
 
@@ -48,4 +50,99 @@ test("/ui: stats, top rooms, members and the live feed render; guarded by --api-
   const png = await page.screenshot();
   assert.ok(png.length > 1000 && png.subarray(1, 4).toString() === "PNG");
   fs.writeFileSync(path.join(artifacts, "ui.png"), png);
+});
+
+/**
+ * A stand-in for presenced serving /ui from the repository with fixed
+ * answers, whose WebSocket answers every op and lets the test push events:
+ * the page's handling of connections without a server that tracks them.
+ */
+async function fakeUIServer(t, state) {
+  const files = { "/ui": path.join(repoRoot, "server/ui/index.html"), "/ui/presenced.js": path.join(repoRoot, "client/js/presenced.js") };
+  const sockets = new Set();
+  const srv = http.createServer((req, res) => {
+    const u = new URL(req.url, "http://x");
+    const json = (v) => { res.setHeader("Content-Type", "application/json"); res.end(JSON.stringify(v)); };
+    if (files[u.pathname]) {
+      res.setHeader("Content-Type", u.pathname.endsWith(".js") ? "text/javascript" : "text/html");
+      res.end(fs.readFileSync(files[u.pathname]));
+    } else if (u.pathname === "/v1/stats") json({ online_users: 1, sessions: 1, rooms: 1, connections: state.connections.length });
+    else if (u.pathname === "/v1/rooms") json({ rooms: [{ room: "kitchen", online: 1 }] });
+    else if (u.pathname === "/v1/rooms/kitchen/members") {
+      json({ room: "kitchen", members: [{ user: "ann", last_seen: "2026-12-07T10:00:00.000Z", connections: state.connections }], next_cursor: null });
+    } else { res.statusCode = 404; json({ error: "not found" }); }
+  });
+  const frame = (text) => {
+    const p = Buffer.from(text);
+    const head = p.length < 126 ? Buffer.from([0x81, p.length]) : Buffer.from([0x81, 126, p.length >> 8, p.length & 0xff]);
+    return Buffer.concat([head, p]);
+  };
+  srv.on("upgrade", (req, sock) => {
+    const accept = createHash("sha1").update(req.headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
+    sock.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    sockets.add(sock);
+    sock.on("close", () => sockets.delete(sock));
+    sock.on("error", () => sock.destroy());
+    let buf = Buffer.alloc(0);
+    sock.on("data", (d) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) { // client frames: masked, small
+        if (buf.length < 2) return;
+        let len = buf[1] & 0x7f, off = 2;
+        if (len === 126) { if (buf.length < 4) return; len = buf.readUInt16BE(2); off = 4; }
+        if (buf.length < off + 4 + len) return;
+        const mask = buf.subarray(off, off + 4);
+        const p = Buffer.from(buf.subarray(off + 4, off + 4 + len));
+        const op = buf[0] & 0x0f;
+        buf = buf.subarray(off + 4 + len);
+        for (let i = 0; i < p.length; i++) p[i] ^= mask[i & 3];
+        if (op === 0x8) { sock.end(); return; }
+        if (op !== 0x1) continue;
+        const m = JSON.parse(p.toString());
+        sock.write(frame(JSON.stringify({ ref: m.ref, ok: true, op: m.op })));
+      }
+    });
+  });
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  t.after(() => new Promise((r) => { for (const s of sockets) s.destroy(); srv.closeAllConnections(); srv.close(r); }));
+  return {
+    base: "http://127.0.0.1:" + srv.address().port,
+    subscribed: () => sockets.size > 0,
+    push(ev) { for (const s of sockets) s.write(frame(JSON.stringify(ev))); },
+  };
+}
+
+test("/ui: a member's connections show as a count with each state on hover and expand, and update events redraw them", async (t) => {
+  const state = { connections: [
+    { conn: "tab-1", state: { status: "online" }, last_seen: "2026-12-07T10:00:00.000Z" },
+    { conn: "", state: null, last_seen: "2026-12-07T09:59:00.000Z" },
+  ] };
+  const srv = await fakeUIServer(t, state);
+  const browser = await launchChromium(t);
+  const page = await browser.open(`${srv.base}/ui?room=kitchen`);
+  await eventually("the page loaded its data", async () => (await page.eval("document.body?.dataset.loaded || ''")) === "1", 20000);
+  const conns = "document.querySelector('#members tr[data-user=ann] td.conns')";
+  assert.equal(await page.eval(`${conns}.dataset.conns`), "2");
+  const title = await page.eval(`${conns}.title`);
+  assert.match(title, /^tab-1: \{"status":"online"\} @/m);
+  assert.match(title, /^\(default\): no state @/m);
+  await page.eval(`${conns}.querySelector('summary').click()`);
+  assert.equal(await page.eval(`${conns}.querySelector('details').open`), true);
+  assert.equal(await page.eval(`[...${conns}.querySelectorAll('li')].map(li => li.dataset.conn).join(',')`), "tab-1,");
+  await eventually("the feed is live", async () => (await page.eval("document.getElementById('conn').textContent")) === "live" && srv.subscribed(), 20000);
+
+  // A third tab starts: one update event, the member stays.
+  state.connections = [...state.connections, { conn: "tab-3", state: { status: "away" }, last_seen: "2026-12-07T10:00:01.000Z" }];
+  srv.push({ id: "1700000000001-0", type: "update", user: "ann", room: "kitchen", at: "2026-12-07T10:00:01.000Z", state: { status: "away" },
+    conn: "tab-3", connections: state.connections.map(({ conn, state }) => ({ conn, state })) });
+  await eventually("3 connections shown", async () => (await page.eval(`${conns}.dataset.conns`)) === "3", 10000);
+  assert.match(await page.eval("document.getElementById('feed').textContent"), /update ann @kitchen +conn tab-3 \(3 conns\)/);
+  assert.match(await page.eval(`${conns}.title`), /^tab-3: \{"status":"away"\}/m);
+  assert.equal(await page.eval(`${conns}.querySelector('details').open`), true, "the expanded list stays expanded");
+  // Two tabs close: down to the default connection.
+  state.connections = state.connections.slice(1, 2);
+  srv.push({ id: "1700000000002-0", type: "update", user: "ann", room: "kitchen", at: "2026-12-07T10:00:02.000Z", state: null,
+    conn: "tab-3", connections: [{ conn: "", state: null }] });
+  await eventually("1 connection shown", async () => (await page.eval(`${conns}.dataset.conns`)) === "1", 10000);
+  assert.equal(await page.eval("document.querySelectorAll('#members tr').length"), 1);
 });

@@ -67,6 +67,37 @@ export async function postJSON(url, body) {
   return { status: r.status, body: await r.json() };
 }
 
+export class FakeDocument extends EventTarget {
+  visibilityState = "visible";
+  set(v) { this.visibilityState = v; this.dispatchEvent(new Event("visibilitychange")); }
+}
+
+/**
+ * fakeBrowser installs, until t ends, a fake document (Page Visibility API),
+ * a fake window (pagehide, pageshow) and navigator.sendBeacon, which POSTs
+ * with fetch (to a real server) and records {url, body} in beacons.
+ */
+export function fakeBrowser(t) {
+  const doc = new FakeDocument();
+  const win = new EventTarget();
+  const beacons = [];
+  const sent = [];
+  const saved = { document: globalThis.document, addEventListener: globalThis.addEventListener, removeEventListener: globalThis.removeEventListener, navigator: Object.getOwnPropertyDescriptor(globalThis, "navigator") };
+  globalThis.document = doc;
+  globalThis.addEventListener = win.addEventListener.bind(win);
+  globalThis.removeEventListener = win.removeEventListener.bind(win);
+  Object.defineProperty(globalThis, "navigator", { configurable: true, value: {
+    sendBeacon(url, body) { beacons.push(fetch(url, { method: "POST", body, headers: { "Content-Type": "text/plain" } })); sent.push({ url, body }); return true; },
+  } });
+  t.after(() => {
+    globalThis.document = saved.document;
+    globalThis.addEventListener = saved.addEventListener;
+    globalThis.removeEventListener = saved.removeEventListener;
+    if (saved.navigator) Object.defineProperty(globalThis, "navigator", saved.navigator); else delete globalThis.navigator;
+  });
+  return { doc, win, beacons, sent };
+}
+
 /**
  * MiniWebSocket: the browser WebSocket API subset presenced.js uses
  * (onopen, onmessage, onclose, onerror, send, close, readyState) over

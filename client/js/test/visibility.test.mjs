@@ -3,32 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Presence } from "../presenced.js";
-import { startServer, eventually, getJSON, MiniWebSocket } from "./helpers.mjs";
-
-class FakeDocument extends EventTarget {
-  visibilityState = "visible";
-  set(v) { this.visibilityState = v; this.dispatchEvent(new Event("visibilitychange")); }
-}
-
-function fakeBrowser(t) {
-  const doc = new FakeDocument();
-  const win = new EventTarget();
-  const beacons = [];
-  const saved = { document: globalThis.document, addEventListener: globalThis.addEventListener, removeEventListener: globalThis.removeEventListener, navigator: Object.getOwnPropertyDescriptor(globalThis, "navigator") };
-  globalThis.document = doc;
-  globalThis.addEventListener = win.addEventListener.bind(win);
-  globalThis.removeEventListener = win.removeEventListener.bind(win);
-  Object.defineProperty(globalThis, "navigator", { configurable: true, value: {
-    sendBeacon(url, body) { beacons.push(fetch(url, { method: "POST", body, headers: { "Content-Type": "text/plain" } })); return true; },
-  } });
-  t.after(() => {
-    globalThis.document = saved.document;
-    globalThis.addEventListener = saved.addEventListener;
-    globalThis.removeEventListener = saved.removeEventListener;
-    if (saved.navigator) Object.defineProperty(globalThis, "navigator", saved.navigator); else delete globalThis.navigator;
-  });
-  return { doc, win, beacons };
-}
+import { startServer, eventually, getJSON, MiniWebSocket, fakeBrowser } from "./helpers.mjs";
 
 const status = async (base, user) => (await getJSON(base + "/v1/users/" + user)).body;
 const memberState = async (base, room, user) => {
