@@ -73,6 +73,7 @@ var statusErrors = [...]error{
 	wire.StatusRateLimited:  ErrRateLimited,
 	wire.StatusTooManyRooms: ErrTooManyRooms,
 	wire.StatusUnavailable:  ErrUnavailable,
+	wire.StatusTooManyConns: ErrTooManyConns,
 }
 
 var errUnknownStatus = errors.New("unknown status")

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/server"
+	"github.com/presenced/presenced/server/wire"
 )
 
 type connOut struct {
@@ -226,5 +227,61 @@ func TestConnsDurable(t *testing.T) {
 	}
 	if connIDsOf(p.Connections) != "" || string(p.State) != `{"p":1}` {
 		t.Fatalf("plain after restart: %+v", p)
+	}
+}
+
+// UDP with and without a connection id: items naming a connection are
+// connections of their own, a datagram without the flag speaks for the
+// default connection, a leave naming one ends it alone, and one connection
+// too many is status too_many_conns.
+func TestConnsUDP(t *testing.T) {
+	n := startNode(t, func(c *server.Config) { noDebounce(c); c.Map.MaxConnsPerSession = 3 })
+	uc := n.UDPClient()
+	s := openStream(t, n.Base, "?room=r", "")
+	send := func(items ...wire.Item) []wire.Status {
+		t.Helper()
+		var rep wire.Reply
+		b := uc.Send(uc.Request(7, true, items...), 5*time.Second)
+		if err := rep.Decode(b); err != nil {
+			t.Fatalf("reply %x: %v", b, err)
+		}
+		return rep.Statuses()
+	}
+	hb := func(conn string) wire.Item {
+		return wire.Item{Op: wire.OpHeartbeat, User: []byte("u"), Room: []byte("r"), Conn: []byte(conn)}
+	}
+	if st := send(hb("")); st[0] != wire.StatusOK {
+		t.Fatalf("without a connection id: %v", st)
+	}
+	if ev := s.next(t, 5*time.Second); ev.Type != "join" || ev.Conn != "" {
+		t.Fatalf("join %+v", ev)
+	}
+	if st := send(hb("phone"), hb("watch")); st[0] != wire.StatusOK || st[1] != wire.StatusOK {
+		t.Fatalf("with connection ids: %v", st)
+	}
+	for _, c := range []string{"phone", "watch"} {
+		if ev := s.next(t, 5*time.Second); ev.Type != "update" || ev.Conn != c {
+			t.Fatalf("update for %s: %+v", c, ev)
+		}
+	}
+	if mb := roomMembers(t, n, "r")["u"]; connIDsOf(mb.Connections) != ",phone,watch" {
+		t.Fatalf("connections %+v", mb.Connections)
+	}
+	if st := send(hb("tablet")); st[0] != wire.StatusTooManyConns {
+		t.Fatalf("fourth connection: %v, want too_many_conns", st)
+	}
+	if st := send(wire.Item{Op: wire.OpLeave, User: []byte("u"), Room: []byte("r"), Conn: []byte("phone")}); st[0] != wire.StatusOK {
+		t.Fatalf("leave of phone: %v", st)
+	}
+	if ev := s.next(t, 5*time.Second); ev.Type != "update" || ev.Conn != "phone" || ev.Reason != "left" || len(ev.Conns) != 2 {
+		t.Fatalf("phone's leave: %+v", ev)
+	}
+	if !n.User("u").Online {
+		t.Fatal("u offline after one of three connections left")
+	}
+	// A leave without a connection id ends them all.
+	send(wire.Item{Op: wire.OpLeave, User: []byte("u"), Room: []byte("r")})
+	if ev := s.next(t, 5*time.Second); ev.Type != "leave" || ev.Reason != "left" {
+		t.Fatalf("leave without conn: %+v", ev)
 	}
 }

@@ -52,7 +52,7 @@ var wireStatus = [numOutcomes]wire.Status{
 	outUnavailable:  wire.StatusUnavailable,
 	outBadRequest:   wire.StatusBadID,
 	outBadConn:      wire.StatusBadID,
-	outTooManyConns: wire.StatusTooManyRooms,
+	outTooManyConns: wire.StatusTooManyConns,
 }
 
 // unverified reports whether o means the item's token was not shown to be
@@ -221,9 +221,9 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 			it := &items[i]
 			var o outcome
 			if it.Op == wire.OpLeave {
-				_, o = s.leave(trUDP, it.User, it.Room, nil, it.Token, now)
+				_, o = s.leave(trUDP, it.User, it.Room, it.Conn, it.Token, now)
 			} else {
-				o = s.heartbeat(trUDP, it.User, it.Room, nil, it.Token, now)
+				o = s.heartbeat(trUDP, it.User, it.Room, it.Conn, it.Token, now)
 			}
 			sc.out[i] = o
 			sc.status[i] = wireStatus[o]

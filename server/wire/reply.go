@@ -7,7 +7,7 @@ import "encoding/binary"
 type Status uint8
 
 // Status codes. Codes 1..5 mean the item will keep failing until the client
-// fixes it (new id or token); 6..8 are worth retrying later.
+// fixes it (new id or token); 6..9 are worth retrying later.
 const (
 	StatusOK           Status = 0 // heartbeat or leave applied
 	StatusBadID        Status = 1 // user or room rejected by the server's id rules
@@ -18,6 +18,7 @@ const (
 	StatusRateLimited  Status = 6 // too many heartbeats from this user or source
 	StatusTooManyRooms Status = 7 // the user is in as many rooms as the server allows
 	StatusUnavailable  Status = 8 // server starting, draining or overloaded
+	StatusTooManyConns Status = 9 // the session has as many connections as the server allows
 )
 
 var statusNames = [...]string{
@@ -30,6 +31,7 @@ var statusNames = [...]string{
 	StatusRateLimited:  "rate_limited",
 	StatusTooManyRooms: "too_many_rooms",
 	StatusUnavailable:  "unavailable",
+	StatusTooManyConns: "too_many_conns",
 }
 
 // String returns the status's name, e.g. "token_expired", or "unknown".
