@@ -153,3 +153,36 @@ func benchMemoryConns(b *testing.B, state []byte, conns int) {
 		runtime.KeepAlive(m)
 	}
 }
+
+// BenchmarkRefreshAtSize refreshes sessions of a table holding 100k or 10M
+// of them (16-byte user ids, 1000 rooms), in a scattered order, as
+// heartbeats from many clients arrive: the cost per refresh should not grow
+// with the table (its cache misses are the difference). The times advance
+// as a 60 s interval would.
+func BenchmarkRefreshAtSize(b *testing.B) {
+	for _, n := range []int{100_000, 10_000_000} {
+		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) {
+			const w = 16
+			flat := make([]byte, 0, n*w)
+			for i := range n {
+				flat = fmt.Appendf(flat, "u%0*d", w-1, i)
+			}
+			rooms := ids("room-", 1000, 10)
+			m := newTestMap(b, Config{})
+			for i := range n {
+				m.Touch(flat[i*w:(i+1)*w], rooms[i%len(rooms)], t0, 150_000)
+			}
+			runtime.GC()
+			b.ReportAllocs()
+			b.ResetTimer()
+			x := uint64(88172645463325252)
+			for i := 0; i < b.N; i++ {
+				x ^= x << 13
+				x ^= x >> 7
+				x ^= x << 17
+				k := int(x % uint64(n))
+				m.Touch(flat[k*w:(k+1)*w], rooms[k%len(rooms)], t0+int64(i)*60_000/int64(n)+1000, 150_000)
+			}
+		})
+	}
+}

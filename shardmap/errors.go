@@ -13,7 +13,8 @@ var ErrBadID = errors.New("bad id: user must be 1..128 bytes, room 0..128 bytes"
 var ErrTooManyRooms = errors.New("too many rooms for this user")
 
 // ErrFull is returned when a shard cannot index one more user, session or room
-// (more than 2^31 sessions or users in one user shard, or more rooms in one
+// (more than 2^31 sessions or 2^24-1 users in one user shard, or more than
+// 2^24-1 rooms, or more than a packed room reference can name, in one
 // room shard than fit in a packed room reference). It means the Map is far
 // beyond its design size; raise Shards or RoomShards.
 var ErrFull = errors.New("presence table full")

@@ -135,7 +135,7 @@ func newWithHash(cfg Config, hash func([]byte) uint64) (*Map, error) {
 		maxConns:  cfg.MaxConnsPerSession,
 		track:     cfg.TrackChanges,
 	}
-	m.maxRoomIx = uint32(1<<(32-m.roomBits) - 1)
+	m.maxRoomIx = min(uint32(1<<(32-m.roomBits)-1), maxIndexed)
 	for i := range m.shards {
 		st := &m.shards[i].mu.userState
 		st.wheel = make([]uint32, cfg.WheelSlots)

@@ -139,7 +139,7 @@ func (st *userState) newUser(h uint64, id []byte) uint32 {
 		if st.nUsers == 0 {
 			st.nUsers = 1
 		}
-		if st.nUsers > maxRecIdx {
+		if st.nUsers > maxIndexed {
 			return 0
 		}
 		i = st.nUsers
