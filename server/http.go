@@ -440,7 +440,8 @@ func intArg(ctx *fasthttp.RequestCtx, name string, def, min, max int) (int, bool
 func (s *Server) hReady(ctx *fasthttp.RequestCtx) {
 	switch st := s.state.Load(); {
 	case st == stateStarting:
-		jsonError(ctx, fasthttp.StatusServiceUnavailable, "starting: replaying the write-ahead log")
+		// The log's replay says how far it got (sessions restored so far).
+		jsonBody(ctx, fasthttp.StatusServiceUnavailable, fmt.Appendf(nil, `{"status":"starting","error":"starting: replaying the write-ahead log","replayed":%d}`, s.replayed.Load()))
 	case st != stateReady:
 		jsonError(ctx, fasthttp.StatusServiceUnavailable, "draining: shutting down")
 	case s.store != nil && s.store.Healthy() != nil:

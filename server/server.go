@@ -82,6 +82,13 @@ type Server struct {
 	// kernel drops it watches (overload.go, udp_drops_linux.go).
 	ovl   *overload
 	drops *kernelDrops
+	// replayed counts the sessions restored from the log so far, for
+	// /readyz while starting; replayLogEvery is how often the replay logs
+	// its progress (5s; tests shorten it) and replayProgress, when set
+	// (tests), is called with each count logged.
+	replayed       atomic.Int64
+	replayLogEvery time.Duration
+	replayProgress func(replayed int64)
 	// departed keeps offline users' last-seen in memory (the only copy
 	// without a data dir; with one, until the log has committed it).
 	departed *departedUsers
@@ -142,6 +149,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.ovl = newOverload(overloadParams{ratio: cfg.OverloadDropRatio, cooldown: cfg.OverloadCooldown.Milliseconds(),
 		maxHold: cfg.OverloadMaxHold.Milliseconds(), grace: s.intervalMs * f})
 	s.drops = &kernelDrops{}
+	s.replayLogEvery = 5 * time.Second
 	if cfg.SecretFile != "" {
 		kr, err := token.LoadKeyring(cfg.SecretFile)
 		if err != nil {
@@ -273,10 +281,19 @@ func (s *Server) openStore() error {
 	}
 	now := time.Now().UnixMilli()
 	var restoreErr int
+	lastLog := t0
 	rs, err := st.ReplayStates(now,
 		func(user, room, state []byte, lastSeen, expiry int64) error {
 			if _, err := s.m.RestoreState(user, room, state, lastSeen, expiry, now); err != nil {
 				restoreErr++
+			}
+			if n := s.replayed.Add(1); n%1024 == 0 && time.Since(lastLog) >= s.replayLogEvery {
+				// A 10M-session log takes seconds: say how far it got.
+				lastLog = time.Now()
+				s.log.Info("replaying the write-ahead log", "replayed", n, "took", lastLog.Sub(t0))
+				if s.replayProgress != nil {
+					s.replayProgress(n)
+				}
 			}
 			return nil
 		},
