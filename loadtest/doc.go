@@ -56,7 +56,11 @@
 //   - with --target-metrics, the server's own counts from its /metrics
 //     (presenced_udp_datagrams_total, presenced_udp_replies_total,
 //     presenced_heartbeats_total, presenced_wal_records_total): intake
-//     without acks, log records per heartbeat, CPU per heartbeat;
+//     without acks, log records per heartbeat, CPU per heartbeat; and the
+//     kernel drops the server counts itself (presenced_udp_kernel_drops_total,
+//     reported_kernel_drops, -1 when the target lacks it, so also from a
+//     remote target) and whether it ended the step shedding
+//     (presenced_overload_shedding);
 //   - the datagrams the server's socket queue dropped (its port in
 //     /proc/net/udp) and all UDP queue drops (/proc/net/snmp);
 //   - limit: which side held the step back, "generator CPU", "server CPU"

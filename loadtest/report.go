@@ -309,6 +309,12 @@ func writeServerText(w io.Writer, v *ServerSide) {
 			v.CPUSeconds, v.CPUCores, v.RunqueueWaitS, v.CPUUsPerHeartbeat)
 	}
 	fmt.Fprintf(&b, "UDP queue drops %d, at the server's port %d", v.KernelDrops, v.ServerQueueDrops)
+	if v.ReportedKernelDrops >= 0 {
+		fmt.Fprintf(&b, ", reported by the server %d", v.ReportedKernelDrops)
+	}
+	if v.Shedding {
+		b.WriteString("; the server is shedding (overload)")
+	}
 	fmt.Fprintf(w, "server: %s\n", b.String())
 }
 

@@ -22,9 +22,14 @@ const (
 	metricReplies    = "presenced_udp_replies_total"
 	metricHeartbeats = "presenced_heartbeats_total"
 	metricWALRecords = "presenced_wal_records_total"
+	// metricKernelDrops is what the server itself reports its sockets'
+	// queues dropped (also from a remote target, unlike /proc/net/udp);
+	// metricShedding its overload state at the end of the step.
+	metricKernelDrops = "presenced_udp_kernel_drops_total"
+	metricShedding    = "presenced_overload_shedding"
 )
 
-var scrapedMetrics = []string{metricDatagrams, metricReplies, metricHeartbeats, metricWALRecords}
+var scrapedMetrics = []string{metricDatagrams, metricReplies, metricHeartbeats, metricWALRecords, metricKernelDrops, metricShedding}
 
 // ServerSide is a step as the target saw it: counters from its /metrics
 // (--target-metrics) and CPU from /proc/<pid>/stat (--target-pid), both
@@ -48,9 +53,14 @@ type ServerSide struct {
 	// (/proc/net/snmp): datagrams a full socket queue dropped, on either
 	// side; ServerQueueDrops are those of the sockets bound to the target's
 	// UDP port (/proc/net/udp): the server did not read fast enough.
-	KernelDrops      int64  `json:"kernel_udp_drops"`
-	ServerQueueDrops int64  `json:"server_queue_drops"`
-	Error            string `json:"error,omitempty"`
+	KernelDrops      int64 `json:"kernel_udp_drops"`
+	ServerQueueDrops int64 `json:"server_queue_drops"`
+	// ReportedKernelDrops is the target's own presenced_udp_kernel_drops_total
+	// over the step (-1: the target does not export it); Shedding is its
+	// presenced_overload_shedding at the end of the step.
+	ReportedKernelDrops int64  `json:"reported_kernel_drops"`
+	Shedding            bool   `json:"shedding,omitzero"`
+	Error               string `json:"error,omitempty"`
 }
 
 // serverProbe takes the before-and-after readings of one step.
@@ -80,7 +90,7 @@ func newServerProbe(url string, pid, udpPort int) *serverProbe {
 // end returns the step's server-side figures; heartbeats is what the
 // generator counts as taken in when the target has no metrics.
 func (p *serverProbe) end(span float64, fallbackHeartbeats int64) *ServerSide {
-	s := &ServerSide{CPUSeconds: -1}
+	s := &ServerSide{CPUSeconds: -1, ReportedKernelDrops: -1}
 	s.KernelDrops = max(0, udpRcvbufErrors()-p.drops0)
 	s.ServerQueueDrops = max(0, udpPortDrops(p.port)-p.sdrops0)
 	if p.pid > 0 {
@@ -110,6 +120,10 @@ func (p *serverProbe) end(span float64, fallbackHeartbeats int64) *ServerSide {
 			s.RepliesPerS = d(metricReplies) / span
 			s.Heartbeats = int64(d(metricHeartbeats))
 			s.WALRecords = int64(d(metricWALRecords))
+			if _, ok := after[metricKernelDrops]; ok {
+				s.ReportedKernelDrops = int64(d(metricKernelDrops))
+			}
+			s.Shedding = after[metricShedding] == 1
 			if s.Heartbeats > 0 {
 				hb = s.Heartbeats
 				s.RecordsPerHeartbeat = float64(s.WALRecords) / float64(s.Heartbeats)

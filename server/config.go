@@ -79,6 +79,23 @@ type Config struct {
 	UDPMaxPendingAcks int
 	// UDPReadBuffer is SO_RCVBUF of each UDP socket in bytes (--udp-read-buffer, default 4 MiB).
 	UDPReadBuffer int
+	// OverloadDropRatio: a check (every second) in which the kernel dropped
+	// at least this share of the datagrams offered to the UDP sockets puts
+	// the node into shedding (--overload-drop-ratio, default 0.01; 0: never
+	// shed). See overload.go.
+	OverloadDropRatio float64
+	// OverloadBackoff multiplies interval_ms and ttl_ms in replies while
+	// the node sheds (--overload-backoff, default 2; 1: replies unchanged).
+	// --interval times it must stay below --ttl, so a client that follows
+	// it keeps its session after the hold ends.
+	OverloadBackoff int
+	// OverloadCooldown: shedding ends after this long without a check over
+	// the ratio (--overload-cooldown, default 0: 2 x --interval).
+	OverloadCooldown time.Duration
+	// OverloadMaxHold bounds how long in a row the sweeper holds timeouts
+	// for an overloaded node (--overload-max-hold, default 0: 2 x --ttl).
+	// After it sessions expire as usual even while the node sheds.
+	OverloadMaxHold time.Duration
 	// HTTPReadTimeout, HTTPWriteTimeout and HTTPIdleTimeout protect against
 	// slow clients (--http-read-timeout 10s, --http-write-timeout 10s, --http-idle-timeout 60s).
 	HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
@@ -205,6 +222,8 @@ func DefaultConfig() Config {
 		MaxBatch:            1000,
 		MaxStatusUsers:      1000,
 		UDPReadBuffer:       4 << 20,
+		OverloadDropRatio:   0.01,
+		OverloadBackoff:     2,
 		UDPMaxPendingAcks:   65536,
 		V2MaxClockSkew:      30 * time.Second,
 		HTTPReadTimeout:     10 * time.Second,
@@ -264,6 +283,12 @@ func (c *Config) Validate() error {
 		return errors.New("--udp-max-pending-acks must be at least 1")
 	case c.UDPLoops < 0:
 		return errors.New("--udp-loops must not be negative")
+	case c.OverloadDropRatio < 0 || c.OverloadDropRatio > 1:
+		return errors.New("--overload-drop-ratio must be from 0 to 1")
+	case c.OverloadBackoff < 1 || time.Duration(c.OverloadBackoff)*c.Interval >= c.TTL:
+		return fmt.Errorf("--overload-backoff must be at least 1 and --interval (%s) times it shorter than --ttl (%s)", c.Interval, c.TTL)
+	case c.OverloadCooldown < 0 || c.OverloadMaxHold < 0:
+		return errors.New("--overload-cooldown and --overload-max-hold must not be negative")
 	case c.WALRefreshMargin < 0:
 		return errors.New("--wal-refresh-margin must not be negative")
 	case c.WALRefreshMargin > 0 && c.WALRefreshMargin < c.TTL && c.WALRefreshMargin < c.minWALRefreshMargin():
@@ -346,6 +371,12 @@ func (c *Config) derive() {
 	}
 	c.Persist.Dir = c.DataDir
 	c.Persist.RefreshMargin = c.walRefreshMargin()
+	if c.OverloadCooldown == 0 {
+		c.OverloadCooldown = 2 * c.Interval
+	}
+	if c.OverloadMaxHold == 0 {
+		c.OverloadMaxHold = 2 * c.TTL
+	}
 }
 
 // minWALRefreshMargin is the smallest --wal-refresh-margin that keeps a
@@ -401,6 +432,10 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.V2MaxClockSkew, "v2-max-clock-skew", c.V2MaxClockSkew, "how far a v2 datagram's timestamp may be from this node's clock")
 	fs.IntVar(&c.UDPMaxPendingAcks, "udp-max-pending-acks", c.UDPMaxPendingAcks, "with --fsync=always, most UDP acks waiting for an fsync (more are dropped)")
 	fs.IntVar(&c.UDPReadBuffer, "udp-read-buffer", c.UDPReadBuffer, "SO_RCVBUF of each UDP socket in bytes")
+	fs.Float64Var(&c.OverloadDropRatio, "overload-drop-ratio", c.OverloadDropRatio, "shed when the kernel drops this share of the offered UDP datagrams in a 1s check (0: never)")
+	fs.IntVar(&c.OverloadBackoff, "overload-backoff", c.OverloadBackoff, "while shedding, replies carry interval_ms and ttl_ms times this (1: unchanged)")
+	fs.DurationVar(&c.OverloadCooldown, "overload-cooldown", c.OverloadCooldown, "shedding ends after this long without overload (0: 2 x --interval)")
+	fs.DurationVar(&c.OverloadMaxHold, "overload-max-hold", c.OverloadMaxHold, "longest run of held timeouts while shedding (0: 2 x --ttl)")
 	fs.DurationVar(&c.HTTPReadTimeout, "http-read-timeout", c.HTTPReadTimeout, "HTTP read timeout")
 	fs.DurationVar(&c.HTTPWriteTimeout, "http-write-timeout", c.HTTPWriteTimeout, "HTTP write timeout")
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "HTTP keep-alive idle timeout")

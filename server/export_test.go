@@ -31,3 +31,12 @@ func (s *Server) HooksForTest() *webhook.Deliverer { return s.hooks.Load() }
 func (s *Server) HeartbeatForTest(user, room []byte, nowMs int64) {
 	s.heartbeat(trHTTP, user, room, nil, nil, nowMs)
 }
+
+// ShedForTest puts the node into shedding as a check in which the kernel
+// dropped every datagram would (see overload.go). The monitor's own checks
+// see no overload after it and end it only after --overload-cooldown.
+func (s *Server) ShedForTest() {
+	_, mono := s.clk.Now()
+	s.ovl.step(mono, 0, 0)     // primes the state machine, or sees nothing new
+	s.ovl.step(mono, 1<<40, 0) // every datagram of the check dropped
+}

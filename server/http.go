@@ -310,7 +310,7 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if s.durable(ctx) {
-		jsonBody(ctx, fasthttp.StatusOK, s.hbReply)
+		jsonBody(ctx, fasthttp.StatusOK, s.heartbeatReply())
 	}
 }
 
@@ -372,7 +372,9 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 	out = strconv.AppendInt(out, int64(accepted), 10)
 	out = append(out, `,"rejected":[`...)
 	out = append(out, rejected...)
-	out = append(out, "]}"...)
+	iv, ttl := s.timing()
+	out = strconv.AppendInt(append(out, `],"interval_ms":`...), iv, 10)
+	out = append(strconv.AppendInt(append(out, `,"ttl_ms":`...), ttl, 10), '}')
 	sc.out = out
 	if accepted == 0 || s.durable(ctx) {
 		jsonBody(ctx, fasthttp.StatusOK, out)
@@ -438,7 +440,8 @@ func intArg(ctx *fasthttp.RequestCtx, name string, def, min, max int) (int, bool
 func (s *Server) hReady(ctx *fasthttp.RequestCtx) {
 	switch st := s.state.Load(); {
 	case st == stateStarting:
-		jsonError(ctx, fasthttp.StatusServiceUnavailable, "starting: replaying the write-ahead log")
+		// The log's replay says how far it got (sessions restored so far).
+		jsonBody(ctx, fasthttp.StatusServiceUnavailable, fmt.Appendf(nil, `{"status":"starting","error":"starting: replaying the write-ahead log","replayed":%d}`, s.replayed.Load()))
 	case st != stateReady:
 		jsonError(ctx, fasthttp.StatusServiceUnavailable, "draining: shutting down")
 	case s.store != nil && s.store.Healthy() != nil:

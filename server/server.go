@@ -75,8 +75,20 @@ type Server struct {
 	wg       sync.WaitGroup
 
 	ttlMs, intervalMs int64
-	// hbReply is the precomputed body of a successful heartbeat.
-	hbReply []byte
+	// hbReply is the precomputed body of a successful heartbeat;
+	// hbReplyShed the one while the node sheds (overload.go).
+	hbReply, hbReplyShed []byte
+	// ovl is the shedding state machine; drops reads the UDP sockets'
+	// kernel drops it watches (overload.go, udp_drops_linux.go).
+	ovl   *overload
+	drops *kernelDrops
+	// replayed counts the sessions restored from the log so far, for
+	// /readyz while starting; replayLogEvery is how often the replay logs
+	// its progress (5s; tests shorten it) and replayProgress, when set
+	// (tests), is called with each count logged.
+	replayed       atomic.Int64
+	replayLogEvery time.Duration
+	replayProgress func(replayed int64)
 	// departed keeps offline users' last-seen in memory (the only copy
 	// without a data dir; with one, until the log has committed it).
 	departed *departedUsers
@@ -132,6 +144,12 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		s.apiTokens.Store(&toks)
 	}
 	s.hbReply = fmt.Appendf(nil, `{"interval_ms":%d,"ttl_ms":%d}`, s.intervalMs, s.ttlMs)
+	f := int64(cfg.OverloadBackoff)
+	s.hbReplyShed = fmt.Appendf(nil, `{"interval_ms":%d,"ttl_ms":%d}`, s.intervalMs*f, s.ttlMs*f)
+	s.ovl = newOverload(overloadParams{ratio: cfg.OverloadDropRatio, cooldown: cfg.OverloadCooldown.Milliseconds(),
+		maxHold: cfg.OverloadMaxHold.Milliseconds(), grace: s.intervalMs * f})
+	s.drops = &kernelDrops{}
+	s.replayLogEvery = 5 * time.Second
 	if cfg.SecretFile != "" {
 		kr, err := token.LoadKeyring(cfg.SecretFile)
 		if err != nil {
@@ -162,6 +180,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.met = newServerMetrics(s.reg)
 	s.ws = newWSHub()
 	s.registerGauges()
+	s.registerOverloadMetrics()
 	s.registerWSMetrics()
 	if cfg.Redis != "" {
 		if err := s.newClusterNode(); err != nil {
@@ -234,6 +253,9 @@ func (s *Server) Start() error {
 	s.startPump()
 	s.goroutine(s.debounceLoop)
 	s.goroutine(s.occupancyLoop)
+	if s.udp != nil && s.cfg.OverloadDropRatio > 0 {
+		s.goroutine(s.overloadLoop)
+	}
 	stopPprof, err := s.startPprof()
 	if err != nil {
 		s.log.Error("profiles not served", "err", err)
@@ -259,10 +281,19 @@ func (s *Server) openStore() error {
 	}
 	now := time.Now().UnixMilli()
 	var restoreErr int
+	lastLog := t0
 	rs, err := st.ReplayStates(now,
 		func(user, room, state []byte, lastSeen, expiry int64) error {
 			if _, err := s.m.RestoreState(user, room, state, lastSeen, expiry, now); err != nil {
 				restoreErr++
+			}
+			if n := s.replayed.Add(1); n%1024 == 0 && time.Since(lastLog) >= s.replayLogEvery {
+				// A 10M-session log takes seconds: say how far it got.
+				lastLog = time.Now()
+				s.log.Info("replaying the write-ahead log", "replayed", n, "took", lastLog.Sub(t0))
+				if s.replayProgress != nil {
+					s.replayProgress(n)
+				}
 			}
 			return nil
 		},
@@ -292,16 +323,30 @@ func (s *Server) sweepLoop() {
 		case <-s.quit:
 			return
 		case now := <-t.C:
-			evs = s.m.Expire(now.UnixMilli(), evs[:0])
-			s.departed.noteLeaves(evs)
-			_, mono := s.clk.Now()
-			s.lastSweep.Store(mono)
-			for i := range evs {
-				s.publish(evs[i])
-			}
-			clear(evs)
+			evs = s.sweep(now.UnixMilli(), evs)
 		}
 	}
+}
+
+// sweep is one pass of the sweeper at wall time nowMs: it expires the
+// sessions due and publishes their timeouts, unless the node holds
+// timeouts (overload.go). evs is scratch space, returned for reuse.
+func (s *Server) sweep(nowMs int64, evs []shardmap.Event) []shardmap.Event {
+	_, mono := s.clk.Now()
+	if s.ovl.holding(mono) {
+		// Shedding: the heartbeats that would have kept these sessions
+		// may be the ones the kernel dropped.
+		s.lastSweep.Store(mono)
+		return evs
+	}
+	evs = s.m.Expire(nowMs, evs[:0])
+	s.departed.noteLeaves(evs)
+	s.lastSweep.Store(mono)
+	for i := range evs {
+		s.publish(evs[i])
+	}
+	clear(evs)
+	return evs
 }
 
 // debounceLoop hands held leaves to the event bus once their --leave-delay

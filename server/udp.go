@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -135,6 +136,8 @@ func (s *Server) startUDP() (*udpServer, error) {
 	})
 	select {
 	case <-u.booted:
+		p, _ := strconv.Atoi(addr[strings.LastIndexByte(addr, ':')+1:])
+		s.drops.watch(p, loops)
 		return u, nil
 	case err := <-u.done:
 		return nil, fmt.Errorf("cannot listen on --udp-addr %s: %w", addr, err)
@@ -246,7 +249,8 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 	if !sc.d.Ack {
 		return gnet.None
 	}
-	reply, err := wire.AppendReply(sc.reply[:0], &sc.d, sc.status[:len(items)], uint32(s.intervalMs), uint32(s.ttlMs))
+	iv, ttl := s.timing()
+	reply, err := wire.AppendReply(sc.reply[:0], &sc.d, sc.status[:len(items)], uint32(iv), uint32(ttl))
 	sc.reply = reply[:0]
 	if err != nil {
 		return gnet.None
@@ -264,6 +268,7 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 func (u *udpServer) stop(ctx context.Context) error {
 	// The ack queue sends on gnet's sockets: stop it first.
 	var ackErr error
+	u.s.drops.forget() // gnet closes the sockets: their numbers may be reused
 	if u.acks != nil {
 		ackErr = u.acks.close(ctx)
 	}

@@ -505,7 +505,8 @@ func (c *wsConn) opHeartbeat(req *wsRequest) []byte {
 		return wsError(req.Ref, outcomeInfo[o].msg)
 	}
 	c.sessions[key] = struct{}{}
-	return wsOK(req.Ref, "heartbeat", fmt.Appendf(nil, `"interval_ms":%d,"ttl_ms":%d`, s.intervalMs, s.ttlMs))
+	iv, ttl := s.timing()
+	return wsOK(req.Ref, "heartbeat", fmt.Appendf(nil, `"interval_ms":%d,"ttl_ms":%d`, iv, ttl))
 }
 
 func (c *wsConn) opLeave(req *wsRequest) []byte {
