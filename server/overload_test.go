@@ -146,7 +146,7 @@ func TestSheddingHoldsTimeouts(t *testing.T) {
 		c.OverloadCooldown, c.OverloadMaxHold = 5*time.Second, time.Minute
 	})
 	wall, _ := clk.Now()
-	if o := s.heartbeat(trHTTP, []byte("alice"), []byte("r"), nil, wall); o != outOK {
+	if o := s.heartbeat(trHTTP, []byte("alice"), []byte("r"), nil, nil, wall); o != outOK {
 		t.Fatalf("heartbeat: %v", o)
 	}
 	_, mono := clk.Now()

@@ -65,7 +65,7 @@ func TestReplayReportsProgress(t *testing.T) {
 	s := start(io.Discard, nil)
 	now := time.Now().UnixMilli()
 	for i := range sessions {
-		if o := s.heartbeat(trHTTP, fmt.Appendf(nil, "user-%d", i), []byte("room"), nil, now); o != outOK {
+		if o := s.heartbeat(trHTTP, fmt.Appendf(nil, "user-%d", i), []byte("room"), nil, nil, now); o != outOK {
 			t.Fatalf("heartbeat %d: %v", i, o)
 		}
 	}
