@@ -1,5 +1,6 @@
 // Headless Chromium: the demo page shows a second tab's join in the first
-// tab, and the /ui live page renders (screenshot saved as a CI artifact).
+// tab, two tabs of one user are two connections of one member, and the /ui
+// live page renders (screenshot saved as a CI artifact).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -7,7 +8,7 @@ import http from "node:http";
 import os from "node:os";
 import { createHash } from "node:crypto";
 import path from "node:path";
-import { startServer, eventually, postJSON, launchChromium, repoRoot } from "./helpers.mjs";
+import { startServer, eventually, getJSON, postJSON, launchChromium, repoRoot } from "./helpers.mjs";
 
 const artifacts = process.env.CI_ARTIFACTS || path.join(repoRoot, "artifacts");
 
@@ -22,6 +23,87 @@ test("demo page: a second tab's join appears in the first tab, and its close lea
   // Closing bob's tab: the pagehide beacon (or the socket's disconnect) ends bob's session.
   await b.close();
   await eventually("bob gone from alice's tab", async () => (await a.eval("document.body?.dataset.members || ''")) === "alice", 20000);
+});
+
+/**
+ * Record a room's events from GET /v1/events?room= (server-sent events)
+ * until stop() or the end of t. The server subscribes before it answers,
+ * so every event after this resolves is recorded.
+ */
+async function recordEvents(t, base, room) {
+  const ac = new AbortController();
+  const res = await fetch(`${base}/v1/events?room=${encodeURIComponent(room)}`, { signal: ac.signal });
+  assert.equal(res.status, 200);
+  const events = [];
+  const reading = (async () => {
+    const dec = new TextDecoder();
+    let buf = "";
+    try {
+      for await (const chunk of res.body) {
+        buf += dec.decode(chunk, { stream: true });
+        for (let i; (i = buf.indexOf("\n\n")) >= 0;) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          for (const line of block.split("\n")) if (line.startsWith("data:")) events.push(JSON.parse(line.slice(5)));
+        }
+      }
+    } catch { /* aborted, or the server stopped */ }
+  })();
+  const stop = () => { ac.abort(); return reading; };
+  t.after(stop);
+  return { events, stop };
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+test("two tabs of one user: closing one keeps the user with one connection, closing the second is one leave", async (t) => {
+  const leaveDelay = 200;
+  const srv = await startServer(t, ["--leave-delay", leaveDelay + "ms"]);
+  const room = "two-tabs";
+  const feed = await recordEvents(t, srv.base, room);
+  const of = (type) => feed.events.filter((e) => e.type === type && e.user === "alice");
+  // "user:conn+conn" per member, from the server.
+  const listed = async () => (await getJSON(`${srv.base}/v1/rooms/${room}/members`)).body.members
+    .map((m) => m.user + ":" + m.connections.map((c) => c.conn).sort().join("+")).join(",");
+
+  const browser = await launchChromium(t);
+  const tab1 = await browser.open(`${srv.base}/ui/demo?user=alice&room=${room}`);
+  await eventually("tab 1 shows alice", async () => (await tab1.eval("document.body?.dataset.members || ''")) === "alice", 20000);
+  const c1 = await tab1.eval("window.presence.conn");
+  await eventually("alice's join, for tab 1's connection", async () => of("join").length === 1, 10000);
+  assert.equal(of("join")[0].conn, c1);
+  const tab2 = await browser.open(`${srv.base}/ui/demo?user=alice&room=${room}`);
+  await eventually("tab 2 shows alice", async () => (await tab2.eval("document.body?.dataset.members || ''")) === "alice", 20000);
+  const c2 = await tab2.eval("window.presence.conn");
+  assert.match(c1, /^[A-Za-z0-9_-]{16}$/);
+  assert.match(c2, /^[A-Za-z0-9_-]{16}$/);
+  assert.notEqual(c1, c2, "each tab is its own connection");
+  await eventually("members: alice with both tabs' connections", async () => (await listed()) === "alice:" + [c1, c2].sort().join("+"), 10000);
+  await eventually("an update for tab 2's connection", async () => of("update").some((e) => e.conn === c2 && e.connections?.length === 2), 10000);
+
+  // Tab 1 closes: its pagehide beacon (and its socket's close) end tab 1's connection only.
+  await tab1.close();
+  const ended = await eventually("an update: tab 1's connection ended", async () => of("update").find((e) => e.conn === c1), 10000);
+  assert.deepEqual(ended.connections.map((c) => c.conn), [c2]);
+  assert.ok(["left", "disconnect"].includes(ended.reason), "reason " + ended.reason);
+  await sleep(5 * leaveDelay); // time for a wrong leave to arrive: several leave delays
+  assert.deepEqual(of("leave"), [], "no leave while tab 2 is open");
+  assert.equal(of("join").length, 1);
+  assert.equal(await listed(), "alice:" + c2);
+  // Tab 2 sees the same through the module, and still shows alice.
+  assert.equal(await tab2.eval(`import("/ui/presenced.js").then((m) => m.members(location.origin, ${JSON.stringify(room)}))
+    .then((ms) => ms.map((m) => m.user + ":" + m.connections.map((c) => c.conn).join("+")).join(","))`), "alice:" + c2);
+  assert.equal(await tab2.eval("document.body.dataset.members"), "alice");
+
+  // Tab 2 closes: alice leaves, once.
+  await tab2.close();
+  await eventually("alice's leave", async () => of("leave").length > 0, 10000);
+  await eventually("the room vacated", async () => feed.events.some((e) => e.type === "vacated"), 10000);
+  await sleep(5 * leaveDelay); // time for a second leave to arrive
+  assert.equal(of("leave").length, 1, "exactly one leave: " + JSON.stringify(of("leave")));
+  assert.equal(of("join").length, 1);
+  assert.equal(await listed(), "");
+  await feed.stop();
 });
 
 test("/ui: stats, top rooms, members and the live feed render; guarded by --api-token-file", async (t) => {

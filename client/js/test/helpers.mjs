@@ -225,12 +225,15 @@ export function chromiumBin() {
  * eval(expr), screenshot() (PNG Buffer) and close().
  */
 export async function launchChromium(t) {
+  // The profile and Chromium's own temporary files (its singleton socket) in one dir, removed at close.
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "presenced-chromium-"));
+  const profile = path.join(dir, "profile");
+  fs.mkdirSync(path.join(dir, "tmp"));
   const proc = spawn(chromiumBin(), ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-renderer-backgrounding", "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
-    "--user-data-dir=" + dir, "--remote-debugging-port=0", "--window-size=1280,800", "about:blank"],
-  { stdio: ["ignore", "ignore", "pipe"] });
+    "--user-data-dir=" + profile, "--remote-debugging-port=0", "--window-size=1280,800", "about:blank"],
+  { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, TMPDIR: path.join(dir, "tmp") } });
   let log = "";
   const wsURL = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("chromium did not start within 30 s:\n" + log)), 30000);
@@ -258,13 +261,33 @@ export async function launchChromium(t) {
     waiting.set(msg.id, { resolve, reject });
     ws.send(JSON.stringify(msg));
   });
-  const close = async () => {
+  let closing;
+  const close = () => closing ??= (async () => {
     try { ws.close(); } catch { /* gone */ }
-    if (proc.exitCode === null) {
-      await new Promise((r) => { proc.once("exit", r); proc.kill("SIGKILL"); });
+    // SIGTERM: Chromium shuts down with its helper processes (SIGKILL leaves
+    // them running a while, writing into the profile); SIGKILL if it hangs.
+    if (proc.exitCode === null && proc.signalCode === null) {
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGTERM");
+      const hung = setTimeout(() => proc.kill("SIGKILL"), 10000);
+      await exited;
+      clearTimeout(hung);
     }
-    try { fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 }); } catch { /* chromium helpers still exiting */ }
-  };
+    // Renderers, zygotes and utilities carry --user-data-dir=<profile>: wait for them, then kill stragglers.
+    const helpers = () => {
+      const out = [];
+      let pids = [];
+      try { pids = fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p)); } catch { /* no /proc: nothing to wait for */ }
+      for (const pid of pids) {
+        try { if (fs.readFileSync(`/proc/${pid}/cmdline`, "latin1").split("\0").includes("--user-data-dir=" + profile)) out.push(Number(pid)); } catch { /* exited */ }
+      }
+      return out;
+    };
+    const deadline = Date.now() + 10000;
+    while (helpers().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const pid of helpers()) { try { process.kill(pid, "SIGKILL"); } catch { /* exited */ } }
+    fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+  })();
   t.after(close);
   return {
     async open(url) {
