@@ -72,7 +72,12 @@
 // # Expiry
 //
 // Each user shard has a timing wheel: a session sits in the slot of its
-// expiry tick, and a refresh moves it. Expire processes, per shard, the slots
+// expiry tick or an earlier one. A refresh only moves the expiry later, so
+// it leaves the session where it is (unlinking and relinking would touch
+// two neighbours and a slot head, cache misses in a big table); when Expire
+// reaches a slot it moves each session not yet due to the slot of its
+// expiry, once per expiry it outlived. A change that brings the expiry
+// earlier relinks at once. Expire processes, per shard, the slots
 // of the ticks since its previous call (at most WheelSlots) and ends the
 // sessions there whose expiry is <= now; sessions a turn or more away stay.
 // The tick of now is only partly processed, so it is looked at again next

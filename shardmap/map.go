@@ -334,9 +334,16 @@ func (m *Map) upsertRoom(user, room, conn []byte, lastSeen, expiry, minGap int64
 						return r, ErrRateLimited
 					}
 					r.PrevSeen = s.lastSeen()
-					st.unlinkWheel(i)
-					s.setTimes(lastSeen, ttl)
-					st.linkWheel(i)
+					if old := s.expiry(); lastSeen+ttl >= old {
+						// Later: the session stays in its wheel slot and
+						// Expire moves it on when it gets there, so a
+						// refresh touches no neighbour in the wheel.
+						s.setTimes(lastSeen, ttl)
+					} else {
+						st.unlinkWheel(i)
+						s.setTimes(lastSeen, ttl)
+						st.linkWheel(i)
+					}
 					if r.Changed = st.setStateLocked(i, sop); r.Changed {
 						s.logged = 0 // the logged record has another state
 					}
@@ -677,6 +684,10 @@ func (m *Map) expireLocked(st *userState, now int64, dst []Event) []Event {
 				} else {
 					dst = m.endSession(st, i, ReasonTimeout, now, true, dst)
 				}
+			} else if st.wheelSlot(s.expiry()) != uint32(slot) {
+				// refreshed since it was linked here: move it to its slot
+				st.unlinkWheel(i)
+				st.linkWheel(i)
 			}
 			i = next
 		}
