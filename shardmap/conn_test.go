@@ -20,14 +20,6 @@ func touchConn(t *testing.T, m *Map, user, room, conn string, now, ttl int64, st
 	return r
 }
 
-func connIDs(cs []Conn) []string {
-	var ids []string
-	for _, c := range cs {
-		ids = append(ids, c.ID)
-	}
-	return ids
-}
-
 func memberOf(t *testing.T, m *Map, room, user string) *Member {
 	t.Helper()
 	ms, _ := m.Members(b(room), 0, 100, nil)

@@ -289,11 +289,6 @@ func (m *Map) RestoreState(user, room, state []byte, lastSeen, expiry, now int64
 	return joined, nil
 }
 
-func (m *Map) upsert(user, room []byte, lastSeen, expiry, minGap int64, sop StateOp) (joined bool, prevSeen int64, changed bool, err error) {
-	r, err := m.upsertRoom(user, room, nil, lastSeen, expiry, minGap, sop)
-	return r.Joined, r.PrevSeen, r.Changed, err
-}
-
 // upsertRoom creates or refreshes connection conn of session (user, room).
 func (m *Map) upsertRoom(user, room, conn []byte, lastSeen, expiry, minGap int64, sop StateOp) (r TouchResult, err error) {
 	if len(user) == 0 || len(user) > MaxIDLen || len(room) > MaxIDLen {
