@@ -20,7 +20,7 @@ import (
 	"github.com/presenced/presenced/shardmap"
 )
 
-// WebSocket (GET /v1/ws, API.md "WebSocket").
+// WebSocket (GET /v1/ws, README "WebSocket").
 //
 // Each connection has three kinds of goroutine:
 //

@@ -109,7 +109,7 @@ type Event struct {
 	data []byte // the JSON object, rendered once by the bus
 }
 
-// wireEvent is the JSON form of an Event (API.md "Events").
+// wireEvent is the JSON form of an Event (README "Events").
 type wireEvent struct {
 	ID     string          `json:"id"`
 	Type   string          `json:"type"`
