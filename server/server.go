@@ -35,6 +35,7 @@ const (
 type Server struct {
 	cfg   Config
 	log   *slog.Logger
+	build BuildInfo // set before Start (SetBuildInfo); read by /metrics
 	m     *shardmap.Map
 	store *persist.Store // nil when DataDir is empty
 	cl    *cluster.Node  // nil when Redis is empty (standalone node)
@@ -160,6 +161,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.sink = s.sinkChange
 	s.reg = newRegistry(log)
 	s.met = newServerMetrics(s.reg)
+	s.build = ReadBuildInfo("", "")
+	s.registerBuildInfo()
 	s.ws = newWSHub()
 	s.registerGauges()
 	s.registerWSMetrics()
