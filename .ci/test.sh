@@ -99,7 +99,7 @@ go build -o "$js_bin" . || fail "cannot build presenced for the JS tests"
 export CI_ARTIFACTS="${CI_ARTIFACTS:-$PWD/artifacts}"
 PRESENCED_BIN="$js_bin" timeout 120 node --test client/js/test/presenced.test.mjs client/js/test/visibility.test.mjs \
   || fail "client/js node tests"
-PRESENCED_BIN="$js_bin" timeout 120 node --test client/js/test/browser.test.mjs || fail "client/js browser tests"
+PRESENCED_BIN="$js_bin" timeout 120 node --test client/js/test/browser.test.mjs client/js/test/cors.test.mjs || fail "client/js browser tests"
 echo "screenshot of /ui: $CI_ARTIFACTS/ui.png"
 
 say "systemd units"

@@ -36,6 +36,8 @@ type Server struct {
 	cfg   Config
 	log   *slog.Logger
 	build BuildInfo // set before Start (SetBuildInfo); read by /metrics
+	// corsPol is --cors-origins, parsed once (cors.go).
+	corsPol corsPolicy
 	m     *shardmap.Map
 	store *persist.Store // nil when DataDir is empty
 	cl    *cluster.Node  // nil when Redis is empty (standalone node)
@@ -164,6 +166,11 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.build = ReadBuildInfo("", "")
 	s.registerBuildInfo()
 	s.ws = newWSHub()
+	s.corsPol, _ = parseCORSOrigins(cfg.CORSOrigins) // checked by Validate
+	// Browsers on an allowed origin may connect: heartbeats carry their own
+	// tokens and subscriptions to all rooms need an API token, as for
+	// GET /v1/events.
+	s.ws.upgrader.CheckOrigin = s.corsPol.allowWS
 	s.registerGauges()
 	s.registerWSMetrics()
 	if cfg.Redis != "" {

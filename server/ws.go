@@ -97,9 +97,7 @@ func newWSHub() *wsHub {
 		// socket holds no write buffer.
 		ReadBufferSize:  1024,
 		WriteBufferPool: &sync.Pool{},
-		// Browsers on any origin may connect: heartbeats carry their own
-		// tokens and subscriptions to all rooms need an API token, as for
-		// GET /v1/events, which any origin may read too.
+		// The server replaces this with --cors-origins (corsPolicy.allowWS).
 		CheckOrigin: func(*fasthttp.RequestCtx) bool { return true },
 		Error: func(ctx *fasthttp.RequestCtx, status int, err error) {
 			jsonError(ctx, status, "cannot upgrade to websocket: "+err.Error())
