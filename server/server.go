@@ -35,9 +35,6 @@ const (
 type Server struct {
 	cfg   Config
 	log   *slog.Logger
-	build BuildInfo // set before Start (SetBuildInfo); read by /metrics
-	// corsPol is --cors-origins, parsed once (cors.go).
-	corsPol corsPolicy
 	m     *shardmap.Map
 	store *persist.Store // nil when DataDir is empty
 	cl    *cluster.Node  // nil when Redis is empty (standalone node)
@@ -94,6 +91,11 @@ type Server struct {
 	httpSrv *fasthttp.Server
 	httpLn  net.Listener
 	udp     *udpServer
+
+	// build is what /metrics reports (SetBuildInfo, before Start).
+	build BuildInfo
+	// corsPol is --cors-origins, parsed once (cors.go).
+	corsPol corsPolicy
 }
 
 // New builds a server from a validated config. It opens nothing; Start does.
