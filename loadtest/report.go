@@ -57,11 +57,11 @@ type OnlineCheck struct {
 	// NotReached counts simulated users the run never sent a heartbeat
 	// for (a run shorter than --interval): not checked, not lost.
 	NotReached int     `json:"not_reached"`
-	Online   int     `json:"online"`
-	Offline  int     `json:"offline"` // not online, or missing from the answers
-	Requests int     `json:"requests"`
-	TookS    float64 `json:"took_s"`
-	Error    string  `json:"error,omitempty"`
+	Online     int     `json:"online"`
+	Offline    int     `json:"offline"` // not online, or missing from the answers
+	Requests   int     `json:"requests"`
+	TookS      float64 `json:"took_s"`
+	Error      string  `json:"error,omitempty"`
 }
 
 // Run is one target: one step, or a sweep's steps.
