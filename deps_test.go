@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// TestDependencyDirection keeps the one-way dependencies of STYLE.md:
+// TestDependencyDirection keeps the dependencies one-way:
 // main -> server -> {shardmap, persist}; shardmap, the wire codec and the
 // heartbeat body parser (server/jsonbody) use only the standard library;
 // persist never imports server (its tests only the stdlib-only poll helper

@@ -6,7 +6,7 @@
 //	presenced loadtest ...      run the load generator
 //	presenced config [flags]    print the effective configuration
 //	presenced repair [flags]    move a damaged --data-dir aside, keep what is readable
-//	presenced version           print the version
+//	presenced version           print version, revision, Go version, build time (also --version)
 package main
 
 import (
@@ -23,8 +23,10 @@ import (
 	"github.com/presenced/presenced/server"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and buildTime may be set at build time with -ldflags
+// "-X main.version=... -X main.buildTime=...": they replace the module
+// version and the unknown build time of the binary's build info.
+var version, buildTime string
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -34,7 +36,7 @@ func main() {
 // 0 clean, 2 bad usage or configuration, 1 any other failure.
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+	if len(args) > 0 && (len(args[0]) > 0 && args[0][0] != '-' || args[0] == "--version" || args[0] == "-version") {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
@@ -53,8 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "repair":
 		return repair(args, stdout, stderr)
-	case "version":
-		fmt.Fprintln(stdout, "presenced", version)
+	case "version", "--version", "-version":
+		fmt.Fprint(stdout, server.ReadBuildInfo(version, buildTime))
 		return 0
 	case "help", "-h", "--help":
 		usage(stdout)
@@ -72,7 +74,7 @@ func usage(w io.Writer) {
        presenced loadtest [flags]
        presenced config [flags]
        presenced repair --data-dir D   (with the node stopped)
-       presenced version
+       presenced version | --version
 
 serve flags (each also PRESENCED_<FLAG> in the environment, or 'flag = value' in --config):
 `)
@@ -99,6 +101,7 @@ func serve(args []string, stderr io.Writer) int {
 	if err != nil {
 		return usageFailure(stderr, err)
 	}
+	srv.SetBuildInfo(server.ReadBuildInfo(version, buildTime))
 	// Signals are caught before Start so a SIGTERM during replay is not fatal.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)

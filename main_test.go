@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,8 +25,10 @@ import (
 )
 
 // binPath is the presenced binary built once for the tests that drive the
-// real process.
+// real process, with -ldflags setting main.buildTime to testBuildTime.
 var binPath string
+
+const testBuildTime = "2026-12-07T22:00:00Z"
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "presenced-bin")
@@ -35,7 +38,7 @@ func TestMain(m *testing.M) {
 	}
 	binPath = filepath.Join(dir, "presenced")
 	goTool := "go"
-	if out, err := exec.Command(goTool, "build", "-race", "-o", binPath, ".").CombinedOutput(); err != nil {
+	if out, err := exec.Command(goTool, "build", "-race", "-buildvcs=auto", "-ldflags", "-X main.buildTime="+testBuildTime, "-o", binPath, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "cannot build presenced: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -67,6 +70,60 @@ func TestExitCodes(t *testing.T) {
 		if code := run(tc.args, &out, &errb); code != tc.code || !strings.Contains(errb.String(), tc.msg) {
 			t.Errorf("%v: exit %d (want %d), stderr %q does not name %q", tc.args, code, tc.code, errb.String(), tc.msg)
 		}
+	}
+}
+
+// TestVersionAndBuildInfo: `presenced version` and `presenced --version`
+// print the binary's module version, VCS revision (as `go version -m`
+// reads it from the binary; "unknown" in a build without VCS stamping),
+// Go version and build time, and /metrics carries the same as
+// presenced_build_info.
+func TestVersionAndBuildInfo(t *testing.T) {
+	m, err := exec.Command("go", "version", "-m", binPath).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, modified := "unknown", ""
+	for line := range strings.Lines(string(m)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "build\tvcs.revision="); ok {
+			rev = v
+		}
+		if strings.TrimSpace(line) == "build\tvcs.modified=true" {
+			modified = " (modified)"
+		}
+	}
+	var first string
+	for _, arg := range []string{"version", "--version"} {
+		out, err := exec.Command(binPath, arg).Output()
+		if err != nil {
+			t.Fatalf("presenced %s: %v", arg, err)
+		}
+		for _, want := range []string{"presenced ", "revision: " + rev + modified + "\n", "go: " + runtime.Version() + "\n", "build time: " + testBuildTime + "\n"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("presenced %s lacks %q:\n%s", arg, want, out)
+			}
+		}
+		if first == "" {
+			first = string(out)
+		} else if string(out) != first {
+			t.Errorf("--version differs from version:\n%s\n%s", out, first)
+		}
+	}
+	version := strings.TrimSpace(strings.TrimPrefix(strings.SplitN(first, "\n", 2)[0], "presenced "))
+	p := startProc(t)
+	resp, err := http.Get(p.base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	label := rev
+	if modified != "" {
+		label += "-modified"
+	}
+	want := fmt.Sprintf("presenced_build_info{goversion=%q,revision=%q,version=%q} 1\n", runtime.Version(), label, version)
+	if !strings.Contains(string(body), want) {
+		t.Fatalf("/metrics lacks %s", want)
 	}
 }
 

@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-// Event is one event of GET /v1/events (API.md, "Real-time").
+// Event is one event of GET /v1/events (README "Events", /openapi.json).
 type Event struct {
 	// ID is the event's id: the SSE id line, or the "id" of the data.
 	// Empty from a server that does not number its events.
@@ -80,7 +80,7 @@ type SubscriberConfig struct {
 	// MaxBackoff (default 30s).
 	MinBackoff, MaxBackoff time.Duration
 	// IdleTimeout drops and reopens a stream that stays silent this long
-	// (default 45s; the server sends a comment at least every 15 s).
+	// (default 45s; the server sends a comment every 10 s).
 	IdleTimeout time.Duration
 	// OnError, when set, is called with each dropped or failed connection
 	// (which the Subscription retries by itself), on the goroutine calling

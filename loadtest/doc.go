@@ -102,7 +102,11 @@
 // --check-online asks presenced after each run (POST /v1/status on
 // --http-addr, 1000 users a request, --api-token as a bearer token) how
 // many of the simulated users are offline; with a short server --ttl it
-// shows whether any session expired. --compare-flood runs the target
+// shows whether any session expired. Only the users the run sent a
+// heartbeat for are checked: a run shorter than --interval reaches only
+// part of them, and reports the others as not reached. A step that is not
+// sustainable says why ("not ok: p99 ... > --target-p99 ...", in the text
+// report, the HTML ok column and not_ok in JSON). --compare-flood runs the target
 // twice, without the flood and then with it, and reports both p99s, their
 // ratio and both offline counts (text, and flood_comparison in JSON):
 //

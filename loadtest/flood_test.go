@@ -282,16 +282,64 @@ func TestCheckOnline(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Users, cfg.HTTPAddr, cfg.APIToken = 2500, addr, "sekret"
 	pop := testPopulation(t, &cfg)
-	c := checkOnline(context.Background(), &cfg, pop)
-	if c.Error != "" || c.Users != 2500 || c.Offline != 4 || c.Online != 2496 || c.Requests != 3 {
+	c := checkOnline(context.Background(), &cfg, pop, 7500)
+	if c.Error != "" || c.Users != 2500 || c.Offline != 4 || c.Online != 2496 || c.Requests != 3 || c.NotReached != 0 {
 		t.Errorf("check: %+v, want 4 offline of 2500 in 3 requests", c)
 	}
 	if s := sizes(); len(s) != 3 || s[0] != 1000 || s[1] != 1000 || s[2] != 500 {
 		t.Errorf("request sizes %v, want [1000 1000 500]", s)
 	}
 	cfg.APIToken = "wrong"
-	if c := checkOnline(context.Background(), &cfg, pop); c.Error == "" || !strings.Contains(c.Error, "401") {
+	if c := checkOnline(context.Background(), &cfg, pop, 2500); c.Error == "" || !strings.Contains(c.Error, "401") {
 		t.Errorf("with a wrong token: %+v, want a 401 error", c)
+	}
+}
+
+// TestCheckOnlineShortRun: a run that sent fewer heartbeats than there are
+// users (shorter than --interval) checks only the users it reached, so the
+// others are not reported offline (they were reported as lost).
+func TestCheckOnlineShortRun(t *testing.T) {
+	addr, _ := fakeStatus(t, "", nil, nil)
+	cfg := DefaultConfig()
+	cfg.Users, cfg.HTTPAddr = 2500, addr
+	pop := testPopulation(t, &cfg)
+	// The fake answers online for every user it is asked about: only the
+	// 300 users of jobs 0..299 are asked.
+	c := checkOnline(context.Background(), &cfg, pop, 300)
+	if c.Error != "" || c.Users != 300 || c.Online != 300 || c.Offline != 0 || c.NotReached != 2200 {
+		t.Fatalf("check: %+v, want 300 reached and online, 2200 not reached", c)
+	}
+	var b strings.Builder
+	writeOnlineText(&b, c)
+	if !strings.Contains(b.String(), "0 of 300 reached") || !strings.Contains(b.String(), "2200 users not reached") {
+		t.Errorf("report: %s", b.String())
+	}
+}
+
+// TestNotOKSaysWhy: a step that is not sustainable says which limit it
+// broke, in the text and HTML reports.
+func TestNotOKSaysWhy(t *testing.T) {
+	cfg := DefaultConfig()
+	s := StepResult{Sent: 1000, Answered: 900, LossPct: 10, Latency: Latency{Count: 900, P99: 2 * float64(cfg.TargetP99) / 1e6}}
+	why := s.notOK(&cfg)
+	if !strings.Contains(why, "p99") || !strings.Contains(why, "--target-p99") || !strings.Contains(why, "--max-loss") {
+		t.Fatalf("notOK = %q, want the p99 and the loss limits named", why)
+	}
+	s.NotOK = why
+	if got := okHTML(s); got != "NO: "+why {
+		t.Errorf("HTML ok cell %q", got)
+	}
+	var b strings.Builder
+	writeStepText(&b, &s)
+	if !strings.Contains(b.String(), "not ok: "+why) {
+		t.Errorf("text report lacks the reason:\n%s", b.String())
+	}
+	if why := (&StepResult{}).notOK(&cfg); why != "nothing was sent" {
+		t.Errorf("empty step: %q", why)
+	}
+	good := StepResult{Sent: 10, Answered: 10, Latency: Latency{Count: 10, P99: 0.1}}
+	if why := good.notOK(&cfg); why != "" {
+		t.Errorf("a good step: %q", why)
 	}
 }
 
@@ -315,8 +363,11 @@ func TestCompareFlood(t *testing.T) {
 	}
 	out := stdout.String()
 	for _, want := range []string{"== presenced over udp ==", "== presenced over udp, with a valid flood (3000/s) from 127.0.0.2 ==",
-		"== flood comparison ==", "p99 with flood / p99 without = ", "users offline at end: 1 of 300",
-		"users offline at end: without flood 1 of 300, with flood 1 of 300", "not in the figures above"} {
+		"== flood comparison ==", "p99 with flood / p99 without = ",
+		// 600 ms of a 1 s interval reach 180 of the 300 users (lt-7 among
+		// them); the other 120 are not checked, so not reported offline.
+		"users offline at end: 1 of 180 reached", "120 users not reached (the run was shorter than --interval)",
+		"users offline at end: without flood 1, with flood 1, of 180 reached", "not in the figures above"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("text report lacks %q:\n%s", want, out)
 		}
@@ -336,7 +387,7 @@ func TestCompareFlood(t *testing.T) {
 	if c == nil || len(rep.Runs) != 2 {
 		t.Fatalf("JSON: comparison %+v, %d runs", c, len(rep.Runs))
 	}
-	if c.P99WithoutMs <= 0 || c.P99WithMs <= 0 || c.P99Ratio <= 0 || c.OfflineWithout != 1 || c.OfflineWith != 1 || c.Users != 300 {
+	if c.P99WithoutMs <= 0 || c.P99WithMs <= 0 || c.P99Ratio <= 0 || c.OfflineWithout != 1 || c.OfflineWith != 1 || c.Users != 180 {
 		t.Errorf("JSON comparison: %+v", c)
 	}
 	if c.Flood == nil || c.Flood.Sent == 0 || c.Flood.Source != "127.0.0.2" {

@@ -190,7 +190,7 @@ func writeRunHTML(b *strings.Builder, r *Run) {
 	for j, s := range r.Steps {
 		fmt.Fprintf(b, "<tr><td>%d</td><td>%.0f</td><td>%.0f</td><td>%.0f</td><td>%.3f</td><td>%d %s</td><td>%.3f</td><td>%.3f</td><td>%.3f</td><td>%.3f</td><td>%.3f</td><td>%s</td><td>%s</td></tr>\n",
 			j+1, s.OfferedRate, s.SentPerS, s.AnsweredPerS, s.LossPct, s.ErrorCount, html.EscapeString(errorsText(s.Errors)),
-			s.Latency.P50, s.Latency.P90, s.Latency.P99, s.Latency.P999, s.Latency.Max, cpuText(s.CPUPct), okText(s.Sustainable))
+			s.Latency.P50, s.Latency.P90, s.Latency.P99, s.Latency.P999, s.Latency.Max, cpuText(s.CPUPct), html.EscapeString(okHTML(s)))
 	}
 	b.WriteString("</table>\n")
 	for j, s := range r.Steps {
@@ -203,7 +203,7 @@ func writeRunHTML(b *strings.Builder, r *Run) {
 		if r.Online.Error != "" {
 			fmt.Fprintf(b, "<p class=\"bad\">online check failed: %s</p>\n", html.EscapeString(r.Online.Error))
 		} else {
-			fmt.Fprintf(b, "<p>users offline at end: %d of %d</p>\n", r.Online.Offline, r.Online.Users)
+			fmt.Fprintf(b, "<p>users offline at end: %d of %d reached%s</p>\n", r.Online.Offline, r.Online.Users, html.EscapeString(notReachedText(r.Online)))
 		}
 	}
 	if len(r.Steps) > 0 {
@@ -237,4 +237,12 @@ func writeRunHTML(b *strings.Builder, r *Run) {
 	}
 	writeSVG(b, "rate over time", "time (s)", "heartbeats/s", []series{sent, ans}, nil)
 	writeSVG(b, "latency over time (per second)", "time (s)", "latency (ms)", []series{p99, p50}, nil)
+}
+
+// okHTML is a step's ok cell: "yes", or "NO: " and which limit it broke.
+func okHTML(s StepResult) string {
+	if s.Sustainable || s.NotOK == "" {
+		return okText(s.Sustainable)
+	}
+	return okText(false) + ": " + s.NotOK
 }

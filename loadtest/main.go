@@ -114,12 +114,16 @@ func run(ctx context.Context, cfg *Config, kr *token.Keyring, args []string, std
 		r := runTarget(ctx, cfg, pop, p, a, stderr)
 		if cfg.CheckOnline && p.target == TargetPresenced && ctx.Err() == nil {
 			// At once: a user's last heartbeat is at most an interval old.
-			r.Online = checkOnline(ctx, cfg, pop)
+			var sent int64
+			for _, s := range r.Steps {
+				sent = max(sent, s.Sent)
+			}
+			r.Online = checkOnline(ctx, cfg, pop, sent)
 			if r.Online.Error != "" {
 				fmt.Fprintf(stderr, "presenced loadtest: --check-online: %s\n", r.Online.Error)
 				status = 1
 			} else if !cfg.Quiet {
-				fmt.Fprintf(stderr, "%s users offline at end: %d of %d\n", p.target, r.Online.Offline, r.Online.Users)
+				fmt.Fprintf(stderr, "%s users offline at end: %d of %d reached%s\n", p.target, r.Online.Offline, r.Online.Users, notReachedText(r.Online))
 			}
 		}
 		if stopTarget != nil {

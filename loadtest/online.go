@@ -12,19 +12,30 @@ import (
 
 // checkOnline asks presenced (POST /v1/status on --http-addr, at most
 // statusChunk users a request, with --api-token as a bearer token) which
-// of the simulated users are online. A user the answer leaves out counts
-// as offline.
-func checkOnline(ctx context.Context, cfg *Config, pop *population) *OnlineCheck {
+// of the simulated users the run reached are online. A user the answer
+// leaves out counts as offline. sent is the most heartbeats one step sent:
+// job k goes to user pop.user(k), so a run that sent fewer jobs than there
+// are users (shorter than --interval) never reached the others, and they
+// are counted as NotReached, not as offline.
+func checkOnline(ctx context.Context, cfg *Config, pop *population, sent int64) *OnlineCheck {
 	start := time.Now()
-	c := &OnlineCheck{Users: pop.n}
+	reached := pop.n
+	if sent < int64(pop.n) {
+		reached = int(max(sent, 0))
+	}
+	users := make([]string, reached)
+	for k := range users {
+		users[k] = pop.users[pop.user(int64(k))]
+	}
+	c := &OnlineCheck{Users: reached, NotReached: pop.n - reached}
 	client := &http.Client{Timeout: 10 * time.Second}
 	url := "http://" + cfg.HTTPAddr + "/v1/status"
 	online := make(map[string]bool, statusChunk)
-	for lo := 0; lo < pop.n; lo += statusChunk {
-		hi := min(lo+statusChunk, pop.n)
+	for lo := 0; lo < reached; lo += statusChunk {
+		hi := min(lo+statusChunk, reached)
 		body, err := json.Marshal(struct {
 			Users []string `json:"users"`
-		}{pop.users[lo:hi]})
+		}{users[lo:hi]})
 		if err != nil {
 			c.Error = err.Error()
 			return c
@@ -68,7 +79,7 @@ func checkOnline(ctx context.Context, cfg *Config, pop *population) *OnlineCheck
 		for _, u := range ans.Users {
 			online[u.User] = online[u.User] || u.Online
 		}
-		for _, u := range pop.users[lo:hi] {
+		for _, u := range users[lo:hi] {
 			if online[u] {
 				c.Online++
 			}

@@ -46,19 +46,22 @@ type FloodComparison struct {
 	// Users offline at the end of each run (--check-online); -1: not checked.
 	OfflineWithout int          `json:"offline_without_flood"`
 	OfflineWith    int          `json:"offline_with_flood"`
-	Users          int          `json:"users"`
+	Users          int          `json:"users"` // the users the runs reached (OnlineCheck.Users)
 	Flood          *FloodResult `json:"flood"`
 }
 
 // OnlineCheck is --check-online: after a run, how many of the simulated
 // users presenced reports online (POST /v1/status).
 type OnlineCheck struct {
-	Users    int     `json:"users"`
-	Online   int     `json:"online"`
-	Offline  int     `json:"offline"` // not online, or missing from the answers
-	Requests int     `json:"requests"`
-	TookS    float64 `json:"took_s"`
-	Error    string  `json:"error,omitempty"`
+	Users int `json:"users"` // users the run sent a heartbeat for, the ones checked
+	// NotReached counts simulated users the run never sent a heartbeat
+	// for (a run shorter than --interval): not checked, not lost.
+	NotReached int     `json:"not_reached"`
+	Online     int     `json:"online"`
+	Offline    int     `json:"offline"` // not online, or missing from the answers
+	Requests   int     `json:"requests"`
+	TookS      float64 `json:"took_s"`
+	Error      string  `json:"error,omitempty"`
 }
 
 // Run is one target: one step, or a sweep's steps.
@@ -108,6 +111,7 @@ type StepResult struct {
 	Limit                string       `json:"limit"`            // what held the step back: generator CPU, server CPU, loss, none
 	Flood                *FloodResult `json:"flood,omitempty"`  // the flood beside this step, not in the figures above
 	Sustainable          bool         `json:"sustainable"`
+	NotOK                string       `json:"not_ok,omitempty"` // why the step is not sustainable (StepResult.notOK)
 	Timeline             []Point      `json:"timeline"`
 }
 
@@ -225,6 +229,9 @@ func writeText(w io.Writer, rep *Report) {
 			}
 			tw.Flush()
 			for j, s := range r.Steps {
+				if s.NotOK != "" {
+					fmt.Fprintf(w, "step %d not ok: %s\n", j+1, s.NotOK)
+				}
 				if len(s.Errors) > 0 {
 					fmt.Fprintf(w, "step %d errors: %s\n", j+1, errorsText(s.Errors))
 				}
@@ -259,7 +266,7 @@ func writeText(w io.Writer, rep *Report) {
 		fmt.Fprintf(w, "p99 without flood %.3f ms, with flood %.3f ms: p99 with flood / p99 without = %.2f\n", c.P99WithoutMs, c.P99WithMs, c.P99Ratio)
 		fmt.Fprintf(w, "loss without flood %.3f%%, with flood %.3f%%\n", c.LossWithoutPct, c.LossWithPct)
 		if c.OfflineWithout >= 0 || c.OfflineWith >= 0 {
-			fmt.Fprintf(w, "users offline at end: without flood %s of %d, with flood %s of %d\n", offlineText(c.OfflineWithout), c.Users, offlineText(c.OfflineWith), c.Users)
+			fmt.Fprintf(w, "users offline at end: without flood %s, with flood %s, of %d reached\n", offlineText(c.OfflineWithout), offlineText(c.OfflineWith), c.Users)
 		}
 		if f := c.Flood; f != nil {
 			fmt.Fprintf(w, "flood: %s %s from %s, %.0f datagrams/s sent, %.0f replies/s (%.2f%% of sent)\n",
@@ -285,6 +292,9 @@ func writeStepText(w io.Writer, s *StepResult) {
 	l := s.Latency
 	fmt.Fprintf(w, "latency ms (from intended send, %d requests): p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
 		l.Count, l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean)
+	if s.NotOK != "" {
+		fmt.Fprintf(w, "not ok: %s\n", s.NotOK)
+	}
 	fmt.Fprintf(w, "CPU %s (%s); load generator %s%% of one core (it may use %d; waited %.0f%% for a CPU)\n", cpuText(s.CPUPct), s.CPUScope, cpuText(s.LoadgenCPUPct), s.LoadgenCores, s.LoadgenWaitPct)
 	if v := s.Server; v != nil {
 		writeServerText(w, v)
@@ -329,7 +339,7 @@ func writeOnlineText(w io.Writer, c *OnlineCheck) {
 		fmt.Fprintf(w, "online check failed: %s\n", c.Error)
 		return
 	}
-	fmt.Fprintf(w, "users offline at end: %d of %d (POST /v1/status, %d requests, %.2fs)\n", c.Offline, c.Users, c.Requests, c.TookS)
+	fmt.Fprintf(w, "users offline at end: %d of %d reached (POST /v1/status, %d requests, %.2fs)%s\n", c.Offline, c.Users, c.Requests, c.TookS, notReachedText(c))
 }
 
 func offlineText(n int) string {
@@ -368,7 +378,7 @@ func computeFloodComparison(rep *Report) {
 		c.P99Ratio = b.Latency.P99 / a.Latency.P99
 	}
 	if o := rep.Runs[0].Online; o != nil && o.Error == "" {
-		c.OfflineWithout = o.Offline
+		c.OfflineWithout, c.Users = o.Offline, o.Users // the users the run reached
 	}
 	if o := rep.Runs[1].Online; o != nil && o.Error == "" {
 		c.OfflineWith = o.Offline
@@ -381,6 +391,34 @@ func cpuText(p float64) string {
 		return "?"
 	}
 	return fmt.Sprintf("%.0f", p)
+}
+
+// notReachedText says how many users a run shorter than --interval never
+// heartbeated (and so did not check).
+func notReachedText(c *OnlineCheck) string {
+	if c.NotReached == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d users not reached (the run was shorter than --interval), not checked", c.NotReached)
+}
+
+// notOK says why a step is not sustainable ("" when it is): which limit
+// it broke, with the measured figure and the limit.
+func (r *StepResult) notOK(cfg *Config) string {
+	switch {
+	case r.Sent == 0:
+		return "nothing was sent"
+	case r.Latency.Count == 0:
+		return "no request was answered"
+	}
+	var why []string
+	if limit := float64(cfg.TargetP99) / 1e6; r.Latency.P99 > limit {
+		why = append(why, fmt.Sprintf("p99 %.3g ms > --target-p99 %.3g ms", r.Latency.P99, limit))
+	}
+	if r.LossPct+r.ErrorPct > cfg.MaxLoss {
+		why = append(why, fmt.Sprintf("loss %.3g%% + errors %.3g%% > --max-loss %.3g%%", r.LossPct, r.ErrorPct, cfg.MaxLoss))
+	}
+	return strings.Join(why, "; ")
 }
 
 func okText(b bool) string {

@@ -214,7 +214,8 @@ func runTarget(ctx context.Context, cfg *Config, pop *population, p plan, a addr
 	}
 	if !cfg.Sweep {
 		res, err := runStep(ctx, cfg, pop, p, a, cfg.baseRate(), cfg.Duration, label, stderr)
-		res.Sustainable = res.passes(cfg)
+		res.NotOK = res.notOK(cfg)
+		res.Sustainable = res.NotOK == ""
 		run.Steps = append(run.Steps, res)
 		if err != nil {
 			run.Error = err.Error()
@@ -233,7 +234,8 @@ func runTarget(ctx context.Context, cfg *Config, pop *population, p plan, a addr
 			break
 		}
 		res, err := runStep(ctx, cfg, pop, p, a, rate, cfg.StepDuration, fmt.Sprintf("%s step %d %.0f/s", label, i+1, rate), stderr)
-		res.Sustainable = res.passes(cfg)
+		res.NotOK = res.notOK(cfg)
+		res.Sustainable = res.NotOK == ""
 		run.Steps = append(run.Steps, res)
 		if err != nil {
 			run.Error = err.Error()
@@ -251,14 +253,6 @@ func runTarget(ctx context.Context, cfg *Config, pop *population, p plan, a addr
 		run.Capacity = capacityLine(b)
 	}
 	return run
-}
-
-// passes reports whether the step kept the p99 and loss limits.
-func (r *StepResult) passes(cfg *Config) bool {
-	if r.Sent == 0 || r.Latency.Count == 0 {
-		return false
-	}
-	return r.Latency.P99 <= float64(cfg.TargetP99)/1e6 && r.LossPct+r.ErrorPct <= cfg.MaxLoss
 }
 
 func capacityLine(b StepResult) string {

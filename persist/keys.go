@@ -24,7 +24,7 @@ var (
 )
 
 // maxUserLen is the longest user id the one-byte length in a session key can
-// carry; ids are at most 128 bytes.
+// carry; the HTTP and UDP contracts cap ids at 128 bytes (wire.ValidID).
 const maxUserLen = 255
 
 func appendSessionKey(dst, user, room []byte) []byte {

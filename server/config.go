@@ -167,6 +167,14 @@ type Config struct {
 	// APITokenFile holds bearer tokens for the read endpoints and the event
 	// stream, one per line (--api-token-file, empty: reads are open).
 	APITokenFile string
+	// CORSOrigins lists the browser origins that may call the API, load
+	// /ui/presenced.js and open /v1/ws from another origin, comma-separated
+	// ("https://app.example.com,http://localhost:3000"), or "*" for any
+	// (--cors-origins, default "*": tokens, not cookies, authorize, so a
+	// page on any origin can do no more than a client elsewhere; empty: no
+	// cross-origin browser access). Answers then carry
+	// Access-Control-Allow-Origin, and OPTIONS preflights get 204.
+	CORSOrigins string
 	// MaxWSConns bounds open WebSocket connections (--max-ws-conns, default
 	// 10000, each about 10 KB plus its subscriptions); more get 503.
 	MaxWSConns int
@@ -244,6 +252,7 @@ func DefaultConfig() Config {
 		MaxStateBytes:       1024,
 		LeaveDelay:          2 * time.Second,
 		LastSeenMemoryUsers: 100000,
+		CORSOrigins:         "*",
 		MaxWSConns:          10000,
 		WSMaxMessageBytes:   8192,
 		WSMessageRate:       20,
@@ -260,6 +269,9 @@ func DefaultConfig() Config {
 
 // Validate reports the first problem with c, naming the flag.
 func (c *Config) Validate() error {
+	if _, err := parseCORSOrigins(c.CORSOrigins); err != nil {
+		return err
+	}
 	switch {
 	case c.HTTPAddr == "":
 		return errors.New("--http-addr must not be empty")
@@ -458,6 +470,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.LastSeenMemoryUsers, "last-seen-memory-users", c.LastSeenMemoryUsers, "without --data-dir, most offline users whose last-seen is kept in memory (0: none)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof profiles on this address (empty: off; keep it on loopback)")
 	fs.StringVar(&c.APITokenFile, "api-token-file", c.APITokenFile, "file of bearer tokens for the read endpoints and the event stream, one per line (empty: open)")
+	fs.StringVar(&c.CORSOrigins, "cors-origins", c.CORSOrigins, "browser origins allowed cross-origin (CORS, WebSocket), comma-separated, or * for any (empty: none)")
 	fs.IntVar(&c.MaxWSConns, "max-ws-conns", c.MaxWSConns, "most open WebSocket connections (503 beyond)")
 	fs.IntVar(&c.WSMaxMessageBytes, "ws-max-message-bytes", c.WSMaxMessageBytes, "largest WebSocket message in bytes (the socket is closed with 1009 beyond)")
 	fs.IntVar(&c.WSMessageRate, "ws-message-rate", c.WSMessageRate, "WebSocket messages per second per connection, burst twice that (closed with 1008 beyond; 0: no limit)")

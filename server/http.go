@@ -15,6 +15,7 @@ import (
 
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server/jsonbody"
+	"github.com/presenced/presenced/server/openapi"
 	"github.com/presenced/presenced/server/wire"
 )
 
@@ -96,7 +97,10 @@ func (s *Server) handleHTTPError(ctx *fasthttp.RequestCtx, err error) {
 
 func (s *Server) handleHTTP(ctx *fasthttp.RequestCtx) {
 	t0 := time.Now()
-	rt := s.route(ctx)
+	rt := rtOther
+	if !s.cors(ctx) {
+		rt = s.route(ctx)
+	}
 	s.met.httpLatency[rt].ObserveDuration(time.Since(t0))
 }
 
@@ -160,6 +164,11 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) route {
 			s.reg.serve(ctx)
 		}
 		return rtMetrics
+	case "/openapi.json":
+		if methods(ctx, "GET", "HEAD") {
+			jsonBody(ctx, fasthttp.StatusOK, openapi.JSON)
+		}
+		return rtUI
 	}
 	if rest, ok := bytes.CutPrefix(path, []byte("/ui")); ok && (len(rest) == 0 || rest[0] == '/') {
 		if methods(ctx, "GET", "HEAD") {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -232,9 +233,10 @@ func (s *Server) hRoom(ctx *fasthttp.RequestCtx, raw []byte) {
 	jsonBody(ctx, fasthttp.StatusOK, s.endPartial(b, partial))
 }
 
-// hMembers pages a room's members. Standalone, the cursor is the table's
-// member slot (base 36); in cluster mode it is the last user returned, in
-// byte order of user id (cluster.EncodeCursor). Both are opaque to clients.
+// hMembers pages a room's members. Standalone, the cursor is "s" and the
+// table's member slot in base 36; in cluster mode it is "c" and the last
+// user returned, in byte order of user id (cluster.EncodeCursor). Both are
+// opaque to clients; anything else is a 400 naming cursor.
 func (s *Server) hMembers(ctx *fasthttp.RequestCtx, raw []byte) {
 	room, ok := pathID(ctx, raw, "room")
 	if !ok {
@@ -269,8 +271,9 @@ func (s *Server) hMembers(ctx *fasthttp.RequestCtx, raw []byte) {
 	} else {
 		var slot uint64
 		if cursor != "" {
-			v, err := strconv.ParseUint(cursor, 36, 64)
-			if err != nil || v == 0 {
+			digits, ok := strings.CutPrefix(cursor, "s")
+			v, err := strconv.ParseUint(digits, 36, 64)
+			if !ok || err != nil || v == 0 {
 				jsonError(ctx, fasthttp.StatusBadRequest, badCursor)
 				return
 			}
@@ -279,7 +282,7 @@ func (s *Server) hMembers(ctx *fasthttp.RequestCtx, raw []byte) {
 		var n uint64
 		members, n = s.m.Members(room, slot, limit, nil)
 		if n != 0 {
-			next = strconv.FormatUint(n, 36)
+			next = "s" + strconv.FormatUint(n, 36)
 		}
 	}
 	b := append([]byte(`{"room":`), appendJSONString(nil, string(room))...)

@@ -103,6 +103,11 @@ type Server struct {
 	httpSrv *fasthttp.Server
 	httpLn  net.Listener
 	udp     *udpServer
+
+	// build is what /metrics reports (SetBuildInfo, before Start).
+	build BuildInfo
+	// corsPol is --cors-origins, parsed once (cors.go).
+	corsPol corsPolicy
 }
 
 // New builds a server from a validated config. It opens nothing; Start does.
@@ -178,7 +183,14 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.sink = s.sinkChange
 	s.reg = newRegistry(log)
 	s.met = newServerMetrics(s.reg)
+	s.build = ReadBuildInfo("", "")
+	s.registerBuildInfo()
 	s.ws = newWSHub()
+	s.corsPol, _ = parseCORSOrigins(cfg.CORSOrigins) // checked by Validate
+	// Browsers on an allowed origin may connect: heartbeats carry their own
+	// tokens and subscriptions to all rooms need an API token, as for
+	// GET /v1/events.
+	s.ws.upgrader.CheckOrigin = s.corsPol.allowWS
 	s.registerGauges()
 	s.registerOverloadMetrics()
 	s.registerWSMetrics()

@@ -167,8 +167,12 @@ func TestMembersPagingEveryMemberOnce(t *testing.T) {
 			t.Fatalf("%s seen %d times, want exactly once", u, seen[u])
 		}
 	}
-	if code := n.Do("GET", "/v1/rooms/big/members?cursor=!!", "", nil); code != 400 {
-		t.Fatalf("bad cursor: %d, want 400", code)
+	// A cursor no page handed out is refused, not read as an empty page.
+	for _, bad := range []string{"!!", "zzz", "2s", "s", "s0", "c"} {
+		var e struct{ Error string }
+		if code := n.Do("GET", "/v1/rooms/big/members?cursor="+bad, "", &e); code != 400 || !strings.Contains(e.Error, "cursor") {
+			t.Fatalf("cursor=%s: %d %q, want 400 naming cursor", bad, code, e.Error)
+		}
 	}
 	if code := n.Do("GET", "/v1/rooms/big/members?limit=1001", "", nil); code != 400 {
 		t.Fatalf("limit over max: %d, want 400", code)

@@ -16,7 +16,7 @@ const (
 	// fills it re-reads from the history (events.Bus).
 	eventBuffer = 1024
 	// keepAliveInterval is how often an idle stream gets a comment line, so
-	// proxies do not cut it (API.md: at least every 15 s).
+	// proxies do not cut it (README "Events"; the contract allows at most 15 s).
 	keepAliveInterval = 10 * time.Second
 	// maxStreamBatch is how many events one write carries at most.
 	maxStreamBatch = 256

@@ -22,7 +22,7 @@ import (
 	"github.com/presenced/presenced/shardmap"
 )
 
-// WebSocket (GET /v1/ws, API.md "WebSocket").
+// WebSocket (GET /v1/ws, README "WebSocket").
 //
 // Each connection has three kinds of goroutine:
 //
@@ -99,9 +99,7 @@ func newWSHub() *wsHub {
 		// socket holds no write buffer.
 		ReadBufferSize:  1024,
 		WriteBufferPool: &sync.Pool{},
-		// Browsers on any origin may connect: heartbeats carry their own
-		// tokens and subscriptions to all rooms need an API token, as for
-		// GET /v1/events, which any origin may read too.
+		// The server replaces this with --cors-origins (corsPolicy.allowWS).
 		CheckOrigin: func(*fasthttp.RequestCtx) bool { return true },
 		Error: func(ctx *fasthttp.RequestCtx, status int, err error) {
 			jsonError(ctx, status, "cannot upgrade to websocket: "+err.Error())

@@ -24,7 +24,7 @@ type Config struct {
 	// NodeID names this node in the event stream and in the re-assert
 	// markers (--node-id). Required.
 	NodeID string
-	// Prefix starts every key and the pub/sub channel (default "pd").
+	// Prefix starts every key (default "pd").
 	Prefix string
 	// TTL is the session lifetime after a heartbeat (the server's --ttl).
 	TTL time.Duration

@@ -5,7 +5,7 @@
 //
 // The Redis layout below, one background writer that turns the presence
 // table's change log into pipelined script calls, a reaper that expires the
-// sessions of every node (including dead ones), a pub/sub subscriber that
+// sessions of every node (including dead ones), a stream reader (XREAD) that
 // feeds this node's event stream with the cluster-wide joins and leaves, a
 // health checker that re-asserts this node's sessions after Redis lost them
 // or could not be reached, and the cluster-wide queries. It never imports
@@ -51,8 +51,8 @@
 //	|                             |   paged with ZRANGE BYLEX               |
 //	| pd:{r<r>}:top        ZSET   | member room, score = online users       |
 //	+-----------------------------+-----------------------------------------+
-//	pd:events   STREAM   join/leave entries, XADD MAXLEN ~ StreamMaxLen
-//	pd:events   channel  (pub/sub) the same events, to every node
+//	pd:events   STREAM   every event, XADD MAXLEN ~ StreamMaxLen; nodes XREAD it
+//	            (and the held-leave keys beside it: events.go)
 //
 // A session (user, room) exists cluster-wide while its field is in the user
 // hash; its expiry is the latest any node wrote (the scripts never move it
@@ -69,9 +69,9 @@
 // Commands, by path:
 //
 //	refresh or join    EVALSHA TOUCH (1 command; HGET, HSET, ZADD, HINCRBY inside)
-//	join, also         EVALSHA ROOMADD, XADD, PUBLISH
-//	explicit leave     EVALSHA LEAVE, then ROOMREM, XADD, PUBLISH if it ended one
-//	reaper             EVALSHA REAP per bucket per ReapInterval, ROOMREM/XADD/PUBLISH per timeout
+//	join, also         EVALSHA ROOMADD, EVALSHA EMIT (XADD, or hold a leave)
+//	explicit leave     EVALSHA LEAVE, then ROOMREM, EMIT if it ended one
+//	reaper             EVALSHA REAP per bucket per ReapInterval, ROOMREM/EMIT per timeout
 //	health             HEXISTS pd:{u<b>}:c n:<node> per bucket per HealthInterval
 //	re-assert          EVALSHA TOUCHN / ROOMADDN, 256 sessions per call
 //	room sweep         ZRANGE top and member sets, HEXISTS per member, ROOMREM,

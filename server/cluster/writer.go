@@ -446,8 +446,8 @@ func (n *Node) exec(ctx context.Context, p redis.Pipeliner) error {
 }
 
 // send runs ops in pipelines: first the user-side scripts, then for every
-// join and leave they decided the room-side script, the stream entry and
-// the pub/sub message. A failed command does not stop the others: what
+// join and leave they decided the room-side script and the stream entry
+// (EMIT). A failed command does not stop the others: what
 // succeeded goes on to its room side and event, a failed leave is kept
 // for retry, and the first error is returned (a fault: the re-assert then
 // writes what the failed touches did not and repairs the room side).

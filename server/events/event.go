@@ -133,7 +133,7 @@ type Conn struct {
 	State json.RawMessage `json:"state"`
 }
 
-// wireEvent is the JSON form of an Event (see README, "Events").
+// wireEvent is the JSON form of an Event (README "Events").
 type wireEvent struct {
 	ID     string          `json:"id"`
 	Type   string          `json:"type"`

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// The heartbeat path's inputs (API.md): a heartbeat with a real token (as
+// The heartbeat path's inputs (README "HTTP API"): a heartbeat with a real token (as
 // `presenced token` mints it), the same with a 100-byte state object, a
 // batch of 100 items, and a malformed (truncated) body.
 var (

@@ -36,7 +36,7 @@ type Config struct {
 	// one reset event.
 	MaxQueue int
 	// Linger is how long a batch that is not full waits for more events
-	// (default 200ms; API.md promises at most 1 s).
+	// (default 200ms; README "Webhooks" promises at most 1 s).
 	Linger time.Duration
 
 	// Logger, when set, receives the deliverer's logs.

@@ -1,5 +1,5 @@
 // Package webhook POSTs presenced's events to a receiver (--webhook-url)
-// in signed batches, at least once, in order per room (API.md "Webhooks").
+// in signed batches, at least once, in order per room (README "Webhooks").
 //
 // # Flow
 //
