@@ -1,10 +1,12 @@
 package events
 
 import (
+	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func join(user, room string) *Event { return &Event{Type: Join, User: user, Room: room, At: 1} }
@@ -170,5 +172,20 @@ func TestSubscribeBeforeFloor(t *testing.T) {
 	got := drain(t, b, s, 2)
 	if got[0].User != "early" || got[1].User != "late" {
 		t.Fatalf("got %s, %s; want early, late", got[0].User, got[1].User)
+	}
+}
+
+// An event whose state holds bytes that are not UTF-8 (stored by an earlier
+// release, or by another node through Redis) renders as valid UTF-8 JSON,
+// the bad bytes read as U+FFFD: a browser drops a socket on one bad byte.
+func TestEventJSONInvalidUTF8State(t *testing.T) {
+	e := &Event{Type: Join, User: "u", Room: "r", At: 1, State: json.RawMessage("{\"n\":\"a\xff\xfeb\",\"\xc3\":1}")}
+	b := e.JSON()
+	if !utf8.Valid(b) {
+		t.Fatalf("event JSON not valid UTF-8: %q", b)
+	}
+	var got struct{ State map[string]any }
+	if err := json.Unmarshal(b, &got); err != nil || got.State["n"] != "a\uFFFDb" || got.State["\uFFFD"] != float64(1) {
+		t.Fatalf("event %q (%v): want the state with U+FFFD in place of the bad bytes", b, err)
 	}
 }

@@ -1,9 +1,11 @@
 package events
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // Type is what an event says happened.
@@ -142,7 +144,7 @@ func (e *Event) render() []byte {
 	}
 	switch e.Type {
 	case Join, Update:
-		w.State = e.State
+		w.State = ValidUTF8(e.State)
 		if w.State == nil {
 			w.State = json.RawMessage("null")
 		}
@@ -159,6 +161,18 @@ func (e *Event) render() []byte {
 		b, _ = json.Marshal(&w)
 	}
 	return b
+}
+
+// ValidUTF8 returns b (a state, or an event's JSON) with every run of bytes
+// that are not UTF-8 replaced by U+FFFD; b itself (no copy) when it is
+// valid, as every state this release accepts is. A state stored by an
+// earlier release, or by such a node through Redis, may not be, and one bad
+// byte in a WebSocket text frame makes a browser drop the socket.
+func ValidUTF8(b []byte) []byte {
+	if utf8.Valid(b) {
+		return b
+	}
+	return bytes.ToValidUTF8(b, []byte("\uFFFD"))
 }
 
 // AppendSSE appends the event as one server-sent event: id, event and data lines.

@@ -223,7 +223,9 @@ func (s *localSource) next(ctx context.Context) (*batch, error) {
 func (s *localSource) batch(items []persist.QueueItem) *batch {
 	b := &batch{evs: make([][]byte, len(items)), oldest: time.UnixMilli(items[0].Enqueued)}
 	for i := range items {
-		b.evs[i] = items[i].Data
+		// A record queued by an earlier release may hold a state that is
+		// not UTF-8: delivered with U+FFFD in its place, as streams do.
+		b.evs[i] = events.ValidUTF8(items[i].Data)
 	}
 	last := items[len(items)-1].Seq
 	b.ack = func() error { return s.q.Delete(last) }
