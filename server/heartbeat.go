@@ -50,6 +50,9 @@ func (s *Server) heartbeat(tr transport, user, room, tok []byte, nowMs int64) ou
 	return s.heartbeatState(tr, user, room, tok, nowMs, shardmap.StateOp{})
 }
 
+// stateNotUTF8 is the answer for a state holding bytes that are not UTF-8.
+const stateNotUTF8 = "state must be valid UTF-8: a string in it holds a byte that is not"
+
 // stateOp turns a heartbeat's "state" field into a table operation: the
 // object compacted (so formatting alone is no change), or a clear for
 // null. It returns a message naming the limit when the state is too large.
@@ -67,7 +70,7 @@ func (s *Server) stateOp(has bool, raw []byte) (shardmap.StateOp, string) {
 	if !utf8.Valid(b.Bytes()) {
 		// Refused as an id is: one such byte in an event's text frame
 		// makes a browser drop the socket.
-		return shardmap.StateOp{}, "state must be valid UTF-8: a string in it holds a byte that is not"
+		return shardmap.StateOp{}, stateNotUTF8
 	}
 	if b.Len() > s.cfg.MaxStateBytes {
 		return shardmap.StateOp{}, fmt.Sprintf("state exceeds max-state-bytes (%d bytes serialized)", s.cfg.MaxStateBytes)

@@ -95,3 +95,57 @@ func TestStoredInvalidUTF8StateServedValid(t *testing.T) {
 		t.Errorf("POST /v1/status: %q, want valid UTF-8 with U+FFFD", b)
 	}
 }
+
+// A WebSocket message whose user or room is not UTF-8 is refused naming the
+// field, as over HTTP, instead of being read with U+FFFD in place of the
+// bad byte (which merged two different ids into one session).
+func TestWSInvalidUTF8IDsRefused(t *testing.T) {
+	n := startNode(t, noDebounce)
+	w := dialWS(t, n, "", nil)
+	for i, c := range []struct{ msg, want string }{
+		{"{\"op\":\"heartbeat\",\"ref\":1,\"user\":\"bad\xffid\",\"room\":\"r\"}", "user must be"},
+		{"{\"op\":\"heartbeat\",\"ref\":2,\"user\":\"bad\xfeid\",\"room\":\"r\"}", "user must be"},
+		{"{\"op\":\"heartbeat\",\"ref\":3,\"user\":\"u\",\"room\":\"r\xff\"}", "room must be"},
+		{"{\"op\":\"leave\",\"ref\":4,\"user\":\"bad\xffid\",\"room\":\"r\"}", "user must be"},
+		{"{\"op\":\"subscribe\",\"ref\":5,\"room\":\"r\xff\"}", "room must be"},
+	} {
+		w.send(c.msg)
+		m := w.next(5 * time.Second)
+		if msg, _ := m["error"].(string); m["ref"] != float64(i+1) || !strings.Contains(msg, c.want) {
+			t.Errorf("%q: %v, want an error with ref %d containing %q", c.msg, m, i+1, c.want)
+		}
+	}
+	// The ref itself is not echoed when it is not UTF-8.
+	w.send("{\"op\":\"heartbeat\",\"ref\":\"\xff\",\"user\":\"u\",\"room\":\"r\"}")
+	if m := w.next(5 * time.Second); m["ref"] != nil || m["error"] == nil {
+		t.Errorf("ref not UTF-8: %v, want an error without ref", m)
+	}
+	var mem struct{ Members []struct{ User string } }
+	n.Do("GET", "/v1/rooms/r/members", "", &mem)
+	if len(mem.Members) != 0 {
+		t.Fatalf("members %+v: a refused id joined", mem.Members)
+	}
+	if got := n.Metric(`presenced_heartbeats_total{outcome="bad_user",transport="ws"}`); got != 2 {
+		t.Errorf("ws bad_user heartbeats = %v, want 2", got)
+	}
+}
+
+// A message with a field of the wrong type is answered with its ref and the
+// field's name (a client waiting on the ref does not time out), and a
+// state nested past the depth limit is refused on both transports, the
+// HTTP answer naming the limit.
+func TestWSFieldErrorKeepsRefAndDepthLimit(t *testing.T) {
+	n := startNode(t, noDebounce)
+	w := dialWS(t, n, "", nil)
+	w.mustErr(map[string]any{"op": "heartbeat", "ref": 7, "user": "u", "room": 5}, "room must be a string")
+	w.mustErr(map[string]any{"op": "heartbeat", "ref": "x", "user": []int{1}, "room": "r"}, "user must be a string")
+	deep := strings.Repeat(`{"a":`, 100) + "1" + strings.Repeat("}", 100)
+	w.mustErr(`{"op":"heartbeat","ref":8,"user":"u","room":"r","state":`+deep+`}`, "64")
+	var e struct{ Error string }
+	if c := n.Do("POST", "/v1/heartbeat", `{"user":"u","room":"r","state":`+deep+`}`, &e); c != 400 || !strings.Contains(e.Error, "64") || !strings.Contains(e.Error, "deep") {
+		t.Fatalf("HTTP deep state: %d %q, want 400 naming the depth limit", c, e.Error)
+	}
+	if u := n.User("u"); u.Online {
+		t.Fatalf("u online after refused heartbeats")
+	}
+}

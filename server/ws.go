@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -423,15 +424,34 @@ func (r *wsRequest) room() string {
 // handle applies one text message and returns its answer.
 func (c *wsConn) handle(msg []byte) []byte {
 	var req wsRequest
-	if err := json.Unmarshal(msg, &req); err != nil {
+	err := json.Unmarshal(msg, &req)
+	if len(req.Ref) > 0 && (req.Ref[0] != '"' && (req.Ref[0] < '0' || req.Ref[0] > '9') && req.Ref[0] != '-' || !utf8.Valid(req.Ref)) {
+		return wsError(nil, "ref must be a string or a number")
+	}
+	if err != nil {
+		// A field of the wrong type leaves the rest decoded: the answer
+		// echoes the ref and names the field.
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return wsError(req.Ref, wsTypeError(te.Field))
+		}
 		return wsError(nil, `message must be a JSON object {"op",...}`)
 	}
 	if jsonbody.HasLoneSurrogate(msg) {
 		// encoding/json would turn it into U+FFFD: refused, as over HTTP.
 		return wsError(req.Ref, "message escapes a lone UTF-16 surrogate: not valid JSON text for an id")
 	}
-	if len(req.Ref) > 0 && req.Ref[0] != '"' && (req.Ref[0] < '0' || req.Ref[0] > '9') && req.Ref[0] != '-' {
-		return wsError(nil, "ref must be a string or a number")
+	if !utf8.Valid(msg) {
+		// encoding/json would read the bad bytes as U+FFFD, so two ids
+		// would name one session: refused naming the field, as over HTTP.
+		o, text := wsInvalidUTF8(msg)
+		switch req.Op {
+		case "heartbeat":
+			c.s.met.count(trWS, o)
+		case "leave":
+			c.s.met.countLeave(trWS, o)
+		}
+		return wsError(req.Ref, text)
 	}
 	switch req.Op {
 	case "heartbeat":
@@ -446,6 +466,32 @@ func (c *wsConn) handle(msg []byte) []byte {
 		return wsError(req.Ref, "op is required: heartbeat, leave, subscribe or unsubscribe")
 	}
 	return wsError(req.Ref, fmt.Sprintf("unknown op %q: use heartbeat, leave, subscribe or unsubscribe", req.Op))
+}
+
+// wsTypeError is the answer for a message whose field is of the wrong
+// JSON type.
+func wsTypeError(field string) string {
+	if field == "room" {
+		return "room must be a string or null"
+	}
+	return field + " must be a string"
+}
+
+// wsInvalidUTF8 names the field of a message that holds bytes that are not
+// UTF-8, with the outcome counted for it: the answer HTTP gives for the
+// same id or state.
+func wsInvalidUTF8(msg []byte) (outcome, string) {
+	var raw struct{ User, Room, State json.RawMessage }
+	_ = json.Unmarshal(msg, &raw)
+	switch {
+	case !utf8.Valid(raw.User):
+		return outBadUser, outcomeInfo[outBadUser].msg
+	case !utf8.Valid(raw.Room):
+		return outBadRoom, outcomeInfo[outBadRoom].msg
+	case !utf8.Valid(raw.State):
+		return outBadRequest, stateNotUTF8
+	}
+	return outBadRequest, "message must be UTF-8 text"
 }
 
 // intakeError says why heartbeats and leaves are not taken now, or "".
@@ -472,6 +518,10 @@ func (c *wsConn) opHeartbeat(req *wsRequest) []byte {
 	} else if has && raw[0] != '{' {
 		s.met.count(trWS, outBadRequest)
 		return wsError(req.Ref, "state must be a JSON object or null")
+	}
+	if has && raw != nil && errors.Is(jsonbody.CheckDepth(raw), jsonbody.ErrTooDeep) {
+		s.met.count(trWS, outBadRequest)
+		return wsError(req.Ref, tooDeep)
 	}
 	sop, msg := s.stateOp(has, raw)
 	if msg != "" {
