@@ -167,10 +167,15 @@ type wsConn struct {
 	pumps    sync.WaitGroup // subscription pumps, waited for when the connection ends
 
 	// Reader-owned.
-	subs     map[wsSubKey]*wsSub
+	subs   map[wsSubKey]*wsSub
+	tokens float64 // rate bucket
+	last   time.Time
+
+	// sessions are the sessions the socket heartbeated and did not leave:
+	// the reader changes them, the pumps of subscriptions they grant read
+	// them (member).
+	smu      sync.Mutex
 	sessions map[wsSessKey]struct{}
-	tokens   float64 // rate bucket
-	last     time.Time
 }
 
 type wsSubKey struct {
@@ -181,8 +186,14 @@ type wsSubKey struct {
 type wsSessKey struct{ user, room string }
 
 type wsSub struct {
+	key  wsSubKey
 	sub  *events.Sub
 	wake chan time.Time // closed to stop the pump
+	// byMember: granted by a session in the room, not by an API token; it
+	// ends when no such session is left (the pump sets ended and tells
+	// the socket).
+	byMember bool
+	ended    atomic.Bool
 }
 
 // hWS upgrades GET /v1/ws.
@@ -529,14 +540,20 @@ func (c *wsConn) opHeartbeat(req *wsRequest) []byte {
 		return wsError(req.Ref, msg)
 	}
 	key := wsSessKey{req.User, room}
-	if _, ok := c.sessions[key]; !ok && len(c.sessions) >= s.cfg.WSMaxSessions {
+	c.smu.Lock()
+	_, held := c.sessions[key]
+	n := len(c.sessions)
+	c.smu.Unlock()
+	if !held && n >= s.cfg.WSMaxSessions {
 		s.ws.limited[wsLimitSessions].Add(1)
 		return wsError(req.Ref, fmt.Sprintf("socket holds too many sessions (ws-max-sessions %d)", s.cfg.WSMaxSessions))
 	}
 	if o := s.heartbeatState(trWS, []byte(req.User), []byte(room), []byte(req.Token), time.Now().UnixMilli(), sop); o != outOK {
 		return wsError(req.Ref, outcomeInfo[o].msg)
 	}
+	c.smu.Lock()
 	c.sessions[key] = struct{}{}
+	c.smu.Unlock()
 	return wsOK(req.Ref, "heartbeat", fmt.Appendf(nil, `"interval_ms":%d,"ttl_ms":%d`, s.intervalMs, s.ttlMs))
 }
 
@@ -550,6 +567,7 @@ func (c *wsConn) opLeave(req *wsRequest) []byte {
 	if o != outOK {
 		return wsError(req.Ref, outcomeInfo[o].msg)
 	}
+	c.smu.Lock()
 	if room == "" {
 		for k := range c.sessions {
 			if k.user == req.User {
@@ -559,17 +577,64 @@ func (c *wsConn) opLeave(req *wsRequest) []byte {
 	} else {
 		delete(c.sessions, wsSessKey{req.User, room})
 	}
+	c.smu.Unlock()
+	// The subscriptions the left sessions granted end now, not at the
+	// (possibly held) leave event.
+	for key, sub := range c.subs {
+		if sub.byMember && !sub.ended.Load() && !c.member(key.room) {
+			delete(c.subs, key)
+			c.stopSub(sub)
+			if !c.send(wsUnsubscribed(key.room)) {
+				return nil
+			}
+		}
+	}
 	return wsOK(req.Ref, "leave", fmt.Appendf(nil, `"left":%d`, n))
 }
 
-// holdsRoom reports whether the socket heartbeated a session in room.
-func (c *wsConn) holdsRoom(room string) bool {
+// member reports whether a session the socket heartbeated in room is still
+// in the table, not left and not expired: what lets the socket subscribe
+// to room without an API token. The room-less session grants no
+// subscription (room "" would carry every user's room-less sessions).
+func (c *wsConn) member(room string) bool {
+	if room == "" {
+		return false
+	}
+	var users []string
+	c.smu.Lock()
 	for k := range c.sessions {
 		if k.room == room {
-			return true
+			users = append(users, k.user)
+		}
+	}
+	c.smu.Unlock()
+	now := time.Now().UnixMilli()
+	for _, u := range users {
+		rooms, _, _ := c.s.m.User([]byte(u), nil)
+		for _, r := range rooms {
+			if r.Room == room && r.Expiry > now {
+				return true
+			}
 		}
 	}
 	return false
+}
+
+// wsUnsubscribed is the notice that a subscription granted by a session
+// ended because the session did.
+func wsUnsubscribed(room string) []byte {
+	b := appendJSONString([]byte(`{"op":"unsubscribed","room":`), room)
+	return append(b, `,"reason":"membership_ended"}`...)
+}
+
+// pruneSubs forgets the subscriptions whose pump ended them.
+func (c *wsConn) pruneSubs() {
+	for key, sub := range c.subs {
+		if sub.ended.Load() {
+			delete(c.subs, key)
+			c.stopSub(sub)
+		}
+	}
 }
 
 func (c *wsConn) opSubscribe(req *wsRequest) []byte {
@@ -584,7 +649,9 @@ func (c *wsConn) opSubscribe(req *wsRequest) []byte {
 	switch {
 	case key.all && !c.authAll:
 		return wsError(req.Ref, "subscribing to all rooms needs an API token: connect with ?access_token= or Authorization: Bearer")
-	case !key.all && !c.authAll && !c.holdsRoom(key.room):
+	case !key.all && !c.authAll && key.room == "":
+		return wsError(req.Ref, `subscribing to room "" needs an API token: a session without a room grants no subscription`)
+	case !key.all && !c.authAll && !c.member(key.room):
 		return wsError(req.Ref, "subscribing to this room needs a session in it on this socket (heartbeat first) or an API token")
 	}
 	var since *events.ID
@@ -595,6 +662,7 @@ func (c *wsConn) opSubscribe(req *wsRequest) []byte {
 		}
 		since = &id
 	}
+	c.pruneSubs()
 	if _, ok := c.subs[key]; ok {
 		return wsError(req.Ref, "already subscribed to this room")
 	}
@@ -606,7 +674,7 @@ func (c *wsConn) opSubscribe(req *wsRequest) []byte {
 	if sub == nil {
 		return wsError(req.Ref, "shutting down")
 	}
-	ws := &wsSub{sub: sub, wake: make(chan time.Time)}
+	ws := &wsSub{key: key, sub: sub, wake: make(chan time.Time), byMember: !c.authAll}
 	c.subs[key] = ws
 	// The answer goes first, then the pump's events.
 	ans := wsOK(req.Ref, "subscribe", wsRoomField(key))
@@ -633,6 +701,7 @@ func (c *wsConn) opUnsubscribe(req *wsRequest) []byte {
 	if !key.all {
 		key.room = *req.Room
 	}
+	c.pruneSubs()
 	sub, ok := c.subs[key]
 	if !ok {
 		return wsError(req.Ref, "not subscribed to this room")
@@ -659,6 +728,15 @@ func (c *wsConn) pump(ws *wsSub) {
 			return // unsubscribed: what Next returned is not sent
 		default:
 		}
+		if ws.byMember && len(evs) > 0 && !c.member(ws.key.room) {
+			// The session that granted it ended (timed out, or left
+			// through another transport): the events are not sent.
+			ws.ended.Store(true)
+			c.s.bus.Unsubscribe(ws.sub)
+			clear(evs)
+			c.send(wsUnsubscribed(ws.key.room))
+			return
+		}
 		for _, ev := range evs {
 			if !c.send(ev.JSON()) {
 				return
@@ -673,7 +751,7 @@ func (c *wsConn) pump(ws *wsSub) {
 }
 
 // disconnect ends the sessions the socket heartbeated and did not leave,
-// with reason disconnect.
+// with reason disconnect. The pumps have ended.
 func (c *wsConn) disconnect() {
 	s := c.s
 	now := time.Now().UnixMilli()
