@@ -462,6 +462,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		})
 	}
+	// Leaves held by --leave-delay are decided: they go to the bus (and
+	// the webhook queue) now, and later ones pass at once.
+	s.deb.Release()
 	s.bus.Close()
 	errs = append(errs, step("close websockets", func() error { return s.closeWS(ctx) }))
 	if s.udp != nil {

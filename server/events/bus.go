@@ -370,6 +370,20 @@ func (b *Bus) Next(s *Sub, dst []*Event, max int, wake <-chan time.Time) ([]*Eve
 		case <-wake:
 			return dst, nil
 		case <-s.done:
+			// Events published before Close still reach the subscriber
+			// (the webhook queue takes the leaves released at shutdown).
+			for len(dst) < max {
+				select {
+				case ev := <-s.ch:
+					dst = s.take(dst, ev)
+					continue
+				default:
+				}
+				break
+			}
+			if len(dst) > 0 {
+				return dst, nil
+			}
 			return dst, ErrClosed
 		}
 	}

@@ -137,9 +137,12 @@ func (s *localSource) pump() {
 	for {
 		var err error
 		evs, err = s.bus.Next(s.sub, evs[:0], 512, tick.C)
+		stopping := false
 		select {
 		case <-s.quit:
-			return
+			// What Next returned is queued still: at shutdown it holds
+			// the leaves released from --leave-delay.
+			stopping = true
 		default:
 		}
 		recs = recs[:0]
@@ -182,8 +185,8 @@ func (s *localSource) pump() {
 			default:
 			}
 		}
-		if err != nil {
-			return // bus closed
+		if err != nil || stopping {
+			return // bus closed, or stopped
 		}
 	}
 }
