@@ -20,6 +20,13 @@ type Source interface {
 	Range(after ID, n int) (evs []*Event, lost bool, err error)
 }
 
+// Tailer is a Source that can tell the id of its newest event: a resume
+// from an id past it (another history, or garbage) gets a reset, as on a
+// single node, rather than waiting for events that will never come.
+type Tailer interface {
+	Tail() (ID, error)
+}
+
 // Config sizes a Bus.
 type Config struct {
 	// History is how many events the ring keeps for resume
@@ -403,8 +410,19 @@ func (s *Sub) take(dst []*Event, ev *Event) []*Event {
 // lock, so the next event published goes to the live queue.
 func (b *Bus) catchUp(s *Sub, dst []*Event, max int) ([]*Event, error) {
 	b.mu.Lock()
-	floor := b.mu.floor
+	floor, last := b.mu.floor, b.mu.last
 	b.mu.Unlock()
+	if last.Less(s.cursor) {
+		// Ahead of this node: another node may have read it already, or
+		// no one ever will. (Without a Tailer, or when it fails, the
+		// subscriber waits for the events up to it.)
+		if t, ok := b.cfg.Source.(Tailer); ok {
+			if tail, err := t.Tail(); err == nil && tail.Less(s.cursor) {
+				s.reset = true
+				return dst, nil
+			}
+		}
+	}
 	if s.cursor.Less(floor) {
 		if b.cfg.Source == nil {
 			s.reset = true
