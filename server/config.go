@@ -131,10 +131,15 @@ type Config struct {
 	// OccupancyInterval is how often a big room's occupancy event is sent
 	// (--occupancy-interval, default 5s).
 	OccupancyInterval time.Duration
-	// EventHistory is how many events are kept for streams that resume
-	// (--event-history, default 100000, about 15 MB in memory on a single
-	// node; in a cluster the Redis Stream keeps them, see --redis-stream-max-len).
+	// EventHistory is how many events are kept in memory for streams that
+	// resume (--event-history, default 100000; in a cluster the Redis
+	// Stream keeps them too, see --redis-stream-max-len).
 	EventHistory int
+	// EventHistoryBytes bounds that history's memory as well
+	// (--event-history-bytes, default 64 MiB): about 400 bytes per event
+	// without a state, 2.4 KB with a 1 KB state (BENCHMARKS.md, "Event
+	// memory"); the oldest events go first.
+	EventHistoryBytes int64
 	// LeaveDelay holds leave events this long; a join of the same (user,
 	// room) within it cancels both (--leave-delay, default 2s; 0 turns the
 	// debounce off). Queries are never delayed.
@@ -220,6 +225,7 @@ func DefaultConfig() Config {
 		SourceTableSlots:    65536,
 		MaxEventStreams:     1000,
 		EventHistory:        100000,
+		EventHistoryBytes:   64 << 20,
 		RoomEventsMax:       1000,
 		OccupancyInterval:   5 * time.Second,
 		MaxStateBytes:       1024,
@@ -290,6 +296,8 @@ func (c *Config) Validate() error {
 		return errors.New("--occupancy-interval must be at least 10ms")
 	case c.EventHistory < 1 || c.EventHistory > 10000000:
 		return errors.New("--event-history must be from 1 to 10000000")
+	case c.EventHistoryBytes < 1<<20:
+		return errors.New("--event-history-bytes must be at least 1048576 (1 MiB)")
 	case c.LeaveDelay < 0 || c.LeaveDelay > time.Hour:
 		return errors.New("--leave-delay must be from 0 to 1h")
 	case c.MaxWSConns < 0:
@@ -419,6 +427,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.RoomEventsMax, "room-events-max", c.RoomEventsMax, "rooms with more members send periodic occupancy events instead of per-member events (0: never)")
 	fs.DurationVar(&c.OccupancyInterval, "occupancy-interval", c.OccupancyInterval, "how often a big room's occupancy event is sent")
 	fs.IntVar(&c.EventHistory, "event-history", c.EventHistory, "events kept in memory for streams that resume (single node)")
+	fs.Int64Var(&c.EventHistoryBytes, "event-history-bytes", c.EventHistoryBytes, "memory bound of the event history in bytes (the oldest events go first)")
 	fs.DurationVar(&c.LeaveDelay, "leave-delay", c.LeaveDelay, "hold leave events this long; a rejoin within it cancels both (0: off)")
 	fs.IntVar(&c.LastSeenMemoryUsers, "last-seen-memory-users", c.LastSeenMemoryUsers, "without --data-dir, most offline users whose last-seen is kept in memory (0: none)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof profiles on this address (empty: off; keep it on loopback)")
@@ -442,6 +451,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.Webhook.ClaimAfter, "webhook-claim-after", c.Webhook.ClaimAfter, "cluster: another node takes over webhook events a node held this long without delivering")
 	fs.DurationVar(&c.Webhook.MaxBackoff, "webhook-max-backoff", c.Webhook.MaxBackoff, "cap of the exponential backoff between webhook retries")
 	fs.IntVar(&c.Webhook.MaxQueue, "webhook-max-queue", c.Webhook.MaxQueue, "single node: most undelivered webhook events queued (beyond: dropped, counted, a reset follows)")
+	fs.Int64Var(&c.Webhook.MaxQueueBytes, "webhook-max-queue-bytes", c.Webhook.MaxQueueBytes, "single node without --data-dir: memory bound of the webhook queue in bytes (beyond: dropped, counted, a reset follows)")
 	fs.DurationVar(&c.Persist.LastSeenRetention, "last-seen-retention", c.Persist.LastSeenRetention, "how long a user's last-seen is kept after their sessions end")
 	fs.DurationVar(&c.Persist.OpenTimeout, "store-open-timeout", c.Persist.OpenTimeout, "how long start-up waits for the write-ahead log to open (a full disk blocks it) before exiting 1")
 }

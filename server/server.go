@@ -139,7 +139,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		s.keys.Store(kr)
 	}
-	s.bus = events.New(events.Config{History: cfg.EventHistory, Buffer: eventBuffer, Epoch: uint64(s.start.UnixMilli())})
+	s.bus = events.New(events.Config{History: cfg.EventHistory, HistoryBytes: cfg.EventHistoryBytes, Buffer: eventBuffer, Epoch: uint64(s.start.UnixMilli())})
 	s.deb = events.NewDebouncer(cfg.LeaveDelay.Milliseconds(), s.bus.Publish)
 	s.big = newBigRooms(cfg.RoomEventsMax)
 	// With a data dir too: the log writes an offline user's last-seen at

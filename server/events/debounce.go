@@ -16,7 +16,7 @@ type Debouncer struct {
 	out func(*Event)
 	mu  struct {
 		sync.Mutex
-		delay   int64                  // ms; 0 passes everything through
+		delay   int64            // ms; 0 passes everything through
 		pending map[string]*held // user "\x00" room -> the held leave
 		queue   []*held          // in arrival order, which is due order
 	}
