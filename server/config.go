@@ -119,6 +119,11 @@ type Config struct {
 	SourceTableSlots int
 	// MaxEventStreams bounds concurrent GET /v1/events streams (--max-event-streams, default 1000).
 	MaxEventStreams int
+	// MaxEventStreamsPerIP bounds them per client address, so that one
+	// address cannot hold them all (--max-event-streams-per-ip, default
+	// 100; 0: no per-address limit). Behind --trusted-proxies the address
+	// is the client the proxy names.
+	MaxEventStreamsPerIP int
 	// MaxStateBytes bounds a session's state, a JSON object, serialized
 	// compactly (--max-state-bytes, default 1024). A larger one is refused
 	// with 400 and changes nothing.
@@ -199,49 +204,50 @@ type Config struct {
 func DefaultConfig() Config {
 	pc := persist.DefaultConfig()
 	return Config{
-		HTTPAddr:            "127.0.0.1:7070",
-		UDPAddr:             "127.0.0.1:7070",
-		DataDir:             "presenced-data",
-		TTL:                 150 * time.Second,
-		Interval:            60 * time.Second,
-		LogLevel:            "info",
-		LogFormat:           "text",
-		MaxBodyBytes:        1 << 20,
-		MaxBatch:            1000,
-		MaxStatusUsers:      1000,
-		UDPReadBuffer:       4 << 20,
-		UDPMaxPendingAcks:   65536,
-		V2MaxClockSkew:      30 * time.Second,
-		HTTPReadTimeout:     10 * time.Second,
-		HTTPWriteTimeout:    10 * time.Second,
-		HTTPIdleTimeout:     60 * time.Second,
-		HTTPMaxConns:        10000,
-		HTTPMaxConnsPerIP:   1024,
-		ShutdownTimeout:     15 * time.Second,
-		SweepInterval:       100 * time.Millisecond,
-		HeartbeatMinGap:     time.Second,
-		SourceRate:          2000,
-		SourceBurst:         4000,
-		SourceTableSlots:    65536,
-		MaxEventStreams:     1000,
-		EventHistory:        100000,
-		EventHistoryBytes:   64 << 20,
-		RoomEventsMax:       1000,
-		OccupancyInterval:   5 * time.Second,
-		MaxStateBytes:       1024,
-		LeaveDelay:          2 * time.Second,
-		LastSeenMemoryUsers: 100000,
-		MaxWSConns:          10000,
-		WSMaxMessageBytes:   8192,
-		WSMessageRate:       20,
-		WSMaxSubscriptions:  16,
-		WSMaxSessions:       64,
-		WSPingInterval:      30 * time.Second,
-		Map:                 shardmap.DefaultConfig(),
-		Persist:             pc,
-		FsyncMode:           "interval",
-		Cluster:             cluster.DefaultConfig(),
-		Webhook:             webhook.DefaultConfig(),
+		HTTPAddr:             "127.0.0.1:7070",
+		UDPAddr:              "127.0.0.1:7070",
+		DataDir:              "presenced-data",
+		TTL:                  150 * time.Second,
+		Interval:             60 * time.Second,
+		LogLevel:             "info",
+		LogFormat:            "text",
+		MaxBodyBytes:         1 << 20,
+		MaxBatch:             1000,
+		MaxStatusUsers:       1000,
+		UDPReadBuffer:        4 << 20,
+		UDPMaxPendingAcks:    65536,
+		V2MaxClockSkew:       30 * time.Second,
+		HTTPReadTimeout:      10 * time.Second,
+		HTTPWriteTimeout:     10 * time.Second,
+		HTTPIdleTimeout:      60 * time.Second,
+		HTTPMaxConns:         10000,
+		HTTPMaxConnsPerIP:    1024,
+		ShutdownTimeout:      15 * time.Second,
+		SweepInterval:        100 * time.Millisecond,
+		HeartbeatMinGap:      time.Second,
+		SourceRate:           2000,
+		SourceBurst:          4000,
+		SourceTableSlots:     65536,
+		MaxEventStreams:      1000,
+		MaxEventStreamsPerIP: 100,
+		EventHistory:         100000,
+		EventHistoryBytes:    64 << 20,
+		RoomEventsMax:        1000,
+		OccupancyInterval:    5 * time.Second,
+		MaxStateBytes:        1024,
+		LeaveDelay:           2 * time.Second,
+		LastSeenMemoryUsers:  100000,
+		MaxWSConns:           10000,
+		WSMaxMessageBytes:    8192,
+		WSMessageRate:        20,
+		WSMaxSubscriptions:   16,
+		WSMaxSessions:        64,
+		WSPingInterval:       30 * time.Second,
+		Map:                  shardmap.DefaultConfig(),
+		Persist:              pc,
+		FsyncMode:            "interval",
+		Cluster:              cluster.DefaultConfig(),
+		Webhook:              webhook.DefaultConfig(),
 	}
 }
 
@@ -288,6 +294,8 @@ func (c *Config) Validate() error {
 		return errors.New("--last-seen-memory-users must not be negative")
 	case c.MaxEventStreams < 0:
 		return errors.New("--max-event-streams must not be negative")
+	case c.MaxEventStreamsPerIP < 0:
+		return errors.New("--max-event-streams-per-ip must not be negative")
 	case c.MaxStateBytes < 2 || c.MaxStateBytes > 65535:
 		return errors.New("--max-state-bytes must be from 2 to 65535")
 	case c.RoomEventsMax < 0:
@@ -423,6 +431,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.SourceBurst, "source-burst", c.SourceBurst, "burst of heartbeats allowed from one source IP")
 	fs.IntVar(&c.SourceTableSlots, "source-table-slots", c.SourceTableSlots, "fixed size of the per-source rate table (8 bytes each)")
 	fs.IntVar(&c.MaxEventStreams, "max-event-streams", c.MaxEventStreams, "most concurrent GET /v1/events streams")
+	fs.IntVar(&c.MaxEventStreamsPerIP, "max-event-streams-per-ip", c.MaxEventStreamsPerIP, "most concurrent GET /v1/events streams per client address (0: no limit)")
 	fs.IntVar(&c.MaxStateBytes, "max-state-bytes", c.MaxStateBytes, "largest session state (a JSON object, compact) a heartbeat may set")
 	fs.IntVar(&c.RoomEventsMax, "room-events-max", c.RoomEventsMax, "rooms with more members send periodic occupancy events instead of per-member events (0: never)")
 	fs.DurationVar(&c.OccupancyInterval, "occupancy-interval", c.OccupancyInterval, "how often a big room's occupancy event is sent")

@@ -55,11 +55,12 @@ type Server struct {
 	lastSweep atomic.Int64
 	// bus holds the event history and the stream subscribers; deb holds
 	// leaves for --leave-delay before they reach it (single node).
-	bus     *events.Bus
-	deb     *events.Debouncer
-	big     *bigRooms    // --room-events-max (occupancy.go)
-	streams atomic.Int64 // open GET /v1/events streams
-	ws      *wsHub       // open GET /v1/ws connections
+	bus       *events.Bus
+	deb       *events.Debouncer
+	big       *bigRooms    // --room-events-max (occupancy.go)
+	streams   atomic.Int64 // open GET /v1/events streams
+	streamIPs streamsPerIP // and per client address
+	ws        *wsHub       // open GET /v1/ws connections
 	// sweepDone is closed when the sweeper has returned (nil before Start
 	// starts it); Shutdown waits for it before the log's final drain.
 	sweepDone chan struct{}
