@@ -260,6 +260,9 @@ type Sub struct {
 	behind atomic.Bool
 	cursor ID // reader-owned: everything up to cursor is delivered or skipped
 	reset  bool
+	// ahead: the resume id was past this node's newest event (cluster);
+	// the first catch-up asks the Source's Tailer whether any node has it.
+	ahead bool
 	closed atomic.Bool
 	// rebased is set by Rebase: the history this subscriber read from is gone.
 	rebased atomic.Bool
@@ -310,6 +313,7 @@ func (b *Bus) Subscribe(room string, all bool, since *ID) *Sub {
 			s.reset = true
 		default:
 			s.cursor = *since
+			s.ahead = b.mu.last.Less(*since)
 			s.behind.Store(true)
 		}
 	}
@@ -431,10 +435,13 @@ func (b *Bus) catchUp(s *Sub, dst []*Event, max int) ([]*Event, error) {
 	b.mu.Lock()
 	floor, last := b.mu.floor, b.mu.last
 	b.mu.Unlock()
-	if last.Less(s.cursor) {
-		// Ahead of this node: another node may have read it already, or
-		// no one ever will. (Without a Tailer, or when it fails, the
-		// subscriber waits for the events up to it.)
+	if s.ahead && last.Less(s.cursor) {
+		// A resume id ahead of this node: another node may have read it
+		// already, or no one ever will. (Without a Tailer, or when it
+		// fails, the subscriber waits for the events up to it.) A
+		// subscriber from before SetFloor starts at the epoch, which may
+		// be ahead of an empty stream: that is not asked about.
+		s.ahead = false
 		if t, ok := b.cfg.Source.(Tailer); ok {
 			if tail, err := t.Tail(); err == nil && tail.Less(s.cursor) {
 				s.reset = true
