@@ -205,6 +205,7 @@ func (s *Server) hWS(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	authAll := s.wsAuthorized(ctx)
+	raw := ctx.Conn() // fasthttp hands the upgrade a wrapper of it
 	// The count is taken once the connection is ours (fasthttp may never
 	// run the handler when the 101 cannot be written); upgrades racing
 	// past the check above are closed with 1013 (try again later).
@@ -215,6 +216,9 @@ func (s *Server) hWS(ctx *fasthttp.RequestCtx) {
 			_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, full), time.Now().Add(time.Second))
 			_ = c.Close()
 			return
+		}
+		if lc, ok := raw.(*limitedConn); ok {
+			lc.upgrade()
 		}
 		wc := &wsConn{s: s, c: c, out: make(chan []byte, wsOutQueue), done: make(chan struct{}),
 			authAll: authAll, subs: map[wsSubKey]*wsSub{}, sessions: map[wsSessKey]struct{}{},
