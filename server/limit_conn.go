@@ -115,10 +115,10 @@ func (l *connLimiter) release(ip netip.Addr, total, counted bool) {
 // limitedConn gives its slots back on the first Close.
 type limitedConn struct {
 	net.Conn
-	l        *connLimiter
-	ip       netip.Addr
-	counted  bool
-	state    atomic.Int32 // connOpen, connUpgraded (total slot given back: a WebSocket), connClosed
+	l       *connLimiter
+	ip      netip.Addr
+	counted bool
+	state   atomic.Int32 // connOpen, connUpgraded (total slot given back: a WebSocket), connClosed
 }
 
 const (

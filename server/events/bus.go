@@ -262,7 +262,7 @@ type Sub struct {
 	reset  bool
 	// ahead: the resume id was past this node's newest event (cluster);
 	// the first catch-up asks the Source's Tailer whether any node has it.
-	ahead bool
+	ahead  bool
 	closed atomic.Bool
 	// rebased is set by Rebase: the history this subscriber read from is gone.
 	rebased atomic.Bool
