@@ -247,3 +247,29 @@ func TestClusterState(t *testing.T) {
 	}
 	testkit.Eventually(t, 5*time.Second, "new state on B", func() bool { return memberState() == `{"status":"online"}` })
 }
+
+// A Last-Event-ID beyond anything the event stream holds (another
+// history, or garbage) gets a reset and then live events, as on a single
+// node, instead of a stream that stays silent until that id's time.
+func TestClusterEventsFutureLastEventID(t *testing.T) {
+	r := redistest.Start(t)
+	a := startCluster(t, clusterTestConfig(r.Addr()))
+	a.Heartbeat("first", "room")
+	waitMembers(t, a.ev, 1, "first join")
+	future := fmt.Sprintf("%d-0", time.Now().Add(time.Hour).UnixMilli())
+	for _, id := range []string{future, "99999999999999-0"} {
+		l := a.EventsFrom(id)
+		testkit.Eventually(t, 5*time.Second, "reset for "+id, func() bool { return l.CountAll("reset") == 1 })
+		user := "live-" + id
+		a.Heartbeat(user, "room")
+		testkit.Eventually(t, 5*time.Second, "live join after "+id, func() bool { return l.Count("join", user, "room") == 1 })
+	}
+	// The same as a WebSocket since.
+	w := dialWS(t, a.Node, "", nil)
+	w.mustOK(map[string]any{"op": "subscribe", "ref": 1, "since": "99999999999999-0"})
+	if m := w.next(5 * time.Second); m["type"] != "reset" {
+		t.Fatalf("ws since in the future: %v, want a reset", m)
+	}
+	a.Heartbeat("ws-live", "room")
+	wantEvent(t, w.next(5*time.Second), "join ws-live room")
+}

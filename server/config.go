@@ -136,6 +136,11 @@ type Config struct {
 	SourceTableSlots int
 	// MaxEventStreams bounds concurrent GET /v1/events streams (--max-event-streams, default 1000).
 	MaxEventStreams int
+	// MaxEventStreamsPerIP bounds them per client address, so that one
+	// address cannot hold them all (--max-event-streams-per-ip, default
+	// 100; 0: no per-address limit). Behind --trusted-proxies the address
+	// is the client the proxy names.
+	MaxEventStreamsPerIP int
 	// MaxStateBytes bounds a session's state, a JSON object, serialized
 	// compactly (--max-state-bytes, default 1024). A larger one is refused
 	// with 400 and changes nothing.
@@ -148,10 +153,15 @@ type Config struct {
 	// OccupancyInterval is how often a big room's occupancy event is sent
 	// (--occupancy-interval, default 5s).
 	OccupancyInterval time.Duration
-	// EventHistory is how many events are kept for streams that resume
-	// (--event-history, default 100000, about 15 MB in memory on a single
-	// node; in a cluster the Redis Stream keeps them, see --redis-stream-max-len).
+	// EventHistory is how many events are kept in memory for streams that
+	// resume (--event-history, default 100000; in a cluster the Redis
+	// Stream keeps them too, see --redis-stream-max-len).
 	EventHistory int
+	// EventHistoryBytes bounds that history's memory as well
+	// (--event-history-bytes, default 64 MiB): about 400 bytes per event
+	// without a state, 2.4 KB with a 1 KB state (BENCHMARKS.md, "Event
+	// memory"); the oldest events go first.
+	EventHistoryBytes int64
 	// LeaveDelay holds leave events this long; a join of the same (user,
 	// room) within it cancels both (--leave-delay, default 2s; 0 turns the
 	// debounce off). Queries are never delayed.
@@ -219,51 +229,53 @@ type Config struct {
 func DefaultConfig() Config {
 	pc := persist.DefaultConfig()
 	return Config{
-		HTTPAddr:            "127.0.0.1:7070",
-		UDPAddr:             "127.0.0.1:7070",
-		DataDir:             "presenced-data",
-		TTL:                 150 * time.Second,
-		Interval:            60 * time.Second,
-		LogLevel:            "info",
-		LogFormat:           "text",
-		MaxBodyBytes:        1 << 20,
-		MaxBatch:            1000,
-		MaxStatusUsers:      1000,
-		UDPReadBuffer:       4 << 20,
-		OverloadDropRatio:   0.01,
-		OverloadBackoff:     2,
-		UDPMaxPendingAcks:   65536,
-		V2MaxClockSkew:      30 * time.Second,
-		HTTPReadTimeout:     10 * time.Second,
-		HTTPWriteTimeout:    10 * time.Second,
-		HTTPIdleTimeout:     60 * time.Second,
-		HTTPMaxConns:        10000,
-		HTTPMaxConnsPerIP:   1024,
-		ShutdownTimeout:     15 * time.Second,
-		SweepInterval:       100 * time.Millisecond,
-		HeartbeatMinGap:     time.Second,
-		SourceRate:          2000,
-		SourceBurst:         4000,
-		SourceTableSlots:    65536,
-		MaxEventStreams:     1000,
-		EventHistory:        100000,
-		RoomEventsMax:       1000,
-		OccupancyInterval:   5 * time.Second,
-		MaxStateBytes:       1024,
-		LeaveDelay:          2 * time.Second,
-		LastSeenMemoryUsers: 100000,
-		CORSOrigins:         "*",
-		MaxWSConns:          10000,
-		WSMaxMessageBytes:   8192,
-		WSMessageRate:       20,
-		WSMaxSubscriptions:  16,
-		WSMaxSessions:       64,
-		WSPingInterval:      30 * time.Second,
-		Map:                 shardmap.DefaultConfig(),
-		Persist:             pc,
-		FsyncMode:           "interval",
-		Cluster:             cluster.DefaultConfig(),
-		Webhook:             webhook.DefaultConfig(),
+		HTTPAddr:             "127.0.0.1:7070",
+		UDPAddr:              "127.0.0.1:7070",
+		DataDir:              "presenced-data",
+		TTL:                  150 * time.Second,
+		Interval:             60 * time.Second,
+		LogLevel:             "info",
+		LogFormat:            "text",
+		MaxBodyBytes:         1 << 20,
+		MaxBatch:             1000,
+		MaxStatusUsers:       1000,
+		UDPReadBuffer:        4 << 20,
+		OverloadDropRatio:    0.01,
+		OverloadBackoff:      2,
+		UDPMaxPendingAcks:    65536,
+		V2MaxClockSkew:       30 * time.Second,
+		HTTPReadTimeout:      10 * time.Second,
+		HTTPWriteTimeout:     10 * time.Second,
+		HTTPIdleTimeout:      60 * time.Second,
+		HTTPMaxConns:         10000,
+		HTTPMaxConnsPerIP:    1024,
+		ShutdownTimeout:      15 * time.Second,
+		SweepInterval:        100 * time.Millisecond,
+		HeartbeatMinGap:      time.Second,
+		SourceRate:           2000,
+		SourceBurst:          4000,
+		SourceTableSlots:     65536,
+		MaxEventStreams:      1000,
+		MaxEventStreamsPerIP: 100,
+		EventHistory:         100000,
+		EventHistoryBytes:    64 << 20,
+		RoomEventsMax:        1000,
+		OccupancyInterval:    5 * time.Second,
+		MaxStateBytes:        1024,
+		LeaveDelay:           2 * time.Second,
+		LastSeenMemoryUsers:  100000,
+		CORSOrigins:          "*",
+		MaxWSConns:           10000,
+		WSMaxMessageBytes:    8192,
+		WSMessageRate:        20,
+		WSMaxSubscriptions:   16,
+		WSMaxSessions:        64,
+		WSPingInterval:       30 * time.Second,
+		Map:                  shardmap.DefaultConfig(),
+		Persist:              pc,
+		FsyncMode:            "interval",
+		Cluster:              cluster.DefaultConfig(),
+		Webhook:              webhook.DefaultConfig(),
 	}
 }
 
@@ -319,6 +331,8 @@ func (c *Config) Validate() error {
 		return errors.New("--last-seen-memory-users must not be negative")
 	case c.MaxEventStreams < 0:
 		return errors.New("--max-event-streams must not be negative")
+	case c.MaxEventStreamsPerIP < 0:
+		return errors.New("--max-event-streams-per-ip must not be negative")
 	case c.MaxStateBytes < 2 || c.MaxStateBytes > 65535:
 		return errors.New("--max-state-bytes must be from 2 to 65535")
 	case c.RoomEventsMax < 0:
@@ -327,6 +341,8 @@ func (c *Config) Validate() error {
 		return errors.New("--occupancy-interval must be at least 10ms")
 	case c.EventHistory < 1 || c.EventHistory > 10000000:
 		return errors.New("--event-history must be from 1 to 10000000")
+	case c.EventHistoryBytes < 1<<20:
+		return errors.New("--event-history-bytes must be at least 1048576 (1 MiB)")
 	case c.LeaveDelay < 0 || c.LeaveDelay > time.Hour:
 		return errors.New("--leave-delay must be from 0 to 1h")
 	case c.MaxWSConns < 0:
@@ -462,10 +478,12 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.SourceBurst, "source-burst", c.SourceBurst, "burst of heartbeats allowed from one source IP")
 	fs.IntVar(&c.SourceTableSlots, "source-table-slots", c.SourceTableSlots, "fixed size of the per-source rate table (8 bytes each)")
 	fs.IntVar(&c.MaxEventStreams, "max-event-streams", c.MaxEventStreams, "most concurrent GET /v1/events streams")
+	fs.IntVar(&c.MaxEventStreamsPerIP, "max-event-streams-per-ip", c.MaxEventStreamsPerIP, "most concurrent GET /v1/events streams per client address (0: no limit)")
 	fs.IntVar(&c.MaxStateBytes, "max-state-bytes", c.MaxStateBytes, "largest session state (a JSON object, compact) a heartbeat may set")
 	fs.IntVar(&c.RoomEventsMax, "room-events-max", c.RoomEventsMax, "rooms with more members send periodic occupancy events instead of per-member events (0: never)")
 	fs.DurationVar(&c.OccupancyInterval, "occupancy-interval", c.OccupancyInterval, "how often a big room's occupancy event is sent")
 	fs.IntVar(&c.EventHistory, "event-history", c.EventHistory, "events kept in memory for streams that resume (single node)")
+	fs.Int64Var(&c.EventHistoryBytes, "event-history-bytes", c.EventHistoryBytes, "memory bound of the event history in bytes (the oldest events go first)")
 	fs.DurationVar(&c.LeaveDelay, "leave-delay", c.LeaveDelay, "hold leave events this long; a rejoin within it cancels both (0: off)")
 	fs.IntVar(&c.LastSeenMemoryUsers, "last-seen-memory-users", c.LastSeenMemoryUsers, "without --data-dir, most offline users whose last-seen is kept in memory (0: none)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve net/http/pprof profiles on this address (empty: off; keep it on loopback)")
@@ -491,6 +509,7 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.Webhook.ClaimAfter, "webhook-claim-after", c.Webhook.ClaimAfter, "cluster: another node takes over webhook events a node held this long without delivering")
 	fs.DurationVar(&c.Webhook.MaxBackoff, "webhook-max-backoff", c.Webhook.MaxBackoff, "cap of the exponential backoff between webhook retries")
 	fs.IntVar(&c.Webhook.MaxQueue, "webhook-max-queue", c.Webhook.MaxQueue, "single node: most undelivered webhook events queued (beyond: dropped, counted, a reset follows)")
+	fs.Int64Var(&c.Webhook.MaxQueueBytes, "webhook-max-queue-bytes", c.Webhook.MaxQueueBytes, "single node without --data-dir: memory bound of the webhook queue in bytes (beyond: dropped, counted, a reset follows)")
 	fs.DurationVar(&c.Persist.LastSeenRetention, "last-seen-retention", c.Persist.LastSeenRetention, "how long a user's last-seen is kept after their sessions end")
 	fs.DurationVar(&c.Persist.OpenTimeout, "store-open-timeout", c.Persist.OpenTimeout, "how long start-up waits for the write-ahead log to open (a full disk blocks it) before exiting 1")
 }

@@ -391,3 +391,37 @@ func TestEventStreamBigRoomOccupancy(t *testing.T) {
 		break
 	}
 }
+
+// --event-history-bytes bounds the history's memory: events with big
+// states evict the oldest ones (a resume from them gets a reset) although
+// --event-history would hold them all.
+func TestEventHistoryBytesBound(t *testing.T) {
+	const bound = 1 << 20
+	n := startNode(t, func(c *server.Config) { noDebounce(c); c.EventHistoryBytes = bound })
+	s := openStream(t, n.Base, "", "")
+	n.PostHeartbeat("first", "r", "")
+	first := s.next(t, 5*time.Second)
+	s.close()
+	state := `{"s":"` + strings.Repeat("x", 1000) + `"}`
+	for b := range 2 {
+		var items []string
+		for i := range 1000 {
+			items = append(items, fmt.Sprintf(`{"user":"u%d-%d","room":"r","state":%s}`, b, i, state))
+		}
+		var out struct{ Accepted int }
+		n.Do("POST", "/v1/heartbeats", `{"heartbeats":[`+strings.Join(items, ",")+`]}`, &out)
+		if out.Accepted != 1000 {
+			t.Fatalf("batch %d: %d accepted", b, out.Accepted)
+		}
+	}
+	if v := n.Metric("presenced_event_history_bytes"); v > bound || v < bound/2 {
+		t.Fatalf("history bytes %v, want at most and near %d", v, bound)
+	}
+	if v := n.Metric("presenced_event_history_events"); v >= 2001 {
+		t.Fatalf("history holds %v events: the byte bound did not apply", v)
+	}
+	s = openStream(t, n.Base, "", first.ID)
+	if ev := s.next(t, 5*time.Second); ev.Type != "reset" {
+		t.Fatalf("resume from an evicted id: %+v, want reset", ev)
+	}
+}

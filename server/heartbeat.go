@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/presenced/presenced/server/events"
 	"github.com/presenced/presenced/server/wire"
@@ -56,6 +57,9 @@ func validConn(conn []byte) bool {
 	return len(conn) <= shardmap.MaxConnIDLen && wire.ValidID(conn, true)
 }
 
+// stateNotUTF8 is the answer for a state holding bytes that are not UTF-8.
+const stateNotUTF8 = "state must be valid UTF-8: a string in it holds a byte that is not"
+
 // stateOp turns a heartbeat's "state" field into a table operation: the
 // object compacted (so formatting alone is no change), or a clear for
 // null. It returns a message naming the limit when the state is too large.
@@ -69,6 +73,11 @@ func (s *Server) stateOp(has bool, raw []byte) (shardmap.StateOp, string) {
 	var b bytes.Buffer
 	if err := json.Compact(&b, raw); err != nil {
 		return shardmap.StateOp{}, "state must be a JSON object or null"
+	}
+	if !utf8.Valid(b.Bytes()) {
+		// Refused as an id is: one such byte in an event's text frame
+		// makes a browser drop the socket.
+		return shardmap.StateOp{}, stateNotUTF8
 	}
 	if b.Len() > s.cfg.MaxStateBytes {
 		return shardmap.StateOp{}, fmt.Sprintf("state exceeds max-state-bytes (%d bytes serialized)", s.cfg.MaxStateBytes)

@@ -292,7 +292,7 @@ func (s *Server) hHeartbeat(ctx *fasthttp.RequestCtx) {
 	} else {
 		if err := sc.p.Heartbeat(ctx.PostBody(), &sc.hb); err != nil {
 			s.met.count(trHTTP, outBadRequest)
-			jsonError(ctx, fasthttp.StatusBadRequest, "body must be a JSON object {\"user\",\"room\",\"token\"}")
+			jsonError(ctx, fasthttp.StatusBadRequest, bodyError(err, "body must be a JSON object {\"user\",\"room\",\"token\"}"))
 			return
 		}
 		if sc.hb.FieldErr != "" {
@@ -340,7 +340,7 @@ func (s *Server) hHeartbeats(ctx *fasthttp.RequestCtx) {
 		jsonError(ctx, fasthttp.StatusBadRequest, `body must be {"heartbeats":[...]}`)
 		return
 	case err != nil:
-		jsonError(ctx, fasthttp.StatusBadRequest, `body must be JSON {"heartbeats":[{"user","room","token"},...]}`)
+		jsonError(ctx, fasthttp.StatusBadRequest, bodyError(err, `body must be JSON {"heartbeats":[{"user","room","token"},...]}`))
 		return
 	}
 	now, mono := s.clk.Now()
@@ -398,7 +398,7 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 	defer scratchPool.Put(sc)
 	if err := sc.p.Heartbeat(ctx.PostBody(), &sc.hb); err != nil {
 		s.met.countLeave(trHTTP, outBadRequest)
-		jsonError(ctx, fasthttp.StatusBadRequest, "body must be a JSON object {\"user\",\"room\",\"token\"}")
+		jsonError(ctx, fasthttp.StatusBadRequest, bodyError(err, "body must be a JSON object {\"user\",\"room\",\"token\"}"))
 		return
 	}
 	if sc.hb.FieldErr != "" {
@@ -420,6 +420,19 @@ func (s *Server) hLeave(ctx *fasthttp.RequestCtx) {
 	if n == 0 || s.durable(ctx) {
 		jsonBody(ctx, fasthttp.StatusOK, fmt.Appendf(nil, `{"left":%d}`, n))
 	}
+}
+
+// tooDeep is the answer for a body, or a WebSocket state, nested past
+// jsonbody.MaxDepth.
+var tooDeep = fmt.Sprintf("a field (state or another) nests deeper than the depth limit (%d levels of objects and arrays)", jsonbody.MaxDepth)
+
+// bodyError is the answer for a heartbeat body the parser refused: the
+// depth limit when that is what it hit, generic otherwise.
+func bodyError(err error, generic string) string {
+	if errors.Is(err, jsonbody.ErrTooDeep) {
+		return tooDeep
+	}
+	return generic
 }
 
 // pathID unescapes and validates an id taken from the path.

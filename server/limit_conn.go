@@ -95,9 +95,13 @@ func (l *connLimiter) reject(c net.Conn, reason connReject, status int, msg stri
 	_ = c.Close()
 }
 
-func (l *connLimiter) release(ip netip.Addr, counted bool) {
+// release gives back a connection's slots: of the total unless it was
+// given back already (an upgraded WebSocket), of its address if counted.
+func (l *connLimiter) release(ip netip.Addr, total, counted bool) {
 	l.mu.Lock()
-	l.mu.total--
+	if total {
+		l.mu.total--
+	}
 	if counted {
 		if n := l.mu.byIP[ip] - 1; n > 0 {
 			l.mu.byIP[ip] = n
@@ -108,20 +112,35 @@ func (l *connLimiter) release(ip netip.Addr, counted bool) {
 	l.mu.Unlock()
 }
 
-// limitedConn gives its slot back on the first Close.
+// limitedConn gives its slots back on the first Close.
 type limitedConn struct {
 	net.Conn
 	l       *connLimiter
 	ip      netip.Addr
 	counted bool
-	closed  atomic.Bool
+	state   atomic.Int32 // connOpen, connUpgraded (total slot given back: a WebSocket), connClosed
 }
 
+const (
+	connOpen int32 = iota
+	connUpgraded
+	connClosed
+)
+
 func (c *limitedConn) Close() error {
-	if c.closed.CompareAndSwap(false, true) {
-		c.l.release(c.ip, c.counted)
+	if old := c.state.Swap(connClosed); old != connClosed {
+		c.l.release(c.ip, old == connOpen, c.counted)
 	}
 	return c.Conn.Close()
+}
+
+// upgrade gives back the connection's --http-max-conns slot: it is a
+// WebSocket now, counted by --max-ws-conns, and HTTP clients (/readyz,
+// /metrics, the next upgrade) keep their room. Its per-address slot stays.
+func (c *limitedConn) upgrade() {
+	if c.state.CompareAndSwap(connOpen, connUpgraded) {
+		c.l.release(c.ip, true, false)
+	}
 }
 
 // addrIP returns the IP of a TCP or UDP address, IPv4-mapped addresses

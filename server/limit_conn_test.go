@@ -157,3 +157,18 @@ func TestTrustedProxiesHTTP(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// A WebSocket counts against --max-ws-conns only: once upgraded it gives
+// its --http-max-conns slot back, so sockets up to their own cap never
+// make /readyz, /metrics or a new upgrade answer 503.
+func TestWebSocketsLeaveHTTPConnSlots(t *testing.T) {
+	n := startNode(t, func(c *server.Config) { c.HTTPMaxConns = 4; c.MaxWSConns = 20 })
+	for range 8 {
+		dialWS(t, n, "", nil)
+	}
+	for _, path := range []string{"/readyz", "/metrics"} {
+		if c := n.Do("GET", path, "", nil); c != 200 {
+			t.Fatalf("GET %s beside 8 sockets (http-max-conns 4): %d, want 200", path, c)
+		}
+	}
+}

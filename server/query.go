@@ -13,6 +13,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/presenced/presenced/server/cluster"
+	"github.com/presenced/presenced/server/events"
 	"github.com/presenced/presenced/server/jsonbody"
 	"github.com/presenced/presenced/server/wire"
 	"github.com/presenced/presenced/shardmap"
@@ -162,12 +163,13 @@ func appendConns(b []byte, conns []shardmap.Conn, state []byte, lastSeen int64) 
 	return append(b, ']')
 }
 
-// appendState appends a session state (a compact JSON object) or null.
+// appendState appends a session state (a compact JSON object) or null,
+// valid UTF-8 whatever was stored (events.ValidUTF8).
 func appendState(b, state []byte) []byte {
 	if state == nil {
 		return append(b, "null"...)
 	}
-	return append(b, state...)
+	return append(b, events.ValidUTF8(state)...)
 }
 
 func (s *Server) hUser(ctx *fasthttp.RequestCtx, raw []byte) {

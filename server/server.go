@@ -55,11 +55,12 @@ type Server struct {
 	lastSweep atomic.Int64
 	// bus holds the event history and the stream subscribers; deb holds
 	// leaves for --leave-delay before they reach it (single node).
-	bus     *events.Bus
-	deb     *events.Debouncer
-	big     *bigRooms    // --room-events-max (occupancy.go)
-	streams atomic.Int64 // open GET /v1/events streams
-	ws      *wsHub       // open GET /v1/ws connections
+	bus       *events.Bus
+	deb       *events.Debouncer
+	big       *bigRooms    // --room-events-max (occupancy.go)
+	streams   atomic.Int64 // open GET /v1/events streams
+	streamIPs streamsPerIP // and per client address
+	ws        *wsHub       // open GET /v1/ws connections
 	// sweepDone is closed when the sweeper has returned (nil before Start
 	// starts it); Shutdown waits for it before the log's final drain.
 	sweepDone chan struct{}
@@ -162,7 +163,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		s.keys.Store(kr)
 	}
-	s.bus = events.New(events.Config{History: cfg.EventHistory, Buffer: eventBuffer, Epoch: uint64(s.start.UnixMilli())})
+	s.bus = events.New(events.Config{History: cfg.EventHistory, HistoryBytes: cfg.EventHistoryBytes, Buffer: eventBuffer, Epoch: uint64(s.start.UnixMilli())})
 	s.deb = events.NewDebouncer(cfg.LeaveDelay.Milliseconds(), s.bus.Publish)
 	s.big = newBigRooms(cfg.RoomEventsMax)
 	// With a data dir too: the log writes an offline user's last-seen at
@@ -548,6 +549,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		})
 	}
+	// Leaves held by --leave-delay are decided: they go to the bus (and
+	// the webhook queue) now, and later ones pass at once.
+	s.deb.Release()
 	s.bus.Close()
 	errs = append(errs, step("close websockets", func() error { return s.closeWS(ctx) }))
 	if s.udp != nil {

@@ -112,8 +112,14 @@ func (s *Server) registerGauges() {
 		return 0
 	})
 	r.gaugeFunc("presenced_event_subscribers", "Open GET /v1/events streams.", func() float64 { return float64(s.streams.Load()) })
+	r.counterFuncVec("presenced_event_streams_refused_total", "GET /v1/events streams refused (429), by limit flag.", "limit", func(emit func(string, float64)) {
+		for i := range numStreamLimits {
+			emit(streamLimitLabel[i], float64(s.streamIPs.refused[i].Load()))
+		}
+	})
 	r.counterFunc("presenced_events_published_total", "Events taken into the event history (after the leave debounce).", func() float64 { return float64(s.bus.Stats().Published) })
 	r.gaugeFunc("presenced_event_history_events", "Events held in this node's event history for resume.", func() float64 { return float64(s.bus.Stats().Held) })
+	r.gaugeFunc("presenced_event_history_bytes", "Estimated memory of the event history (bounded by --event-history-bytes).", func() float64 { return float64(s.bus.Stats().HistoryBytes) })
 	r.counterFunc("presenced_events_dropped_total", "Times a slow stream's live queue was full: it then re-reads what it missed from the history, or gets a reset.", func() float64 { return float64(s.bus.Stats().Overflows) })
 	r.counterFunc("presenced_event_resets_total", "Reset events sent because the history could not cover a stream's gap.", func() float64 { return float64(s.bus.Stats().Resets) })
 	r.gaugeFunc("presenced_leaves_held", "Leave events held for --leave-delay (a rejoin within it cancels both).", func() float64 { return float64(s.deb.Held()) })

@@ -470,8 +470,13 @@ func TestTokensUDP(t *testing.T) {
 	if n.Stats().Sessions != 0 {
 		t.Fatal("unauthenticated datagrams changed state")
 	}
-	if v := n.Metric(`presenced_udp_dropped_datagrams_total{reason="unauthenticated"}`); v != 3 {
-		t.Fatalf("unauthenticated drops = %v", v)
+	// Counted as no genuine token (bad_token), not as unauthenticated,
+	// which PROTOCOL.md keeps for v2 without a secret or of an unknown key.
+	if v := n.Metric(`presenced_udp_dropped_datagrams_total{reason="bad_token"}`); v != 3 {
+		t.Fatalf("bad_token drops = %v, want 3", v)
+	}
+	if v := n.Metric(`presenced_udp_dropped_datagrams_total{reason="unauthenticated"}`); v != 0 {
+		t.Fatalf("unauthenticated drops = %v, want 0", v)
 	}
 	req := uc.Request(2, true, hb("alice", "r", good), hb("bob", "r", good))
 	got := uc.Send(req, time.Second)

@@ -3,6 +3,10 @@ package server
 import (
 	"bufio"
 	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -61,12 +65,21 @@ func (s *Server) hEvents(ctx *fasthttp.RequestCtx) {
 	}
 	if n := s.streams.Add(1); n > int64(s.cfg.MaxEventStreams) {
 		s.streams.Add(-1)
+		s.streamIPs.refused[streamLimitTotal].Add(1)
 		jsonError(ctx, fasthttp.StatusTooManyRequests, fmt.Sprintf("too many event streams (max-event-streams %d)", s.cfg.MaxEventStreams))
+		return
+	}
+	ip := s.httpClientIP(ctx)
+	if !s.streamIPs.take(ip, s.cfg.MaxEventStreamsPerIP) {
+		s.streams.Add(-1)
+		s.streamIPs.refused[streamLimitPerIP].Add(1)
+		jsonError(ctx, fasthttp.StatusTooManyRequests, fmt.Sprintf("too many event streams from this address (max-event-streams-per-ip %d)", s.cfg.MaxEventStreamsPerIP))
 		return
 	}
 	sub := s.bus.Subscribe(room, all, since)
 	if sub == nil {
 		s.streams.Add(-1)
+		s.streamIPs.release(ip)
 		jsonError(ctx, fasthttp.StatusServiceUnavailable, "shutting down")
 		return
 	}
@@ -81,8 +94,12 @@ func (s *Server) hEvents(ctx *fasthttp.RequestCtx) {
 	_ = ctx.SetWriteDeadline(time.Time{})
 	conn := ctx.Conn()
 	writeTimeout := s.cfg.HTTPWriteTimeout
+	// The connection is closed after the stream, so that gone's reader
+	// (below) is the only one reading it.
+	ctx.SetConnectionClose()
 	ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer s.streams.Add(-1)
+		defer s.streamIPs.release(ip)
 		defer s.bus.Unsubscribe(sub)
 		flush := func() bool {
 			if writeTimeout > 0 {
@@ -90,8 +107,8 @@ func (s *Server) hEvents(ctx *fasthttp.RequestCtx) {
 			}
 			return w.Flush() == nil
 		}
-		ping := time.NewTicker(keepAliveInterval)
-		defer ping.Stop()
+		wake, gone, stop := streamWake(conn)
+		defer stop()
 		_, _ = w.WriteString(": presenced event stream\n\n")
 		if !flush() {
 			return
@@ -102,7 +119,10 @@ func (s *Server) hEvents(ctx *fasthttp.RequestCtx) {
 			err error
 		)
 		for {
-			evs, err = s.bus.Next(sub, evs[:0], maxStreamBatch, ping.C)
+			evs, err = s.bus.Next(sub, evs[:0], maxStreamBatch, wake)
+			if gone() {
+				return
+			}
 			if len(evs) == 0 && err == nil {
 				_, _ = w.WriteString(": ping\n\n")
 			}
@@ -119,4 +139,97 @@ func (s *Server) hEvents(ctx *fasthttp.RequestCtx) {
 			}
 		}
 	})
+}
+
+// streamWake returns what wakes a stream's Next: a tick every
+// keepAliveInterval, and the channel closed once the client has closed the
+// connection (a read on it fails: a stream client sends nothing), so that
+// the stream ends and frees its slot at once rather than at the next write
+// that fails. gone reports the latter. stop ends the ticker; the reader
+// ends when the connection closes (after the stream: Connection: close).
+func streamWake(conn net.Conn) (wake <-chan time.Time, gone func() bool, stop func()) {
+	closed := make(chan struct{})
+	quit := make(chan struct{})
+	ch := make(chan time.Time, 1)
+	_ = conn.SetReadDeadline(time.Time{})
+	go func() {
+		defer close(closed)
+		var b [256]byte
+		for {
+			if _, err := conn.Read(b[:]); err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		t := time.NewTicker(keepAliveInterval)
+		defer t.Stop()
+		for {
+			select {
+			case now := <-t.C:
+				select {
+				case ch <- now:
+				default:
+				}
+			case <-closed:
+				close(ch)
+				return
+			case <-quit:
+				return
+			}
+		}
+	}()
+	gone = func() bool {
+		select {
+		case <-closed:
+			return true
+		default:
+			return false
+		}
+	}
+	return ch, gone, func() { close(quit) }
+}
+
+// Which limit refused a stream, in presenced_event_streams_refused_total.
+const (
+	streamLimitTotal = iota
+	streamLimitPerIP
+	numStreamLimits
+)
+
+var streamLimitLabel = [numStreamLimits]string{"max_event_streams", "max_event_streams_per_ip"}
+
+// streamsPerIP counts the open event streams of each client address
+// (--max-event-streams-per-ip). The zero value is ready to use.
+type streamsPerIP struct {
+	mu struct {
+		sync.Mutex
+		n map[netip.Addr]int
+	}
+	refused [numStreamLimits]atomic.Uint64
+}
+
+// take counts one more stream from ip unless it holds max already (0: no
+// per-address limit).
+func (p *streamsPerIP) take(ip netip.Addr, max int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if max > 0 && p.mu.n[ip] >= max {
+		return false
+	}
+	if p.mu.n == nil {
+		p.mu.n = map[netip.Addr]int{}
+	}
+	p.mu.n[ip]++
+	return true
+}
+
+func (p *streamsPerIP) release(ip netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.mu.n[ip] <= 1 {
+		delete(p.mu.n, ip)
+		return
+	}
+	p.mu.n[ip]--
 }

@@ -19,11 +19,12 @@ import (
 )
 
 // udpDropReasons labels presenced_udp_dropped_datagrams_total: the codec's
-// reasons, "unauthenticated" for a datagram none of whose items carried a
+// reasons, "bad_token" for a datagram none of whose items carried a
 // genuine token (valid or expired), "rate_limited" for one over its
-// source's --source-rate, the v2 reasons of checkV2, and "v1_refused" for
-// a v1 datagram under --require-v2.
-var udpDropReasons = append(wire.Reasons(), "unauthenticated", "rate_limited", "bad_mac", "stale", "replayed", "v1_refused")
+// source's --source-rate, the v2 reasons of checkV2 ("unauthenticated",
+// "bad_mac", "stale", "replayed"), and "v1_refused" for a v1 datagram
+// under --require-v2 (PROTOCOL.md's tables).
+var udpDropReasons = append(wire.Reasons(), "bad_token", "unauthenticated", "rate_limited", "bad_mac", "stale", "replayed", "v1_refused")
 
 func udpDropIndex(reason string) int {
 	other := 0
@@ -240,7 +241,7 @@ func (u *udpServer) OnTraffic(c gnet.Conn) gnet.Action {
 		}
 	}
 	if verified == 0 {
-		s.met.udpDropped[udpDropIndex("unauthenticated")].Inc()
+		s.met.udpDropped[udpDropIndex("bad_token")].Inc()
 		return gnet.None
 	}
 	if masked {

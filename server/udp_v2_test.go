@@ -76,7 +76,12 @@ func TestUDPProtocolV2(t *testing.T) {
 	if st := ack(v2(6, ts+3, key[:], leave), ok); len(st) != 1 || st[0] != wire.StatusOK || n.User("alice").Online {
 		t.Fatalf("signed leave: %v", st)
 	}
-	for reason, want := range map[string]float64{"replayed": 2, "bad_mac": 2, "stale": 1, "v1_refused": 1} {
+	// Signed with alice's key, for bob: every v2 check passes, the token
+	// is not bob's: no genuine token, counted bad_token.
+	if st := ack(v2(7, ts+4, key[:], hb("bob", "lobby", "")), drop); st != nil || n.User("bob").Online {
+		t.Fatalf("alice's token for bob: reply %v", st)
+	}
+	for reason, want := range map[string]float64{"replayed": 2, "bad_mac": 2, "stale": 1, "v1_refused": 1, "bad_token": 1, "unauthenticated": 0} {
 		if got := dropped(reason); got != want {
 			t.Errorf("drops %s = %v, want %v", reason, got, want)
 		}

@@ -58,6 +58,7 @@ func (s *Server) registerWebhookMetrics() {
 		return webhook.Stats{}
 	}
 	r.gaugeFunc("presenced_webhook_queue_depth", "Events not yet delivered to the webhook (single node: the delivery queue; cluster: the consumer group's pending and lag, as the lease holder sees it).", func() float64 { return float64(stats().Depth) })
+	r.gaugeFunc("presenced_webhook_queue_bytes", "Memory of the in-memory webhook queue (single node without --data-dir; bounded by --webhook-max-queue-bytes), else 0.", func() float64 { return float64(stats().QueueBytes) })
 	r.gaugeFunc("presenced_webhook_oldest_age_seconds", "Age of the oldest event not yet delivered to the webhook (0 when none).", func() float64 { return stats().OldestAge.Seconds() })
 	r.counterFunc("presenced_webhook_delivered_events_total", "Events delivered to the webhook (answered 2xx).", func() float64 { return float64(stats().Delivered) })
 	r.counterFunc("presenced_webhook_dead_letters_total", "Events given up: the receiver answered a 4xx other than 408/429, or the batch was older than --webhook-max-age.", func() float64 { return float64(stats().DeadLettered) })

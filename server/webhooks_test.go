@@ -297,3 +297,44 @@ func TestWebhookLeaveDebounce(t *testing.T) {
 		t.Fatalf("reload: %d joins, %d leaves; want the first join only", j, l)
 	}
 }
+
+// A clean shutdown while leaves are held by --leave-delay delivers them:
+// they are queued before the node stops and reach the receiver after the
+// restart, which then does not say "join" last about users who are gone.
+func TestWebhookHeldLeavesSurviveShutdown(t *testing.T) {
+	rec := newHookReceiver(t, 200)
+	cfg := singleTestConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.LeaveDelay = time.Minute
+	hookConfig(t, &cfg, rec.srv.URL)
+	a := startSingle(t, cfg)
+	users := []string{"l0", "l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8", "l9"}
+	for _, u := range users {
+		a.Heartbeat(u, "room")
+	}
+	testkit.Eventually(t, 5*time.Second, "10 joins delivered", func() bool {
+		for _, u := range users {
+			if rec.count("join", u) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, u := range users {
+		a.Do("POST", "/v1/leave", `{"user":"`+u+`","room":"room"}`, nil)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	startSingle(t, cfg)
+	testkit.Eventually(t, 10*time.Second, "10 leaves delivered", func() bool {
+		for _, u := range users {
+			if rec.count("leave", u) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+}

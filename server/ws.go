@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -170,10 +171,15 @@ type wsConn struct {
 	id string
 
 	// Reader-owned.
-	subs     map[wsSubKey]*wsSub
+	subs   map[wsSubKey]*wsSub
+	tokens float64 // rate bucket
+	last   time.Time
+
+	// sessions are the sessions the socket heartbeated and did not leave:
+	// the reader changes them, the pumps of subscriptions they grant read
+	// them (member).
+	smu      sync.Mutex
 	sessions map[wsSessKey]struct{}
-	tokens   float64 // rate bucket
-	last     time.Time
 }
 
 type wsSubKey struct {
@@ -184,8 +190,14 @@ type wsSubKey struct {
 type wsSessKey struct{ user, room, conn string }
 
 type wsSub struct {
+	key  wsSubKey
 	sub  *events.Sub
 	wake chan time.Time // closed to stop the pump
+	// byMember: granted by a session in the room, not by an API token; it
+	// ends when no such session is left (the pump sets ended and tells
+	// the socket).
+	byMember bool
+	ended    atomic.Bool
 }
 
 // hWS upgrades GET /v1/ws.
@@ -197,6 +209,7 @@ func (s *Server) hWS(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	authAll := s.wsAuthorized(ctx)
+	raw := ctx.Conn() // fasthttp hands the upgrade a wrapper of it
 	// The count is taken once the connection is ours (fasthttp may never
 	// run the handler when the 101 cannot be written); upgrades racing
 	// past the check above are closed with 1013 (try again later).
@@ -207,6 +220,9 @@ func (s *Server) hWS(ctx *fasthttp.RequestCtx) {
 			_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseTryAgainLater, full), time.Now().Add(time.Second))
 			_ = c.Close()
 			return
+		}
+		if lc, ok := raw.(*limitedConn); ok {
+			lc.upgrade()
 		}
 		wc := &wsConn{s: s, c: c, out: make(chan []byte, wsOutQueue), done: make(chan struct{}),
 			authAll: authAll, subs: map[wsSubKey]*wsSub{}, sessions: map[wsSessKey]struct{}{}, id: newConnID(),
@@ -438,15 +454,34 @@ func (r *wsRequest) room() string {
 // handle applies one text message and returns its answer.
 func (c *wsConn) handle(msg []byte) []byte {
 	var req wsRequest
-	if err := json.Unmarshal(msg, &req); err != nil {
+	err := json.Unmarshal(msg, &req)
+	if len(req.Ref) > 0 && (req.Ref[0] != '"' && (req.Ref[0] < '0' || req.Ref[0] > '9') && req.Ref[0] != '-' || !utf8.Valid(req.Ref)) {
+		return wsError(nil, "ref must be a string or a number")
+	}
+	if err != nil {
+		// A field of the wrong type leaves the rest decoded: the answer
+		// echoes the ref and names the field.
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return wsError(req.Ref, wsTypeError(te.Field))
+		}
 		return wsError(nil, `message must be a JSON object {"op",...}`)
 	}
 	if jsonbody.HasLoneSurrogate(msg) {
 		// encoding/json would turn it into U+FFFD: refused, as over HTTP.
 		return wsError(req.Ref, "message escapes a lone UTF-16 surrogate: not valid JSON text for an id")
 	}
-	if len(req.Ref) > 0 && req.Ref[0] != '"' && (req.Ref[0] < '0' || req.Ref[0] > '9') && req.Ref[0] != '-' {
-		return wsError(nil, "ref must be a string or a number")
+	if !utf8.Valid(msg) {
+		// encoding/json would read the bad bytes as U+FFFD, so two ids
+		// would name one session: refused naming the field, as over HTTP.
+		o, text := wsInvalidUTF8(msg)
+		switch req.Op {
+		case "heartbeat":
+			c.s.met.count(trWS, o)
+		case "leave":
+			c.s.met.countLeave(trWS, o)
+		}
+		return wsError(req.Ref, text)
 	}
 	switch req.Op {
 	case "heartbeat":
@@ -461,6 +496,32 @@ func (c *wsConn) handle(msg []byte) []byte {
 		return wsError(req.Ref, "op is required: heartbeat, leave, subscribe or unsubscribe")
 	}
 	return wsError(req.Ref, fmt.Sprintf("unknown op %q: use heartbeat, leave, subscribe or unsubscribe", req.Op))
+}
+
+// wsTypeError is the answer for a message whose field is of the wrong
+// JSON type.
+func wsTypeError(field string) string {
+	if field == "room" {
+		return "room must be a string or null"
+	}
+	return field + " must be a string"
+}
+
+// wsInvalidUTF8 names the field of a message that holds bytes that are not
+// UTF-8, with the outcome counted for it: the answer HTTP gives for the
+// same id or state.
+func wsInvalidUTF8(msg []byte) (outcome, string) {
+	var raw struct{ User, Room, State json.RawMessage }
+	_ = json.Unmarshal(msg, &raw)
+	switch {
+	case !utf8.Valid(raw.User):
+		return outBadUser, outcomeInfo[outBadUser].msg
+	case !utf8.Valid(raw.Room):
+		return outBadRoom, outcomeInfo[outBadRoom].msg
+	case !utf8.Valid(raw.State):
+		return outBadRequest, stateNotUTF8
+	}
+	return outBadRequest, "message must be UTF-8 text"
 }
 
 // intakeError says why heartbeats and leaves are not taken now, or "".
@@ -488,6 +549,10 @@ func (c *wsConn) opHeartbeat(req *wsRequest) []byte {
 		s.met.count(trWS, outBadRequest)
 		return wsError(req.Ref, "state must be a JSON object or null")
 	}
+	if has && raw != nil && errors.Is(jsonbody.CheckDepth(raw), jsonbody.ErrTooDeep) {
+		s.met.count(trWS, outBadRequest)
+		return wsError(req.Ref, tooDeep)
+	}
 	sop, msg := s.stateOp(has, raw)
 	if msg != "" {
 		s.met.count(trWS, outBadRequest)
@@ -495,14 +560,20 @@ func (c *wsConn) opHeartbeat(req *wsRequest) []byte {
 	}
 	conn := c.conn(req)
 	key := wsSessKey{req.User, room, conn}
-	if _, ok := c.sessions[key]; !ok && len(c.sessions) >= s.cfg.WSMaxSessions {
+	c.smu.Lock()
+	_, held := c.sessions[key]
+	n := len(c.sessions)
+	c.smu.Unlock()
+	if !held && n >= s.cfg.WSMaxSessions {
 		s.ws.limited[wsLimitSessions].Add(1)
 		return wsError(req.Ref, fmt.Sprintf("socket holds too many sessions (ws-max-sessions %d)", s.cfg.WSMaxSessions))
 	}
 	if o := s.heartbeatState(trWS, []byte(req.User), []byte(room), []byte(conn), []byte(req.Token), time.Now().UnixMilli(), sop); o != outOK {
 		return wsError(req.Ref, outcomeInfo[o].msg)
 	}
+	c.smu.Lock()
 	c.sessions[key] = struct{}{}
+	c.smu.Unlock()
 	iv, ttl := s.timing()
 	return wsOK(req.Ref, "heartbeat", fmt.Appendf(nil, `"interval_ms":%d,"ttl_ms":%d`, iv, ttl))
 }
@@ -521,6 +592,7 @@ func (c *wsConn) opLeave(req *wsRequest) []byte {
 	if o != outOK {
 		return wsError(req.Ref, outcomeInfo[o].msg)
 	}
+	c.smu.Lock()
 	if room == "" {
 		for k := range c.sessions {
 			if k.user == req.User && (conn == "" || k.conn == conn) {
@@ -534,6 +606,18 @@ func (c *wsConn) opLeave(req *wsRequest) []byte {
 			}
 		}
 	}
+	c.smu.Unlock()
+	// The subscriptions the left sessions granted end now, not at the
+	// (possibly held) leave event.
+	for key, sub := range c.subs {
+		if sub.byMember && !sub.ended.Load() && !c.member(key.room) {
+			delete(c.subs, key)
+			c.stopSub(sub)
+			if !c.send(wsUnsubscribed(key.room)) {
+				return nil
+			}
+		}
+	}
 	return wsOK(req.Ref, "leave", fmt.Appendf(nil, `"left":%d`, n))
 }
 
@@ -541,6 +625,8 @@ func (c *wsConn) opLeave(req *wsRequest) []byte {
 // connection id, the user's session in room (any of their sessions for an
 // empty room).
 func (c *wsConn) holdsConn(user, room string) bool {
+	c.smu.Lock()
+	defer c.smu.Unlock()
 	for k := range c.sessions {
 		if k.user == user && k.conn == c.id && (room == "" || k.room == room) {
 			return true
@@ -549,14 +635,49 @@ func (c *wsConn) holdsConn(user, room string) bool {
 	return false
 }
 
-// holdsRoom reports whether the socket heartbeated a session in room.
-func (c *wsConn) holdsRoom(room string) bool {
+// member reports whether a session the socket heartbeated in room is still
+// in the table, not left and not expired: what lets the socket subscribe
+// to room without an API token. The room-less session grants no
+// subscription (room "" would carry every user's room-less sessions).
+func (c *wsConn) member(room string) bool {
+	if room == "" {
+		return false
+	}
+	var users []string
+	c.smu.Lock()
 	for k := range c.sessions {
 		if k.room == room {
-			return true
+			users = append(users, k.user)
+		}
+	}
+	c.smu.Unlock()
+	now := time.Now().UnixMilli()
+	for _, u := range users {
+		rooms, _, _ := c.s.m.User([]byte(u), nil)
+		for _, r := range rooms {
+			if r.Room == room && r.Expiry > now {
+				return true
+			}
 		}
 	}
 	return false
+}
+
+// wsUnsubscribed is the notice that a subscription granted by a session
+// ended because the session did.
+func wsUnsubscribed(room string) []byte {
+	b := appendJSONString([]byte(`{"op":"unsubscribed","room":`), room)
+	return append(b, `,"reason":"membership_ended"}`...)
+}
+
+// pruneSubs forgets the subscriptions whose pump ended them.
+func (c *wsConn) pruneSubs() {
+	for key, sub := range c.subs {
+		if sub.ended.Load() {
+			delete(c.subs, key)
+			c.stopSub(sub)
+		}
+	}
 }
 
 func (c *wsConn) opSubscribe(req *wsRequest) []byte {
@@ -571,7 +692,9 @@ func (c *wsConn) opSubscribe(req *wsRequest) []byte {
 	switch {
 	case key.all && !c.authAll:
 		return wsError(req.Ref, "subscribing to all rooms needs an API token: connect with ?access_token= or Authorization: Bearer")
-	case !key.all && !c.authAll && !c.holdsRoom(key.room):
+	case !key.all && !c.authAll && key.room == "":
+		return wsError(req.Ref, `subscribing to room "" needs an API token: a session without a room grants no subscription`)
+	case !key.all && !c.authAll && !c.member(key.room):
 		return wsError(req.Ref, "subscribing to this room needs a session in it on this socket (heartbeat first) or an API token")
 	}
 	var since *events.ID
@@ -582,6 +705,7 @@ func (c *wsConn) opSubscribe(req *wsRequest) []byte {
 		}
 		since = &id
 	}
+	c.pruneSubs()
 	if _, ok := c.subs[key]; ok {
 		return wsError(req.Ref, "already subscribed to this room")
 	}
@@ -593,7 +717,7 @@ func (c *wsConn) opSubscribe(req *wsRequest) []byte {
 	if sub == nil {
 		return wsError(req.Ref, "shutting down")
 	}
-	ws := &wsSub{sub: sub, wake: make(chan time.Time)}
+	ws := &wsSub{key: key, sub: sub, wake: make(chan time.Time), byMember: !c.authAll}
 	c.subs[key] = ws
 	// The answer goes first, then the pump's events.
 	ans := wsOK(req.Ref, "subscribe", wsRoomField(key))
@@ -620,6 +744,7 @@ func (c *wsConn) opUnsubscribe(req *wsRequest) []byte {
 	if !key.all {
 		key.room = *req.Room
 	}
+	c.pruneSubs()
 	sub, ok := c.subs[key]
 	if !ok {
 		return wsError(req.Ref, "not subscribed to this room")
@@ -646,6 +771,15 @@ func (c *wsConn) pump(ws *wsSub) {
 			return // unsubscribed: what Next returned is not sent
 		default:
 		}
+		if ws.byMember && len(evs) > 0 && !c.member(ws.key.room) {
+			// The session that granted it ended (timed out, or left
+			// through another transport): the events are not sent.
+			ws.ended.Store(true)
+			c.s.bus.Unsubscribe(ws.sub)
+			clear(evs)
+			c.send(wsUnsubscribed(ws.key.room))
+			return
+		}
 		for _, ev := range evs {
 			if !c.send(ev.JSON()) {
 				return
@@ -661,7 +795,7 @@ func (c *wsConn) pump(ws *wsSub) {
 
 // disconnect ends the connections the socket heartbeated and did not
 // leave, with reason disconnect: a session the socket held alone ends, one
-// another connection still holds stays.
+// another connection still holds stays. The pumps have ended.
 func (c *wsConn) disconnect() {
 	s := c.s
 	now := time.Now().UnixMilli()

@@ -124,6 +124,10 @@ func (n *Node) streamTail(ctx context.Context) (events.ID, error) {
 	return id, nil
 }
 
+// Tail is the id of the stream's newest entry (events.Tailer): a resume
+// from an id past it gets a reset.
+func (n *Node) Tail() (events.ID, error) { return n.streamTail(n.ctx) }
+
 // Range serves history older than the bus's ring from the stream
 // (events.Source): up to max entries after id, and lost when the stream no
 // longer holds the entries after id (trimmed past it).

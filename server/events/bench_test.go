@@ -1,7 +1,11 @@
 package events
 
 import (
+	"bytes"
+	"fmt"
+	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -121,4 +125,38 @@ func BenchmarkCatchUp100k(b *testing.B) {
 		bus.Unsubscribe(s)
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkHistoryMemory measures what an event held in the history costs
+// (heap after a GC, divided by the events held) beside Event.Size's
+// estimate, for states of 0, 100 and 1024 bytes: BENCHMARKS.md ("Event
+// memory").
+func BenchmarkHistoryMemory(b *testing.B) {
+	for _, n := range []int{0, 100, 1024} {
+		b.Run(fmt.Sprintf("state=%d", n), func(b *testing.B) {
+			const events = 100000
+			var state []byte
+			if n > 0 {
+				state = []byte(`{"s":"` + strings.Repeat("x", n-8) + `"}`)
+			}
+			for range b.N {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				bus := New(Config{History: events, HistoryBytes: 1 << 40})
+				for i := range events {
+					ev := &Event{Type: Join, User: fmt.Sprintf("user-%06d", i), Room: "room-42", At: 1796137316244}
+					if state != nil {
+						ev.State = bytes.Clone(state)
+					}
+					bus.Publish(ev)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/events, "heap-B/event")
+				b.ReportMetric(float64(bus.Stats().HistoryBytes)/events, "size-B/event")
+				runtime.KeepAlive(bus)
+			}
+		})
+	}
 }

@@ -20,12 +20,22 @@ type Source interface {
 	Range(after ID, n int) (evs []*Event, lost bool, err error)
 }
 
+// Tailer is a Source that can tell the id of its newest event: a resume
+// from an id past it (another history, or garbage) gets a reset, as on a
+// single node, rather than waiting for events that will never come.
+type Tailer interface {
+	Tail() (ID, error)
+}
+
 // Config sizes a Bus.
 type Config struct {
 	// History is how many events the ring keeps for resume
-	// (--event-history). The default is 100000 (about 15 MB of events with
-	// short ids).
+	// (--event-history). The default is 100000.
 	History int
+	// HistoryBytes bounds the ring's memory (--event-history-bytes): the
+	// oldest events go once the held events' size (Event.Size) would pass
+	// it. The default is 64 MiB.
+	HistoryBytes int64
 	// Buffer is each subscriber's live queue. A subscriber whose queue is
 	// full is not blocked on: it re-reads what it missed from the ring (or
 	// gets a reset). The default is 1024.
@@ -52,6 +62,7 @@ type Bus struct {
 		ring   []*Event // circular, len == cfg.History once full
 		start  int      // index of the oldest event
 		n      int      // events held
+		bytes  int64    // their Size, summed
 		floor  ID       // events at or before floor are not in the ring
 		last   ID       // newest event id
 		byRoom map[string]map[*Sub]struct{}
@@ -69,11 +80,13 @@ func New(cfg Config) *Bus {
 	if cfg.History <= 0 {
 		cfg.History = 100000
 	}
+	if cfg.HistoryBytes <= 0 {
+		cfg.HistoryBytes = 64 << 20
+	}
 	if cfg.Buffer <= 0 {
 		cfg.Buffer = 1024
 	}
 	b := &Bus{cfg: cfg}
-	b.mu.ring = make([]*Event, 0, min(cfg.History, 4096))
 	b.mu.floor = ID{cfg.Epoch, 0}
 	b.mu.last = b.mu.floor
 	b.mu.byRoom = map[string]map[*Sub]struct{}{}
@@ -119,7 +132,7 @@ func (b *Bus) Rebase(id ID) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	clear(b.mu.ring)
-	b.mu.ring, b.mu.start, b.mu.n = b.mu.ring[:0], 0, 0
+	b.mu.ring, b.mu.start, b.mu.n, b.mu.bytes = b.mu.ring[:0], 0, 0, 0
 	b.mu.floor, b.mu.last = id, id
 	b.eachSubLocked(func(s *Sub) {
 		s.rebased.Store(true)
@@ -155,15 +168,26 @@ func (b *Bus) Append(ev *Event) bool {
 func (b *Bus) appendLocked(ev *Event) {
 	ev.data = ev.render()
 	b.mu.last = ev.ID
-	if b.mu.n < b.cfg.History {
-		// Not yet full: the ring grows and start stays 0.
-		b.mu.ring = append(b.mu.ring, ev)
-		b.mu.n++
-	} else {
-		b.mu.floor = b.mu.ring[b.mu.start].ID
-		b.mu.ring[b.mu.start] = ev
+	size := ev.Size()
+	for b.mu.n > 0 && (b.mu.n >= b.cfg.History || b.mu.bytes+size > b.cfg.HistoryBytes) {
+		old := b.mu.ring[b.mu.start]
+		b.mu.floor = old.ID
+		b.mu.bytes -= old.Size()
+		b.mu.ring[b.mu.start] = nil
 		b.mu.start = (b.mu.start + 1) % len(b.mu.ring)
+		b.mu.n--
 	}
+	if b.mu.n == len(b.mu.ring) {
+		// Full but below History: a bigger ring, oldest first.
+		ring := make([]*Event, min(max(2*b.mu.n, 1024), b.cfg.History))
+		for i := range b.mu.n {
+			ring[i] = b.atLocked(i)
+		}
+		b.mu.ring, b.mu.start = ring, 0
+	}
+	b.mu.ring[(b.mu.start+b.mu.n)%len(b.mu.ring)] = ev
+	b.mu.n++
+	b.mu.bytes += size
 	b.published.Add(1)
 	if b.mu.closed {
 		return
@@ -194,18 +218,20 @@ func (b *Bus) Last() ID {
 // Stats are the bus's counters.
 type Stats struct {
 	Subscribers int64
-	Held        int    // events in the ring
-	Published   uint64 // events taken
-	Overflows   uint64 // times a subscriber's live queue was full (it then re-read from history)
-	Resets      uint64 // resets handed to subscribers (history could not cover their gap)
+	Held        int // events in the ring
+	// HistoryBytes is the held events' memory (Event.Size, summed).
+	HistoryBytes int64
+	Published    uint64 // events taken
+	Overflows    uint64 // times a subscriber's live queue was full (it then re-read from history)
+	Resets       uint64 // resets handed to subscribers (history could not cover their gap)
 }
 
 // Stats returns the bus's counters.
 func (b *Bus) Stats() Stats {
 	b.mu.Lock()
-	held := b.mu.n
+	held, bytes := b.mu.n, b.mu.bytes
 	b.mu.Unlock()
-	return Stats{Subscribers: b.subs.Load(), Held: held, Published: b.published.Load(),
+	return Stats{Subscribers: b.subs.Load(), Held: held, HistoryBytes: bytes, Published: b.published.Load(),
 		Overflows: b.overflows.Load(), Resets: b.resets.Load()}
 }
 
@@ -234,6 +260,9 @@ type Sub struct {
 	behind atomic.Bool
 	cursor ID // reader-owned: everything up to cursor is delivered or skipped
 	reset  bool
+	// ahead: the resume id was past this node's newest event (cluster);
+	// the first catch-up asks the Source's Tailer whether any node has it.
+	ahead  bool
 	closed atomic.Bool
 	// rebased is set by Rebase: the history this subscriber read from is gone.
 	rebased atomic.Bool
@@ -284,6 +313,7 @@ func (b *Bus) Subscribe(room string, all bool, since *ID) *Sub {
 			s.reset = true
 		default:
 			s.cursor = *since
+			s.ahead = b.mu.last.Less(*since)
 			s.behind.Store(true)
 		}
 	}
@@ -370,6 +400,20 @@ func (b *Bus) Next(s *Sub, dst []*Event, max int, wake <-chan time.Time) ([]*Eve
 		case <-wake:
 			return dst, nil
 		case <-s.done:
+			// Events published before Close still reach the subscriber
+			// (the webhook queue takes the leaves released at shutdown).
+			for len(dst) < max {
+				select {
+				case ev := <-s.ch:
+					dst = s.take(dst, ev)
+					continue
+				default:
+				}
+				break
+			}
+			if len(dst) > 0 {
+				return dst, nil
+			}
 			return dst, ErrClosed
 		}
 	}
@@ -389,8 +433,22 @@ func (s *Sub) take(dst []*Event, ev *Event) []*Event {
 // lock, so the next event published goes to the live queue.
 func (b *Bus) catchUp(s *Sub, dst []*Event, max int) ([]*Event, error) {
 	b.mu.Lock()
-	floor := b.mu.floor
+	floor, last := b.mu.floor, b.mu.last
 	b.mu.Unlock()
+	if s.ahead && last.Less(s.cursor) {
+		// A resume id ahead of this node: another node may have read it
+		// already, or no one ever will. (Without a Tailer, or when it
+		// fails, the subscriber waits for the events up to it.) A
+		// subscriber from before SetFloor starts at the epoch, which may
+		// be ahead of an empty stream: that is not asked about.
+		s.ahead = false
+		if t, ok := b.cfg.Source.(Tailer); ok {
+			if tail, err := t.Tail(); err == nil && tail.Less(s.cursor) {
+				s.reset = true
+				return dst, nil
+			}
+		}
+	}
 	if s.cursor.Less(floor) {
 		if b.cfg.Source == nil {
 			s.reset = true

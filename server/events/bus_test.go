@@ -1,10 +1,13 @@
 package events
 
 import (
+	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func join(user, room string) *Event { return &Event{Type: Join, User: user, Room: room, At: 1} }
@@ -170,5 +173,55 @@ func TestSubscribeBeforeFloor(t *testing.T) {
 	got := drain(t, b, s, 2)
 	if got[0].User != "early" || got[1].User != "late" {
 		t.Fatalf("got %s, %s; want early, late", got[0].User, got[1].User)
+	}
+}
+
+// An event whose state holds bytes that are not UTF-8 (stored by an earlier
+// release, or by another node through Redis) renders as valid UTF-8 JSON,
+// the bad bytes read as U+FFFD: a browser drops a socket on one bad byte.
+func TestEventJSONInvalidUTF8State(t *testing.T) {
+	e := &Event{Type: Join, User: "u", Room: "r", At: 1, State: json.RawMessage("{\"n\":\"a\xff\xfeb\",\"\xc3\":1}")}
+	b := e.JSON()
+	if !utf8.Valid(b) {
+		t.Fatalf("event JSON not valid UTF-8: %q", b)
+	}
+	var got struct{ State map[string]any }
+	if err := json.Unmarshal(b, &got); err != nil || got.State["n"] != "a\uFFFDb" || got.State["\uFFFD"] != float64(1) {
+		t.Fatalf("event %q (%v): want the state with U+FFFD in place of the bad bytes", b, err)
+	}
+}
+
+// The history is bounded in bytes as well as in events: big states evict
+// the oldest events (a resume from them gets a reset), and the held bytes
+// never pass the bound.
+func TestHistoryBytesBound(t *testing.T) {
+	const bound = 20_000
+	b := New(Config{History: 1000, HistoryBytes: bound})
+	state := json.RawMessage(`{"s":"` + strings.Repeat("x", 1000) + `"}`)
+	var first, recent ID
+	for i := range 100 {
+		ev := &Event{Type: Join, User: fmt.Sprintf("u%d", i), Room: "r", At: 1, State: state}
+		b.Publish(ev)
+		if i == 0 {
+			first = ev.ID
+		}
+		if i == 97 {
+			recent = ev.ID
+		}
+		if st := b.Stats(); st.HistoryBytes > bound {
+			t.Fatalf("after %d events: %d bytes held, bound %d", i+1, st.HistoryBytes, bound)
+		}
+	}
+	st := b.Stats()
+	if st.Held == 0 || st.Held >= 100 || st.HistoryBytes < bound/2 {
+		t.Fatalf("stats %+v: want some, not all, of 100 events held", st)
+	}
+	old := b.Subscribe("r", false, &first)
+	if evs := drain(t, b, old, 1); evs[0].Type != Reset {
+		t.Fatalf("resume from an evicted id: %+v, want a reset", evs[0])
+	}
+	s := b.Subscribe("r", false, &recent)
+	if evs := drain(t, b, s, 2); evs[0].User != "u98" || evs[1].User != "u99" {
+		t.Fatalf("resume from a held id: %v %v", evs[0].User, evs[1].User)
 	}
 }

@@ -15,10 +15,10 @@ import (
 // pass at once. It is safe for concurrent use; Out is called with the
 // debouncer's lock held, so events reach it in one order.
 type Debouncer struct {
-	delay int64 // ms; 0 passes everything through
-	out   func(*Event)
-	mu    struct {
+	out func(*Event)
+	mu  struct {
 		sync.Mutex
+		delay   int64            // ms; 0 passes everything through
 		pending map[string]*held // user "\x00" room -> the held leave
 		queue   []*held          // in arrival order, which is due order
 	}
@@ -33,7 +33,8 @@ type held struct {
 // NewDebouncer returns a debouncer that delays leaves by delayMs and hands
 // events to out.
 func NewDebouncer(delayMs int64, out func(*Event)) *Debouncer {
-	d := &Debouncer{delay: delayMs, out: out}
+	d := &Debouncer{out: out}
+	d.mu.delay = delayMs
 	d.mu.pending = map[string]*held{}
 	return d
 }
@@ -53,7 +54,7 @@ func heldKey(ev *Event) string {
 func (d *Debouncer) Offer(ev *Event, now int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.delay <= 0 {
+	if d.mu.delay <= 0 {
 		d.out(ev)
 		return
 	}
@@ -69,7 +70,7 @@ func (d *Debouncer) Offer(ev *Event, now int64) {
 	switch {
 	case ev.Type == Update && ev.ConnChange == ConnEnded, ev.Type == Leave, ev.Type == Vacated:
 		k := heldKey(ev)
-		h := &held{ev: ev, due: now + d.delay}
+		h := &held{ev: ev, due: now + d.mu.delay}
 		if old := d.mu.pending[k]; old != nil { // cannot happen: a leave needs a join first
 			old.cancelled = true
 			d.out(old.ev)
@@ -107,6 +108,10 @@ func (d *Debouncer) Offer(ev *Event, now int64) {
 func (d *Debouncer) Flush(now int64, all bool) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.flushLocked(now, all)
+}
+
+func (d *Debouncer) flushLocked(now int64, all bool) int {
 	i := 0
 	for ; i < len(d.mu.queue); i++ {
 		h := d.mu.queue[i]
@@ -124,6 +129,16 @@ func (d *Debouncer) Flush(now int64, all bool) int {
 		d.mu.queue = nil
 	}
 	return len(d.mu.queue)
+}
+
+// Release delivers every held leave now and passes every later event
+// through at once: at shutdown, so that no leave decided before the bus
+// closes is lost with the debouncer's memory.
+func (d *Debouncer) Release() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.mu.delay = 0
+	d.flushLocked(0, true)
 }
 
 // Held returns how many leaves wait for their delay.

@@ -76,8 +76,14 @@ func TestMaxDepth(t *testing.T) {
 	if err := p.Heartbeat([]byte(`{"x":`+nest(MaxDepth+2)+`}`), &hb); !errors.Is(err, ErrSyntax) {
 		t.Fatalf("depth %d: %v, want ErrSyntax", MaxDepth+2, err)
 	}
-	if err := p.Heartbeat([]byte(`{"state":{"a":`+nest(MaxDepth+1)+`}}`), &hb); !errors.Is(err, ErrSyntax) {
-		t.Fatalf("state nested too deep: %v, want ErrSyntax", err)
+	if err := p.Heartbeat([]byte(`{"state":{"a":`+nest(MaxDepth+1)+`}}`), &hb); !errors.Is(err, ErrTooDeep) || !errors.Is(err, ErrSyntax) {
+		t.Fatalf("state nested too deep: %v, want ErrTooDeep (an ErrSyntax)", err)
+	}
+	if err := CheckDepth([]byte(`{"a":` + nest(MaxDepth) + `}`)); err != nil {
+		t.Fatalf("CheckDepth at the limit: %v", err)
+	}
+	if err := CheckDepth([]byte(`{"a":` + nest(MaxDepth+1) + `}`)); !errors.Is(err, ErrTooDeep) {
+		t.Fatalf("CheckDepth past the limit: %v, want ErrTooDeep", err)
 	}
 }
 

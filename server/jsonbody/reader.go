@@ -177,7 +177,7 @@ const MaxDepth = 64
 // skip skips any JSON value, nested at most MaxDepth deep.
 func (r *reader) skip(depth int) error {
 	if depth > MaxDepth {
-		return ErrSyntax
+		return ErrTooDeep
 	}
 	switch c := r.peek(); {
 	case c == '"':
@@ -200,6 +200,21 @@ func (r *reader) skip(depth int) error {
 	default:
 		return ErrSyntax
 	}
+}
+
+// CheckDepth reports whether v is one JSON value nested at most MaxDepth
+// deep, as a state in a body must be: nil, ErrTooDeep or ErrSyntax. It is
+// for values read by another parser (the WebSocket's encoding/json).
+func CheckDepth(v []byte) error {
+	var r reader
+	r.reset(v)
+	if err := r.skip(0); err != nil {
+		return err
+	}
+	if !r.end() {
+		return ErrSyntax
+	}
+	return nil
 }
 
 // members reads an object's members after its '{', through its '}':

@@ -3,12 +3,15 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -173,4 +176,36 @@ func BenchmarkDelivery10k(b *testing.B) {
 		report(b, l, sent, cpuTime()-cpu0, time.Since(t0))
 		b.ReportMetric(float64(d.RedisCommands()-cmd0)/float64(sent), "redis-cmds/event")
 	})
+}
+
+// BenchmarkMemQueueMemory measures what an event costs in the in-memory
+// delivery queue (heap after a GC, per event; the events themselves gone
+// from the bus's history) beside recSize's estimate, for states of 0, 100
+// and 1024 bytes: BENCHMARKS.md ("Event memory").
+func BenchmarkMemQueueMemory(b *testing.B) {
+	for _, n := range []int{0, 100, 1024} {
+		b.Run(fmt.Sprintf("state=%d", n), func(b *testing.B) {
+			const count = 100000
+			var state []byte
+			if n > 0 {
+				state = []byte(`{"s":"` + strings.Repeat("x", n-8) + `"}`)
+			}
+			for range b.N {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				q := &memQueue{}
+				for i := range count {
+					ev := &events.Event{ID: events.ID{Ms: 1796137316244, Seq: uint64(i)}, Type: events.Join,
+						User: fmt.Sprintf("user-%06d", i), Room: "room-42", At: 1796137316244, State: state}
+					_ = q.Append(1, [][]byte{ev.JSON()})
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/count, "heap-B/event")
+				b.ReportMetric(float64(q.Bytes())/count, "size-B/event")
+				runtime.KeepAlive(q)
+			}
+		})
+	}
 }

@@ -35,6 +35,12 @@ type Config struct {
 	// memory). Beyond it new events are dropped, counted, and replaced by
 	// one reset event.
 	MaxQueue int
+	// MaxQueueBytes bounds the in-memory delivery queue (single node
+	// without a data directory) in bytes as well (--webhook-max-queue-bytes,
+	// default 256 MiB): each event costs its JSON and about 64 bytes
+	// (BENCHMARKS.md, "Event memory"). Beyond it new events are dropped,
+	// counted, and replaced by one reset event, as past MaxQueue.
+	MaxQueueBytes int64
 	// Linger is how long a batch that is not full waits for more events
 	// (default 200ms; README "Webhooks" promises at most 1 s).
 	Linger time.Duration
@@ -46,13 +52,14 @@ type Config struct {
 // DefaultConfig returns the defaults named on each field.
 func DefaultConfig() Config {
 	return Config{
-		Batch:      100,
-		MaxAge:     24 * time.Hour,
-		Timeout:    10 * time.Second,
-		ClaimAfter: 30 * time.Second,
-		MaxBackoff: 30 * time.Second,
-		MaxQueue:   1_000_000,
-		Linger:     200 * time.Millisecond,
+		Batch:         100,
+		MaxAge:        24 * time.Hour,
+		Timeout:       10 * time.Second,
+		ClaimAfter:    30 * time.Second,
+		MaxBackoff:    30 * time.Second,
+		MaxQueue:      1_000_000,
+		MaxQueueBytes: 256 << 20,
+		Linger:        200 * time.Millisecond,
 	}
 }
 
@@ -78,6 +85,8 @@ func (c *Config) Validate() error {
 		return errors.New("--webhook-max-backoff must be at least 10ms")
 	case c.MaxQueue < 1:
 		return errors.New("--webhook-max-queue must be at least 1")
+	case c.MaxQueueBytes < 1:
+		return errors.New("--webhook-max-queue-bytes must be at least 1")
 	case c.Linger < 0 || c.Linger > time.Second:
 		return errors.New("webhook linger must be from 0 to 1s")
 	}

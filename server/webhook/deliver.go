@@ -55,6 +55,7 @@ var LatencyBounds = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 // Stats are a deliverer's counters.
 type Stats struct {
 	Depth        int64         // events not yet delivered
+	QueueBytes   int64         // memory of the in-memory queue (single node without a data directory), else 0
 	OldestAge    time.Duration // age of the oldest undelivered event
 	Attempts     [NumClasses]uint64
 	Delivered    uint64 // events delivered (2xx)
@@ -137,6 +138,11 @@ func (d *Deliverer) Stop() {
 func (d *Deliverer) Stats() Stats {
 	st := Stats{Delivered: d.delivered.Load(), DeadLettered: d.dead.Load(), Lost: d.lost.Load()}
 	st.Depth, st.OldestAge = d.src.depth()
+	if ls, ok := d.src.(*localSource); ok {
+		if qb, ok := ls.q.(queueBytes); ok {
+			st.QueueBytes = qb.Bytes()
+		}
+	}
 	for i := range st.Attempts {
 		st.Attempts[i] = d.attempts[i].Load()
 	}

@@ -31,7 +31,15 @@ type memQueue struct {
 	mu    sync.Mutex
 	items []persist.QueueItem
 	next  uint64
+	bytes int64 // recSize of the items, summed
 }
+
+// memItemOverhead is a queued record's memory besides its data: the
+// QueueItem and the slice's spare capacity.
+const memItemOverhead = 64
+
+// recSize is what one record costs in the in-memory queue.
+func recSize(rec []byte) int64 { return int64(cap(rec)) + memItemOverhead }
 
 func (q *memQueue) Append(now int64, recs [][]byte) error {
 	q.mu.Lock()
@@ -39,9 +47,21 @@ func (q *memQueue) Append(now int64, recs [][]byte) error {
 	for _, r := range recs {
 		q.next++
 		q.items = append(q.items, persist.QueueItem{Seq: q.next, Enqueued: now, Data: r})
+		q.bytes += recSize(r)
 	}
 	return nil
 }
+
+// Bytes is the queue's memory (queueBytes).
+func (q *memQueue) Bytes() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.bytes
+}
+
+// queueBytes is a queue that knows its memory: the in-memory one, bounded
+// by Config.MaxQueueBytes (the one on disk is bounded by MaxQueue alone).
+type queueBytes interface{ Bytes() int64 }
 
 func (q *memQueue) Read(n int) ([]persist.QueueItem, error) {
 	q.mu.Lock()
@@ -54,6 +74,7 @@ func (q *memQueue) Delete(through uint64) error {
 	defer q.mu.Unlock()
 	i := 0
 	for i < len(q.items) && q.items[i].Seq <= through {
+		q.bytes -= recSize(q.items[i].Data)
 		i++
 	}
 	clear(q.items[:i])
@@ -137,29 +158,43 @@ func (s *localSource) pump() {
 	for {
 		var err error
 		evs, err = s.bus.Next(s.sub, evs[:0], 512, tick.C)
+		stopping := false
 		select {
 		case <-s.quit:
-			return
+			// What Next returned is queued still: at shutdown it holds
+			// the leaves released from --leave-delay.
+			stopping = true
 		default:
 		}
 		recs = recs[:0]
 		n, _ := s.q.Len()
-		if !s.dropped.IsZero() && n < s.cfg.MaxQueue {
-			recs = append(recs, (&events.Event{ID: s.dropped, Type: events.Reset, Reason: events.ReasonHistoryLost}).JSON())
-			s.dropped = events.ID{}
-			n++
+		var size int64 // of the in-memory queue; 0 on disk
+		qb, inMemory := s.q.(queueBytes)
+		if inMemory {
+			size = qb.Bytes()
+		}
+		fits := func(rec []byte) bool {
+			return n < s.cfg.MaxQueue && (!inMemory || size+recSize(rec) <= s.cfg.MaxQueueBytes)
+		}
+		if !s.dropped.IsZero() {
+			if reset := (&events.Event{ID: s.dropped, Type: events.Reset, Reason: events.ReasonHistoryLost}).JSON(); fits(reset) {
+				recs = append(recs, reset)
+				s.dropped = events.ID{}
+				n, size = n+1, size+recSize(reset)
+			}
 		}
 		for _, ev := range evs {
-			if n >= s.cfg.MaxQueue {
-				if s.dropped.IsZero() {
-					s.d.log.Error("webhook queue full (--webhook-max-queue); dropping events, receivers get a reset", "max", s.cfg.MaxQueue)
-				}
-				s.dropped = ev.ID
-				s.d.lost.Add(1)
+			if rec := ev.JSON(); s.dropped.IsZero() && fits(rec) {
+				recs = append(recs, rec)
+				n, size = n+1, size+recSize(rec)
 				continue
 			}
-			recs = append(recs, ev.JSON())
-			n++
+			if s.dropped.IsZero() {
+				s.d.log.Error("webhook queue full (--webhook-max-queue or --webhook-max-queue-bytes); dropping events, receivers get a reset",
+					"max", s.cfg.MaxQueue, "max_bytes", s.cfg.MaxQueueBytes)
+			}
+			s.dropped = ev.ID
+			s.d.lost.Add(1)
 		}
 		clear(evs)
 		for try := 1; len(recs) > 0; try++ {
@@ -182,8 +217,8 @@ func (s *localSource) pump() {
 			default:
 			}
 		}
-		if err != nil {
-			return // bus closed
+		if err != nil || stopping {
+			return // bus closed, or stopped
 		}
 	}
 }
@@ -223,7 +258,9 @@ func (s *localSource) next(ctx context.Context) (*batch, error) {
 func (s *localSource) batch(items []persist.QueueItem) *batch {
 	b := &batch{evs: make([][]byte, len(items)), oldest: time.UnixMilli(items[0].Enqueued)}
 	for i := range items {
-		b.evs[i] = items[i].Data
+		// A record queued by an earlier release may hold a state that is
+		// not UTF-8: delivered with U+FFFD in its place, as streams do.
+		b.evs[i] = events.ValidUTF8(items[i].Data)
 	}
 	last := items[len(items)-1].Seq
 	b.ack = func() error { return s.q.Delete(last) }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -412,5 +413,44 @@ func TestQueueFull(t *testing.T) {
 	}
 	if st := d.Stats(); st.Lost != 5 || st.Delivered != 12 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestQueueFullBytes: without a data directory the queue is in memory and
+// bounded in bytes too (--webhook-max-queue-bytes): big events past the
+// bound are dropped and counted, and the receiver gets a reset in their
+// place.
+func TestQueueFullBytes(t *testing.T) {
+	r := startReceiver(t)
+	r.setAnswer(func(int) int { return 503 })
+	cfg := testConfig(t, r.url())
+	cfg.MaxQueueBytes = 12_000
+	bus := events.New(events.Config{Epoch: 1})
+	d := startLocal(t, cfg, bus, nil)
+	state := json.RawMessage(`{"s":"` + strings.Repeat("x", 1000) + `"}`)
+	for i := range 20 {
+		bus.Publish(&events.Event{Type: events.Join, User: fmt.Sprintf("u%d", i), Room: "room", At: 1, State: state})
+	}
+	testkit.Eventually(t, 5*time.Second, "events lost", func() bool { return d.Stats().Lost >= 5 })
+	if st := d.Stats(); st.QueueBytes > cfg.MaxQueueBytes || st.QueueBytes < cfg.MaxQueueBytes/2 {
+		t.Fatalf("stats %+v: want at most, and near, %d bytes queued", st, cfg.MaxQueueBytes)
+	}
+	r.setAnswer(func(int) int { return 200 })
+	publish(bus, 20, 1, 1)
+	testkit.Eventually(t, 10*time.Second, "the new event delivered", func() bool {
+		evs := r.events()
+		return len(evs) > 0 && evs[len(evs)-1].User == "u20"
+	})
+	joins, resets := 0, 0
+	for _, ev := range r.events() {
+		switch {
+		case ev.Type == "reset":
+			resets++
+		case ev.User != "u20":
+			joins++
+		}
+	}
+	if st := d.Stats(); joins+int(st.Lost) != 20 || resets == 0 {
+		t.Fatalf("%d joins delivered, %d lost, %d resets: want every event delivered or lost, and a reset", joins, st.Lost, resets)
 	}
 }
