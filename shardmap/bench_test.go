@@ -159,12 +159,24 @@ func benchMemoryConns(b *testing.B, state []byte, conns int) {
 // heartbeats from many clients arrive: the cost per refresh should not grow
 // with the table (its cache misses are the difference). The times advance
 // as a 60 s interval would.
-func BenchmarkRefreshAtSize(b *testing.B) {
+func BenchmarkRefreshAtSize(b *testing.B) { benchAtSize(b, false) }
+
+// BenchmarkJoinAtSize is BenchmarkRefreshAtSize for joins: new users (ids
+// past the table's) start sessions in a table of 100k or 10M. Each run of
+// b.N joins leaves the table b.N sessions bigger, so keep b.N small
+// against the table (-benchtime 1000000x).
+func BenchmarkJoinAtSize(b *testing.B) { benchAtSize(b, true) }
+
+func benchAtSize(b *testing.B, join bool) {
 	for _, n := range []int{100_000, 10_000_000} {
 		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) {
 			const w = 16
-			flat := make([]byte, 0, n*w)
-			for i := range n {
+			total := n
+			if join {
+				total = n + b.N
+			}
+			flat := make([]byte, 0, total*w)
+			for i := range total {
 				flat = fmt.Appendf(flat, "u%0*d", w-1, i)
 			}
 			rooms := ids("room-", 1000, 10)
@@ -176,6 +188,13 @@ func BenchmarkRefreshAtSize(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			x := uint64(88172645463325252)
+			if join {
+				for i := 0; i < b.N; i++ {
+					k := n + i
+					m.Touch(flat[k*w:(k+1)*w], rooms[k%len(rooms)], t0+1000, 150_000)
+				}
+				return
+			}
 			for i := 0; i < b.N; i++ {
 				x ^= x << 13
 				x ^= x >> 7
