@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/token"
 	"github.com/presenced/presenced/server/wire"
 )
@@ -194,22 +195,6 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	p := l.Addr().(*net.TCPAddr).Port
-	u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
-	if err != nil {
-		return freePort(t)
-	}
-	u.Close()
-	return p
-}
-
 // startProc runs the binary and waits until /readyz answers 200.
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
@@ -218,7 +203,7 @@ func startProc(t *testing.T, args ...string) *proc {
 
 func startProcEnv(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	p := &proc{t: t, env: env, base: "http://" + addr, udp: addr, errb: &syncBuffer{}, done: make(chan error, 1)}
 	p.cmd = exec.Command(binPath, append([]string{"serve", "--http-addr", addr, "--udp-addr", addr, "--udp-loops", "2"}, args...)...)

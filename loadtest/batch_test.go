@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/wire"
 )
 
@@ -112,8 +113,8 @@ func TestUDPBatchMatchesBySeq(t *testing.T) {
 // presenced's counters, and a step reads the server's intake from them:
 // without acks it is what the generator sent.
 func TestServeAndServerSide(t *testing.T) {
-	udpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t, "udp"))
-	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t, "tcp"))
+	udpAddr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
+	httpAddr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
 	srvCfg := DefaultConfig()
 	srvCfg.Serve, srvCfg.UDPAddr, srvCfg.HTTPAddr = TargetNullUDP, udpAddr, httpAddr
 	ctx, cancel := context.WithCancel(context.Background())
@@ -168,23 +169,6 @@ func TestServeAndServerSide(t *testing.T) {
 			t.Errorf("/metrics of --serve lacks %q:\n%s", want, body)
 		}
 	}
-}
-
-func freePort(t *testing.T, network string) int {
-	t.Helper()
-	if network == "udp" {
-		p, err := freeUDPPort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func TestParseMetrics(t *testing.T) {

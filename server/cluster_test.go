@@ -490,7 +490,7 @@ func TestClusterBehindNginx(t *testing.T) {
 		nodes = append(nodes, startCluster(t, clusterTestConfig(r.Addr())))
 	}
 	dir := t.TempDir()
-	udpPort, httpPort := redistest.FreePort(t), redistest.FreePort(t)
+	udpPort, httpPort := testkit.FreePort(t), testkit.FreePort(t)
 	conf := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(conf, []byte(nginxConfig(t, dir, udpPort, httpPort, nodes)), 0o644); err != nil {
 		t.Fatal(err)

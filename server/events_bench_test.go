@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // ebBuild builds presenced into a temp dir of b.
@@ -53,8 +54,8 @@ type ebProc struct {
 // ebStart runs presenced pinned to core 1 and waits for /readyz.
 func ebStart(b *testing.B, bin string, args ...string) *ebProc {
 	b.Helper()
-	addr := "127.0.0.1:" + strconv.Itoa(redistest.FreePort(b))
-	udp := "127.0.0.1:" + strconv.Itoa(redistest.FreePort(b))
+	addr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(b))
+	udp := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(b))
 	p := &ebProc{base: "http://" + addr, done: make(chan struct{})}
 	full := append([]string{"-c", "1", bin, "serve", "--http-addr", addr, "--udp-addr", udp, "--udp-loops", "1",
 		"--data-dir=", "--leave-delay", "0", "--max-event-streams", "2000", "--http-max-conns-per-ip", "0", "--source-rate", "0"}, args...)

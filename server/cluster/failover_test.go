@@ -658,7 +658,7 @@ func startBare(t *testing.T, addrs string, logs *logCount) *Node {
 func TestRedisProblemsLogged(t *testing.T) {
 	t.Run("nothing listening", func(t *testing.T) {
 		logs := &logCount{}
-		n := startBare(t, fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t)), logs)
+		n := startBare(t, fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t)), logs)
 		testkit.Eventually(t, 10*time.Second, "10 failed health checks", func() bool { return n.Stats().Errors >= 10 })
 		if got := logs.count("ERROR cannot use redis"); got != 1 || logs.count("reason=unreachable") != 1 || logs.count("") != logs.count("DEBUG")+1 {
 			t.Errorf("want exactly one error line saying redis is unreachable, got:\n%s", logs)
