@@ -1,8 +1,11 @@
 // Package testkit is the poll helper of presenced's tests (wait, with a
-// bounded deadline, for a condition that another goroutine makes true) and
-// their one source of free loopback ports ([FreePort]).
+// bounded deadline, for a condition that another goroutine makes true),
+// their one source of free loopback ports ([FreePort]) and the one
+// launcher of the real presenced binary ([Build] compiles it once per test
+// process, [StartProc] runs it on a free port and waits for /readyz).
 //
-// It imports only the standard library and nothing of presenced, so every
+// It imports only the standard library and nothing of presenced (Build
+// runs the go tool on the module's main package), so every
 // package's tests can use it: persist's too, although persist never imports
 // server (TestDependencyDirection checks persist's non-test dependencies and
 // allows this one test-only import, which brings no server code along). The
