@@ -170,8 +170,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.departed = newDepartedUsers(cfg.LastSeenMemoryUsers, cfg.Persist.LastSeenRetention.Milliseconds())
 	if cfg.DataDir != "" {
 		// Built now (no I/O) so the HTTP handlers that run while Start
-		// replays the log see a store that never changes: /metrics read
-		// s.store while Start was still setting it (a data race).
+		// replays the log (/metrics reads s.store) see a field that Start
+		// never writes.
 		pc := cfg.Persist
 		pc.Logger = log
 		st, err := persist.New(pc)
