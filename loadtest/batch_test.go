@@ -127,15 +127,10 @@ func TestServeAndServerSide(t *testing.T) {
 		}
 	})
 	url := "http://" + httpAddr + "/metrics"
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := scrapeMetrics(url); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("--serve never answered /metrics: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.EventuallyErr(t, 5*time.Second, "--serve to answer /metrics", func() error {
+		_, err := scrapeMetrics(url)
+		return err
+	})
 
 	cfg := testConfig(t)
 	cfg.NoAck, cfg.TargetMetrics = true, url

@@ -253,13 +253,9 @@ func BenchmarkEventsFanout(b *testing.B) {
 					ebCount(resp.Body, &delivered, &resets)
 				}()
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for p.metric(b, "presenced_event_subscribers") < float64(c.subs) {
-				if time.Now().After(deadline) {
-					b.Fatalf("streams not all open after 10s")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			testkit.Eventually(b, 10*time.Second, "every stream open", func() bool {
+				return p.metric(b, "presenced_event_subscribers") >= float64(c.subs)
+			})
 			pub0, drop0, reset0 := p.metric(b, "presenced_events_published_total"), p.metric(b, "presenced_events_dropped_total"), p.metric(b, "presenced_event_resets_total")
 			busy0, total0 := coreBusy()
 			cpu0, self0, t0 := p.cpu(b), selfCPU(), time.Now()
