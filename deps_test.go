@@ -8,7 +8,8 @@ import (
 
 // TestDependencyDirection keeps the dependencies one-way:
 // main -> server -> {shardmap, persist}; shardmap, the wire codec and the
-// heartbeat body parser (server/jsonbody) use only the standard library;
+// heartbeat body parser (server/jsonbody) and the goroutine tracker that
+// persist and server share (internal/routine) use only the standard library;
 // persist never imports server (its tests only the stdlib-only poll helper
 // server/testkit); loadtest speaks the protocol through the codec packages
 // only.
@@ -29,6 +30,7 @@ func TestDependencyDirection(t *testing.T) {
 	}
 	allowed := map[string][]string{
 		mod + "/shardmap":            nil,
+		mod + "/internal/routine":    nil,
 		mod + "/server/wire":         nil,
 		mod + "/server/jsonbody":     nil,
 		mod + "/server/token":        {mod + "/server/wire"},

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/token"
 	"github.com/presenced/presenced/server/wire"
 )
@@ -31,19 +32,14 @@ var binPath string
 const testBuildTime = "2026-12-07T22:00:00Z"
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "presenced-bin")
+	var err error
+	binPath, err = testkit.Build("-race", "-buildvcs=auto", "-ldflags", "-X main.buildTime="+testBuildTime)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binPath = filepath.Join(dir, "presenced")
-	goTool := "go"
-	if out, err := exec.Command(goTool, "build", "-race", "-buildvcs=auto", "-ldflags", "-X main.buildTime="+testBuildTime, "-o", binPath, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "cannot build presenced: %v\n%s", err, out)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	testkit.RemoveBuilds()
 	os.Exit(code)
 }
 
@@ -171,43 +167,15 @@ func TestTokenCommand(t *testing.T) {
 	}
 }
 
-// proc is one running presenced process.
+// proc is one running presenced process (testkit.StartProc), with the
+// short names these tests use.
 type proc struct {
-	env  []string // extra environment
-	t    *testing.T
+	*testkit.Proc
 	cmd  *exec.Cmd
 	base string
 	udp  string
-	errb *syncBuffer
-	done chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	p := l.Addr().(*net.TCPAddr).Port
-	u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
-	if err != nil {
-		return freePort(t)
-	}
-	u.Close()
-	return p
+	errb interface{ String() string }
+	done <-chan struct{} // closed when the process has exited
 }
 
 // startProc runs the binary and waits until /readyz answers 200.
@@ -218,56 +186,17 @@ func startProc(t *testing.T, args ...string) *proc {
 
 func startProcEnv(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	port := freePort(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	p := &proc{t: t, env: env, base: "http://" + addr, udp: addr, errb: &syncBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(binPath, append([]string{"serve", "--http-addr", addr, "--udp-addr", addr, "--udp-loops", "2"}, args...)...)
-	p.cmd.Stderr = p.errb
-	p.cmd.Env = append(os.Environ(), p.env...)
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		if p.cmd.ProcessState == nil {
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get(p.base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		select {
-		case err := <-p.done:
-			t.Fatalf("presenced exited before ready: %v\n%s", err, p.errb.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("presenced not ready after 20s:\n%s", p.errb.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p := testkit.StartProc(t, testkit.ProcConfig{Bin: binPath, Env: env, Args: append([]string{"--udp-loops", "2"}, args...)})
+	return &proc{Proc: p, cmd: p.Cmd, base: p.Base, udp: p.Addr, errb: stderrOf{p}, done: p.Done()}
 }
 
+// stderrOf reads a process's stderr as it is at the call.
+type stderrOf struct{ p *testkit.Proc }
+
+func (s stderrOf) String() string { return s.p.Stderr() }
+
 // stop sends sig and returns the exit status.
-func (p *proc) stop(sig syscall.Signal) int {
-	p.t.Helper()
-	p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-		p.t.Fatalf("presenced did not exit after %v:\n%s", sig, p.errb.String())
-	}
-	return p.cmd.ProcessState.ExitCode()
-}
+func (p *proc) stop(sig syscall.Signal) int { return p.Stop(sig) }
 
 func TestSIGTERMExitsZeroAndKeepsSessions(t *testing.T) {
 	dir := t.TempDir()

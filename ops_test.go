@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/token"
 )
 
@@ -106,13 +107,12 @@ func TestSIGHUPReload(t *testing.T) {
 	os.WriteFile(keys, []byte("new fedcba9876543210fedcba9876543210-new-key\n"), 0o600)
 	os.WriteFile(conf, []byte("secret-file = "+keys+"\nheartbeat-min-gap = 5s\n"), 0o600)
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(p.errb.String(), "heartbeat-min-gap: 0s -> 5s") {
-		if time.Now().After(deadline) {
-			t.Fatalf("reload not logged:\n%s", p.errb.String())
+	testkit.EventuallyErr(t, 10*time.Second, "the reload logged", func() error {
+		if log := p.errb.String(); !strings.Contains(log, "heartbeat-min-gap: 0s -> 5s") {
+			return fmt.Errorf("log so far:\n%s", log)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if !strings.Contains(p.errb.String(), "token keys: [old] -> [new]") {
 		t.Fatalf("key change not logged:\n%s", p.errb.String())
 	}

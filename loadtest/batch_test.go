@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/wire"
 )
 
@@ -112,8 +113,8 @@ func TestUDPBatchMatchesBySeq(t *testing.T) {
 // presenced's counters, and a step reads the server's intake from them:
 // without acks it is what the generator sent.
 func TestServeAndServerSide(t *testing.T) {
-	udpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t, "udp"))
-	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t, "tcp"))
+	udpAddr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
+	httpAddr := "127.0.0.1:" + strconv.Itoa(testkit.FreePort(t))
 	srvCfg := DefaultConfig()
 	srvCfg.Serve, srvCfg.UDPAddr, srvCfg.HTTPAddr = TargetNullUDP, udpAddr, httpAddr
 	ctx, cancel := context.WithCancel(context.Background())
@@ -126,15 +127,10 @@ func TestServeAndServerSide(t *testing.T) {
 		}
 	})
 	url := "http://" + httpAddr + "/metrics"
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := scrapeMetrics(url); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("--serve never answered /metrics: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.EventuallyErr(t, 5*time.Second, "--serve to answer /metrics", func() error {
+		_, err := scrapeMetrics(url)
+		return err
+	})
 
 	cfg := testConfig(t)
 	cfg.NoAck, cfg.TargetMetrics = true, url
@@ -168,23 +164,6 @@ func TestServeAndServerSide(t *testing.T) {
 			t.Errorf("/metrics of --serve lacks %q:\n%s", want, body)
 		}
 	}
-}
-
-func freePort(t *testing.T, network string) int {
-	t.Helper()
-	if network == "udp" {
-		p, err := freeUDPPort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func TestParseMetrics(t *testing.T) {

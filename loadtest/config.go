@@ -91,7 +91,7 @@ type Config struct {
 	CompareFlood bool    // --compare-flood: run the target without the flood, then with it, and compare p99s
 	APIToken     string  // --api-token: bearer token for POST /v1/status
 
-	// Measuring the server's side (issue 14).
+	// Measuring the server's side.
 	FlatOut       bool   // --flat-out: UDP senders send full batches unpaced for each step's duration (--rate only sizes the ack ring)
 	NoAck         bool   // --no-ack: UDP datagrams do not ask for an ack; intake is read from --target-metrics
 	TargetMetrics string // --target-metrics: URL of the target's Prometheus /metrics, read before and after each step

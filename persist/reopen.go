@@ -38,7 +38,7 @@ func (s *Store) reopen() error {
 		c.batch = nil
 		ch := make(chan openResult, 1)
 		c.opening = ch
-		// Not tracked by wg on purpose: it may not return while the disk
+		// Not tracked by routines on purpose: it may not return while the disk
 		// is full, and must not hold up Close (see closeAbandoned).
 		go func() {
 			if old != nil {

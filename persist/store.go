@@ -13,6 +13,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/presenced/presenced/internal/routine"
 )
 
 // Tuning that is not worth a Config field; tests lower some of them.
@@ -69,7 +71,7 @@ type Store struct {
 	quit          chan struct{}
 	compactCtx    context.Context
 	compactCancel context.CancelFunc
-	wg            sync.WaitGroup
+	routines      routine.Group
 
 	in intake    // changes added since the last cycle (Add)
 	c  committer // owned by the committer goroutine (and by Close once it stopped)
@@ -191,7 +193,7 @@ func (s *Store) openDBWithin(d time.Duration) (*pebble.DB, error) {
 		err error
 	}
 	ch := make(chan result, 1)
-	// Not tracked by wg on purpose: pebble.Open may not return while the
+	// Not tracked by routines on purpose: pebble.Open may not return while the
 	// disk is full, and must not hold up Close.
 	go func() {
 		db, err := s.openDB()
@@ -456,17 +458,7 @@ func (s *Store) Start(flush func()) {
 	s.mu.started = true
 	s.c.flush = flush
 	s.mu.Unlock()
-	s.startGoroutine(s.run)
-}
-
-// startGoroutine is the one way this package starts a background goroutine;
-// Close waits for all of them.
-func (s *Store) startGoroutine(f func()) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		f()
-	}()
+	s.routines.Go("committer", s.run)
 }
 
 // WaitDurable returns once a commit cycle that started after the call has
@@ -573,7 +565,7 @@ func (s *Store) CloseContext(ctx context.Context) error {
 
 	close(s.quit)
 	s.compactCancel()
-	s.wg.Wait()
+	s.routines.Wait()
 
 	var err error
 	c := &s.c
@@ -662,7 +654,7 @@ func (s *Store) reopenFor(ctx context.Context) error {
 // the DB) after timeout, for a DB left broken by a fatal error.
 func closeDB(db *pebble.DB, timeout time.Duration) error {
 	done := make(chan error, 1)
-	// Not tracked by Store.wg on purpose: a DB that hangs in Close must not
+	// Not tracked by Store.routines on purpose: a DB that hangs in Close must not
 	// hang the Store's Close as well.
 	go func() {
 		defer func() {

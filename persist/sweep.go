@@ -91,7 +91,7 @@ func (s *Store) maybeCompact() {
 	c.compacting = true
 	done := make(chan struct{})
 	c.compactDone = done
-	s.startGoroutine(func() {
+	s.routines.Go("compaction", func() {
 		defer close(done)
 		if err := s.compact(); err != nil {
 			s.log.Warn("manual compaction failed", "err", err)

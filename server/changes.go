@@ -72,7 +72,7 @@ func (s *Server) startPump() {
 		return
 	}
 	s.pumpDone = make(chan struct{})
-	s.goroutine(s.pumpLoop)
+	s.routines.Go("change pump", s.pumpLoop)
 }
 
 func (s *Server) pumpLoop() {

@@ -88,13 +88,13 @@ func TestSourceLimitSurvivesWallClockStep(t *testing.T) {
 // that stopped is noticed although the wall clock was stepped back.
 func TestAliveUsesMonotonicTime(t *testing.T) {
 	s, clk := newClockedServer(t, func(c *Config) { c.SweepInterval = 10 * time.Millisecond })
-	s.goroutine(s.sweepLoop)
+	s.routines.Go("sweeper", s.sweepLoop)
 	stopped := false
 	stop := func() {
 		if !stopped {
 			stopped = true
 			close(s.quit)
-			s.wg.Wait()
+			s.routines.Wait()
 		}
 	}
 	t.Cleanup(stop)

@@ -490,7 +490,7 @@ func TestClusterBehindNginx(t *testing.T) {
 		nodes = append(nodes, startCluster(t, clusterTestConfig(r.Addr())))
 	}
 	dir := t.TempDir()
-	udpPort, httpPort := redistest.FreePort(t), redistest.FreePort(t)
+	udpPort, httpPort := testkit.FreePort(t), testkit.FreePort(t)
 	conf := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(conf, []byte(nginxConfig(t, dir, udpPort, httpPort, nodes)), 0o644); err != nil {
 		t.Fatal(err)
@@ -759,13 +759,12 @@ func TestClusterSentinel(t *testing.T) {
 		return u.Online && !u.Partial
 	})
 	for i, n := range []*cnode{a, b} {
-		deadline := time.Now().Add(5 * time.Second)
-		for n.ev.Count("join", "sam", "s-room") != 1 {
-			if time.Now().After(deadline) {
-				t.Fatalf("node %d: no join of sam; node stats %+v, A %+v", i, n.Srv.ClusterForTest().Stats(), a.Srv.ClusterForTest().Stats())
+		testkit.EventuallyErr(t, 5*time.Second, fmt.Sprintf("node %d's join of sam", i), func() error {
+			if n.ev.Count("join", "sam", "s-room") != 1 {
+				return fmt.Errorf("node stats %+v, A %+v", n.Srv.ClusterForTest().Stats(), a.Srv.ClusterForTest().Stats())
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	c := r.Client()
 	defer c.Close()

@@ -26,7 +26,7 @@
 //
 // # Goroutines
 //
-// Started through Server.goroutine (tracked by Server.wg) in Start:
+// Started through Server.routines (an internal/routine Group) in Start:
 //   - the fasthttp server (http.go); each request runs on a fasthttp worker;
 //     each event stream has a writer goroutine of fasthttp's (stream.go)
 //     that may outlive the request: it never touches the RequestCtx, only

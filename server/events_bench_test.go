@@ -1,7 +1,7 @@
 package server_test
 
-// Black-box benchmarks of the event pipeline (issue 10): the real binary,
-// built into a temp dir and pinned to core 1 with taskset, driven over
+// Black-box benchmarks of the event pipeline: the real binary,
+// built once (testkit.Build) and pinned to core 1 with taskset, driven over
 // loopback HTTP by this process. Run this process on the other core:
 //
 //	taskset -c 0 go test -run '^$' -bench BenchmarkEvents -benchtime 1x ./server/
@@ -17,8 +17,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,74 +27,28 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/testkit"
 )
 
-// ebBuild builds presenced into a temp dir of b.
-func ebBuild(b *testing.B) string {
-	b.Helper()
-	bin := filepath.Join(b.TempDir(), "presenced")
-	cmd := exec.Command("go", "build", "-o", bin, "..")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("cannot build presenced: %v\n%s", err, out)
-	}
-	return bin
-}
+// ebProc is one presenced process of these benchmarks.
+type ebProc struct{ *testkit.Proc }
 
-type ebProc struct {
-	cmd  *exec.Cmd
-	base string
-	errb bytes.Buffer
-	done chan struct{} // closed when the process has exited
-	err  error
-}
-
-// ebStart runs presenced pinned to core 1 and waits for /readyz.
-func ebStart(b *testing.B, bin string, args ...string) *ebProc {
+// ebStart runs presenced (testkit.Build without -race) pinned to core 1
+// and waits for /readyz.
+func ebStart(b *testing.B, args ...string) *ebProc {
 	b.Helper()
-	addr := "127.0.0.1:" + strconv.Itoa(redistest.FreePort(b))
-	udp := "127.0.0.1:" + strconv.Itoa(redistest.FreePort(b))
-	p := &ebProc{base: "http://" + addr, done: make(chan struct{})}
-	full := append([]string{"-c", "1", bin, "serve", "--http-addr", addr, "--udp-addr", udp, "--udp-loops", "1",
-		"--data-dir=", "--leave-delay", "0", "--max-event-streams", "2000", "--http-max-conns-per-ip", "0", "--source-rate", "0"}, args...)
-	p.cmd = exec.Command("taskset", full...)
-	p.cmd.Stderr = &p.errb
-	if err := p.cmd.Start(); err != nil {
-		b.Fatalf("cannot start presenced: %v", err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	b.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get(p.base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		select {
-		case <-p.done:
-			b.Fatalf("presenced exited before ready: %v\n%s", p.err, p.errb.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("presenced not ready after 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return &ebProc{testkit.StartProc(b, testkit.ProcConfig{
+		Bin:  testkit.BuildT(b),
+		Wrap: []string{"taskset", "-c", "1"},
+		Args: append([]string{"--udp-loops", "1", "--data-dir=", "--leave-delay", "0", "--max-event-streams", "2000",
+			"--http-max-conns-per-ip", "0", "--source-rate", "0"}, args...),
+	})}
 }
 
 // cpu returns the CPU time presenced has used (user + system).
 func (p *ebProc) cpu(b *testing.B) time.Duration {
 	b.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
 	if err != nil {
 		b.Fatalf("cannot read the server's CPU time: %v", err)
 	}
@@ -109,7 +61,7 @@ func (p *ebProc) cpu(b *testing.B) time.Duration {
 // metric returns one unlabelled series of /metrics.
 func (p *ebProc) metric(b *testing.B, name string) float64 {
 	b.Helper()
-	resp, err := http.Get(p.base + "/metrics")
+	resp, err := http.Get(p.Base + "/metrics")
 	if err != nil {
 		b.Fatalf("cannot read metrics: %v", err)
 	}
@@ -264,7 +216,6 @@ func coreBusy() (busy, total [2]int64) {
 // own room of 1,000 (events spread over the same 1,000 rooms), beside the
 // same load with no stream open.
 func BenchmarkEventsFanout(b *testing.B) {
-	bin := ebBuild(b)
 	const (
 		rate     = 10000
 		batch    = 100
@@ -289,12 +240,12 @@ func BenchmarkEventsFanout(b *testing.B) {
 	cases[5].name, cases[5].rate = "1000subs/one-room-1000ev/s", rate/10
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
-			p := ebStart(b, bin)
+			p := ebStart(b)
 			var delivered, resets atomic.Int64
 			var wg sync.WaitGroup
 			var bodies []io.Closer
 			for i := 0; i < c.subs; i++ {
-				resp := ebStream(b, p.base, c.sroom(i), "")
+				resp := ebStream(b, p.Base, c.sroom(i), "")
 				bodies = append(bodies, resp.Body)
 				wg.Add(1)
 				go func() {
@@ -302,13 +253,9 @@ func BenchmarkEventsFanout(b *testing.B) {
 					ebCount(resp.Body, &delivered, &resets)
 				}()
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for p.metric(b, "presenced_event_subscribers") < float64(c.subs) {
-				if time.Now().After(deadline) {
-					b.Fatalf("streams not all open after 10s")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			testkit.Eventually(b, 10*time.Second, "every stream open", func() bool {
+				return p.metric(b, "presenced_event_subscribers") >= float64(c.subs)
+			})
 			pub0, drop0, reset0 := p.metric(b, "presenced_events_published_total"), p.metric(b, "presenced_events_dropped_total"), p.metric(b, "presenced_event_resets_total")
 			busy0, total0 := coreBusy()
 			cpu0, self0, t0 := p.cpu(b), selfCPU(), time.Now()
@@ -328,7 +275,7 @@ func BenchmarkEventsFanout(b *testing.B) {
 				gen.Add(1)
 				go func(first int) {
 					defer gen.Done()
-					ebPost(b, p.base+"/v1/heartbeats", ebBatch(first, batch, c.room))
+					ebPost(b, p.Base+"/v1/heartbeats", ebBatch(first, batch, c.room))
 					<-sem
 				}(k * batch)
 			}
@@ -424,26 +371,25 @@ func ebLatency(b *testing.B, hb, sse string, n int) {
 // on an open stream, 1,000 heartbeats at 100/s, on one node and from node A
 // to node B of a cluster on one redis-server.
 func BenchmarkEventsLatency(b *testing.B) {
-	bin := ebBuild(b)
 	const n = 1000
 	b.Run("single-node", func(b *testing.B) {
-		p := ebStart(b, bin)
-		ebLatency(b, p.base, p.base, n)
+		p := ebStart(b)
+		ebLatency(b, p.Base, p.Base, n)
 	})
 	b.Run("cluster-A-to-B", func(b *testing.B) {
 		r := redistest.Start(b)
-		a := ebStart(b, bin, "--redis", r.Addr(), "--node-id", "a")
-		c := ebStart(b, bin, "--redis", r.Addr(), "--node-id", "b")
-		ebLatency(b, a.base, c.base, n)
+		a := ebStart(b, "--redis", r.Addr(), "--node-id", "a")
+		c := ebStart(b, "--redis", r.Addr(), "--node-id", "b")
+		ebLatency(b, a.Base, c.Base, n)
 	})
 	// With a write-ahead log the change pump runs every quarter
 	// --fsync-interval (25 ms) instead of 50 ms, and replication does not
 	// wait for the log's commits.
 	b.Run("cluster-A-to-B-with-log", func(b *testing.B) {
 		r := redistest.Start(b)
-		a := ebStart(b, bin, "--redis", r.Addr(), "--node-id", "a", "--data-dir", b.TempDir())
-		c := ebStart(b, bin, "--redis", r.Addr(), "--node-id", "b", "--data-dir", b.TempDir())
-		ebLatency(b, a.base, c.base, n)
+		a := ebStart(b, "--redis", r.Addr(), "--node-id", "a", "--data-dir", b.TempDir())
+		c := ebStart(b, "--redis", r.Addr(), "--node-id", "b", "--data-dir", b.TempDir())
+		ebLatency(b, a.Base, c.Base, n)
 	})
 }
 
@@ -451,7 +397,7 @@ func BenchmarkEventsLatency(b *testing.B) {
 // full speed: the baseline), then resumes on res from the id before them.
 func ebResume(b *testing.B, gen *ebProc, res func() *ebProc) {
 	const n = 100000
-	live := ebStream(b, gen.base, "", "")
+	live := ebStream(b, gen.Base, "", "")
 	defer live.Body.Close()
 	marker := make(chan string, 1)
 	liveDone := make(chan time.Time, 1)
@@ -470,12 +416,12 @@ func ebResume(b *testing.B, gen *ebProc, res func() *ebProc) {
 		}
 		return true
 	})
-	ebPost(b, gen.base+"/v1/heartbeat", `{"user":"marker","room":"marker"}`)
+	ebPost(b, gen.Base+"/v1/heartbeat", `{"user":"marker","room":"marker"}`)
 	var since string
 	select {
 	case since = <-marker:
 	case <-time.After(10 * time.Second):
-		b.Fatalf("no marker event after 10s; server log:\n%s", gen.errb.String())
+		b.Fatalf("no marker event after 10s; server log:\n%s", gen.Stderr())
 	}
 	pub0 := gen.metric(b, "presenced_events_published_total")
 	t0 := time.Now()
@@ -486,7 +432,7 @@ func ebResume(b *testing.B, gen *ebProc, res func() *ebProc) {
 		wg.Add(1)
 		go func(first int) {
 			defer wg.Done()
-			ebPost(b, gen.base+"/v1/heartbeats", ebBatch(first, 1000, func(int) string { return "bulk" }))
+			ebPost(b, gen.Base+"/v1/heartbeats", ebBatch(first, 1000, func(int) string { return "bulk" }))
 			<-sem
 		}(k * 1000)
 	}
@@ -502,7 +448,7 @@ func ebResume(b *testing.B, gen *ebProc, res func() *ebProc) {
 	missed := int(gen.metric(b, "presenced_events_published_total") - pub0)
 	p := res()
 	t1 := time.Now()
-	resp := ebStream(b, p.base, "", since)
+	resp := ebStream(b, p.Base, "", since)
 	defer resp.Body.Close()
 	got, resets := 0, 0
 	done := make(chan struct{})
@@ -538,14 +484,13 @@ func ebResume(b *testing.B, gen *ebProc, res func() *ebProc) {
 // from the Redis Stream), beside the time to generate them with a live
 // stream reading them.
 func BenchmarkEventsResume100k(b *testing.B) {
-	bin := ebBuild(b)
 	b.Run("single-node-ring", func(b *testing.B) {
-		p := ebStart(b, bin, "--event-history", "200000")
+		p := ebStart(b, "--event-history", "200000")
 		ebResume(b, p, func() *ebProc { return p })
 	})
 	b.Run("cluster-new-node-XRANGE", func(b *testing.B) {
 		r := redistest.Start(b)
-		a := ebStart(b, bin, "--redis", r.Addr(), "--node-id", "a")
-		ebResume(b, a, func() *ebProc { return ebStart(b, bin, "--redis", r.Addr(), "--node-id", "c") })
+		a := ebStart(b, "--redis", r.Addr(), "--node-id", "a")
+		ebResume(b, a, func() *ebProc { return ebStart(b, "--redis", r.Addr(), "--node-id", "c") })
 	})
 }

@@ -62,7 +62,7 @@ func (s *Server) startHTTP() error {
 		DisableHeaderNamesNormalizing: false,
 		Logger:                        fasthttpLogger{s.log},
 	}
-	s.goroutine(func() {
+	s.routines.Go("http", func() {
 		if err := s.httpSrv.Serve(ln); err != nil {
 			s.log.Error("http server stopped", "err", err)
 		}

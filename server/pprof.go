@@ -26,7 +26,7 @@ func (s *Server) startPprof() (stop func(context.Context) error, err error) {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	s.goroutine(func() {
+	s.routines.Go("pprof", func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("pprof server stopped", "err", err)
 		}

@@ -8,12 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/presenced/presenced/internal/routine"
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server/cluster"
 	"github.com/presenced/presenced/server/events"
@@ -73,7 +73,7 @@ type Server struct {
 	state    atomic.Int32
 	stopping atomic.Bool
 	quit     chan struct{}
-	wg       sync.WaitGroup
+	routines routine.Group // every goroutine the server starts (doc.go)
 
 	ttlMs, intervalMs int64
 	// hbReply is the precomputed body of a successful heartbeat;
@@ -171,8 +171,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.departed = newDepartedUsers(cfg.LastSeenMemoryUsers, cfg.Persist.LastSeenRetention.Milliseconds())
 	if cfg.DataDir != "" {
 		// Built now (no I/O) so the HTTP handlers that run while Start
-		// replays the log see a store that never changes: /metrics read
-		// s.store while Start was still setting it (a data race).
+		// replays the log (/metrics reads s.store) see a field that Start
+		// never writes.
 		pc := cfg.Persist
 		pc.Logger = log
 		st, err := persist.New(pc)
@@ -201,15 +201,6 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		}
 	}
 	return s, nil
-}
-
-// goroutine starts f tracked by the server's WaitGroup (nats-server's startGoRoutine).
-func (s *Server) goroutine(f func()) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		f()
-	}()
 }
 
 // Start opens the log, replays it, and starts the listeners. /livez answers
@@ -259,15 +250,15 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.sweepDone = make(chan struct{})
-	s.goroutine(func() {
+	s.routines.Go("sweeper", func() {
 		defer close(s.sweepDone)
 		s.sweepLoop()
 	})
 	s.startPump()
-	s.goroutine(s.debounceLoop)
-	s.goroutine(s.occupancyLoop)
+	s.routines.Go("debounce", s.debounceLoop)
+	s.routines.Go("occupancy", s.occupancyLoop)
 	if s.udp != nil && s.cfg.OverloadDropRatio > 0 {
-		s.goroutine(s.overloadLoop)
+		s.routines.Go("overload", s.overloadLoop)
 	}
 	stopPprof, err := s.startPprof()
 	if err != nil {
@@ -594,16 +585,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.cl != nil {
 		errs = append(errs, step("flush and close redis writer", func() error { return s.closeCluster(ctx) }))
 	}
-	errs = append(errs, step("wait goroutines", func() error {
-		done := make(chan struct{})
-		go func() { s.wg.Wait(); close(done) }()
-		select {
-		case <-done:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("cannot wait for goroutines: %w", ctx.Err())
-		}
-	}))
+	errs = append(errs, step("wait goroutines", func() error { return s.routines.WaitContext(ctx) }))
 	s.state.Store(stateStopped)
 	err := errors.Join(errs...)
 	s.log.Info("presenced stopped", "took", time.Since(t0), "err", err)

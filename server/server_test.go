@@ -584,9 +584,9 @@ func TestLastSeenWithoutDataDir(t *testing.T) {
 	}
 }
 
-// A datagram with one good item does not tell how other users' tokens fail
-// (issue 13 item 14): each of them reads bad_token, as if sent alone it would
-// get silence; only the sender's own user gets the precise reason.
+// A datagram with one good item does not tell how other users' tokens fail:
+// each of them reads bad_token, as if sent alone it would get silence; only
+// the sender's own user gets the precise reason.
 func TestUDPReplyIsNoTokenOracle(t *testing.T) {
 	n := startNode(t, withSecret(t))
 	uc := n.UDPClient()

@@ -10,9 +10,9 @@ import (
 
 // Every session times out exactly once across a shutdown and a restart,
 // also when the shutdown comes in the middle of a sweep that expires them.
-// The sweeper used to run on while the log took its final drain: the
-// expiries after the drain were counted before the shutdown and again,
-// found expired in the log, at the next start.
+// The sweeper stops before the log takes its final drain: an expiry after
+// the drain would be counted before the shutdown and again, found expired
+// in the log, at the next start.
 func TestExpiryAcrossShutdownCountedOnce(t *testing.T) {
 	const n = 100_000
 	dir := t.TempDir()

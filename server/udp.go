@@ -123,10 +123,10 @@ func (s *Server) startUDP() (*udpServer, error) {
 	u := &udpServer{s: s, addr: addr, booted: make(chan struct{}), done: make(chan error, 1)}
 	if s.store != nil && s.cfg.Persist.Fsync == persist.FsyncModeAlways {
 		u.acks = newAckQueue(s.cfg.UDPMaxPendingAcks, s.store.WaitDurable, s.met.udpReplies, s.met.udpAcksDropped)
-		s.goroutine(u.acks.loop)
+		s.routines.Go("udp acks", u.acks.loop)
 	}
 	loops := s.numLoops()
-	s.goroutine(func() {
+	s.routines.Go("udp", func() {
 		u.done <- gnet.Run(u, "udp://"+addr,
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(loops),

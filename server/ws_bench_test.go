@@ -7,8 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fasthttp/websocket"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // BenchmarkHeartbeatConns10k holds N connections (default 10,000) to a real
@@ -24,15 +23,17 @@ import (
 // over HTTP keep-alive, and reports the server's CPU, its resident memory
 // per connection and the client-side ack latency. Run it alone:
 //
-//	go build -o /tmp/presenced . && PRESENCED_BIN=/tmp/presenced \
-//	  go test -run '^$' -bench HeartbeatConns10k -benchtime 1x ./server/
+//	go test -run '^$' -bench HeartbeatConns10k -benchtime 1x ./server/
+//
+// It builds the binary (testkit.Build); PRESENCED_BIN names one to use
+// instead.
 //
 // BENCH_CONNS and BENCH_SECONDS change the connection count and the
 // measured period (default 15 s after all connections are up).
 func BenchmarkHeartbeatConns10k(b *testing.B) {
 	bin := os.Getenv("PRESENCED_BIN")
 	if bin == "" {
-		b.Fatal("set PRESENCED_BIN to a presenced binary (go build -o /tmp/presenced .)")
+		bin = testkit.BuildT(b)
 	}
 	conns := benchEnvInt("BENCH_CONNS", 10000)
 	secs := benchEnvInt("BENCH_SECONDS", 15)
@@ -81,31 +82,12 @@ func procStat(b *testing.B, pid int) (cpu time.Duration, rss int64) {
 }
 
 func runConnBench(b *testing.B, bin, mode string, conns int, dur time.Duration) connBenchResult {
-	cmd := exec.Command(bin, "serve", "--http-addr", "127.0.0.1:0", "--udp-addr", "", "--data-dir", "",
+	p := testkit.StartProc(b, testkit.ProcConfig{Bin: bin, Args: []string{"--udp-addr", "", "--data-dir", "",
 		"--heartbeat-min-gap", "0", "--source-rate", "0", "--http-max-conns", "20000", "--http-max-conns-per-ip", "0", "--max-ws-conns", "20000",
-		"--http-idle-timeout", "300s", "--leave-delay", "0")
-	stderr, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	sc := bufio.NewScanner(stderr)
-	re := regexp.MustCompile(`presenced ready.*?http=(\S+)`)
-	var addr string
-	for sc.Scan() {
-		if m := re.FindStringSubmatch(sc.Text()); m != nil {
-			addr = m[1]
-			break
-		}
-	}
-	if addr == "" {
-		b.Fatal("presenced did not start")
-	}
-	go func() {
-		for sc.Scan() {
-		}
-	}()
-	pid := cmd.Process.Pid
+		"--http-idle-timeout", "300s", "--leave-delay", "0"}})
+	defer p.Stop(os.Kill)
+	addr := p.Addr
+	pid := p.Cmd.Process.Pid
 	time.Sleep(500 * time.Millisecond)
 	_, rssBase := procStat(b, pid)
 

@@ -126,8 +126,8 @@
 // presenced_redis_partial_seconds_total counts the time). The Redis Cluster
 // client is asked to re-read the slot map then and there (go-redis itself
 // re-reads it only on MOVED, or every 60 s: a failed-over master's slots
-// pointed at the dead address until then, which is why nodes used to stay
-// partial after a failover), and the slot map comes from CLUSTER SLOTS
+// pointed at the dead address until then, so without the re-read a node
+// would stay partial after a failover), and the slot map comes from CLUSTER SLOTS
 // asked of every known node at once with a 1 s bound (slots.go; go-redis
 // asks one node at a time and waits its whole read timeout on a hung
 // one). A failed health check also cancels the

@@ -379,7 +379,7 @@ func standaloneRaw(r *redistest.Server) func() redis.UniversalClient {
 	return func() redis.UniversalClient { return r.Client() }
 }
 
-// TestRoomSideRepairedAfterFault (issue 13.4): the room-side pipeline fails
+// TestRoomSideRepairedAfterFault: the room-side pipeline fails
 // after the user-side scripts ran, for joins and for leaves; once it works
 // again the room view converges to the user view.
 func TestRoomSideRepairedAfterFault(t *testing.T) {
@@ -425,7 +425,7 @@ func TestRoomSideRepairedAfterFault(t *testing.T) {
 	f.converge(10*time.Second, "after the fault")
 }
 
-// TestScriptFlushOneMaster (issue 13.5): SCRIPT FLUSH on one master of a
+// TestScriptFlushOneMaster: SCRIPT FLUSH on one master of a
 // Redis Cluster makes its EVALSHAs fail once; nothing runs twice, no join
 // or leave is lost, and the views converge.
 func TestScriptFlushOneMaster(t *testing.T) {
@@ -652,13 +652,13 @@ func startBare(t *testing.T, addrs string, logs *logCount) *Node {
 	return n
 }
 
-// TestRedisProblemsLogged (issue 13.6): nothing listening, or a wrong
+// TestRedisProblemsLogged: nothing listening, or a wrong
 // password, is logged once at error level with the reason, not once per
 // failed health check; a change of state is logged again.
 func TestRedisProblemsLogged(t *testing.T) {
 	t.Run("nothing listening", func(t *testing.T) {
 		logs := &logCount{}
-		n := startBare(t, fmt.Sprintf("127.0.0.1:%d", redistest.FreePort(t)), logs)
+		n := startBare(t, fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t)), logs)
 		testkit.Eventually(t, 10*time.Second, "10 failed health checks", func() bool { return n.Stats().Errors >= 10 })
 		if got := logs.count("ERROR cannot use redis"); got != 1 || logs.count("reason=unreachable") != 1 || logs.count("") != logs.count("DEBUG")+1 {
 			t.Errorf("want exactly one error line saying redis is unreachable, got:\n%s", logs)
@@ -693,7 +693,7 @@ func TestRedisProblemsLogged(t *testing.T) {
 	})
 }
 
-// TestWriteErrorsMakePartial (issue 13.7): Redis refuses writes (maxmemory
+// TestWriteErrorsMakePartial: Redis refuses writes (maxmemory
 // with noeviction); the node answers partial until a re-assert succeeds,
 // then Redis holds every session.
 func TestWriteErrorsMakePartial(t *testing.T) {
@@ -729,7 +729,7 @@ func TestWriteErrorsMakePartial(t *testing.T) {
 	f.converge(10*time.Second, "after the limit")
 }
 
-// TestSessionHashSeeded (issue 13.8): the writer's session hash depends on
+// TestSessionHashSeeded: the writer's session hash depends on
 // a per-process seed, so clients cannot craft colliding ids offline.
 func TestSessionHashSeeded(t *testing.T) {
 	old := sessSeed

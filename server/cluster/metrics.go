@@ -78,6 +78,6 @@ var monoStart = time.Now()
 
 // monoNs is nanoseconds on the monotonic clock (since the process
 // started): the replication lag is measured with it, so a step of the wall
-// clock neither hides nor invents lag (issue 13.10). Wall time is kept only
+// clock neither hides nor invents lag. Wall time is kept only
 // for the expiries stored in Redis.
 func monoNs() int64 { return int64(time.Since(monoStart)) }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/internal/routine"
 )
 
 // RangeFunc walks this node's live sessions with their state
@@ -47,7 +49,7 @@ type Node struct {
 	ctx       context.Context // cancelled by stop: ends in-flight round trips
 	cancel    context.CancelFunc
 	stopOnce  sync.Once
-	wg        sync.WaitGroup
+	routines  routine.Group
 
 	up          atomic.Bool // the last health check answered
 	subscribed  atomic.Bool
@@ -136,22 +138,14 @@ func (n *Node) Start() error {
 	n.h.partialSince = time.Now()
 	n.h.mu.Unlock()
 	n.w.init(n)
-	n.goroutine(n.writeLoop)
-	n.goroutine(n.reapLoop)
-	n.goroutine(n.healthLoop)
+	n.routines.Go("redis writer", n.writeLoop)
+	n.routines.Go("redis reaper", n.reapLoop)
+	n.routines.Go("redis health", n.healthLoop)
 	if n.sink != nil {
-		n.goroutine(n.streamLoop)
+		n.routines.Go("redis stream", n.streamLoop)
 	}
-	n.goroutine(n.eventsLoop)
+	n.routines.Go("redis events", n.eventsLoop)
 	return nil
-}
-
-func (n *Node) goroutine(f func()) {
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		f()
-	}()
 }
 
 // Close flushes what the writer holds (bounded by ctx), then stops the
@@ -192,7 +186,7 @@ func (n *Node) stop() error {
 	if n.c != nil {
 		err = n.c.Close()
 	}
-	n.wg.Wait()
+	n.routines.Wait()
 	if n.slots != nil {
 		n.slots.close()
 	}

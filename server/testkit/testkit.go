@@ -1,7 +1,11 @@
-// Package testkit is the one poll helper of presenced's tests: wait, with a
-// bounded deadline, for a condition that another goroutine makes true.
+// Package testkit is the poll helper of presenced's tests (wait, with a
+// bounded deadline, for a condition that another goroutine makes true),
+// their one source of free loopback ports ([FreePort]) and the one
+// launcher of the real presenced binary ([Build] compiles it once per test
+// process, [StartProc] runs it on a free port and waits for /readyz).
 //
-// It imports only the standard library and nothing of presenced, so every
+// It imports only the standard library and nothing of presenced (Build
+// runs the go tool on the module's main package), so every
 // package's tests can use it: persist's too, although persist never imports
 // server (TestDependencyDirection checks persist's non-test dependencies and
 // allows this one test-only import, which brings no server code along). The
@@ -17,6 +21,8 @@ package testkit
 
 import (
 	"errors"
+	"net"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -61,4 +67,26 @@ func EventuallyErr(t testing.TB, d time.Duration, what string, f func() error) {
 		time.Sleep(pause)
 		pause = min(2*pause, 10*time.Millisecond)
 	}
+}
+
+// FreePort returns a loopback port that was free a moment ago for both
+// TCP and UDP, so one number serves a node's HTTP and UDP listeners (or
+// either alone). Another process may take it before the caller binds it.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("cannot find a free port: %v", err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
+		l.Close()
+		if err == nil {
+			u.Close()
+			return p
+		}
+	}
+	t.Fatalf("cannot find a port free for both TCP and UDP in 100 tries")
+	return 0
 }

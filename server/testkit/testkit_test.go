@@ -2,6 +2,8 @@ package testkit
 
 import (
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -66,4 +68,18 @@ func TestEventuallyErrFailsWithTheLastState(t *testing.T) {
 		t.Fatalf("message %q: want it to end with %q", ft.msg, want)
 	}
 	EventuallyErr(t, time.Second, "nil at once", func() error { return nil })
+}
+
+func TestFreePortIsFreeForTCPAndUDP(t *testing.T) {
+	p := FreePort(t)
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+	if err != nil {
+		t.Fatalf("port %d is not free for TCP: %v", p, err)
+	}
+	defer l.Close()
+	u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
+	if err != nil {
+		t.Fatalf("port %d is not free for UDP: %v", p, err)
+	}
+	u.Close()
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server/cluster/redistest"
 	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/testkit"
 )
 
 // lagReceiver answers 204 at once and records, per event, the time from
@@ -84,16 +85,15 @@ func drive(emit func(from, n int)) int {
 }
 
 func report(b *testing.B, l *lagReceiver, sent int, cpu, wall time.Duration) {
-	deadline := time.Now().Add(30 * time.Second)
-	for l.n() < sent && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.EventuallyErr(b, 30*time.Second, "every event delivered", func() error {
+		if n := l.n(); n < sent {
+			return fmt.Errorf("delivered %d of %d", n, sent)
+		}
+		return nil
+	})
 	l.mu.Lock()
 	lag := slices.Clone(l.lag)
 	l.mu.Unlock()
-	if len(lag) < sent {
-		b.Fatalf("delivered %d of %d", len(lag), sent)
-	}
 	slices.Sort(lag)
 	b.ReportMetric(float64(lag[len(lag)/2].Milliseconds()), "lag-p50-ms")
 	b.ReportMetric(float64(lag[len(lag)*99/100].Milliseconds()), "lag-p99-ms")
@@ -158,9 +158,7 @@ func BenchmarkDelivery10k(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer d.Stop()
-		for deadline := time.Now().Add(5 * time.Second); !d.IsLeader() && time.Now().Before(deadline); {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testkit.Eventually(b, 5*time.Second, "the delivery lease", d.IsLeader)
 		time.Sleep(200 * time.Millisecond) // the group exists
 		ctx := context.Background()
 		cpu0, t0 := cpuTime(), time.Now()

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/presenced/presenced/internal/routine"
 )
 
 // batch is what a source hands the deliverer: event JSON objects in
@@ -83,9 +85,9 @@ type Deliverer struct {
 	lat       []atomic.Uint64
 	latSumNs  atomic.Uint64
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	cancel   context.CancelFunc
+	routines routine.Group
+	once     sync.Once
 }
 
 func newDeliverer(cfg Config) (*Deliverer, error) {
@@ -115,11 +117,7 @@ func (d *Deliverer) start(src source) {
 	d.src = src
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		d.loop(ctx)
-	}()
+	d.routines.Go("webhook delivery", func() { d.loop(ctx) })
 }
 
 // Stop ends delivery: an in-flight POST is cancelled and its batch stays
@@ -128,7 +126,7 @@ func (d *Deliverer) start(src source) {
 func (d *Deliverer) Stop() {
 	d.once.Do(func() {
 		d.cancel()
-		d.wg.Wait()
+		d.routines.Wait()
 		d.src.stop()
 		d.client.CloseIdleConnections()
 	})

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/presenced/presenced/internal/routine"
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server/events"
 )
@@ -96,14 +97,14 @@ func (q *memQueue) Len() (int, int64) {
 
 // localSource feeds a deliverer from the bus through the queue.
 type localSource struct {
-	cfg  Config
-	d    *Deliverer
-	bus  *events.Bus
-	sub  *events.Sub
-	q    queue
-	kick chan struct{} // cap 1: the pump appended
-	quit chan struct{}
-	wg   sync.WaitGroup
+	cfg      Config
+	d        *Deliverer
+	bus      *events.Bus
+	sub      *events.Sub
+	q        queue
+	kick     chan struct{} // cap 1: the pump appended
+	quit     chan struct{}
+	routines routine.Group
 
 	// Pump-owned.
 	dropped events.ID // newest event dropped because the queue was full
@@ -128,18 +129,14 @@ func StartLocal(cfg Config, bus *events.Bus, q *persist.Queue, since *events.ID)
 	if src.sub == nil {
 		return nil, errors.New("cannot start webhooks: event bus closed")
 	}
-	src.wg.Add(1)
-	go func() {
-		defer src.wg.Done()
-		src.pump()
-	}()
+	src.routines.Go("webhook pump", src.pump)
 	d.start(src)
 	return d, nil
 }
 
 func (s *localSource) stop() {
 	close(s.quit)
-	s.wg.Wait()
+	s.routines.Wait()
 	s.bus.Unsubscribe(s.sub)
 }
 

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/presenced/presenced/internal/routine"
 	"github.com/presenced/presenced/server/events"
 )
 
@@ -66,11 +66,11 @@ type redisSource struct {
 	me     string
 	decode func(redis.XMessage) (*events.Event, bool)
 
-	leader atomic.Bool
-	fresh  atomic.Bool // became leader: re-read own pending first
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	leader   atomic.Bool
+	fresh    atomic.Bool // became leader: re-read own pending first
+	ctx      context.Context
+	cancel   context.CancelFunc
+	routines routine.Group
 
 	depthN   atomic.Int64
 	oldestMs atomic.Int64
@@ -93,11 +93,7 @@ func StartCluster(cfg Config, client redis.UniversalClient, stream, consumer str
 	}
 	s := &redisSource{cfg: cfg, d: d, c: client, stream: stream, lease: stream + ":webhook-lease", me: consumer, decode: decode}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.leaseLoop()
-	}()
+	s.routines.Go("webhook lease", s.leaseLoop)
 	d.start(s)
 	return d, nil
 }
@@ -121,7 +117,7 @@ func (d *Deliverer) RedisCommands() uint64 {
 // with random ids do not pile up as consumers.
 func (s *redisSource) stop() {
 	s.cancel()
-	s.wg.Wait()
+	s.routines.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if s.leader.Load() {

@@ -81,16 +81,10 @@ func (r *receiver) down() {
 
 func (r *receiver) up() {
 	var ln net.Listener
-	var err error
-	for i := 0; i < 100; i++ { // the port may linger briefly
-		if ln, err = net.Listen("tcp", r.addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond) // paces the retries of a bind
-	}
-	if err != nil {
-		r.t.Fatal(err)
-	}
+	testkit.EventuallyErr(r.t, 2*time.Second, "the receiver's port (it may linger briefly)", func() (err error) {
+		ln, err = net.Listen("tcp", r.addr)
+		return err
+	})
 	r.serve(ln)
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -284,7 +285,7 @@ func StartSentinelGroup(t testing.TB) *SentinelGroup {
 		return g.Replicas[0].linkUp() && g.Replicas[1].linkUp()
 	})
 	for range 3 {
-		s := &Server{t: t, Port: FreePort(t), dir: t.TempDir()}
+		s := &Server{t: t, Port: testkit.FreePort(t), dir: t.TempDir()}
 		conf := filepath.Join(s.dir, "sentinel.conf")
 		body := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %s\n"+
 			"sentinel monitor mymaster 127.0.0.1 %d 2\n"+

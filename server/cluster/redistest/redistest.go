@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/server/testkit"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -36,17 +37,6 @@ type Server struct {
 
 // Addr is host:port.
 func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
-
-// FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("cannot find a free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 func lookPath(t testing.TB, name string) string {
 	t.Helper()
@@ -68,7 +58,7 @@ func start(t testing.TB, extra []string) *Server {
 	// Cluster nodes also listen on port+10000: pick ports with that free too.
 	var port int
 	for range 50 {
-		port = FreePort(t)
+		port = testkit.FreePort(t)
 		if port+10000 > 65535 {
 			continue
 		}
@@ -276,7 +266,7 @@ func sortStrings(a []string) {
 func StartSentinel(t testing.TB, master *Server) *Server {
 	t.Helper()
 	lookPath(t, "redis-server")
-	s := &Server{t: t, Port: FreePort(t), dir: t.TempDir()}
+	s := &Server{t: t, Port: testkit.FreePort(t), dir: t.TempDir()}
 	conf := filepath.Join(s.dir, "sentinel.conf")
 	body := fmt.Sprintf("port %d\nbind 127.0.0.1\nprotected-mode no\ndir %s\nsentinel monitor mymaster 127.0.0.1 %d 1\nsentinel down-after-milliseconds mymaster 2000\n",
 		s.Port, s.dir, master.Port)
