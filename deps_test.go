@@ -8,10 +8,10 @@ import (
 
 // TestDependencyDirection keeps the dependencies one-way:
 // main -> server -> {shardmap, persist}; shardmap, the wire codec and the
-// heartbeat body parser (server/jsonbody) and the goroutine tracker that
+// heartbeat body parser (server/internal/jsonbody) and the goroutine tracker that
 // persist and server share (internal/routine) use only the standard library;
 // persist never imports server (its tests only the stdlib-only poll helper
-// server/testkit); loadtest speaks the protocol through the codec packages
+// internal/testkit); loadtest speaks the protocol through the codec packages
 // only.
 func TestDependencyDirection(t *testing.T) {
 	const mod = "github.com/presenced/presenced"
@@ -29,13 +29,13 @@ func TestDependencyDirection(t *testing.T) {
 		return d
 	}
 	allowed := map[string][]string{
-		mod + "/shardmap":            nil,
-		mod + "/internal/routine":    nil,
-		mod + "/server/wire":         nil,
-		mod + "/server/jsonbody":     nil,
-		mod + "/server/token":        {mod + "/server/wire"},
-		mod + "/server/testkit":      nil,
-		mod + "/persist/persisttest": nil,
+		mod + "/shardmap":                 nil,
+		mod + "/internal/routine":         nil,
+		mod + "/server/wire":              nil,
+		mod + "/server/internal/jsonbody": nil,
+		mod + "/server/token":             {mod + "/server/wire"},
+		mod + "/internal/testkit":         nil,
+		mod + "/internal/persisttest":     nil,
 	}
 	for pkg, ok := range allowed {
 		for _, d := range deps(pkg) {
@@ -49,15 +49,16 @@ func TestDependencyDirection(t *testing.T) {
 			t.Errorf("persist imports %s", d)
 		}
 	}
-	// persist's tests may import the stdlib-only poll helper, nothing else
-	// of server: a test-only import of server code would hide the cycle.
+	// persist's tests import nothing of server (their helpers are the
+	// stdlib-only internal/testkit and internal/persisttest): a test-only
+	// import of server code would hide the cycle.
 	out, err := exec.Command("go", "list", "-f", `{{join .TestImports " "}} {{join .XTestImports " "}}`, mod+"/persist").Output()
 	if err != nil {
 		t.Fatalf("go list persist test imports: %v", err)
 	}
 	for _, d := range strings.Fields(string(out)) {
-		if strings.HasPrefix(d, mod+"/server") && d != mod+"/server/testkit" {
-			t.Errorf("persist's tests import %s; only %s/server/testkit is allowed", d, mod)
+		if strings.HasPrefix(d, mod+"/server") {
+			t.Errorf("persist's tests import %s; nothing of server is allowed", d)
 		}
 	}
 	for _, d := range deps(mod + "/loadtest") {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
-	"github.com/presenced/presenced/persist/persisttest"
+	"github.com/presenced/presenced/internal/persisttest"
 )
 
 // flushStore flushes the memtable of the stopped node's store in dir to an

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/client"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server/wire"
 )
 

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/client"
+	"github.com/presenced/presenced/internal/servertest"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/servertest"
 	"github.com/presenced/presenced/server/token"
 )
 

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/client"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/token"
 )
 

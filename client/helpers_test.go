@@ -7,8 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/presenced/presenced/internal/servertest"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/servertest"
 )
 
 const testSecret = "k1 0123456789abcdef0123456789abcdef-client-test-secret\n"

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/client"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
 )
 
 // An overloaded node answers with interval_ms and ttl_ms raised

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server/wire"
 )
 

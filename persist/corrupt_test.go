@@ -14,7 +14,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"github.com/presenced/presenced/persist/persisttest"
+	"github.com/presenced/presenced/internal/persisttest"
 )
 
 // writeFlushed writes n live sessions and n offline users' last-seen to a

@@ -14,7 +14,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
 )
 
 // diskFull fails writes with ENOSPC while on, as a full

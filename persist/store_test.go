@@ -11,7 +11,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/shardmap"
 )
 

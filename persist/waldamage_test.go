@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presenced/presenced/persist/persisttest"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/persisttest"
+	"github.com/presenced/presenced/internal/testkit"
 )
 
 // lockedBuffer is a log sink safe for the store's goroutines.

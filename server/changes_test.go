@@ -10,11 +10,11 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
+	"github.com/presenced/presenced/internal/servertest"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/persist"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/cluster/redistest"
-	"github.com/presenced/presenced/server/servertest"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/server/internal/redistest"
 )
 
 // hangingWAL makes every sync of a write-ahead log file wait while on, as a

@@ -7,8 +7,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/presenced/presenced/server/cluster"
-	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/internal/cluster"
+	"github.com/presenced/presenced/server/internal/events"
 	"github.com/presenced/presenced/shardmap"
 )
 

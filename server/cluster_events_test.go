@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presenced/presenced/server/cluster/redistest"
-	"github.com/presenced/presenced/server/servertest"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/servertest"
+	"github.com/presenced/presenced/internal/testkit"
+	"github.com/presenced/presenced/server/internal/redistest"
 )
 
 // waitMembers waits for n member events on l and returns them.
@@ -80,7 +80,7 @@ func TestClusterEventsDebounceAcrossNodes(t *testing.T) {
 		testkit.Eventually(t, 5*time.Second, "join", func() bool { return n.ev.Count("join", "u", "room") == 1 })
 	}
 	// Held leaves are a hash in Redis ({pd:events}:lp, user "\0" room; see
-	// server/cluster/events.go): a rejoin deletes the entry, a due leave is
+	// server/internal/cluster/events.go): a rejoin deletes the entry, a due leave is
 	// moved from it to the stream in the same script.
 	rc := r.Client()
 	defer rc.Close()

@@ -19,10 +19,10 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/presenced/presenced/internal/servertest"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/cluster/redistest"
-	"github.com/presenced/presenced/server/servertest"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/server/internal/redistest"
 	"github.com/presenced/presenced/server/wire"
 )
 

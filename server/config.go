@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/presenced/presenced/persist"
-	"github.com/presenced/presenced/server/cluster"
-	"github.com/presenced/presenced/server/webhook"
+	"github.com/presenced/presenced/server/internal/cluster"
+	"github.com/presenced/presenced/server/internal/webhook"
 	"github.com/presenced/presenced/shardmap"
 )
 

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presenced/presenced/server/cluster/redistest"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
+	"github.com/presenced/presenced/server/internal/redistest"
 )
 
 // Two nodes on one Redis: alice has one connection through each. Node A

@@ -2,7 +2,7 @@
 // intake, the checks every heartbeat passes (ids, tokens, limits), the
 // queries, the event streams, and the wiring of the presence table
 // (shardmap), its write-ahead log (persist), the Redis replication
-// (server/cluster) and the event pipeline (server/events).
+// (server/internal/cluster) and the event pipeline (server/internal/events).
 //
 // # Data flow
 //

@@ -26,8 +26,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presenced/presenced/server/cluster/redistest"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
+	"github.com/presenced/presenced/server/internal/redistest"
 )
 
 // ebProc is one presenced process of these benchmarks.

@@ -2,13 +2,13 @@ package server
 
 import (
 	"github.com/presenced/presenced/persist"
-	"github.com/presenced/presenced/server/cluster"
-	"github.com/presenced/presenced/server/webhook"
+	"github.com/presenced/presenced/server/internal/cluster"
+	"github.com/presenced/presenced/server/internal/webhook"
 	"github.com/presenced/presenced/shardmap"
 )
 
 // What the external tests (package server_test, started through
-// server/servertest) reach that a client cannot: the cluster node (to
+// internal/servertest) reach that a client cannot: the cluster node (to
 // crash its writer, read Redis directly, wait for its first connection),
 // the table (to load 100,000 sessions without 100,000 requests), the
 // write-ahead log (its commit counters, to tell a reply from a commit) and

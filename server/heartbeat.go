@@ -7,7 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/internal/events"
 	"github.com/presenced/presenced/server/wire"
 	"github.com/presenced/presenced/shardmap"
 )

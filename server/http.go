@@ -14,7 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/presenced/presenced/persist"
-	"github.com/presenced/presenced/server/jsonbody"
+	"github.com/presenced/presenced/server/internal/jsonbody"
 	"github.com/presenced/presenced/server/openapi"
 	"github.com/presenced/presenced/server/wire"
 )

@@ -4,7 +4,7 @@ import "unicode/utf8"
 
 // The writing half of the JSON bodies: the answers are built by appending
 // to reused byte slices, so the heartbeat path allocates nothing. Bodies are
-// read by server/jsonbody (the heartbeat path) and encoding/json.
+// read by server/internal/jsonbody (the heartbeat path) and encoding/json.
 
 // appendJSONString appends s as a JSON string, escaping as encoding/json
 // does (invalid UTF-8 becomes U+FFFD).

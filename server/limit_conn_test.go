@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/testkit"
 )
 
 // rawConn opens an idle TCP connection to the node's HTTP port from local

@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/internal/redistest"
 )
 
 // familyLines renders a scrape as one line per metric family: name, type,

@@ -4,7 +4,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/internal/events"
 )
 
 // bigRooms switches rooms with more than --room-events-max members from

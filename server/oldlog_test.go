@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/internal/servertest"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/servertest"
 )
 
 // A data dir written by the release before sessions had connections

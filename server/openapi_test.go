@@ -21,9 +21,9 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 
+	"github.com/presenced/presenced/internal/servertest"
 	"github.com/presenced/presenced/server"
 	"github.com/presenced/presenced/server/openapi"
-	"github.com/presenced/presenced/server/servertest"
 )
 
 func init() {

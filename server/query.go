@@ -12,9 +12,9 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/presenced/presenced/server/cluster"
-	"github.com/presenced/presenced/server/events"
-	"github.com/presenced/presenced/server/jsonbody"
+	"github.com/presenced/presenced/server/internal/cluster"
+	"github.com/presenced/presenced/server/internal/events"
+	"github.com/presenced/presenced/server/internal/jsonbody"
 	"github.com/presenced/presenced/server/wire"
 	"github.com/presenced/presenced/shardmap"
 )

@@ -15,10 +15,10 @@ import (
 
 	"github.com/presenced/presenced/internal/routine"
 	"github.com/presenced/presenced/persist"
-	"github.com/presenced/presenced/server/cluster"
-	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/internal/cluster"
+	"github.com/presenced/presenced/server/internal/events"
+	"github.com/presenced/presenced/server/internal/webhook"
 	"github.com/presenced/presenced/server/token"
-	"github.com/presenced/presenced/server/webhook"
 	"github.com/presenced/presenced/shardmap"
 )
 

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/internal/servertest"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/servertest"
-	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/token"
 	"github.com/presenced/presenced/server/wire"
 )

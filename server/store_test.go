@@ -13,11 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/internal/persisttest"
+	"github.com/presenced/presenced/internal/servertest"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/persist"
-	"github.com/presenced/presenced/persist/persisttest"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/servertest"
-	"github.com/presenced/presenced/server/testkit"
 )
 
 // storeConfig is a node config with a write-ahead log in dir.

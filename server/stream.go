@@ -11,7 +11,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/internal/events"
 	"github.com/presenced/presenced/server/wire"
 )
 

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/testkit"
 )
 
 // streamStatus opens GET /v1/events through client and returns its status

@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
 )
 
 // TestMain deletes the presenced binaries the benchmarks built

@@ -4,9 +4,9 @@ import (
 	"fmt"
 
 	"github.com/presenced/presenced/persist"
-	"github.com/presenced/presenced/server/cluster"
-	"github.com/presenced/presenced/server/events"
-	"github.com/presenced/presenced/server/webhook"
+	"github.com/presenced/presenced/server/internal/cluster"
+	"github.com/presenced/presenced/server/internal/events"
+	"github.com/presenced/presenced/server/internal/webhook"
 )
 
 // startWebhooks starts webhook delivery (--webhook-url): on a single node

@@ -17,11 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/internal/servertest"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/cluster/redistest"
-	"github.com/presenced/presenced/server/servertest"
-	"github.com/presenced/presenced/server/testkit"
-	"github.com/presenced/presenced/server/webhook"
+	"github.com/presenced/presenced/server/internal/redistest"
+	"github.com/presenced/presenced/server/internal/webhook"
 )
 
 const hookSecret = "0123456789abcdef0123456789abcdef-hooks"

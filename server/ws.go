@@ -17,8 +17,8 @@ import (
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 
-	"github.com/presenced/presenced/server/events"
-	"github.com/presenced/presenced/server/jsonbody"
+	"github.com/presenced/presenced/server/internal/events"
+	"github.com/presenced/presenced/server/internal/jsonbody"
 	"github.com/presenced/presenced/server/wire"
 	"github.com/presenced/presenced/shardmap"
 )

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/fasthttp/websocket"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
 )
 
 // BenchmarkHeartbeatConns10k holds N connections (default 10,000) to a real

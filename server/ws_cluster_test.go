@@ -7,8 +7,8 @@ import (
 
 	"github.com/fasthttp/websocket"
 
-	"github.com/presenced/presenced/server/cluster/redistest"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
+	"github.com/presenced/presenced/server/internal/redistest"
 )
 
 // In a cluster, a socket closing on A is one disconnect leave on every

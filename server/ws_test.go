@@ -14,8 +14,8 @@ import (
 
 	"github.com/fasthttp/websocket"
 
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/testkit"
 )
 
 // wsClient is one test WebSocket read by a goroutine into a channel.

@@ -3,7 +3,7 @@ package server
 import (
 	"github.com/valyala/fasthttp"
 
-	"github.com/presenced/presenced/server/ui"
+	"github.com/presenced/presenced/server/internal/ui"
 )
 
 // hUI serves the read-only live page and the presenced.js files under /ui.

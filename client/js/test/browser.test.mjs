@@ -140,7 +140,7 @@ test("/ui: stats, top rooms, members and the live feed render; guarded by --api-
  * the page's handling of connections without a server that tracks them.
  */
 async function fakeUIServer(t, state) {
-  const files = { "/ui": path.join(repoRoot, "server/ui/index.html"), "/ui/presenced.js": path.join(repoRoot, "client/js/presenced.js") };
+  const files = { "/ui": path.join(repoRoot, "server/internal/ui/index.html"), "/ui/presenced.js": path.join(repoRoot, "client/js/presenced.js") };
   const sockets = new Set();
   const srv = http.createServer((req, res) => {
     const u = new URL(req.url, "http://x");

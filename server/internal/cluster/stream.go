@@ -7,7 +7,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/internal/events"
 )
 
 // EventSink receives the cluster-wide events, read from the Redis Stream in

@@ -4,9 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/internal/servertest"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server"
-	"github.com/presenced/presenced/server/servertest"
-	"github.com/presenced/presenced/server/testkit"
 	"github.com/presenced/presenced/server/wire"
 )
 

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/redis/go-redis/v9"
 )
 

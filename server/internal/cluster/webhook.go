@@ -3,10 +3,10 @@ package cluster
 import (
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/internal/events"
 )
 
-// What the webhook deliverer (server/webhook) reads the event stream with:
+// What the webhook deliverer (server/internal/webhook) reads the event stream with:
 // its own consumer group on the same stream, through the node's client.
 
 // Client returns the node's Redis client (nil before Start).

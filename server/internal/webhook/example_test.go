@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/presenced/presenced/server/webhook"
+	"github.com/presenced/presenced/server/internal/webhook"
 )
 
 // A receiver verifies each batch before it trusts it, and de-duplicates

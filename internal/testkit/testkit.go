@@ -10,7 +10,7 @@
 // server (TestDependencyDirection checks persist's non-test dependencies and
 // allows this one test-only import, which brings no server code along). The
 // black-box server harness that needs the server lives beside it in
-// server/servertest.
+// internal/servertest.
 //
 // A test that waits for something to happen polls with [Eventually] (or
 // [EventuallyErr], whose failure says what state it last saw); a

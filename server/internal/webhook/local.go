@@ -8,7 +8,7 @@ import (
 
 	"github.com/presenced/presenced/internal/routine"
 	"github.com/presenced/presenced/persist"
-	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/internal/events"
 )
 
 // Single node: a pump subscribed to every room of the event bus (after the

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presenced/presenced/server/cluster/redistest"
+	"github.com/presenced/presenced/server/internal/redistest"
 	"github.com/presenced/presenced/shardmap"
 )
 

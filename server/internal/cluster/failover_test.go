@@ -16,8 +16,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/server/cluster/redistest"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/internal/testkit"
+	"github.com/presenced/presenced/server/internal/redistest"
 	"github.com/presenced/presenced/shardmap"
 )
 

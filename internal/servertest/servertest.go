@@ -11,7 +11,7 @@
 // tests in export_test.go, never here: this package uses only the server's
 // public API, so it compiles for every importer.
 //
-// Polling lives in server/testkit, which imports nothing of presenced so
+// Polling lives in internal/testkit, which imports nothing of presenced so
 // that persist's tests can use it too.
 package servertest
 

@@ -19,10 +19,10 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/persist"
-	"github.com/presenced/presenced/server/cluster/redistest"
-	"github.com/presenced/presenced/server/events"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/server/internal/events"
+	"github.com/presenced/presenced/server/internal/redistest"
 )
 
 // lagReceiver answers 204 at once and records, per event, the time from

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/persist"
-	"github.com/presenced/presenced/server/events"
-	"github.com/presenced/presenced/server/testkit"
+	"github.com/presenced/presenced/server/internal/events"
 )
 
 const testSecret = "0123456789abcdef0123456789abcdef-webhook"

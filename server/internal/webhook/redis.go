@@ -11,7 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/internal/routine"
-	"github.com/presenced/presenced/server/events"
+	"github.com/presenced/presenced/server/internal/events"
 )
 
 // Cluster: the event stream (pd:events) is read through a consumer group
