@@ -28,7 +28,7 @@ fail() { echo "container image: FAIL: $*" >&2; exit 1; }
 mkdir -p "$tmp/ctx/container/datadir" "$tmp/root"
 cp Containerfile .containerignore "$tmp/ctx/"
 cp container/passwd container/group "$tmp/ctx/container/"
-CGO_ENABLED=0 go build -trimpath -ldflags "-X main.buildTime=$(date -u +%FT%TZ)" -o "$tmp/ctx/presenced" . \
+CGO_ENABLED=0 go build -buildvcs=true -trimpath -ldflags "-X main.buildTime=$(date -u +%FT%TZ)" -o "$tmp/ctx/presenced" . \
   || fail "cannot build the static binary"
 podman build -q -t "$tag" -f "$tmp/ctx/Containerfile" "$tmp/ctx" >/dev/null || fail "podman build"
 
