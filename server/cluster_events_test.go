@@ -192,6 +192,31 @@ func TestClusterEventsOccupiedVacated(t *testing.T) {
 	}
 }
 
+// With the debounce on, the held leave and the vacated room it caused reach
+// every stream in that order, as on a single node.
+func TestClusterEventsVacatedAfterLeave(t *testing.T) {
+	r := redistest.Start(t)
+	cfg := clusterTestConfig(r.Addr())
+	cfg.LeaveDelay = 300 * time.Millisecond
+	a := startCluster(t, cfg)
+	b := startCluster(t, cfg)
+	a.Heartbeat("solo", "v")
+	testkit.Eventually(t, 10*time.Second, "the join on B", func() bool { return b.ev.Count("join", "solo", "v") == 1 })
+	a.Do("POST", "/v1/leave", `{"user":"solo","room":"v"}`, nil)
+	for i, n := range []*cnode{a, b} {
+		testkit.Eventually(t, 10*time.Second, "vacated", func() bool { return n.ev.Count("vacated", "", "v") == 1 })
+		var got []string
+		for _, ev := range n.ev.Snapshot() {
+			if ev.Room == "v" {
+				got = append(got, ev.Type)
+			}
+		}
+		if strings.Join(got, ",") != "occupied,join,leave,vacated" {
+			t.Fatalf("node %d: %v, want occupied, join, leave, vacated", i, got)
+		}
+	}
+}
+
 // State set through A is in B's answers and in the join every node
 // streams; a change through A is one update on every node; a refresh
 // without state keeps it.

@@ -46,7 +46,11 @@ local delay = tonumber(ARGV[9])
 if delay > 0 then
   if ARGV[1] == "leave" or ARGV[1] == "vacated" then
     redis.call("HSET", KEYS[2], member, ARGV[4] .. "\0" .. ARGV[5] .. "\0" .. ARGV[7] .. "\0" .. ARGV[1])
-    redis.call("ZADD", KEYS[3], tonumber(ARGV[10]) + delay, member)
+    -- a vacated room is due 1 ms after the leave that emptied it: equal
+    -- scores flush in member order, and "\0room" sorts before "user\0room"
+    local due = tonumber(ARGV[10]) + delay
+    if ARGV[1] == "vacated" then due = due + 1 end
+    redis.call("ZADD", KEYS[3], due, member)
     return 2
   elseif ARGV[1] == "join" or ARGV[1] == "occupied" then
     if redis.call("HDEL", KEYS[2], member) == 1 then
