@@ -595,3 +595,19 @@ func TestWSState(t *testing.T) {
 		t.Fatalf("cleared state %v", ev["state"])
 	}
 }
+
+// /ui and its files are served with Referrer-Policy: no-referrer, so the
+// ?access_token= the page may be opened with never leaves in a Referer.
+func TestUIReferrerPolicy(t *testing.T) {
+	n := startNode(t, nil)
+	for _, path := range []string{"/ui", "/ui/presenced.js", "/ui/demo"} {
+		resp, err := http.Get(n.Base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("Referrer-Policy") != "no-referrer" {
+			t.Fatalf("GET %s: %d, Referrer-Policy %q", path, resp.StatusCode, resp.Header.Get("Referrer-Policy"))
+		}
+	}
+}

@@ -11,6 +11,9 @@ import (
 // ?access_token= (a browser opening the page cannot send a header); the
 // page then passes it on to the API.
 func (s *Server) hUI(ctx *fasthttp.RequestCtx, rest string) {
+	// The page may be opened with ?access_token=: no request it makes, and
+	// no link followed from it, carries its address in a Referer.
+	ctx.Response.Header.Set("Referrer-Policy", "no-referrer")
 	// presenced.js and its demo hold no data: only the live page is guarded.
 	if (rest == "" || rest == "/") && !s.wsAuthorized(ctx) {
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="presenced"`)
