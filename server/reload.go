@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"sync/atomic"
 
+	"github.com/presenced/presenced/server/internal/webhook"
 	"github.com/presenced/presenced/server/token"
 )
 
@@ -44,6 +45,14 @@ func (s *Server) Reload(next Config) ([]string, error) {
 			return nil, fmt.Errorf("--api-token-file: %w", err)
 		}
 		api = &toks
+	}
+	var whSecret []byte
+	if next.Webhook.SecretFile != "" {
+		sec, err := webhook.LoadSecret(next.Webhook.SecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("--webhook-secret-file: %w", err)
+		}
+		whSecret = sec
 	}
 	// Going from keyed to open is refused unless asked for: a config file
 	// that lost its secret-file line must not switch authentication off.
@@ -85,8 +94,15 @@ func (s *Server) Reload(next Config) ([]string, error) {
 		s.rl.maxBatch.Store(int64(next.MaxBatch))
 		changes = append(changes, fmt.Sprintf("max-batch: %d -> %d", prev.MaxBatch, next.MaxBatch))
 	}
+	if whSecret != nil {
+		if h := s.hooks.Load(); h != nil {
+			h.SetSecret(whSecret)
+			changes = append(changes, "webhook secret reloaded")
+		}
+	}
 	// Everything else needs a restart; say so rather than ignore it.
 	applied := prev
+	applied.Webhook.SecretFile = next.Webhook.SecretFile
 	applied.SecretFile, applied.APITokenFile, applied.AllowOpenReload = next.SecretFile, next.APITokenFile, next.AllowOpenReload
 	applied.HeartbeatMinGap, applied.SourceRate, applied.SourceBurst, applied.MaxBatch = next.HeartbeatMinGap, next.SourceRate, next.SourceBurst, next.MaxBatch
 	applied.LogLevel, applied.LogFormat, applied.ConfigFile = next.LogLevel, next.LogFormat, next.ConfigFile

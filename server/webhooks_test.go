@@ -338,3 +338,39 @@ func TestWebhookHeldLeavesSurviveShutdown(t *testing.T) {
 		return true
 	})
 }
+
+// A reload (SIGHUP) reads --webhook-secret-file again: a rotated secret
+// signs the next batch, which a receiver that moved to it accepts.
+func TestWebhookSecretReload(t *testing.T) {
+	rec := newHookReceiver(t, 200)
+	cfg := singleTestConfig()
+	hookConfig(t, &cfg, rec.srv.URL)
+	n := startSingle(t, cfg)
+	n.Heartbeat("before", "room")
+	testkit.Eventually(t, 10*time.Second, "the first join delivered", func() bool { return rec.count("join", "before") == 1 })
+
+	// The receiver rejects everything but the new secret from now on.
+	const rotated = "fedcba9876543210fedcba9876543210-rotated"
+	var newSigned atomic.Int64
+	rec.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if webhook.Verify([]byte(rotated), r.Header.Get(webhook.SignatureHeader), body, time.Now().Unix(), 300) != nil {
+			w.WriteHeader(401)
+			return
+		}
+		newSigned.Add(1)
+		w.WriteHeader(200)
+	})
+	if err := os.WriteFile(cfg.Webhook.SecretFile, []byte("k2 "+rotated+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	changes, err := n.Srv.Reload(cfg)
+	if err != nil || !slices.Contains(changes, "webhook secret reloaded") {
+		t.Fatalf("reload: %v %v", changes, err)
+	}
+	n.Heartbeat("after", "room")
+	testkit.Eventually(t, 10*time.Second, "a batch signed with the rotated secret", func() bool { return newSigned.Load() > 0 })
+	if st := n.Srv.HooksForTest().Stats(); st.DeadLettered != 0 {
+		t.Fatalf("stats %+v: a batch was refused after the reload", st)
+	}
+}

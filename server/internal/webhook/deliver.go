@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,7 +74,7 @@ type Stats struct {
 type Deliverer struct {
 	cfg    Config
 	log    *slog.Logger
-	secret []byte
+	secret atomic.Pointer[[]byte] // the signing secret; nil: unsigned
 	client *http.Client
 	src    source
 	now    func() time.Time
@@ -103,7 +104,7 @@ func newDeliverer(cfg Config) (*Deliverer, error) {
 		if err != nil {
 			return nil, err
 		}
-		d.secret = s
+		d.secret.Store(&s)
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 4
@@ -111,6 +112,11 @@ func newDeliverer(cfg Config) (*Deliverer, error) {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	return d, nil
 }
+
+// SetSecret replaces the signing secret (a rotation: the next request is
+// signed with it; LoadSecret reads one from a keyring file). Safe to call
+// while delivering.
+func (d *Deliverer) SetSecret(secret []byte) { d.secret.Store(&secret) }
 
 // start runs the delivery loop.
 func (d *Deliverer) start(src source) {
@@ -198,7 +204,11 @@ func (d *Deliverer) backoff(n int) time.Duration {
 }
 
 // deliver POSTs b until it is delivered or dead-lettered; false when ctx
-// ended first.
+// ended first. A 413 splits the batch in two halves delivered in order (a
+// single event the receiver finds too large is dead-lettered); a 3xx or
+// another 4xx but 408 and 429 is dead-lettered at once (retrying cannot
+// help); anything else is retried with backoff, waiting at least what a
+// Retry-After header asks (up to MaxBackoff), until MaxAge.
 func (d *Deliverer) deliver(ctx context.Context, b *batch) bool {
 	body := make([]byte, 0, 16+len(b.evs)*160)
 	body = append(body, `{"events":[`...)
@@ -211,7 +221,7 @@ func (d *Deliverer) deliver(ctx context.Context, b *batch) bool {
 	body = append(body, "]}"...)
 	n := int64(len(b.evs))
 	for try := 1; ; try++ {
-		code, err := d.post(ctx, body)
+		code, wait, err := d.post(ctx, body)
 		if ctx.Err() != nil {
 			return false
 		}
@@ -219,7 +229,12 @@ func (d *Deliverer) deliver(ctx context.Context, b *batch) bool {
 		case err == nil && code >= 200 && code < 300:
 			d.delivered.Add(uint64(n))
 			return true
-		case err == nil && code >= 400 && code < 500 && code != 408 && code != 429:
+		case err == nil && code == http.StatusRequestEntityTooLarge && len(b.evs) > 1:
+			d.log.Warn("webhook receiver refused a batch as too large; splitting it", "events", n)
+			half := len(b.evs) / 2
+			return d.deliver(ctx, &batch{evs: b.evs[:half], oldest: b.oldest}) &&
+				d.deliver(ctx, &batch{evs: b.evs[half:], oldest: b.oldest})
+		case err == nil && code >= 300 && code < 500 && code != 408 && code != 429:
 			d.dead.Add(uint64(n))
 			d.log.Error("webhook receiver refused a batch; dead-lettered, not retried", "status", code, "events", n,
 				"first", firstID(b.evs))
@@ -234,23 +249,38 @@ func (d *Deliverer) deliver(ctx context.Context, b *batch) bool {
 		if try == 1 || try%10 == 0 {
 			d.log.Warn("webhook delivery failed; retrying with backoff", "status", code, "err", err, "try", try, "events", n)
 		}
-		if !sleepCtx(ctx, d.backoff(try)) {
+		if !sleepCtx(ctx, max(d.backoff(try), min(wait, d.cfg.MaxBackoff))) {
 			return false
 		}
 	}
 }
 
+// retryAfter parses a Retry-After header: delay seconds or an HTTP date; 0
+// when absent or unreadable.
+func retryAfter(h string, now time.Time) time.Duration {
+	if h == "" {
+		return 0
+	}
+	if secs, err := strconv.Atoi(h); err == nil && secs > 0 {
+		return time.Duration(secs) * time.Second
+	}
+	if t, err := http.ParseTime(h); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
 // post sends one attempt and returns the status code (0 with an error when
-// there was no answer).
-func (d *Deliverer) post(ctx context.Context, body []byte) (int, error) {
+// there was no answer) and the wait its Retry-After header asks for.
+func (d *Deliverer) post(ctx context.Context, body []byte) (int, time.Duration, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.cfg.URL, bytes.NewReader(body))
 	if err != nil {
-		return 0, fmt.Errorf("cannot build webhook request: %w", err)
+		return 0, 0, fmt.Errorf("cannot build webhook request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "presenced-webhook")
-	if d.secret != nil {
-		req.Header.Set(SignatureHeader, Sign(d.secret, d.now().Unix(), body))
+	if sec := d.secret.Load(); sec != nil {
+		req.Header.Set(SignatureHeader, Sign(*sec, d.now().Unix(), body))
 	}
 	t0 := time.Now()
 	resp, err := d.client.Do(req)
@@ -259,10 +289,10 @@ func (d *Deliverer) post(ctx context.Context, body []byte) (int, error) {
 	d.latSumNs.Add(uint64(el))
 	if err != nil {
 		if errors.Is(ctx.Err(), context.Canceled) {
-			return 0, err
+			return 0, 0, err
 		}
 		d.attempts[ClassError].Add(1)
-		return 0, fmt.Errorf("cannot post webhook: %w", err)
+		return 0, 0, fmt.Errorf("cannot post webhook: %w", err)
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
@@ -278,7 +308,7 @@ func (d *Deliverer) post(ctx context.Context, body []byte) (int, error) {
 		c = Class5xx
 	}
 	d.attempts[c].Add(1)
-	return resp.StatusCode, nil
+	return resp.StatusCode, retryAfter(resp.Header.Get("Retry-After"), d.now()), nil
 }
 
 func firstID(evs [][]byte) string {

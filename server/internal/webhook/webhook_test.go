@@ -40,6 +40,11 @@ type receiver struct {
 			header string
 		}
 		delay time.Duration
+		// maxEvents > 0: a batch of more events is answered 413.
+		maxEvents int
+		// retryAfter, when set, is sent with every answer that is not 2xx.
+		retryAfter string
+		times      []time.Time // when each request came
 	}
 }
 
@@ -102,16 +107,22 @@ func (r *receiver) handle(w http.ResponseWriter, req *http.Request) {
 	delay := r.mu.delay
 	sig := req.Header.Get(SignatureHeader)
 	r.mu.last.body, r.mu.last.header = body, sig
+	r.mu.times = append(r.mu.times, time.Now())
 	if Verify([]byte(testSecret), sig, body, time.Now().Unix(), 300) != nil {
 		r.mu.badSigs++
 		code = 401
 	}
+	var b struct{ Events []wireEv }
+	if err := json.Unmarshal(body, &b); err != nil {
+		r.t.Errorf("receiver: bad body %q: %v", body, err)
+	}
+	if r.mu.maxEvents > 0 && len(b.Events) > r.mu.maxEvents {
+		code = http.StatusRequestEntityTooLarge
+	}
 	if code/100 == 2 {
-		var b struct{ Events []wireEv }
-		if err := json.Unmarshal(body, &b); err != nil {
-			r.t.Errorf("receiver: bad body %q: %v", body, err)
-		}
 		r.mu.evs = append(r.mu.evs, b.Events...)
+	} else if r.mu.retryAfter != "" {
+		w.Header().Set("Retry-After", r.mu.retryAfter)
 	}
 	r.mu.Unlock()
 	time.Sleep(delay) // a slow receiver, by design
@@ -300,6 +311,74 @@ func TestServerErrorsThenSuccess(t *testing.T) {
 	checkAll(t, r.events(), 0, 50)
 	if st := d.Stats(); st.Attempts[Class5xx] != 4 || st.DeadLettered != 0 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// A receiver that answers 413 to batches of more than 10 events gets the
+// 31 events of one batch in halves, in order, none dead-lettered.
+func TestTooLargeSplits(t *testing.T) {
+	r := startReceiver(t)
+	r.mu.Lock()
+	r.mu.maxEvents = 10
+	r.mu.Unlock()
+	cfg := testConfig(t, r.url())
+	cfg.Batch = 100
+	cfg.Linger = time.Second // the first batch holds all 31
+	bus := events.New(events.Config{Epoch: 1})
+	d := startLocal(t, cfg, bus, nil)
+	publish(bus, 0, 31, 1)
+	testkit.Eventually(t, 10*time.Second, "all 31 delivered", func() bool { return d.Stats().Delivered == 31 })
+	checkAll(t, r.events(), 0, 31)
+	if st := d.Stats(); st.DeadLettered != 0 {
+		t.Fatalf("stats %+v: a too large batch was dead-lettered", st)
+	}
+}
+
+// A 503 with Retry-After: 1 is retried no sooner than a second later,
+// although the backoff alone would retry within 100 ms.
+func TestRetryAfterHonoured(t *testing.T) {
+	r := startReceiver(t)
+	r.setAnswer(func(n int) int {
+		if n == 1 {
+			return http.StatusServiceUnavailable
+		}
+		return 200
+	})
+	r.mu.Lock()
+	r.mu.retryAfter = "1"
+	r.mu.Unlock()
+	cfg := testConfig(t, r.url())
+	cfg.MaxBackoff = 5 * time.Second // Retry-After is honoured up to MaxBackoff
+	bus := events.New(events.Config{Epoch: 1})
+	d := startLocal(t, cfg, bus, nil)
+	publish(bus, 0, 1, 1)
+	testkit.Eventually(t, 10*time.Second, "the event delivered", func() bool { return d.Stats().Delivered == 1 })
+	r.mu.Lock()
+	times := append([]time.Time(nil), r.mu.times...)
+	r.mu.Unlock()
+	if len(times) != 2 || times[1].Sub(times[0]) < time.Second {
+		t.Fatalf("requests at %v: want the retry at least 1 s after the 503", times)
+	}
+}
+
+// A redirect is a misconfigured URL: dead-lettered at once, not retried
+// until --webhook-max-age.
+func TestRedirectDeadLetters(t *testing.T) {
+	r := startReceiver(t)
+	r.setAnswer(func(n int) int {
+		if n == 1 {
+			return http.StatusFound
+		}
+		return 200
+	})
+	cfg := testConfig(t, r.url())
+	cfg.Linger = time.Second
+	bus := events.New(events.Config{Epoch: 1})
+	d := startLocal(t, cfg, bus, nil)
+	publish(bus, 0, 3, 1)
+	testkit.Eventually(t, 5*time.Second, "the batch dead-lettered", func() bool { return d.Stats().DeadLettered == 3 })
+	if n := r.requests(); n != 1 {
+		t.Fatalf("%d requests: a 302 was retried", n)
 	}
 }
 
