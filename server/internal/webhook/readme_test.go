@@ -42,7 +42,7 @@ func verifyREADME(secret []byte, header string, body []byte, now, tolerance int6
 
 // The README's Go and Python examples are the code the tests run.
 func TestReadmeExamples(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
