@@ -76,22 +76,9 @@ func (st *userState) connID(c uint32) []byte {
 // newConn adds a connection record with id and no times, or returns 0 if
 // the table is full.
 func (st *userState) newConn(id []byte) uint32 {
-	var c uint32
-	if st.freeConn != 0 {
-		c = st.freeConn
-		st.freeConn = st.conn(c).next
-	} else {
-		if st.nConn == 0 {
-			st.nConn = 1
-		}
-		if st.nConn > maxRecIdx {
-			return 0
-		}
-		c = st.nConn
-		st.nConn++
-		if int(c>>chunkBits) == len(st.connRecs) {
-			st.connRecs = append(st.connRecs, make([]connRec, chunkSize))
-		}
+	c := allocRec(&st.connRecs, &st.nConn, &st.freeConn, maxRecIdx, func(c uint32) uint32 { return st.conn(c).next })
+	if c == 0 {
+		return 0
 	}
 	r := st.conn(c)
 	*r = connRec{idLen: uint8(len(id))}
@@ -137,24 +124,7 @@ func (st *userState) connState(c uint32) []byte {
 
 // setConnState applies op to connection c and reports whether it changed.
 func (st *userState) setConnState(c uint32, op StateOp) bool {
-	if !op.Set {
-		return false
-	}
-	old, had := st.connStates[c]
-	if op.State == nil {
-		if had {
-			delete(st.connStates, c)
-		}
-		return had
-	}
-	if had && string(old) == string(op.State) {
-		return false
-	}
-	if st.connStates == nil {
-		st.connStates = map[uint32][]byte{}
-	}
-	st.connStates[c] = append(old[:0:0], op.State...)
-	return true
+	return applyState(&st.connStates, c, op)
 }
 
 // connsOf returns session i's connection list and whether it has one (a

@@ -208,24 +208,28 @@ type TouchResult struct {
 }
 
 // setStateLocked applies op to session i and reports whether it changed.
-func (st *userState) setStateLocked(i uint32, op StateOp) bool {
+func (st *userState) setStateLocked(i uint32, op StateOp) bool { return applyState(&st.states, i, op) }
+
+// applyState applies op to the state of record k in states (a side map
+// created on first use) and reports whether it changed. The state is copied.
+func applyState(states *map[uint32][]byte, k uint32, op StateOp) bool {
 	if !op.Set {
 		return false
 	}
-	old, had := st.states[i]
+	old, had := (*states)[k]
 	if op.State == nil {
 		if had {
-			delete(st.states, i)
+			delete(*states, k)
 		}
 		return had
 	}
 	if had && string(old) == string(op.State) {
 		return false
 	}
-	if st.states == nil {
-		st.states = map[uint32][]byte{}
+	if *states == nil {
+		*states = map[uint32][]byte{}
 	}
-	st.states[i] = append(old[:0:0], op.State...)
+	(*states)[k] = append(old[:0:0], op.State...)
 	return true
 }
 

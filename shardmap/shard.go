@@ -131,22 +131,9 @@ func (st *userState) findUser(h uint64, id []byte) uint32 {
 
 // newUser interns id (hash h) and returns its record, or 0 if the shard is full.
 func (st *userState) newUser(h uint64, id []byte) uint32 {
-	var i uint32
-	if st.freeUser != 0 {
-		i = st.freeUser
-		st.freeUser = st.user(i).off
-	} else {
-		if st.nUsers == 0 {
-			st.nUsers = 1
-		}
-		if st.nUsers > maxIndexed {
-			return 0
-		}
-		i = st.nUsers
-		st.nUsers++
-		if int(i>>chunkBits) == len(st.users) {
-			st.users = append(st.users, make([]userRec, chunkSize))
-		}
+	i := allocRec(&st.users, &st.nUsers, &st.freeUser, maxIndexed, func(i uint32) uint32 { return st.user(i).off })
+	if i == 0 {
+		return 0
 	}
 	u := st.user(i)
 	u.off = st.arena.alloc(id)
@@ -186,24 +173,33 @@ func (st *userState) compact() {
 
 // newSession returns a zeroed session record, or 0 if the shard is full.
 func (st *userState) newSession() uint32 {
-	var i uint32
-	if st.freeSess != 0 {
-		i = st.freeSess
-		st.freeSess = st.session(i).next
-	} else {
-		if st.nSess == 0 {
-			st.nSess = 1
-		}
-		if st.nSess > maxRecIdx {
-			return 0
-		}
-		i = st.nSess
-		st.nSess++
-		if int(i>>chunkBits) == len(st.sess) {
-			st.sess = append(st.sess, make([]sessRec, chunkSize))
-		}
+	i := allocRec(&st.sess, &st.nSess, &st.freeSess, maxRecIdx, func(i uint32) uint32 { return st.session(i).next })
+	if i != 0 {
+		*st.session(i) = sessRec{}
 	}
-	*st.session(i) = sessRec{}
+	return i
+}
+
+// allocRec takes a record index from a free list (chained through next)
+// or past the table's high-water mark n, adding a chunk of chunkSize
+// records when needed; 0 when that would pass max. Index 0 is reserved.
+func allocRec[T any](chunks *[][]T, n, free *uint32, max uint32, next func(uint32) uint32) uint32 {
+	if *free != 0 {
+		i := *free
+		*free = next(i)
+		return i
+	}
+	if *n == 0 {
+		*n = 1
+	}
+	if *n > max {
+		return 0
+	}
+	i := *n
+	*n++
+	if int(i>>chunkBits) == len(*chunks) {
+		*chunks = append(*chunks, make([]T, chunkSize))
+	}
 	return i
 }
 
