@@ -384,17 +384,7 @@ func (b *Bus) Next(s *Sub, dst []*Event, max int, wake <-chan time.Time) ([]*Eve
 		}
 		select {
 		case ev := <-s.ch:
-			dst = s.take(dst, ev)
-			for len(dst) < max {
-				select {
-				case ev := <-s.ch:
-					dst = s.take(dst, ev)
-					continue
-				default:
-				}
-				break
-			}
-			if len(dst) > 0 {
+			if dst = s.drain(s.take(dst, ev), max); len(dst) > 0 {
 				return dst, nil
 			}
 		case <-wake:
@@ -402,21 +392,26 @@ func (b *Bus) Next(s *Sub, dst []*Event, max int, wake <-chan time.Time) ([]*Eve
 		case <-s.done:
 			// Events published before Close still reach the subscriber
 			// (the webhook queue takes the leaves released at shutdown).
-			for len(dst) < max {
-				select {
-				case ev := <-s.ch:
-					dst = s.take(dst, ev)
-					continue
-				default:
-				}
-				break
-			}
-			if len(dst) > 0 {
+			if dst = s.drain(dst, max); len(dst) > 0 {
 				return dst, nil
 			}
 			return dst, ErrClosed
 		}
 	}
+}
+
+// drain appends the events already queued for s, up to max in dst, without
+// waiting.
+func (s *Sub) drain(dst []*Event, max int) []*Event {
+	for len(dst) < max {
+		select {
+		case ev := <-s.ch:
+			dst = s.take(dst, ev)
+		default:
+			return dst
+		}
+	}
+	return dst
 }
 
 func (s *Sub) take(dst []*Event, ev *Event) []*Event {
