@@ -3,9 +3,7 @@ package server_test
 import (
 	"fmt"
 	"net"
-	"os"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -121,28 +119,8 @@ func TestKernelDropsVisibleAndShed(t *testing.T) {
 		flood()
 		return n.Metric("presenced_overload_shedding") == 1
 	})
-	got, want := n.Metric("presenced_udp_kernel_drops_total"), procUDPDrops(t, port)
+	got, want := n.Metric("presenced_udp_kernel_drops_total"), testkit.UDPPortDrops(t, port)
 	if want == 0 || uint64(got) != want {
 		t.Fatalf("presenced_udp_kernel_drops_total = %v, /proc/net/udp drops at port %d = %d", got, port, want)
 	}
-}
-
-// procUDPDrops sums the drops column of /proc/net/udp for a local port.
-func procUDPDrops(t testing.TB, port int) uint64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/net/udp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := fmt.Sprintf(":%04X", port)
-	var total uint64
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 13 || !strings.HasSuffix(f[1], want) {
-			continue
-		}
-		v, _ := strconv.ParseUint(f[len(f)-1], 10, 64)
-		total += v
-	}
-	return total
 }

@@ -1,14 +1,11 @@
 package server
 
 import (
-	"fmt"
 	"net"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/internal/testkit"
 	"github.com/presenced/presenced/server/wire"
 )
 
@@ -257,7 +254,7 @@ func TestKernelDropsOfAnUnreadSocket(t *testing.T) {
 	for range 200 {
 		_, _ = out.Write(payload)
 	}
-	got, want := k.sample(), procUDPDrops(t, port)
+	got, want := k.sample(), testkit.UDPPortDrops(t, port)
 	if want == 0 {
 		t.Fatal("the kernel dropped nothing: the test did not overflow the queue")
 	}
@@ -268,24 +265,4 @@ func TestKernelDropsOfAnUnreadSocket(t *testing.T) {
 	if again := k.sample(); again != got {
 		t.Fatalf("after forget the total moved from %d to %d", got, again)
 	}
-}
-
-// procUDPDrops sums the drops column of /proc/net/udp for a local port.
-func procUDPDrops(t testing.TB, port int) uint64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/net/udp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := fmt.Sprintf(":%04X", port)
-	var total uint64
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 13 || !strings.HasSuffix(f[1], want) {
-			continue
-		}
-		v, _ := strconv.ParseUint(f[len(f)-1], 10, 64)
-		total += v
-	}
-	return total
 }

@@ -21,8 +21,11 @@ package testkit
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -89,4 +92,32 @@ func FreePort(t testing.TB) int {
 	}
 	t.Fatalf("cannot find a port free for both TCP and UDP in 100 tries")
 	return 0
+}
+
+// UDPPortDrops sums the kernel's drop counts (the last column of
+// /proc/net/udp and /proc/net/udp6) of the UDP sockets bound to local port,
+// the figure the server's kernel-drop metric must match. It fails t when
+// /proc/net/udp cannot be read.
+func UDPPortDrops(t testing.TB, port int) uint64 {
+	t.Helper()
+	want := fmt.Sprintf(":%04X", port)
+	var total uint64
+	for _, name := range []string{"/proc/net/udp", "/proc/net/udp6"} {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			if name == "/proc/net/udp" {
+				t.Fatal(err)
+			}
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 13 || !strings.HasSuffix(f[1], want) {
+				continue
+			}
+			v, _ := strconv.ParseUint(f[len(f)-1], 10, 64)
+			total += v
+		}
+	}
+	return total
 }
