@@ -68,18 +68,19 @@ func (s *Server) closeCluster(ctx context.Context) error {
 	return s.cl.Close(ctx)
 }
 
-// clusterLeave applies an accepted explicit leave to the whole cluster (an
-// empty room: all the user's rooms), whether or not this node holds the
-// session: the leave may come through another node than the heartbeats.
+// clusterLeave applies an accepted leave to the whole cluster (with all:
+// every session of the user), whether or not this node holds the session:
+// the leave may come through another node than the heartbeats. A
+// disconnect (a closed WebSocket) ends the one session with that reason.
 // It does not block; the leave reaches Redis with the writer's next batch.
-// Server.leave calls it for both transports once the leave is authorized.
-func (s *Server) clusterLeave(user, room []byte, now int64, reason shardmap.Reason) {
+// Server.endConns calls it for every transport.
+func (s *Server) clusterLeave(user, room []byte, all bool, now int64, reason shardmap.Reason) {
 	switch {
 	case s.cl == nil:
-	case reason == shardmap.ReasonDisconnect && len(room) > 0:
+	case reason == shardmap.ReasonDisconnect && !all:
 		s.cl.OfferDisconnect(user, room, now)
 	default:
-		s.cl.OfferLeave(user, room, len(room) == 0, now)
+		s.cl.OfferLeave(user, room, all, now)
 	}
 }
 

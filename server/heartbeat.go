@@ -124,12 +124,6 @@ func (s *Server) heartbeatState(tr transport, user, room, conn, tok []byte, nowM
 // room, or of all their sessions when room is empty, and returns how many
 // sessions or connections ended.
 func (s *Server) leave(tr transport, user, room, conn, tok []byte, nowMs int64) (int, outcome) {
-	return s.leaveReason(tr, user, room, conn, tok, nowMs, shardmap.ReasonLeft)
-}
-
-// leaveReason is leave with the reason of the events (left, or disconnect
-// for the connections of a closed WebSocket).
-func (s *Server) leaveReason(tr transport, user, room, conn, tok []byte, nowMs int64, reason shardmap.Reason) (int, outcome) {
 	o := s.checkItem(user, room, tok, nowMs)
 	if o == outOK && !validConn(conn) {
 		o = outBadConn
@@ -138,27 +132,37 @@ func (s *Server) leaveReason(tr transport, user, room, conn, tok []byte, nowMs i
 	if o != outOK {
 		return 0, o
 	}
-	return s.endConns(user, room, conn, nowMs, reason), o
+	return s.endConns(user, room, conn, nowMs, shardmap.ReasonLeft, true), o
 }
 
-// endConns ends connection conn (nil: all of them) of the user's session in
-// room, or of all their sessions when room is empty, publishes the events
-// and applies the leaves to the cluster. It returns how many sessions or
+// endConns ends connection conn (empty: all of them) of the user's session
+// in room, publishes the events and applies the leaves to the cluster. An
+// empty room with allRooms means every session of the user (an explicit
+// leave without a room); without it, the room-less session alone (a closed
+// WebSocket that heartbeated it). It returns how many sessions or
 // connections ended. The caller checked the ids and token.
-func (s *Server) endConns(user, room, conn []byte, nowMs int64, reason shardmap.Reason) int {
+func (s *Server) endConns(user, room, conn []byte, nowMs int64, reason shardmap.Reason, allRooms bool) int {
 	if s.departed != nil {
 		if _, seen, online := s.m.User(user, nil); online {
 			s.departed.note(string(user), seen)
 		}
 	}
+	all := allRooms && len(room) == 0
 	if len(conn) == 0 {
-		s.clusterLeave(user, room, nowMs, reason)
+		s.clusterLeave(user, room, all, nowMs, reason)
 	}
-	evs, n := s.m.LeaveConn(user, room, conn, nowMs, reason, nil)
+	var evs []shardmap.Event
+	var n int
+	if len(conn) == 0 && len(room) == 0 && !all {
+		evs = s.m.LeaveOneReason(user, nil, nowMs, reason, nil)
+		n = len(evs)
+	} else {
+		evs, n = s.m.LeaveConn(user, room, conn, nowMs, reason, nil)
+	}
 	for i := range evs {
 		if len(conn) > 0 && !evs[i].Update {
 			// The session's last connection here ended it.
-			s.clusterLeave(user, []byte(evs[i].Room), nowMs, reason)
+			s.clusterLeave(user, []byte(evs[i].Room), false, nowMs, reason)
 		}
 		s.publish(evs[i])
 	}

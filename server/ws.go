@@ -800,24 +800,7 @@ func (c *wsConn) disconnect() {
 	s := c.s
 	now := time.Now().UnixMilli()
 	for k := range c.sessions {
-		user, room := []byte(k.user), []byte(k.room)
-		if k.conn != "" {
-			s.endConns(user, room, []byte(k.conn), now, shardmap.ReasonDisconnect)
-			continue
-		}
-		// The default connection: that one session ends whole (a room-less
-		// one alone, not all the user's rooms).
-		if s.cl != nil {
-			s.cl.OfferDisconnect(user, room, now)
-		}
-		if s.departed != nil { // last-seen kept without a data dir, as for a leave
-			if _, seen, online := s.m.User(user, nil); online {
-				s.departed.note(k.user, seen)
-			}
-		}
-		if evs := s.m.LeaveOneReason(user, room, now, shardmap.ReasonDisconnect, nil); len(evs) > 0 {
-			s.publish(evs[0])
-		}
+		s.endConns([]byte(k.user), []byte(k.room), []byte(k.conn), now, shardmap.ReasonDisconnect, false)
 	}
 	clear(c.sessions)
 }
