@@ -253,13 +253,13 @@ func (st *userState) untilOf(i uint32) int64 {
 	return st.session(i).expiry()
 }
 
-// connsSnapshot appends session i's connections to dst (copies): its list,
-// or the default connection of a plain session.
+// connsSnapshot appends session i's connections to dst (copies); nothing
+// for a plain session, whose one default connection is the session itself
+// (its times and state).
 func (st *userState) connsSnapshot(i uint32, dst []Conn) []Conn {
 	l, ok := st.connsOf(i)
 	if !ok {
-		s := st.session(i)
-		return append(dst, Conn{ID: DefaultConn, LastSeen: s.lastSeen(), Expiry: s.expiry(), State: bytes.Clone(st.stateOf(i))})
+		return dst
 	}
 	for c := l.head; c != 0; c = st.conn(c).next {
 		r := st.conn(c)

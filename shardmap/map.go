@@ -60,7 +60,8 @@ type RoomSession struct {
 	LastSeen, Expiry int64
 	// State is the session's state (a copy), or nil.
 	State []byte
-	// Conns are the session's connections (copies).
+	// Conns are the session's connections (copies); nil when it only has
+	// its default connection, which is then the session itself.
 	Conns []Conn
 }
 
@@ -70,7 +71,8 @@ type Member struct {
 	LastSeen int64
 	// State is the member's session state in the room (a copy), or nil.
 	State []byte
-	// Conns are the member's connections in the room (copies).
+	// Conns are the member's connections in the room (copies); nil when it
+	// only has its default connection, which is then the session itself.
 	Conns []Conn
 }
 

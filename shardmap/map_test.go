@@ -70,7 +70,7 @@ func TestTouchJoinRefresh(t *testing.T) {
 	}
 	rooms, last, online := m.User(b("alice"), nil)
 	sort.Slice(rooms, func(i, j int) bool { return rooms[i].Room < rooms[j].Room })
-	want := []RoomSession{{Room: "r1", LastSeen: t0 + 1, Expiry: t0 + 1001, Conns: []Conn{{LastSeen: t0 + 1, Expiry: t0 + 1001}}}, {Room: "r2", LastSeen: t0 + 2, Expiry: t0 + 1002, Conns: []Conn{{LastSeen: t0 + 2, Expiry: t0 + 1002}}}}
+	want := []RoomSession{{Room: "r1", LastSeen: t0 + 1, Expiry: t0 + 1001}, {Room: "r2", LastSeen: t0 + 2, Expiry: t0 + 1002}}
 	if !online || last != t0+4 || !reflect.DeepEqual(rooms, want) {
 		t.Fatalf("User(alice) = %v, %d, %v; want %v, %d, true", rooms, last, online, want, t0+4)
 	}
