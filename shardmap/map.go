@@ -390,8 +390,20 @@ func (m *Map) upsertRoom(user, room, conn []byte, lastSeen, expiry, minGap int64
 			return r, ErrFull
 		}
 	}
-	i := st.newSession()
+	// The records the session needs are taken before it is linked anywhere,
+	// so a full table leaves nothing behind.
+	var c uint32 // its named connection
+	if len(conn) > 0 {
+		c = st.newConn(conn)
+	}
+	i := uint32(0)
+	if c != 0 || len(conn) == 0 {
+		i = st.newSession()
+	}
 	if i == 0 {
+		if c != 0 {
+			st.freeConnRec(c)
+		}
 		if ref != 0 {
 			m.leaveRoom(ref, slot, nil)
 		}
@@ -405,12 +417,7 @@ func (m *Map) upsertRoom(user, room, conn []byte, lastSeen, expiry, minGap int64
 	u.head = i
 	u.nsess++
 	st.linkWheel(i)
-	if len(conn) > 0 {
-		c := st.newConn(conn)
-		if c == 0 {
-			m.endSession(st, i, ReasonLeft, lastSeen, false, nil)
-			return TouchResult{}, ErrFull
-		}
+	if c != 0 {
 		cr := st.conn(c)
 		cr.lastSeen, cr.expiry = lastSeen, expiry
 		r.Changed = st.setConnState(c, sop)
